@@ -1,0 +1,5 @@
+"""``python -m broker`` is the ``topchef`` command."""
+
+from broker.cli import main
+
+main()

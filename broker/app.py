@@ -1,0 +1,33 @@
+"""The Celery app: one per process, configured from ``celeryconfig`` and the settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from broker.connections import celery_url
+from broker.settings import Settings
+
+
+def make_app(settings: Settings, **overrides: Any) -> Celery:
+    """A Celery app on ``settings.broker_url`` with TopChef's tasks registered.
+
+    The Redis visibility timeout is short (a duplicate delivery is refused by
+    the job's claim), and unacknowledged messages of dead workers are swept
+    back to their queue every few seconds rather than every 100.
+    """
+    app = Celery("topchef", set_as_current=False)
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = celery_url(settings.broker_url)
+    app.conf.broker_transport_options = {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": max(1.0, settings.visibility_timeout / 10),
+        "unacked_restore_throttle": 1,
+    }
+    app.conf.update(overrides)
+    from broker.tasks import beat, job
+
+    job.register(app)
+    beat.register(app, settings)
+    return app

@@ -1,0 +1,59 @@
+"""The beat process: Celery beat plus a worker of its own, with the database."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from broker import keys
+from broker.claims import Claims
+from broker.connections import redis_client, warn_unless_noeviction
+from broker.database import open_session
+from broker.publisher import CeleryPublisher
+from broker.recovery import tick
+from broker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=4)
+def _tools(app: Celery, settings: Settings) -> tuple[Claims, CeleryPublisher]:
+    client = redis_client(settings.broker_url)
+    return Claims(client, settings.lease_seconds), CeleryPublisher(app, client)
+
+
+def run_tick(app: Celery, settings: Settings) -> dict[str, Any]:
+    """One tick, in a fresh session; returns a summary for the task's log line."""
+    claims, publisher = _tools(app, settings)
+    with open_session(settings.database_url) as session:
+        report = tick(session, claims, publisher, settings.outbox_grace_seconds)
+    summary = {
+        "timed_out": [str(s) for s in report.timed_out],
+        "requeued": [str(j) for j in report.requeued],
+        "failed": [str(j) for j in report.failed],
+        "published": report.published,
+    }
+    if report.timed_out or report.requeued or report.failed or report.published:
+        log.info("beat tick: %s", summary)
+    return summary
+
+
+def start(app: Celery, settings: Settings, loglevel: str = "INFO") -> None:
+    """Run beat in the foreground: the scheduler and the worker of its tick."""
+    warn_unless_noeviction(redis_client(settings.broker_url))
+    schedule = Path(tempfile.gettempdir()) / "topchef-beat-schedule"
+    worker = app.Worker(
+        queues=[keys.BEAT_QUEUE],
+        pool="solo",
+        concurrency=1,
+        beat=True,
+        schedule_filename=str(schedule),
+        loglevel=loglevel,
+        hostname="topchef-beat@%h",
+    )
+    worker.start()

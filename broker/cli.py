@@ -1,0 +1,300 @@
+"""The ``topchef`` command: every process and every everyday operation."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from broker.models.errors import DeserializationError, TopChefError
+from broker.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(command: F) -> F:
+    """Report a user's mistake in one line and a non-zero exit, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except TopChefError as error:
+            raise click.ClickException(str(error)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _json_argument(text: str, what: str) -> Any:
+    source = text
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise DeserializationError(what, f"no such file: {path}")
+        source = path.read_text()
+    try:
+        return json.loads(source)
+    except json.JSONDecodeError as error:
+        raise DeserializationError(what, f"not valid JSON: {error}") from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@click.group()
+@click.version_option(package_name="topchef-broker")
+def main() -> None:
+    """TopChef: a job broker for laboratory instruments.
+
+    Configure with TOPCHEF_BROKER_URL (Redis) and TOPCHEF_DATABASE_URL (SQL).
+    """
+
+
+@main.command()
+@click.argument("module")
+@click.option(
+    "--pool",
+    type=click.Choice(["threads", "prefork", "solo"]),
+    default="threads",
+    show_default=True,
+    help="How jobs run: threads suit instruments, prefork CPU-bound work.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Jobs run at once by this worker.",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+@_user_errors
+def worker(module: str, pool: str, concurrency: int, loglevel: str) -> None:
+    """Serve every handler declared in MODULE (e.g. workers.echo)."""
+    from celery.signals import worker_ready, worker_shutdown
+
+    from broker import handlers
+    from broker.app import make_app
+    from broker.connections import redis_client
+    from broker.worker import WorkerRuntime, install, resolve
+
+    _logging(loglevel)
+    settings = _settings()
+    sys.path.insert(0, os.getcwd())
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise click.ClickException(f"cannot import {module!r}: {error}") from None
+    declarations = handlers.declared().values()
+    if not declarations:
+        raise click.ClickException(f"{module} declares no handler (use @broker.worker.handles)")
+    runtime = install(
+        WorkerRuntime(settings, resolve(redis_client(settings.broker_url), declarations))
+    )
+    worker_ready.connect(lambda **_: runtime.start(), weak=False)
+    worker_shutdown.connect(lambda **_: runtime.stop(clean=True), weak=False)
+    names = ", ".join(served.descriptor.name for served in runtime.services.values())
+    click.echo(f"serving {names} ({pool}, concurrency {concurrency})", err=True)
+    app = make_app(settings)
+    app.Worker(
+        queues=runtime.queues,
+        pool=pool,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        hostname=f"topchef-worker-{os.getpid()}@%h",
+    ).start()
+
+
+@main.command()
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True)
+@_user_errors
+def mirror(batch_size: int, loglevel: str) -> None:
+    """Mirror job states from the message broker into SQL."""
+    from broker.database import create_schema
+    from broker.mirror import Mirror
+
+    _logging(loglevel)
+    settings = _settings()
+    create_schema(settings.database_url)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    click.echo("mirroring job states into SQL", err=True)
+    Mirror(settings, batch_size=batch_size).run(stop)
+
+
+@main.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+@_user_errors
+def beat(loglevel: str) -> None:
+    """Run the periodic tasks: timeouts, lost workers' jobs, the outbox."""
+    from broker import beat as beat_process
+    from broker.app import make_app
+    from broker.database import create_schema
+
+    _logging(loglevel)
+    settings = _settings()
+    create_schema(settings.database_url)
+    beat_process.start(make_app(settings), settings, loglevel)
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@_user_errors
+def db_upgrade() -> None:
+    """Create the tables that do not exist yet."""
+    from broker.database import create_schema
+
+    create_schema(_settings().database_url)
+    click.echo("database schema is up to date")
+
+
+@main.group()
+def services() -> None:
+    """Create and inspect services."""
+
+
+@services.command("create")
+@click.argument("name")
+@click.option("--description", default="", help="What the service does.")
+@click.option(
+    "--parameters",
+    "registration",
+    required=True,
+    help="Registration schema: JSON text, or @file.json.",
+)
+@click.option("--results", "result", required=True, help="Result schema: JSON text, or @file.json.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds between check-ins before the service times out.",
+)
+@click.option(
+    "--worker-loss",
+    type=click.Choice(["fail", "requeue"]),
+    default="fail",
+    show_default=True,
+    help="What happens to a job whose worker dies mid-run.",
+)
+@click.option("--max-attempts", type=int, default=3, show_default=True)
+@_user_errors
+def services_create(
+    name: str,
+    description: str,
+    registration: str,
+    result: str,
+    timeout: float,
+    worker_loss: str,
+    max_attempts: int,
+) -> None:
+    """Create the service NAME."""
+    from broker.producer import Producer
+
+    service_id = Producer(_settings()).create_service(
+        name,
+        description,
+        _json_argument(registration, "job_registration_schema"),
+        _json_argument(result, "job_result_schema"),
+        timeout=timeout,
+        worker_loss_policy=worker_loss,
+        max_attempts=max_attempts,
+    )
+    click.echo(str(service_id))
+
+
+@services.command("list")
+@_user_errors
+def services_list() -> None:
+    """List every service."""
+    from broker.database import open_session
+    from broker.models.service_list import ServiceList
+
+    with open_session(_settings().database_url) as session:
+        for service in ServiceList(session):
+            state = "available" if service.is_service_available else "unavailable"
+            timed_out = ", timed out" if service.has_timed_out else ""
+            click.echo(f"{service.id}  {service.name}  ({state}{timed_out})")
+
+
+@main.group()
+def jobs() -> None:
+    """Submit, inspect, wait for and cancel jobs."""
+
+
+@jobs.command("submit")
+@click.argument("service")
+@click.argument("parameters")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=float,
+    default=None,
+    help="Wait up to this many seconds and print the results.",
+)
+@_user_errors
+def jobs_submit(service: str, parameters: str, wait_seconds: float | None) -> None:
+    """Submit a job to SERVICE (by name) with PARAMETERS (JSON, or @file.json)."""
+    from broker.producer import Producer
+
+    producer = Producer(_settings())
+    job_id = producer.submit(service, _json_argument(parameters, "parameters"))
+    click.echo(str(job_id))
+    if wait_seconds is not None:
+        click.echo(json.dumps(producer.wait(job_id, wait_seconds), indent=2))
+
+
+@jobs.command("show")
+@click.argument("job_id", type=click.UUID)
+@_user_errors
+def jobs_show(job_id: uuid.UUID) -> None:
+    """Show a job."""
+    from broker.producer import Producer
+
+    click.echo(json.dumps(Producer(_settings()).job(job_id), indent=2))
+
+
+@jobs.command("wait")
+@click.argument("job_id", type=click.UUID)
+@click.option("--timeout", type=float, default=60.0, show_default=True)
+@_user_errors
+def jobs_wait(job_id: uuid.UUID, timeout: float) -> None:
+    """Wait for a job and print its results."""
+    from broker.producer import Producer
+
+    click.echo(json.dumps(Producer(_settings()).wait(job_id, timeout), indent=2))
+
+
+@jobs.command("cancel")
+@click.argument("job_id", type=click.UUID)
+@_user_errors
+def jobs_cancel(job_id: uuid.UUID) -> None:
+    """Cancel a job that has not started."""
+    from broker.producer import Producer
+
+    Producer(_settings()).cancel(job_id)
+    click.echo(f"cancelled {job_id}")

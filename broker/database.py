@@ -1,0 +1,181 @@
+"""The SQL side: tables, their ORM rows, engines and sessions.
+
+Storage stays dumb: rows hold what the models and the state mirror put in them;
+validation and the lifecycle rules live above (``broker.models``,
+``broker.lifecycle``). The session returned by ``open_session`` is the seed's
+transaction manager: models add and change rows in it, the caller commits.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+__all__ = [
+    "JobRow",
+    "ServiceRow",
+    "create_schema",
+    "database_now",
+    "engine_for",
+    "metadata",
+    "open_session",
+]
+
+#: JSON documents: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
+JSONDocument = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite has no timezone type and hands back naive datetimes; TopChef's users
+    compare these with aware ones, so every value is normalised to UTC on both
+    ways through.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: TopChef stores aware UTC datetimes")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """The declarative base of every TopChef table."""
+
+
+metadata = Base.metadata
+
+
+class ServiceRow(Base):
+    """One service: an instrument or simulation, with its contract and liveness."""
+
+    __tablename__ = "services"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    job_registration_schema: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    job_result_schema: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    timeout: Mapped[float] = mapped_column(sa.Float)
+    is_service_available: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    last_checked_in: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When beat last found the service timed out; cleared by a check-in.
+    timed_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    worker_loss_policy: Mapped[str] = mapped_column(sa.String(16), default="fail")
+    max_attempts: Mapped[int] = mapped_column(sa.Integer, default=3)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class JobRow(Base):
+    """One job: its parameters, lifecycle timestamps and outcome."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    service_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("services.id", ondelete="CASCADE")
+    )
+    status: Mapped[str] = mapped_column(sa.String(16))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument, nullable=True)
+    #: Why the job ended in ERROR (the exception, the schema violation, the lost worker).
+    detail: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    progress: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    progress_message: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    #: Which delivery of the job is (or was last) running; > 1 after a requeue.
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    date_submitted: Mapped[datetime] = mapped_column(UTCDateTime)
+    date_started: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    date_finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Set once the job's message left for its queue; NULL rows are the outbox.
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Optimistic-concurrency counter: every write checks it, so two writers
+    #: racing on one job cannot both win.
+    version: Mapped[int] = mapped_column(sa.Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy's API)
+    __table_args__ = (
+        # "REGISTERED jobs of one service, oldest first" is an index scan.
+        sa.Index("ix_jobs_service_status_submitted", "service_id", "status", "date_submitted"),
+        sa.Index("ix_jobs_status_submitted", "status", "date_submitted"),
+        sa.Index("ix_jobs_submitted", "date_submitted"),
+        # The outbox: committed jobs whose message has not left yet.
+        sa.Index(
+            "ix_jobs_unpublished",
+            "date_submitted",
+            postgresql_where=sa.text("published_at IS NULL"),
+            sqlite_where=sa.text("published_at IS NULL"),
+        ),
+    )
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    """Make SQLite behave like a server database for several processes."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+@functools.lru_cache(maxsize=16)
+def engine_for(url: str) -> Engine:
+    """One engine (and so one connection pool) per database URL per process."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _configure_sqlite)
+    return engine
+
+
+def _resolve(url: str | None) -> str:
+    if url is not None:
+        return url
+    from broker.settings import Settings
+
+    return Settings.from_env().database_url
+
+
+def open_session(url: str | None = None) -> Session:
+    """A new session on ``url`` (default: ``TOPCHEF_DATABASE_URL``); the caller commits."""
+    return Session(bind=engine_for(_resolve(url)))
+
+
+def create_schema(url: str | None = None) -> None:
+    """Create every table that does not exist yet."""
+    metadata.create_all(engine_for(_resolve(url)))
+
+
+def database_now(session: Session) -> datetime:
+    """The one clock that check-ins and timeouts are judged by: the database's.
+
+    Lab machines' clocks may be off by minutes; every SQL writer asks the
+    database instead. SQLite is a file on this machine, so its clock is ours.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        value = session.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
+    return datetime.now(UTC)

@@ -1,0 +1,45 @@
+"""Every queue name, Redis key and task name TopChef uses, in one place.
+
+Keys are built from ids only, never from a service's name: names are free text
+("Testing Service", "Rabi — 7 T magnet") and may change, ids never do.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+PREFIX = "topchef"
+
+#: The Celery task that runs a job (acknowledged after it ran).
+JOB_TASK = "topchef.job"
+#: The same, for services whose lost jobs are re-queued: a worker process that
+#: dies mid-job has its message rejected back to the queue.
+REQUEUE_JOB_TASK = "topchef.job.requeue"
+#: The queue beat's periodic tasks run on (consumed by ``topchef beat`` only).
+BEAT_QUEUE = f"{PREFIX}.beat"
+
+#: The Redis stream that carries state changes from workers to the mirror.
+STATE_STREAM = f"{PREFIX}:state"
+#: The consumer group of the state mirrors on that stream.
+MIRROR_GROUP = "mirror"
+#: Hash: service name → service id (the directory workers resolve names with).
+SERVICE_IDS = f"{PREFIX}:service-ids"
+#: Hash: service id → JSON descriptor (queue, result schema, timeout, policy).
+SERVICE_DESCRIPTORS = f"{PREFIX}:services"
+#: Pub/sub channel on which the mirror announces jobs that reached an end.
+FINISHED_CHANNEL = f"{PREFIX}:finished"
+
+
+def service_queue(service_id: uuid.UUID) -> str:
+    """The Celery queue of a service's jobs."""
+    return f"{PREFIX}.service.{service_id}"
+
+
+def claim(job_id: uuid.UUID | str) -> str:
+    """Hash arbitrating who may run a job: its state, attempt and worker."""
+    return f"{PREFIX}:claim:{job_id}"
+
+
+def lease(job_id: uuid.UUID | str) -> str:
+    """Key that lives while a worker runs the job; it lapses when the worker dies."""
+    return f"{PREFIX}:lease:{job_id}"

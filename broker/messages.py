@@ -1,0 +1,115 @@
+"""What crosses the message broker, as frozen dataclasses with a JSON wire form.
+
+Job messages flow out to workers (Celery task kwargs); service descriptors tell
+workers what they need of a service without a database; state messages flow
+back to the mirror on a Redis stream.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from broker import keys
+
+
+@dataclass(frozen=True, slots=True)
+class JobMessage:
+    """One job, as its service's worker receives it."""
+
+    job_id: uuid.UUID
+    service_id: uuid.UUID
+    service_name: str
+    parameters: dict[str, Any]
+    requeue: bool = False
+    attempt: int = 1
+
+    @property
+    def task_name(self) -> str:
+        return keys.REQUEUE_JOB_TASK if self.requeue else keys.JOB_TASK
+
+    @property
+    def queue(self) -> str:
+        return keys.service_queue(self.service_id)
+
+    def task_kwargs(self) -> dict[str, Any]:
+        """The Celery task's keyword arguments (JSON-serialisable)."""
+        return {
+            "job_id": str(self.job_id),
+            "service_id": str(self.service_id),
+            "service_name": self.service_name,
+            "parameters": self.parameters,
+            "attempt": self.attempt,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDescriptor:
+    """What a lab worker must know of a service, delivered through Redis."""
+
+    id: uuid.UUID
+    name: str
+    job_result_schema: dict[str, Any]
+    timeout: float
+    worker_loss_policy: str = "fail"
+    max_attempts: int = 3
+
+    @property
+    def queue(self) -> str:
+        return keys.service_queue(self.id)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["id"] = str(self.id)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ServiceDescriptor:
+        data = json.loads(text)
+        data["id"] = uuid.UUID(data["id"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class StateMessage:
+    """A state change reported by a worker (or a check-in), bound for the mirror.
+
+    ``kind`` is ``"status"`` (``status`` plus ``results``/``detail``),
+    ``"progress"`` or ``"checkin"`` (``available`` says whether the worker is
+    starting/running or shutting down).
+    """
+
+    kind: str
+    service_id: uuid.UUID
+    job_id: uuid.UUID | None = None
+    status: str | None = None
+    results: dict[str, Any] | None = None
+    detail: str | None = None
+    progress: float | None = None
+    message: str | None = None
+    attempt: int = 1
+    worker: str | None = None
+    available: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_fields(self) -> dict[str, str]:
+        """The stream entry: one JSON field, so the mirror parses one thing."""
+        data = {key: value for key, value in asdict(self).items() if value not in (None, {})}
+        data["service_id"] = str(self.service_id)
+        if self.job_id is not None:
+            data["job_id"] = str(self.job_id)
+        return {"m": json.dumps(data, separators=(",", ":"))}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[Any, Any]) -> StateMessage:
+        raw = fields.get(b"m", fields.get("m"))
+        if not isinstance(raw, str | bytes):
+            raise KeyError("a state entry has one field, 'm'")
+        data = json.loads(raw)
+        data["service_id"] = uuid.UUID(data["service_id"])
+        if "job_id" in data:
+            data["job_id"] = uuid.UUID(data["job_id"])
+        return cls(**data)

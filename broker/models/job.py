@@ -1,0 +1,146 @@
+"""A job backed by its SQL row."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from broker import lifecycle
+from broker.contract import compile_contract
+from broker.database import JobRow, ServiceRow, database_now
+from broker.models.interfaces.job import JSON
+from broker.models.interfaces.job import Job as JobInterface
+
+
+class Job(JobInterface):
+    """A job whose state lives in a ``JobRow`` of the caller's session.
+
+    Changes are made to the row and so tracked by the session; they read back
+    at once and reach the database when the caller commits.
+    """
+
+    def __init__(self, database_job: JobRow) -> None:
+        self._row = database_job
+
+    @property
+    def _session(self) -> Session:
+        session = Session.object_session(self._row)
+        if session is None:
+            raise RuntimeError("this job's row is not attached to a session")
+        return session
+
+    @property
+    def _service(self) -> ServiceRow:
+        service = self._session.get(ServiceRow, self._row.service_id)
+        assert service is not None, "jobs.service_id is a foreign key"
+        return service
+
+    def __hash__(self) -> int:
+        return hash(self._row.id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JobInterface):
+            return NotImplemented
+        return self.id == other.id
+
+    def __repr__(self) -> str:
+        return f"<Job {self._row.id} {self._row.status}>"
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self._row.id
+
+    @property
+    def service_id(self) -> uuid.UUID:
+        return self._row.service_id
+
+    @property
+    def parameter_schema(self) -> dict[str, JSON]:
+        return self._service.job_registration_schema
+
+    @property
+    def result_schema(self) -> dict[str, JSON]:
+        return self._service.job_result_schema
+
+    @property
+    def status(self) -> JobInterface.JobStatus:
+        return JobInterface.JobStatus(self._row.status)
+
+    @status.setter
+    def status(self, new_status: JobInterface.JobStatus) -> None:
+        new_status = JobInterface.JobStatus(new_status)
+        if new_status == self.status:
+            return
+        lifecycle.check_move(self.id, self.status, new_status)
+        self._row.status = new_status.value
+        setattr(self._row, lifecycle.TIMESTAMP_COLUMN[new_status], database_now(self._session))
+
+    @property
+    def parameters(self) -> dict[str, JSON]:
+        return self._row.parameters
+
+    @property
+    def results(self) -> dict[str, JSON] | None:
+        return self._row.results
+
+    @results.setter
+    def results(self, new_results: dict[str, JSON]) -> None:
+        compile_contract(self.result_schema, source="job_result_schema").validate(
+            new_results, source="results"
+        )
+        self._row.results = new_results
+
+    @property
+    def detail(self) -> str | None:
+        """Why the job ended in ERROR, when it did."""
+        return self._row.detail
+
+    @property
+    def progress(self) -> float | None:
+        """The last progress its worker reported, from 0 to 1."""
+        return self._row.progress
+
+    @property
+    def progress_message(self) -> str | None:
+        return self._row.progress_message
+
+    @property
+    def attempts(self) -> int:
+        """How many times a worker started the job."""
+        return self._row.attempts
+
+    @property
+    def worker(self) -> str | None:
+        """The worker that ran (or runs) the job."""
+        return self._row.worker
+
+    @property
+    def date_submitted(self) -> datetime:
+        return self._row.date_submitted
+
+    @property
+    def date_started(self) -> datetime | None:
+        return self._row.date_started
+
+    @property
+    def date_finished(self) -> datetime | None:
+        return self._row.date_finished
+
+    def as_dict(self) -> dict[str, Any]:
+        """The job as JSON-ready data (the gateway's and the CLI's view)."""
+        return {
+            "id": str(self.id),
+            "service_id": str(self.service_id),
+            "status": self.status.value,
+            "parameters": self.parameters,
+            "results": self.results,
+            "detail": self.detail,
+            "progress": self.progress,
+            "attempts": self.attempts,
+            "date_submitted": self.date_submitted.isoformat(),
+            "date_started": self.date_started.isoformat() if self.date_started else None,
+            "date_finished": self.date_finished.isoformat() if self.date_finished else None,
+        }

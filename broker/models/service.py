@@ -1,0 +1,267 @@
+"""A service backed by its SQL row."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from broker import outbox
+from broker.contract import Contract, compile_contract
+from broker.database import JobRow, ServiceRow, database_now
+from broker.messages import JobMessage
+from broker.models.errors import (
+    DeserializationError,
+    DuplicateServiceNameError,
+    ImmutableFieldError,
+)
+from broker.models.interfaces.job import JSON
+from broker.models.interfaces.job import Job as JobInterface
+from broker.models.interfaces.service import Service as ServiceInterface
+from broker.models.job import Job
+from broker.models.job_list import JobList
+
+#: What happens to a job whose worker died while running it.
+WORKER_LOSS_POLICIES = ("fail", "requeue")
+DEFAULT_TIMEOUT = 30.0
+MAX_NAME_LENGTH = 200
+
+
+class Service(ServiceInterface):
+    """A service whose state lives in a ``ServiceRow`` of the caller's session."""
+
+    def __init__(
+        self,
+        database_service: ServiceRow,
+        session_getter_for_model: Callable[[object], Session | None] = Session.object_session,
+    ) -> None:
+        self._row = database_service
+        self._session_of = session_getter_for_model
+
+    @property
+    def _session(self) -> Session:
+        session = self._session_of(self._row)
+        if session is None:
+            raise RuntimeError("this service's row is not attached to a session")
+        return session
+
+    @classmethod
+    def new(
+        cls,
+        name: str,
+        description: str,
+        registration_schema: dict[str, Any],
+        result_schema: dict[str, Any],
+        database_session: Session,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        worker_loss_policy: str = "fail",
+        max_attempts: int = 3,
+    ) -> Service:
+        """Create a service; its schemas are checked now, so a bad one changes nothing.
+
+        ``worker_loss_policy`` says what becomes of a job whose worker dies
+        mid-run: ``"fail"`` (the default, for physical actions that must not
+        repeat) marks it ERROR; ``"requeue"`` runs it again, at most
+        ``max_attempts`` times in all.
+        """
+        _check_name(name, database_session)
+        compile_contract(registration_schema, source="job_registration_schema")
+        compile_contract(result_schema, source="job_result_schema")
+        _check_timeout(timeout)
+        if worker_loss_policy not in WORKER_LOSS_POLICIES:
+            raise DeserializationError(
+                "worker_loss_policy",
+                f"must be one of {', '.join(WORKER_LOSS_POLICIES)}, got {worker_loss_policy!r}",
+            )
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise DeserializationError(
+                "max_attempts", f"must be an integer >= 1, got {max_attempts!r}"
+            )
+        now = database_now(database_session)
+        row = ServiceRow(
+            id=uuid.uuid4(),
+            name=name,
+            description=description,
+            job_registration_schema=registration_schema,
+            job_result_schema=result_schema,
+            timeout=float(timeout),
+            is_service_available=False,
+            last_checked_in=now,
+            worker_loss_policy=worker_loss_policy,
+            max_attempts=max_attempts,
+            created_at=now,
+        )
+        database_session.add(row)
+        outbox.record_service(database_session, row)
+        return cls(row)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ServiceInterface):
+            return NotImplemented
+        return self.id == other.id
+
+    def __hash__(self) -> int:
+        return hash(self._row.id)
+
+    def __repr__(self) -> str:
+        return f"<Service {self._row.name!r} {self._row.id}>"
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self._row.id
+
+    @property
+    def name(self) -> str:
+        return self._row.name
+
+    @name.setter
+    def name(self, new_name: str) -> None:
+        if new_name == self._row.name:
+            return
+        _check_name(new_name, self._session)
+        self._row.name = new_name
+        outbox.record_service(self._session, self._row)
+
+    @property
+    def description(self) -> str:
+        return self._row.description
+
+    @description.setter
+    def description(self, new_description: str) -> None:
+        if not isinstance(new_description, str):
+            raise DeserializationError("description", "must be a string")
+        self._row.description = new_description
+
+    @property
+    def job_registration_schema(self) -> dict[str, JSON]:
+        return self._row.job_registration_schema
+
+    @job_registration_schema.setter
+    def job_registration_schema(self, _value: object) -> None:
+        raise ImmutableFieldError("job_registration_schema")
+
+    @property
+    def job_result_schema(self) -> dict[str, JSON]:
+        return self._row.job_result_schema
+
+    @job_result_schema.setter
+    def job_result_schema(self, _value: object) -> None:
+        raise ImmutableFieldError("job_result_schema")
+
+    @property
+    def registration_contract(self) -> Contract:
+        """The compiled registration schema (compiled once per process, then cached)."""
+        return compile_contract(self._row.job_registration_schema, source="job_registration_schema")
+
+    @property
+    def timeout(self) -> float:
+        return self._row.timeout
+
+    @timeout.setter
+    def timeout(self, new_timeout: float) -> None:
+        _check_timeout(new_timeout)
+        self._row.timeout = float(new_timeout)
+        outbox.record_service(self._session, self._row)
+
+    @property
+    def worker_loss_policy(self) -> str:
+        return self._row.worker_loss_policy
+
+    @property
+    def max_attempts(self) -> int:
+        return self._row.max_attempts
+
+    @property
+    def is_service_available(self) -> bool:
+        return self._row.is_service_available
+
+    @is_service_available.setter
+    def is_service_available(self, available: bool) -> None:
+        if not isinstance(available, bool):
+            raise DeserializationError("is_service_available", "must be true or false")
+        self._row.is_service_available = available
+
+    @property
+    def last_checked_in(self) -> Any:
+        return self._row.last_checked_in
+
+    @property
+    def has_timed_out(self) -> bool:
+        elapsed = database_now(self._session) - self._row.last_checked_in
+        return elapsed > timedelta(seconds=self._row.timeout)
+
+    def check_in(self) -> None:
+        self._row.last_checked_in = database_now(self._session)
+        self._row.timed_out_at = None
+
+    @property
+    def jobs(self) -> JobList:
+        return JobList(self._session, JobRow.service_id == self._row.id)
+
+    def new_job(self, parameters: dict[str, JSON]) -> Job:
+        """Validate ``parameters`` and add a REGISTERED job; nothing is added if invalid.
+
+        The job's message is published to the service's queue when the
+        session commits (see ``broker.outbox``), never before.
+        """
+        self.registration_contract.validate(parameters, source="parameters")
+        row = JobRow(
+            id=uuid.uuid4(),
+            service_id=self._row.id,
+            status=JobInterface.JobStatus.REGISTERED.value,
+            parameters=parameters,
+            attempts=0,
+            date_submitted=database_now(self._session),
+        )
+        self._session.add(row)
+        outbox.record_job(self._session, self.message_for(row))
+        return Job(row)
+
+    def message_for(self, row: JobRow, attempt: int = 1) -> JobMessage:
+        """The queue message of one of this service's jobs."""
+        return JobMessage(
+            job_id=row.id,
+            service_id=self._row.id,
+            service_name=self._row.name,
+            parameters=row.parameters,
+            requeue=self._row.worker_loss_policy == "requeue",
+            attempt=attempt,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The service as JSON-ready data."""
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "description": self.description,
+            "job_registration_schema": self.job_registration_schema,
+            "job_result_schema": self.job_result_schema,
+            "timeout": self.timeout,
+            "is_service_available": self.is_service_available,
+            "has_timed_out": self.has_timed_out,
+            "last_checked_in": self._row.last_checked_in.isoformat(),
+            "worker_loss_policy": self.worker_loss_policy,
+            "max_attempts": self.max_attempts,
+        }
+
+
+def _check_name(name: object, session: Session) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise DeserializationError("name", "must be a non-empty string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise DeserializationError("name", f"must be at most {MAX_NAME_LENGTH} characters")
+    taken = session.scalar(sa.select(sa.literal(1)).where(ServiceRow.name == name).limit(1))
+    if taken is not None:
+        raise DuplicateServiceNameError(name)
+
+
+def _check_timeout(timeout: object) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise DeserializationError("timeout", f"must be a number of seconds > 0, got {timeout!r}")
+    if timeout != timeout or timeout == float("inf"):
+        raise DeserializationError("timeout", f"must be finite, got {timeout!r}")

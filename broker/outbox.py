@@ -1,0 +1,115 @@
+"""The outbox: a job's message leaves only after its row has committed.
+
+Models record what must be published in ``session.info``; when the session
+commits, the publisher attached to it (see ``attach``) sends the job messages
+and service descriptors, then marks the jobs published. A process that dies
+between the commit and the publish leaves rows with ``published_at IS NULL``;
+beat publishes those (``broker.recovery``). A session without a publisher
+(plain model use, tests of the models) simply leaves its jobs to beat.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from broker.database import JobRow, ServiceRow, database_now
+from broker.messages import JobMessage, ServiceDescriptor
+
+log = logging.getLogger(__name__)
+
+_PUBLISHER = "topchef.publisher"
+_JOBS = "topchef.outbox.jobs"
+_SERVICES = "topchef.outbox.services"
+_DESCRIPTORS = "topchef.outbox.descriptors"
+
+
+class Publisher(Protocol):
+    """Sends what a committed transaction produced to the message broker."""
+
+    def publish_jobs(self, messages: Sequence[JobMessage]) -> None: ...
+
+    def publish_services(self, descriptors: Sequence[ServiceDescriptor]) -> None: ...
+
+
+def attach(session: Session, publisher: Publisher) -> Session:
+    """Make ``session`` publish its jobs and services when it commits."""
+    session.info[_PUBLISHER] = publisher
+    return session
+
+
+def record_job(session: Session, message: JobMessage) -> None:
+    """Queue ``message`` for publication when ``session`` commits."""
+    session.info.setdefault(_JOBS, []).append(message)
+
+
+def record_service(session: Session, row: ServiceRow) -> None:
+    """Publish the service's descriptor when ``session`` commits (creation, changes)."""
+    session.info.setdefault(_SERVICES, {})[row.id] = row
+
+
+def descriptor_of(row: ServiceRow) -> ServiceDescriptor:
+    """A service's descriptor, as workers receive it."""
+    return ServiceDescriptor(
+        id=row.id,
+        name=row.name,
+        job_result_schema=row.job_result_schema,
+        timeout=row.timeout,
+        worker_loss_policy=row.worker_loss_policy,
+        max_attempts=row.max_attempts,
+    )
+
+
+@event.listens_for(Session, "before_commit")
+def _snapshot(session: Session) -> None:
+    """Read service rows while they are loaded; after commit they are expired."""
+    rows = session.info.pop(_SERVICES, None)
+    if rows:
+        session.info[_DESCRIPTORS] = [descriptor_of(row) for row in rows.values()]
+
+
+@event.listens_for(Session, "after_rollback")
+def _discard(session: Session) -> None:
+    for key in (_JOBS, _SERVICES, _DESCRIPTORS):
+        session.info.pop(key, None)
+
+
+@event.listens_for(Session, "after_commit")
+def _publish(session: Session) -> None:
+    jobs: list[JobMessage] = session.info.pop(_JOBS, [])
+    descriptors: list[ServiceDescriptor] = session.info.pop(_DESCRIPTORS, [])
+    publisher: Publisher | None = session.info.get(_PUBLISHER)
+    if publisher is None or not (jobs or descriptors):
+        return
+    try:
+        if descriptors:
+            publisher.publish_services(descriptors)
+        if jobs:
+            publisher.publish_jobs(jobs)
+    except Exception:
+        # The rows are committed; beat publishes what did not leave. Raising
+        # here would tell the caller its commit failed, which is untrue.
+        log.exception("publishing %d job(s) failed; beat will publish them", len(jobs))
+        return
+    if jobs:
+        mark_published(session.get_bind(), [message.job_id for message in jobs])
+
+
+def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[object]) -> None:
+    """Take published jobs out of the outbox, in chunks the database accepts."""
+    engine = bind if isinstance(bind, sa.Engine) else bind.engine
+    with Session(bind=engine) as session, session.begin():
+        now = database_now(session)
+        for start in range(0, len(job_ids), 1000):
+            chunk = job_ids[start : start + 1000]
+            session.execute(
+                sa.update(JobRow)
+                .where(JobRow.id.in_(chunk), JobRow.published_at.is_(None))
+                .values(published_at=now)
+                .execution_options(synchronize_session=False)
+            )

@@ -1,0 +1,164 @@
+"""What beat does every few seconds: timeouts, lost workers' jobs, the outbox.
+
+Each function reads SQL, decides, and writes through a compare-and-set, so two
+beat processes running at once by mistake never double a transition: the
+second finds the row already moved and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from broker import lifecycle, outbox
+from broker.claims import Claims
+from broker.database import JobRow, ServiceRow, database_now
+from broker.messages import JobMessage
+from broker.outbox import Publisher
+
+log = logging.getLogger(__name__)
+Status = lifecycle.Status
+
+#: The outbox is drained in chunks this size, so one tick never loads it all.
+OUTBOX_CHUNK = 1000
+
+
+@dataclass
+class TickReport:
+    """What one beat tick changed, for logs and tests."""
+
+    timed_out: list[uuid.UUID] = field(default_factory=list)
+    requeued: list[uuid.UUID] = field(default_factory=list)
+    failed: list[uuid.UUID] = field(default_factory=list)
+    published: int = 0
+
+
+def evaluate_timeouts(session: Session, now: datetime) -> list[uuid.UUID]:
+    """Mark services that stopped checking in as timed out and unavailable.
+
+    Judged on the database's clock, against check-in times the mirror wrote
+    on that same clock, so a lab machine's wrong clock cannot time it out.
+    """
+    rows = session.execute(
+        sa.select(ServiceRow.id, ServiceRow.timeout, ServiceRow.last_checked_in).where(
+            ServiceRow.timed_out_at.is_(None)
+        )
+    ).all()
+    timed_out = []
+    for service_id, timeout, last_checked_in in rows:
+        if now - last_checked_in <= timedelta(seconds=timeout):
+            continue
+        moved = session.execute(  # type: ignore[attr-defined]
+            sa.update(ServiceRow)
+            .where(
+                ServiceRow.id == service_id,
+                ServiceRow.timed_out_at.is_(None),
+                ServiceRow.last_checked_in == last_checked_in,
+            )
+            .values(timed_out_at=now, is_service_available=False)
+        ).rowcount
+        if moved:
+            log.warning("service %s timed out (no check-in for %.1f s)", service_id, timeout)
+            timed_out.append(service_id)
+    return timed_out
+
+
+def recover_lost_jobs(
+    session: Session, claims: Claims, publisher: Publisher, now: datetime
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """Apply each service's worker-loss policy to WORKING jobs whose lease lapsed.
+
+    Returns the jobs re-queued and the jobs failed.
+    """
+    rows = session.execute(
+        sa.select(JobRow, ServiceRow)
+        .join(ServiceRow, ServiceRow.id == JobRow.service_id)
+        .where(JobRow.status == Status.WORKING.value)
+    ).all()
+    requeue_messages: list[JobMessage] = []
+    failures: list[dict[str, object]] = []
+    for job, service in rows:
+        requeue = service.worker_loss_policy == "requeue"
+        recovery = claims.recover(job.id, requeue, service.max_attempts)
+        if recovery.verdict == "requeue":
+            requeue_messages.append(
+                JobMessage(job.id, service.id, service.name, job.parameters, True, recovery.attempt)
+            )
+        elif recovery.verdict in ("fail", "exhausted", "lost"):
+            detail = (
+                f"worker lost on each of {recovery.attempt} attempts; giving up"
+                if recovery.verdict == "exhausted"
+                else f"worker lost while running the job (attempt {recovery.attempt}); "
+                "the service's worker-loss policy is 'fail', so it was not run again"
+            )
+            failures.append({"id": job.id, "detail": detail})
+    if failures:
+        lifecycle.advance(session, Status.ERROR, failures, now)
+    if requeue_messages:
+        publisher.publish_jobs(requeue_messages)
+    return [m.job_id for m in requeue_messages], [f["id"] for f in failures]  # type: ignore[misc]
+
+
+def publish_outbox(session: Session, publisher: Publisher, now: datetime, grace: float) -> int:
+    """Publish committed jobs whose producer died before publishing them.
+
+    A job younger than ``grace`` is left to its producer, which is likely
+    publishing it right now; were both to publish, the claim would still run
+    it once.
+    """
+    cutoff = now - timedelta(seconds=grace)
+    published = 0
+    while True:
+        rows = session.execute(
+            sa.select(JobRow, ServiceRow)
+            .join(ServiceRow, ServiceRow.id == JobRow.service_id)
+            .where(
+                JobRow.published_at.is_(None),
+                JobRow.status == Status.REGISTERED.value,
+                JobRow.date_submitted < cutoff,
+            )
+            .order_by(JobRow.date_submitted)
+            .limit(OUTBOX_CHUNK)
+        ).all()
+        if not rows:
+            return published
+        messages = [
+            JobMessage(
+                job.id,
+                service.id,
+                service.name,
+                job.parameters,
+                service.worker_loss_policy == "requeue",
+            )
+            for job, service in rows
+        ]
+        publisher.publish_jobs(messages)
+        outbox.mark_published(session.get_bind(), [m.job_id for m in messages])
+        published += len(messages)
+        session.expire_all()
+
+
+def sync_directory(session: Session, publisher: Publisher) -> None:
+    """Re-publish every service's descriptor, healing a directory Redis lost."""
+    rows = session.scalars(sa.select(ServiceRow)).all()
+    publisher.publish_services([outbox.descriptor_of(row) for row in rows])
+
+
+def tick(session: Session, claims: Claims, publisher: Publisher, grace: float) -> TickReport:
+    """One round of beat's duties, each committed on its own."""
+    report = TickReport()
+    sync_directory(session, publisher)
+    session.commit()
+    now = database_now(session)
+    report.timed_out = evaluate_timeouts(session, now)
+    session.commit()
+    report.requeued, report.failed = recover_lost_jobs(session, claims, publisher, now)
+    session.commit()
+    report.published = publish_outbox(session, publisher, database_now(session), grace)
+    session.commit()
+    return report

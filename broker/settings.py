@@ -1,0 +1,98 @@
+"""One typed settings object, read from the environment once and passed in.
+
+Nothing below ``broker`` reads ``os.environ`` itself: a process builds its
+``Settings`` at start (``Settings.from_env()``) and hands it to what it runs, so
+tests and embedded stacks can run several configurations side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from broker.models.errors import ConfigurationError
+
+PREFIX = "TOPCHEF_"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("topchef-broker")
+    except metadata.PackageNotFoundError:  # running from a bare checkout
+        return "0.0.0+unknown"
+
+
+def default_database_url() -> str:
+    """A SQLite file in the working directory: zero configuration for one PC."""
+    return f"sqlite:///{Path.cwd() / 'topchef.sqlite3'}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a TopChef process may be configured with.
+
+    ``database_url`` is only read by producers, the state mirror and beat;
+    lab workers need ``broker_url`` alone.
+    """
+
+    database_url: str = field(default_factory=default_database_url)
+    broker_url: str = DEFAULT_BROKER_URL
+    maintainer_name: str = "TopChef maintainers"
+    maintainer_email: str = "topchef@example.org"
+    documentation_url: str = "https://github.com/TopChef/TopChef#readme"
+    source_code_repository_url: str = "https://github.com/TopChef/TopChef"
+    version: str = field(default_factory=_package_version)
+    #: How long a worker's lease on a running job lives without renewal. A job
+    #: whose lease lapsed lost its worker; beat then applies the service's policy.
+    lease_seconds: float = 30.0
+    #: How often beat runs its periodic tasks.
+    beat_interval: float = 5.0
+    #: How long after commit an unpublished job is left to its producer before
+    #: beat publishes it (the outbox grace period).
+    outbox_grace_seconds: float = 10.0
+    #: Redis visibility timeout for unacknowledged job messages. Short, because a
+    #: duplicate delivery is harmless (the claim refuses it) while a long one
+    #: strands jobs prefetched by a dead worker.
+    visibility_timeout: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``TOPCHEF_*`` variables; unset or empty ones keep their default."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, kind in _FIELDS.items():
+            raw = env.get(PREFIX + name.upper(), "").strip()
+            if raw:
+                values[name] = _parse(name, raw, kind)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+_FIELDS: dict[str, type] = {
+    "database_url": str,
+    "broker_url": str,
+    "maintainer_name": str,
+    "maintainer_email": str,
+    "documentation_url": str,
+    "source_code_repository_url": str,
+    "version": str,
+    "lease_seconds": float,
+    "beat_interval": float,
+    "outbox_grace_seconds": float,
+    "visibility_timeout": float,
+}
+
+
+def _parse(name: str, raw: str, kind: type) -> object:
+    if kind is str:
+        return raw
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{PREFIX}{name.upper()} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{PREFIX}{name.upper()} must be > 0, got {raw!r}")
+    return value

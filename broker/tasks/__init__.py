@@ -1,0 +1,1 @@
+"""Thin Celery tasks: each deserialises its message, calls a plain function, reports."""

@@ -1,0 +1,30 @@
+"""Celery settings shared by every TopChef process.
+
+The broker URL is not here: it comes from ``TOPCHEF_BROKER_URL`` (see
+``broker.settings``). Override anything below by editing this module or by
+setting it on the app after ``broker.app.make_app``.
+"""
+
+# JSON only, on the way out and on the way in: a pickled message is refused.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+
+# Outcomes travel on TopChef's state stream into SQL; no result backend.
+task_ignore_result = True
+
+# Flower sees every job from the moment it is sent until it ends.
+worker_send_task_events = True
+task_send_sent_event = True
+
+# A job's message is acknowledged after its handler ran, and a worker reserves
+# no more than it runs: a dead worker strands as few jobs as possible.
+task_acks_late = True
+worker_prefetch_multiplier = 1
+
+broker_connection_retry_on_startup = True
+worker_hijack_root_logger = False
+worker_redirect_stdouts = False
+enable_utc = True
+timezone = "UTC"

@@ -1,0 +1,1 @@
+"""Runnable example lab workers: copy one, change the handler, run ``topchef worker``."""
