@@ -20,6 +20,8 @@ BEAT_QUEUE = f"{PREFIX}.beat"
 
 #: The Redis stream that carries state changes from workers to the mirror.
 STATE_STREAM = f"{PREFIX}:state"
+#: State entries the mirror could not apply, kept for an operator to inspect.
+DEAD_STATE_STREAM = f"{PREFIX}:state:dead"
 #: The consumer group of the state mirrors on that stream.
 MIRROR_GROUP = "mirror"
 #: Hash: service name → service id (the directory workers resolve names with).

@@ -55,6 +55,11 @@ RANK: Mapping[Status, int] = {
 }
 
 
+def status_in(statuses: frozenset[Status] | list[Status]) -> sa.ColumnElement[bool]:
+    """``status IN (...)`` spelled with plain parameters, which ``executemany`` accepts."""
+    return sa.or_(*(JobRow.status == status.value for status in sorted(statuses)))
+
+
 def can_move(current: Status, new: Status) -> bool:
     """Whether a job that is ``current`` may become ``new``."""
     return current in PREDECESSORS[new]
@@ -86,10 +91,12 @@ def advance(
     values["status"] = new.value
     values[TIMESTAMP_COLUMN[new]] = at
     values["version"] = JobRow.version + 1
+    # A job that moved was necessarily published: take it out of the outbox.
+    values["published_at"] = sa.func.coalesce(JobRow.published_at, at)
     statement = (
         sa.update(JobRow)
         .where(JobRow.id == sa.bindparam("v_id"))
-        .where(JobRow.status.in_([status.value for status in PREDECESSORS[new]]))
+        .where(status_in(PREDECESSORS[new]))
         .values(values)
         .execution_options(synchronize_session=False)
     )

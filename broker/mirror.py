@@ -37,6 +37,9 @@ from broker.settings import Settings
 log = logging.getLogger(__name__)
 Status = lifecycle.Status
 
+#: Errors that mean the database is unreachable, not that the batch is wrong.
+_OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
 #: Entries idle this long in another consumer's pending list belong to a dead mirror.
 ABANDONED_AFTER_MS = 30_000
 
@@ -46,6 +49,7 @@ class Batch:
     """One read's worth of state messages, sorted into what SQL needs."""
 
     ids: list[bytes] = field(default_factory=list)
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = field(default_factory=list)
     statuses: dict[Status, dict[uuid.UUID, StateMessage]] = field(
         default_factory=lambda: defaultdict(dict)
     )
@@ -55,6 +59,7 @@ class Batch:
 
     def add(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         self.ids.append(entry_id)
+        self.entries.append((entry_id, fields))
         try:
             message = StateMessage.from_fields(fields)
         except (ValueError, TypeError, KeyError, json.JSONDecodeError):
@@ -111,6 +116,7 @@ class Mirror:
     def read(self) -> Batch:
         """The next batch: this consumer's pending entries first, then abandoned, then new."""
         batch = Batch()
+        entries = []
         if self._pending_first:
             entries = self._read("0")
             if not entries:
@@ -123,7 +129,7 @@ class Mirror:
                     count=self.batch_size,
                 )
                 entries = [(entry_id, fields) for entry_id, fields in claimed if fields]
-        else:
+        if not entries:
             entries = self._read(">")
         for entry_id, fields in entries:
             batch.add(entry_id, fields)
@@ -143,17 +149,23 @@ class Mirror:
         return [(entry_id, fields) for entry_id, fields in entries if fields]
 
     def step(self) -> int:
-        """Read, apply and acknowledge one batch; return how many entries it held."""
+        """Read, apply and acknowledge one batch; return how many entries it held.
+
+        A database outage raises (the batch stays pending, to be read again);
+        any other database error is the batch's own fault, so its entries are
+        applied one by one and those that still fail go to the dead-letter stream.
+        """
         batch = self.read()
         if not batch.ids:
             return 0
         try:
-            with Session(bind=self._engine) as session, session.begin():
-                self.apply(session, batch)
-        except sa.exc.SQLAlchemyError:
-            # Nothing is acknowledged: the batch stays pending and is read again.
+            self._commit(batch)
+        except _OUTAGE:
             self._pending_first = True
             raise
+        except sa.exc.SQLAlchemyError:
+            log.exception("a batch of %d entries failed; applying one by one", len(batch.ids))
+            self._apply_singly(batch)
         pipeline = self._client.pipeline(transaction=False)
         pipeline.xack(keys.STATE_STREAM, keys.MIRROR_GROUP, *batch.ids)
         pipeline.xdel(keys.STATE_STREAM, *batch.ids)
@@ -164,6 +176,24 @@ class Mirror:
         self.applied += len(batch.ids)
         return len(batch.ids)
 
+    def _commit(self, batch: Batch) -> None:
+        with Session(bind=self._engine) as session, session.begin():
+            self.apply(session, batch)
+
+    def _apply_singly(self, batch: Batch) -> None:
+        for entry_id, fields in batch.entries:
+            single = Batch()
+            single.add(entry_id, fields)
+            try:
+                self._commit(single)
+            except _OUTAGE:
+                self._pending_first = True
+                raise
+            except sa.exc.SQLAlchemyError as error:
+                log.error("state entry %r cannot be applied (%s); dead-lettered", entry_id, error)
+                dead: dict[Any, Any] = {**fields, b"error": str(error)[:2000]}
+                self._client.xadd(keys.DEAD_STATE_STREAM, dead)
+
     def apply(self, session: Session, batch: Batch) -> None:
         """Write one batch in ``session``'s transaction (the caller commits)."""
         now = database_now(session)
@@ -173,18 +203,11 @@ class Mirror:
             changes = [_change(m, worker=m.worker, attempts=m.attempt) for m in working.values()]
             lifecycle.advance(session, Status.WORKING, changes, now)
             _restart_attempts(session, working.values(), now)
-        for status in (Status.COMPLETED, Status.ERROR, Status.CANCELLED):
-            messages = batch.statuses.get(status, {})
-            if status is Status.COMPLETED:
-                messages, invalid = self._check_results(session, messages)
-                batch.statuses[Status.ERROR].update(invalid)
-            if messages:
-                lifecycle.advance(session, status, [self._final(m) for m in messages.values()], now)
         if batch.progress:
-            session.execute(
+            session.connection().execute(
                 sa.update(JobRow)
                 .where(JobRow.id == sa.bindparam("b_id"))
-                .where(JobRow.status.in_([Status.REGISTERED.value, Status.WORKING.value]))
+                .where(lifecycle.status_in([Status.REGISTERED, Status.WORKING]))
                 .values(
                     progress=sa.bindparam("b_progress"), progress_message=sa.bindparam("b_note")
                 )
@@ -194,6 +217,13 @@ class Mirror:
                     for job, m in batch.progress.items()
                 ],
             )
+        for status in (Status.COMPLETED, Status.ERROR, Status.CANCELLED):
+            messages = batch.statuses.get(status, {})
+            if status is Status.COMPLETED:
+                messages, invalid = self._check_results(session, messages)
+                batch.statuses[Status.ERROR].update(invalid)
+            if messages:
+                lifecycle.advance(session, status, [self._final(m) for m in messages.values()], now)
 
     @staticmethod
     def _final(message: StateMessage) -> dict[str, Any]:
@@ -258,7 +288,7 @@ class Mirror:
         while not stop.is_set():
             try:
                 self.step()
-            except sa.exc.SQLAlchemyError as error:
+            except _OUTAGE as error:
                 log.warning("database unavailable (%s); batch kept in the broker", error)
                 stop.wait(retry_seconds)
             except redis.RedisError as error:
@@ -283,7 +313,7 @@ def _restart_attempts(session: Session, messages: Any, now: Any) -> None:
     ]
     if not rows:
         return
-    session.execute(
+    session.connection().execute(
         sa.update(JobRow)
         .where(JobRow.id == sa.bindparam("r_id"))
         .where(JobRow.status == Status.WORKING.value)

@@ -97,19 +97,34 @@ def _publish(session: Session) -> None:
         log.exception("publishing %d job(s) failed; beat will publish them", len(jobs))
         return
     if jobs:
-        mark_published(session.get_bind(), [message.job_id for message in jobs])
+        try:
+            mark_published(session.get_bind(), [message.job_id for message in jobs])
+        except sa.exc.SQLAlchemyError:
+            # Harmless: a job beat re-publishes runs once all the same (its claim).
+            log.warning("could not mark %d job(s) published", len(jobs), exc_info=True)
 
 
 def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[object]) -> None:
-    """Take published jobs out of the outbox, in chunks the database accepts."""
+    """Take published jobs out of the outbox, in chunks the database accepts.
+
+    Rows the mirror is updating right now are skipped rather than waited for
+    (two writers locking rows in different orders deadlock): the mirror marks
+    every job it moves as published itself.
+    """
     engine = bind if isinstance(bind, sa.Engine) else bind.engine
     with Session(bind=engine) as session, session.begin():
         now = database_now(session)
         for start in range(0, len(job_ids), 1000):
             chunk = job_ids[start : start + 1000]
+            unlocked = (
+                sa.select(JobRow.id)
+                .where(JobRow.id.in_(chunk), JobRow.published_at.is_(None))
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
             session.execute(
                 sa.update(JobRow)
-                .where(JobRow.id.in_(chunk), JobRow.published_at.is_(None))
+                .where(JobRow.id.in_(unlocked))
                 .values(published_at=now)
                 .execution_options(synchronize_session=False)
             )

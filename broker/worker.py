@@ -110,7 +110,7 @@ class WorkerRuntime:
         claimed = self._claims.claim(job, attempt, worker, working)
         if claimed is not ClaimResult.CLAIMED:
             log.info("not running job %s (attempt %d): it is %s", job, attempt, claimed.value)
-            return claimed.value
+            return str(claimed.value)
         self._hold(job, worker)
         try:
             final = self._execute(served, job, parameters, attempt, worker)

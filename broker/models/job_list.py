@@ -76,10 +76,14 @@ class JobList(JobListInterface):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, JobListInterface):
             return NotImplemented
-        same_query = isinstance(other, JobList) and other._session is self._session
-        if same_query and [str(c) for c in other._criteria] == [str(c) for c in self._criteria]:
-            return True
+        if isinstance(other, JobList) and self._same_query(other):
+            return True  # no need to compare row by row
         return {job.id for job in self} == {job.id for job in other}
+
+    def _same_query(self, other: JobList) -> bool:
+        return other._session is self._session and [str(c) for c in other._criteria] == [
+            str(c) for c in self._criteria
+        ]
 
     __hash__ = None  # type: ignore[assignment]  # mutable container
 

@@ -1,0 +1,172 @@
+"""A whole TopChef stack on the real Redis and database, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lab
+import pytest
+import redis
+import sqlalchemy as sa
+from support import Process, wait_for
+
+from broker import keys
+from broker.claims import Claims
+from broker.connections import redis_client
+from broker.database import JobRow, ServiceRow, open_session
+from broker.mirror import Mirror
+from broker.producer import Producer
+from broker.recovery import TickReport, tick
+from broker.settings import Settings
+
+
+class Stack:
+    """A producer, an in-process mirror, beat ticks on demand, and worker processes."""
+
+    def __init__(self, settings: Settings, tmp_path: Path) -> None:
+        self.settings = settings
+        self.tmp_path = tmp_path
+        self.producer = Producer(settings)
+        self.redis: redis.Redis = redis_client(settings.broker_url)
+        self.claims = Claims(self.redis, settings.lease_seconds)
+        self.processes: list[Process] = []
+        self._stop = threading.Event()
+        self._mirror: threading.Thread | None = None
+
+    # -- processes ----------------------------------------------------------
+
+    def start_mirror(self) -> None:
+        """The mirror in a thread of the test process (same code as ``topchef mirror``)."""
+        mirror = Mirror(self.settings, block_ms=50)
+        self._mirror = threading.Thread(target=mirror.run, args=(self._stop, 0.2), daemon=True)
+        self._mirror.start()
+
+    def process(self, *args: str) -> Process:
+        name = "-".join(a.replace("/", "_") for a in args)[:40]
+        log = self.tmp_path / f"{name}-{len(self.processes)}.log"
+        process = Process(list(args), self.settings, log)
+        self.processes.append(process)
+        return process
+
+    def worker(self, *extra: str, module: str = "lab") -> Process:
+        return self.process("worker", module, "--loglevel", "INFO", *extra)
+
+    def tick(self) -> TickReport:
+        """One beat tick, run here (the same functions ``topchef beat`` runs)."""
+        with open_session(self.settings.database_url) as session:
+            return tick(
+                session, self.claims, self.producer.publisher, self.settings.outbox_grace_seconds
+            )
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.stop(timeout=10)
+        self._stop.set()
+        if self._mirror is not None:
+            self._mirror.join(10)
+
+    # -- services and jobs --------------------------------------------------
+
+    def create_lab_services(self, held_policy: str = "fail", timeout: float = 30.0) -> None:
+        create = self.producer.create_service
+        create(lab.SQUARE, "squares x", lab.NUMBER_SCHEMA, lab.SQUARE_RESULTS, timeout=timeout)
+        create(lab.FAILING, "raises", lab.NUMBER_SCHEMA, lab.SQUARE_RESULTS, timeout=timeout)
+        create(lab.INVALID, "bad results", lab.NUMBER_SCHEMA, lab.SQUARE_RESULTS, timeout=timeout)
+        create(
+            lab.HELD,
+            "held until released",
+            lab.HELD_SCHEMA,
+            lab.HELD_SCHEMA,
+            timeout=timeout,
+            worker_loss_policy=held_policy,
+            max_attempts=3,
+        )
+
+    def job(self, job_id: uuid.UUID) -> dict[str, Any]:
+        return self.producer.job(job_id)
+
+    def status(self, job_id: uuid.UUID) -> str:
+        return str(self.job(job_id)["status"])
+
+    def wait_status(self, job_id: uuid.UUID, status: str, timeout: float = 30.0) -> dict[str, Any]:
+        return wait_for(
+            lambda: (job := self.job(job_id))["status"] == status and job,
+            timeout,
+            f"job {job_id} to be {status}",
+        )
+
+    def service(self, name: str) -> ServiceRow:
+        with open_session(self.settings.database_url) as session:
+            row = session.scalars(sa.select(ServiceRow).where(ServiceRow.name == name)).one()
+            session.expunge(row)
+            return row
+
+    def wait_available(self, name: str, available: bool = True, timeout: float = 30.0) -> None:
+        wait_for(
+            lambda: self.service(name).is_service_available == available,
+            timeout,
+            f"service {name!r} available={available}",
+        )
+
+    def queue_length(self, name: str) -> int:
+        return int(self.redis.llen(keys.service_queue(self.service(name).id)))
+
+    def count_jobs(self, **where: Any) -> int:
+        with open_session(self.settings.database_url) as session:
+            query = sa.select(sa.func.count()).select_from(JobRow).filter_by(**where)
+            return int(session.scalar(query) or 0)
+
+    def runs(self, tag: str) -> int:
+        return int(self.redis.get(lab.runs_key(tag)) or 0)
+
+    def release(self, tag: str) -> None:
+        self.redis.set(lab.release_key(tag), 1)
+
+
+# -- fixtures (imported by conftest.py) ------------------------------------------
+
+REDIS_URL = os.environ.get("TOPCHEF_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test Redis; skips when it is down, but fails under ``CI=true``."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as error:
+        message = f"Redis not reachable at {REDIS_URL}: {error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return REDIS_URL
+
+
+@pytest.fixture
+def stack_settings(postgres_url: str, redis_url: str) -> Settings:
+    """Settings for a stack on clean PostgreSQL tables and an empty Redis database."""
+    from conftest import truncate_all
+
+    truncate_all(postgres_url)
+    redis.Redis.from_url(redis_url).flushdb()
+    return Settings(
+        database_url=postgres_url,
+        broker_url=redis_url,
+        lease_seconds=1.0,
+        beat_interval=0.5,
+        outbox_grace_seconds=0.2,
+        visibility_timeout=5.0,
+    )
+
+
+@pytest.fixture
+def stack(stack_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+    running = Stack(stack_settings, tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()

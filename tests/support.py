@@ -1,0 +1,85 @@
+"""Test helpers: waiting on conditions with a deadline, and real TopChef processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from broker.settings import Settings
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    interval = 0.01
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+        interval = min(0.1, interval * 1.5)
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process use ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOPCHEF_")}
+    env.update(
+        TOPCHEF_BROKER_URL=settings.broker_url,
+        TOPCHEF_DATABASE_URL=settings.database_url,
+        TOPCHEF_LEASE_SECONDS=str(settings.lease_seconds),
+        TOPCHEF_BEAT_INTERVAL=str(settings.beat_interval),
+        TOPCHEF_OUTBOX_GRACE_SECONDS=str(settings.outbox_grace_seconds),
+        TOPCHEF_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
+        PYTHONPATH=str(Path(__file__).parent) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+class Process:
+    """A ``topchef`` subcommand running as a real child process, logging to a file."""
+
+    def __init__(self, args: list[str], settings: Settings, log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "broker", *args],
+            env=environment(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """``kill -9`` the process and everything it started."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """A clean shutdown (SIGTERM); kill -9 if it does not stop in time."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+        return self.popen.returncode
