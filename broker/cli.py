@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 
 from broker.models.errors import DeserializationError, TopChefError
+from broker.models.interfaces.job import Job
 from broker.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,7 +70,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("module")
+@click.argument("modules", nargs=-1, required=True)
 @click.option(
     "--pool",
     type=click.Choice(["threads", "prefork", "solo"]),
@@ -87,28 +88,31 @@ def main() -> None:
 )
 @click.option("--loglevel", default="INFO", show_default=True)
 @_user_errors
-def worker(module: str, pool: str, concurrency: int, loglevel: str) -> None:
-    """Serve every handler declared in MODULE (e.g. workers.echo)."""
+def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str) -> None:
+    """Serve every handler declared in MODULES (e.g. workers.echo workers.rabi)."""
     from celery.signals import worker_ready, worker_shutdown
 
     from broker import handlers
     from broker.app import make_app
-    from broker.connections import redis_client
+    from broker.connections import redis_client, warn_unless_noeviction
     from broker.worker import WorkerRuntime, install, resolve
 
     _logging(loglevel)
     settings = _settings()
     sys.path.insert(0, os.getcwd())
-    try:
-        importlib.import_module(module)
-    except ImportError as error:
-        raise click.ClickException(f"cannot import {module!r}: {error}") from None
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise click.ClickException(f"cannot import {module!r}: {error}") from None
     declarations = handlers.declared().values()
     if not declarations:
-        raise click.ClickException(f"{module} declares no handler (use @broker.worker.handles)")
-    runtime = install(
-        WorkerRuntime(settings, resolve(redis_client(settings.broker_url), declarations))
-    )
+        raise click.ClickException(
+            f"{', '.join(modules)} declares no handler (use @broker.worker.handles)"
+        )
+    client = redis_client(settings.broker_url)
+    warn_unless_noeviction(client)
+    runtime = install(WorkerRuntime(settings, resolve(client, declarations)))
     worker_ready.connect(lambda **_: runtime.start(), weak=False)
     worker_shutdown.connect(lambda **_: runtime.stop(clean=True), weak=False)
     names = ", ".join(served.descriptor.name for served in runtime.services.values())
@@ -298,3 +302,113 @@ def jobs_cancel(job_id: uuid.UUID) -> None:
 
     Producer(_settings()).cancel(job_id)
     click.echo(f"cancelled {job_id}")
+
+
+@services.command("show")
+@click.argument("name")
+@_user_errors
+def services_show(name: str) -> None:
+    """Show the service NAME, with its schemas."""
+    from broker.database import open_session
+    from broker.models.service_list import ServiceList
+
+    with open_session(_settings().database_url) as session:
+        click.echo(json.dumps(ServiceList(session).by_name(name).as_dict(), indent=2))
+
+
+@jobs.command("list")
+@click.option("--service", "service_name", default=None, help="Only this service's jobs.")
+@click.option("--status", type=click.Choice([s.value for s in Job.JobStatus]), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@_user_errors
+def jobs_list(service_name: str | None, status: str | None, limit: int) -> None:
+    """List the newest jobs."""
+    from broker.database import open_session
+    from broker.models.job_list import JobList
+    from broker.models.service_list import ServiceList
+
+    with open_session(_settings().database_url) as session:
+        listing = (
+            ServiceList(session).by_name(service_name).jobs if service_name else JobList(session)
+        )
+        if status:
+            listing = listing.with_status(Job.JobStatus(status))
+        for job in listing.page(0, limit):
+            click.echo(f"{job.id}  {job.status.value:<10} {job.date_submitted:%Y-%m-%d %H:%M:%S}")
+
+
+@main.command()
+@_user_errors
+def status() -> None:
+    """Show every service (availability, check-ins, queue depth) and job counts."""
+    from broker.status import render_status
+
+    click.echo(render_status(_settings()))
+
+
+@main.command()
+@click.option(
+    "--jobs",
+    "job_count",
+    type=click.IntRange(1, 500),
+    default=12,
+    show_default=True,
+    help="How many Rabi experiments to run.",
+)
+@click.option("--timeout", type=float, default=45.0, show_default=True)
+@_user_errors
+def demo(job_count: int, timeout: float) -> None:
+    """Run the whole broker end to end: no configuration, nothing left behind."""
+    from broker.demo import run_demo
+
+    run_demo(job_count, timeout)
+
+
+@main.command()
+@click.option(
+    "--worker",
+    "workers",
+    multiple=True,
+    default=("workers.echo", "workers.rabi"),
+    show_default=True,
+    help="Worker modules to serve (repeat for several).",
+)
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=4, show_default=True)
+@_user_errors
+def up(workers: tuple[str, ...], concurrency: int) -> None:
+    """Run mirror, beat and workers in the foreground until Ctrl-C (a single-PC lab).
+
+    Unconfigured, it starts an embedded Redis and uses topchef.sqlite3 here;
+    other `topchef` commands run in this directory find it.
+    """
+    from broker.supervisor import local_stack
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with local_stack(Path.cwd(), workers, concurrency) as (settings, supervisor):
+        click.echo(
+            f"TopChef is up. Broker: {settings.broker_url}  Database: {settings.database_url}"
+        )
+        click.echo("Logs: .topchef/logs/   Stop with Ctrl-C.")
+        while not stop.wait(0.5):
+            supervisor.check()
+    click.echo("stopped")
+
+
+@main.command()
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+def flower(port: int, address: str) -> None:
+    """Start the Flower dashboard on the configured broker.
+
+    Set FLOWER_BASIC_AUTH=user:password to require a login (do, on any shared network).
+    """
+    from broker.app import make_app
+
+    settings = _settings()
+    args = ["flower", f"--port={port}", f"--address={address}"]
+    basic_auth = os.environ.get("FLOWER_BASIC_AUTH", "").strip()
+    if basic_auth:
+        args.append(f"--basic-auth={basic_auth}")
+    make_app(settings).start(args)

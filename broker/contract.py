@@ -130,9 +130,14 @@ def _check_bounds(value: object, source: str, error: type[DeserializationError])
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise error(source, f"object keys must be strings, got {key!r}")
+                if "\x00" in key:
+                    raise error(source, "keys may not contain NUL characters (\\u0000)")
                 stack.append((child, depth + 1))
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise error(source, "strings may not contain NUL characters (\\u0000)")
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise error(source, f"{item!r} is not a JSON number")

@@ -7,6 +7,7 @@ tests and embedded stacks can run several configurations side by side.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,12 @@ class Settings:
         """Read ``TOPCHEF_*`` variables; unset or empty ones keep their default."""
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
+        if environ is None and not env.get(PREFIX + "BROKER_URL", "").strip():
+            from broker.embedded import announced_url
+
+            embedded = announced_url()
+            if embedded:  # a `topchef up` running in this directory
+                values["broker_url"] = embedded
         for name, kind in _FIELDS.items():
             raw = env.get(PREFIX + name.upper(), "").strip()
             if raw:
@@ -93,6 +100,6 @@ def _parse(name: str, raw: str, kind: type) -> object:
         value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{PREFIX}{name.upper()} must be a number, got {raw!r}") from None
-    if value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ConfigurationError(f"{PREFIX}{name.upper()} must be > 0, got {raw!r}")
     return value

@@ -3,7 +3,8 @@
 A two-level system driven on resonance oscillates between its states; the
 probability of finding it excited after a pulse of length t is
 sin²(Ω t / 2), measured here with shot noise. The handler sweeps the pulse
-length, reporting progress as it goes, and fits nothing: it returns the data.
+length, reporting progress as it goes, and estimates the Rabi frequency back
+from the noisy data by least squares over a grid of candidate frequencies.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ RESULT_SCHEMA: dict[str, Any] = {
             "items": {"type": "number", "minimum": 0, "maximum": 1},
         },
         "peak_population": {"type": "number", "minimum": 0, "maximum": 1},
+        "fitted_rabi_frequency_mhz": {"type": "number", "minimum": 0},
     },
-    "required": ["pulse_us", "excited_population", "peak_population"],
+    "required": ["pulse_us", "excited_population", "peak_population", "fitted_rabi_frequency_mhz"],
 }
 
 
@@ -64,4 +66,26 @@ def rabi(parameters: dict[str, Any]) -> dict[str, Any]:
         "pulse_us": pulses,
         "excited_population": populations,
         "peak_population": max(populations),
+        "fitted_rabi_frequency_mhz": fit_frequency(pulses, populations),
     }
+
+
+def fit_frequency(pulses: list[float], populations: list[float]) -> float:
+    """The frequency (MHz) whose sin²(π f t) best matches the data, to 0.01 MHz.
+
+    Sampling limits what can be told apart: the grid stops at the Nyquist
+    frequency of the pulse spacing.
+    """
+    spacing = pulses[1] - pulses[0]
+    nyquist = 1 / (2 * spacing) if spacing > 0 else 1.0
+    best, best_error = 0.0, math.inf
+    steps = max(1, int(nyquist / 0.01))
+    for step in range(1, steps + 1):
+        frequency = step * 0.01
+        error = sum(
+            (math.sin(math.pi * frequency * t) ** 2 - p) ** 2
+            for t, p in zip(pulses, populations, strict=True)
+        )
+        if error < best_error:
+            best, best_error = frequency, error
+    return round(best, 2)

@@ -70,6 +70,8 @@ class Service(ServiceInterface):
         ``max_attempts`` times in all.
         """
         _check_name(name, database_session)
+        if not isinstance(description, str):
+            raise DeserializationError("description", "must be a string")
         compile_contract(registration_schema, source="job_registration_schema")
         compile_contract(result_schema, source="job_result_schema")
         _check_timeout(timeout)

@@ -1,0 +1,152 @@
+"""A whole TopChef stack on one PC: the processes ``topchef demo`` and ``topchef up`` run.
+
+Each part runs as its own ``topchef`` child process — the same commands an
+operator would start by hand — in its own process group, so that stopping the
+stack stops everything it started, and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from broker.embedded import STATE_DIR, EmbeddedRedis, wants_embedded
+from broker.models.errors import TopChefError
+from broker.settings import PREFIX, Settings
+
+log = logging.getLogger(__name__)
+
+#: The example workers a default stack serves.
+EXAMPLE_WORKERS = ("workers.echo", "workers.rabi")
+
+
+class ProcessExitedError(TopChefError):
+    """A part of the stack stopped on its own."""
+
+    title = "Process exited"
+
+
+@dataclass
+class Child:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def tail(self, lines: int = 15) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class Supervisor:
+    """Starts ``topchef`` subcommands with one environment; stops them all."""
+
+    environment: dict[str, str]
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    def start(self, name: str, *args: str) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        handle = log_path.open("ab")
+        self._logs.append(handle)
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "broker", *args],
+            env=self.environment,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        child = Child(name, popen, log_path)
+        self.children.append(child)
+        return child
+
+    def check(self) -> None:
+        """Raise if a child has exited: a stack missing a part would hang silently."""
+        for child in self.children:
+            if child.popen.poll() is not None:
+                raise ProcessExitedError(
+                    f"{child.name} exited with code {child.popen.returncode}; "
+                    f"its log ({child.log_path}) ends:\n{child.tail()}"
+                )
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM every child (a clean shutdown), then SIGKILL what is left."""
+        for child in self.children:
+            _signal(child, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            try:
+                child.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", child.name)
+                _signal(child, signal.SIGKILL)
+                child.popen.wait(5)
+            _signal(child, signal.SIGKILL)  # anything its process group left behind
+        for handle in self._logs:
+            handle.close()
+        self.children.clear()
+
+
+def _signal(child: Child, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.popen.pid, signum)
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The environment that makes every child use ``settings``' broker and database."""
+    env = dict(os.environ)
+    env[PREFIX + "BROKER_URL"] = settings.broker_url
+    env[PREFIX + "DATABASE_URL"] = settings.database_url
+    return env
+
+
+@contextlib.contextmanager
+def local_stack(
+    directory: Path,
+    workers: Sequence[str] = EXAMPLE_WORKERS,
+    concurrency: int = 4,
+    settings: Settings | None = None,
+) -> Iterator[tuple[Settings, Supervisor]]:
+    """Run mirror, beat and workers (and, unconfigured, an embedded Redis and SQLite).
+
+    ``directory`` holds what the stack writes: the embedded Redis's data, the
+    default SQLite file and the children's logs.
+    """
+    from broker.database import create_schema
+    from broker.examples import ensure_example_services
+
+    settings = settings or Settings.from_env()
+    state = directory / STATE_DIR
+    with contextlib.ExitStack() as cleanup:
+        if wants_embedded():
+            embedded = cleanup.enter_context(EmbeddedRedis(state))
+            settings = _replace(settings, broker_url=embedded.url)
+        if not os.environ.get(PREFIX + "DATABASE_URL", "").strip():
+            settings = _replace(settings, database_url=f"sqlite:///{directory / 'topchef.sqlite3'}")
+        create_schema(settings.database_url)
+        ensure_example_services(settings)
+        supervisor = Supervisor(child_environment(settings), state / "logs")
+        cleanup.callback(supervisor.stop)
+        supervisor.start("mirror", "mirror")
+        supervisor.start("beat", "beat")
+        if workers:
+            supervisor.start("worker", "worker", *workers, "--concurrency", str(concurrency))
+        yield settings, supervisor
+
+
+def _replace(settings: Settings, **changes: str) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)  # type: ignore[arg-type]
