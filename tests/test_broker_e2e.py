@@ -126,3 +126,28 @@ def test_worker_marks_its_services_available_then_unavailable_on_clean_shutdown(
     stack.wait_available(lab.SQUARE)
     worker.stop()
     stack.wait_available(lab.SQUARE, available=False)
+
+
+def test_a_pickled_message_is_refused(stack):
+    """JSON only on the wire: a worker never deserialises pickle."""
+    from kombu import Connection
+
+    from broker import keys
+    from broker.connections import celery_url
+
+    stack.create_lab_services()
+    worker = stack.worker()
+    queue = keys.service_queue(stack.service(lab.SQUARE).id)
+    with Connection(celery_url(stack.settings.broker_url)) as connection:
+        producer = connection.Producer(serializer="pickle")
+        producer.publish(
+            {"job_id": str(uuid.uuid4()), "service_id": "x", "parameters": {"x": 1}},
+            routing_key=queue,
+            headers={"task": keys.JOB_TASK, "id": str(uuid.uuid4())},
+        )
+    wait_for(
+        lambda: "pickle" in worker.log() and "disallowed" in worker.log().lower(),
+        30,
+        "the worker to refuse the pickled message",
+    )
+    assert stack.queue_length(lab.SQUARE) == 0
