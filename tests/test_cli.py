@@ -38,8 +38,18 @@ def _one_line_error(result, expected: str) -> None:
 def test_help_lists_every_command(run):
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("demo", "up", "status", "worker", "mirror", "beat", "flower", "services",
-                    "jobs", "db"):
+    for command in (
+        "demo",
+        "up",
+        "status",
+        "worker",
+        "mirror",
+        "beat",
+        "flower",
+        "services",
+        "jobs",
+        "db",
+    ):
         assert command in result.output
     assert run("jobs", "--help").exit_code == 0
 
@@ -60,8 +70,9 @@ def test_invalid_parameters_name_the_failing_path(run):
 
 
 def test_missing_schema_file(run):
-    result = run("services", "create", "New", "--parameters", "@/nonexistent.json",
-                 "--results", "{}")
+    result = run(
+        "services", "create", "New", "--parameters", "@/nonexistent.json", "--results", "{}"
+    )
     _one_line_error(result, "no such file: /nonexistent.json")
 
 
@@ -105,8 +116,19 @@ def test_submit_show_list_cancel_and_status(run):
 def test_services_create_list_show(run, tmp_path):
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps({"type": "object"}))
-    created = run("services", "create", "Oven", "--parameters", f"@{schema}", "--results",
-                  '{"type": "object"}', "--timeout", "5", "--worker-loss", "requeue")
+    created = run(
+        "services",
+        "create",
+        "Oven",
+        "--parameters",
+        f"@{schema}",
+        "--results",
+        '{"type": "object"}',
+        "--timeout",
+        "5",
+        "--worker-loss",
+        "requeue",
+    )
     assert created.exit_code == 0, created.output
     assert "Oven" in run("services", "list").output
     shown = json.loads(run("services", "show", "Oven").output)
