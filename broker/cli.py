@@ -142,8 +142,18 @@ def mirror(batch_size: int, loglevel: str) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    metrics = None
+    if settings.metrics_port:
+        from broker.metrics import serve
+
+        metrics = serve(settings, settings.metrics_port, host=settings.metrics_host)
+        click.echo(f"metrics on http://{settings.metrics_host}:{metrics.port}/metrics", err=True)
     click.echo("mirroring job states into SQL", err=True)
-    Mirror(settings, batch_size=batch_size).run(stop)
+    try:
+        Mirror(settings, batch_size=batch_size).run(stop)
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 @main.command()

@@ -59,6 +59,10 @@ class Settings:
     #: duplicate delivery is harmless (the claim refuses it) while a long one
     #: strands jobs prefetched by a dead worker.
     visibility_timeout: float = 60.0
+    #: Port of the Prometheus endpoint served by ``topchef mirror``; 0 serves none.
+    metrics_port: int = 0
+    #: Where the metrics endpoint listens: loopback unless an operator opens it.
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,16 +94,37 @@ _FIELDS: dict[str, type] = {
     "beat_interval": float,
     "outbox_grace_seconds": float,
     "visibility_timeout": float,
+    "metrics_port": int,
+    "metrics_host": str,
 }
 
 
 def _parse(name: str, raw: str, kind: type) -> object:
     if kind is str:
         return raw
+    if kind is int:
+        return _parse_int(name, raw)
     try:
         value = float(raw)
     except ValueError:
         raise ConfigurationError(f"{PREFIX}{name.upper()} must be a number, got {raw!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ConfigurationError(f"{PREFIX}{name.upper()} must be > 0, got {raw!r}")
+    return value
+
+
+#: Inclusive bounds of whole-number settings; any other must be >= 0.
+_INT_BOUNDS: dict[str, tuple[int, int | None]] = {"metrics_port": (0, 65535)}
+
+
+def _parse_int(name: str, raw: str) -> int:
+    variable = PREFIX + name.upper()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{variable} must be a whole number, got {raw!r}") from None
+    low, high = _INT_BOUNDS.get(name, (0, None))
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ConfigurationError(f"{variable} must be {allowed}, got {raw!r}")
     return value
