@@ -7,15 +7,14 @@ file system, and evaluating one must take time linear in the payload:
   validator gets an empty ``referencing.Registry`` so that nothing else could
   be retrieved even if a reference slipped through (jsonschema's default
   registry fetches ``http://`` and ``file://`` references);
-- ``pattern`` and ``patternProperties`` run on RE2, which has no backtracking
+- every regex (``pattern``; ``patternProperties``, which ``additionalProperties``
+  and ``unevaluatedProperties`` consult too) runs on RE2, which cannot backtrack
   (``^(a+)+$`` costs Python's ``re`` 0.8 s on 24 characters); a pattern RE2
-  cannot compile (lookaround, backreference) is refused when the service is
-  created;
+  cannot compile (lookaround, backreference) is refused at creation;
 - schemas and payloads are bounded in depth and size before anything recursive
   sees them.
 
-A compiled validator is ~50 times faster than ``jsonschema.validate`` per call, so
-contracts are cached by their canonical JSON text.
+Checking a schema costs far more than a validation, so contracts are cached.
 """
 
 from __future__ import annotations
@@ -24,12 +23,16 @@ import copy
 import functools
 import json
 import math
-from collections.abc import Iterator, Mapping
+import types
+from collections.abc import Mapping
 from typing import Any
 
+import jsonschema._keywords
+import jsonschema._legacy_keywords
+import jsonschema._utils
 import re2
 from jsonschema import validators
-from jsonschema.exceptions import SchemaError, ValidationError, best_match
+from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.protocols import Validator
 from referencing import Registry
 
@@ -39,7 +42,7 @@ from broker.models.errors import DeserializationError, InvalidSchemaError
 MAX_DEPTH = 64
 #: How large a schema or a payload may be, as compact JSON.
 MAX_BYTES = 1024 * 1024
-_REFERENCE_KEYWORDS = ("$ref", "$dynamicRef")
+_REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
 
 
 class Contract:
@@ -48,13 +51,14 @@ class Contract:
     def __init__(self, schema: Mapping[str, Any], *, source: str = "schema") -> None:
         if not isinstance(schema, Mapping):
             raise InvalidSchemaError(source, "a schema must be a JSON object")
-        _check_bounds(schema, source, error=InvalidSchemaError)
+        _check_bounds(dict(schema), source, error=InvalidSchemaError)
         self._schema = copy.deepcopy(dict(schema))
-        self._source = source
+        dialect = self._schema.get("$schema")
+        if dialect is not None and not isinstance(dialect, str):
+            raise InvalidSchemaError(source, f"$schema must be a URI, not {dialect!r}", ["$schema"])
         base = validators.validator_for(self._schema, default=_UNKNOWN)
         if base is _UNKNOWN:
-            if "$schema" in self._schema:
-                dialect = self._schema["$schema"]
+            if dialect is not None:
                 raise InvalidSchemaError(source, f"unknown $schema {dialect!r}", ["$schema"])
             base = _DEFAULT
         try:
@@ -63,8 +67,7 @@ class Contract:
             raise InvalidSchemaError(source, error.message, list(error.path)) from None
         except RecursionError:
             raise InvalidSchemaError(source, "the schema is nested too deeply") from None
-        for path, keyword, value in _walk(self._schema):
-            _check_keyword(source, path, keyword, value)
+        _check_document(self._schema, source)
         cls = _safe(base)
         self._validator: Validator = cls(
             self._schema, registry=Registry(), format_checker=base.FORMAT_CHECKER
@@ -96,19 +99,24 @@ class Contract:
 
 
 @functools.lru_cache(maxsize=256)
-def _compile(canonical: str, source: str) -> Contract:
-    return Contract(json.loads(canonical), source=source)
+def _compile(canonical: str) -> Contract:
+    return Contract(json.loads(canonical))
 
 
 def compile_contract(schema: Mapping[str, Any], *, source: str = "schema") -> Contract:
-    """The cached ``Contract`` for ``schema``: compiled and checked once per process."""
+    """The cached ``Contract`` for ``schema``: compiled and checked once per process.
+
+    The cache is keyed by the schema alone, not by ``source``, so that the
+    registration and result schemas of many services share one compilation; a
+    refused schema is not cached, and its error is re-labelled with ``source``.
+    """
     if not isinstance(schema, Mapping):
         raise InvalidSchemaError(source, "a schema must be a JSON object")
+    canonical = _check_bounds(dict(schema), source, error=InvalidSchemaError)
     try:
-        canonical = json.dumps(schema, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as error:
-        raise InvalidSchemaError(source, f"not JSON: {error}") from None
-    return _compile(canonical, source)
+        return _compile(canonical)
+    except InvalidSchemaError as error:
+        raise InvalidSchemaError(source, error.validator_error_message, error.path) from None
 
 
 # -- internals -------------------------------------------------------------------
@@ -119,23 +127,33 @@ _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # a refused pattern is reported to the user, not to stderr
 
 
-def _check_bounds(value: object, source: str, error: type[DeserializationError]) -> None:
-    """JSON values only, at most ``MAX_DEPTH`` deep and ``MAX_BYTES`` long — iteratively."""
+def _check_bounds(value: object, source: str, error: type[DeserializationError]) -> str:
+    """JSON only, at most ``MAX_DEPTH`` deep and ``MAX_BYTES`` long; returns canonical JSON.
+
+    Iterative, and it keeps a lower bound of the text's length, so that neither a
+    deep nor a huge value reaches the recursive ``json.dumps``.
+    """
     stack: list[tuple[object, int]] = [(value, 0)]
+    at_least = 0
     while stack:
         item, depth = stack.pop()
+        at_least += 1
         if depth > MAX_DEPTH:
             raise error(source, f"nested deeper than {MAX_DEPTH} levels")
+        if at_least > MAX_BYTES:
+            raise error(source, f"more than {MAX_BYTES} bytes of JSON; that is the limit")
         if isinstance(item, dict):
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise error(source, f"object keys must be strings, got {key!r}")
                 if "\x00" in key:
                     raise error(source, "keys may not contain NUL characters (\\u0000)")
+                at_least += len(key) + 3
                 stack.append((child, depth + 1))
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
         elif isinstance(item, str):
+            at_least += len(item)
             if "\x00" in item:
                 raise error(source, "strings may not contain NUL characters (\\u0000)")
         elif isinstance(item, float):
@@ -143,38 +161,39 @@ def _check_bounds(value: object, source: str, error: type[DeserializationError])
                 raise error(source, f"{item!r} is not a JSON number")
         elif item is not None and not isinstance(item, str | int | bool):
             raise error(source, f"{type(item).__name__} is not a JSON value")
-    size = len(json.dumps(value, separators=(",", ":")))
-    if size > MAX_BYTES:
-        raise error(source, f"{size} bytes of JSON; at most {MAX_BYTES} are accepted")
+    try:
+        text = json.dumps(value, separators=(",", ":"), sort_keys=True)
+    except ValueError as failure:  # an integer beyond Python's 4300-digit conversion limit
+        raise error(source, f"not serializable as JSON: {failure}") from None
+    if len(text) > MAX_BYTES:
+        raise error(source, f"{len(text)} bytes of JSON; at most {MAX_BYTES} are accepted")
+    return text
 
 
-def _walk(
-    node: object, path: tuple[object, ...] = ()
-) -> Iterator[tuple[tuple[object, ...], str, Any]]:
-    """Every (path, keyword, value) in a schema document, iteratively."""
-    stack: list[tuple[object, tuple[object, ...]]] = [(node, path)]
+def _check_document(schema: dict[str, Any], source: str) -> None:
+    """Refuse, anywhere in ``schema``, a reference outside it and a pattern RE2 refuses.
+
+    Iterative, and blind to which values are subschemas: a ``$ref`` inside an
+    ``enum`` is refused too, which costs nothing real and can miss nothing.
+    """
+    stack: list[tuple[object, tuple[object, ...]]] = [(schema, ())]
     while stack:
         item, where = stack.pop()
-        if isinstance(item, dict):
-            for key, child in item.items():
-                yield where, key, child
-                stack.append((child, (*where, key)))
-        elif isinstance(item, list):
+        if isinstance(item, list):
             stack.extend((child, (*where, index)) for index, child in enumerate(item))
-
-
-def _check_keyword(source: str, path: tuple[object, ...], keyword: str, value: Any) -> None:
-    if keyword in _REFERENCE_KEYWORDS and isinstance(value, str) and not value.startswith("#"):
-        raise InvalidSchemaError(
-            source,
-            f"{keyword} {value!r} points outside this schema; only '#...' is allowed",
-            [*path, keyword],
-        )
-    if keyword == "pattern" and isinstance(value, str):
-        _regex(source, (*path, keyword), value)
-    if keyword == "patternProperties" and isinstance(value, dict):
-        for pattern in value:
-            _regex(source, (*path, keyword), pattern)
+        if not isinstance(item, dict):
+            continue
+        for key, value in item.items():
+            path = (*where, key)
+            stack.append((value, path))
+            if key in _REFERENCES and isinstance(value, str) and not value.startswith("#"):
+                message = f"{key} {value!r} points outside this schema; only '#...' is allowed"
+                raise InvalidSchemaError(source, message, path)
+            if key == "pattern" and isinstance(value, str):
+                _regex(source, path, value)
+            if key == "patternProperties" and isinstance(value, dict):
+                for pattern in value:
+                    _regex(source, path, pattern)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -185,10 +204,10 @@ def _compiled(pattern: str) -> Any:
 def _regex(source: str, path: tuple[object, ...], pattern: str) -> None:
     try:
         _compiled(pattern)
-    except Exception as error:  # re2.error, and ValueError for some inputs
-        reason = error.args[0] if error.args else error
-        if isinstance(reason, bytes):
-            reason = reason.decode(errors="replace")
+    except Exception as error:  # re2.error; UnicodeEncodeError for a lone surrogate
+        reason: object = error
+        if error.args and isinstance(error.args[0], bytes):
+            reason = error.args[0].decode(errors="replace")
         raise InvalidSchemaError(
             source,
             f"pattern {pattern!r} is not supported ({reason}); lookarounds and "
@@ -197,24 +216,43 @@ def _regex(source: str, path: tuple[object, ...], pattern: str) -> None:
         ) from None
 
 
-def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
-    if validator.is_type(instance, "string") and not _compiled(pattern).search(instance):
-        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+#: Stands in for the ``re`` module inside the jsonschema code rebound below.
+_RE2 = types.SimpleNamespace(search=lambda pattern, string: _compiled(pattern).search(string))
 
 
-def _pattern_properties(
-    validator: Any, patterns: dict[str, Any], instance: Any, schema: Any
-) -> Iterator[ValidationError]:
-    if not validator.is_type(instance, "object"):
-        return
-    for pattern, subschema in patterns.items():
-        compiled = _compiled(pattern)
-        for key, value in instance.items():
-            if compiled.search(key):
-                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+def _rebound(module: types.ModuleType, *names: str, **replace: Any) -> dict[str, Any]:
+    """Copies of ``module``'s functions ``names`` that see ``_RE2`` as ``re``.
+
+    ``additionalProperties`` and ``unevaluatedProperties`` call ``re.search`` deep
+    in recursive helpers; new globals keep jsonschema's semantics and messages
+    without copying its code (the helpers are private, so tests pin the behaviour).
+    """
+    namespace = {**vars(module), "re": _RE2, **replace}
+    for name in names:
+        f = namespace[name]
+        namespace[name] = types.FunctionType(f.__code__, namespace, name, f.__defaults__)
+    return {name: namespace[name] for name in names}
+
+
+_UTILS = _rebound(
+    jsonschema._utils, "find_additional_properties", "find_evaluated_property_keys_by_schema"
+)
+_KEYWORDS = _rebound(
+    jsonschema._keywords,
+    *("pattern", "patternProperties", "additionalProperties", "unevaluatedProperties"),
+    **_UTILS,
+)
+_LEGACY = _rebound(
+    jsonschema._legacy_keywords,
+    *("find_evaluated_property_keys_by_schema", "unevaluatedProperties_draft2019"),
+)
+#: Each jsonschema function that calls ``re``, mapped to its RE2 copy.
+_ON_RE2: dict[Any, Any] = {getattr(jsonschema._keywords, n): f for n, f in _KEYWORDS.items()}
+_ON_RE2.update({getattr(jsonschema._legacy_keywords, n): f for n, f in _LEGACY.items()})
 
 
 @functools.cache
 def _safe(base: Any) -> Any:
-    """``base`` with RE2 in place of ``re`` for ``pattern`` and ``patternProperties``."""
-    return validators.extend(base, {"pattern": _pattern, "patternProperties": _pattern_properties})
+    """``base`` with every regex keyword evaluated by RE2 instead of ``re``."""
+    replaced = {k: _ON_RE2[f] for k, f in base.VALIDATORS.items() if f in _ON_RE2}
+    return validators.extend(base, replaced)

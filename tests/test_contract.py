@@ -16,8 +16,19 @@ from broker.models.errors import DeserializationError, InvalidSchemaError
 
 
 def test_compiled_once_and_reused():
-    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    assert compile_contract(schema) is compile_contract(dict(schema))
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {}}}
+    contract = compile_contract(schema)
+    assert compile_contract(dict(reversed(schema.items()))) is contract  # canonical JSON
+    assert compile_contract(schema, source="job_result_schema") is contract  # not per source
+    assert compile_contract({"type": "string"}) is not contract
+
+
+def test_compile_contract_names_the_source_of_a_refused_schema():
+    for source in ("job_registration_schema", "job_result_schema"):
+        with pytest.raises(InvalidSchemaError) as error:
+            compile_contract({"type": "nonsense"}, source=source)
+        assert error.value.source == source
+        assert error.value.path == ("type",)
 
 
 def test_failing_path_and_reason_are_reported():
@@ -36,14 +47,45 @@ def test_the_schema_cannot_be_mutated_through_the_contract():
     assert contract.is_valid(3)
 
 
-@pytest.mark.parametrize("schema", [{"type": "nonsense"}, {"minimum": "zero"}, [], "x"])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "nonsense"},
+        {"minimum": "zero"},
+        [],
+        "x",
+        True,
+        False,
+        None,
+        {"$schema": 5},
+        {"$schema": ["not", "hashable"]},
+        pytest.param({"maximum": 10**5000}, id="huge-int"),  # beyond Python's int-to-text limit
+        {"enum": [float("nan")]},
+        pytest.param({"enum": ["x" * MAX_BYTES]}, id="too-big"),
+    ],
+)
 def test_invalid_schemas_are_refused(schema):
     with pytest.raises(InvalidSchemaError):
         Contract(schema)
+    with pytest.raises(InvalidSchemaError):
+        compile_contract(schema)
+
+
+def test_a_schema_error_names_where_the_problem_is():
+    with pytest.raises(InvalidSchemaError) as error:
+        Contract({"properties": {"a": {"type": "nonsense"}}}, source="job_registration_schema")
+    assert error.value.source == "job_registration_schema"
+    assert error.value.path == ("properties", "a", "type")
 
 
 def test_dialects():
-    assert Contract({"$schema": "http://json-schema.org/draft-07/schema#", "type": "integer"})
+    draft7 = {"$schema": "http://json-schema.org/draft-07/schema#", "items": [{"type": "integer"}]}
+    contract = Contract(draft7)  # a list of items is draft 7's tuple validation
+    assert contract.is_valid([1, "anything"])
+    assert not contract.is_valid(["x"])
+    draft7.pop("$schema")
+    with pytest.raises(InvalidSchemaError):  # and invalid in 2020-12, the default
+        Contract(draft7)
     with pytest.raises(InvalidSchemaError, match="unknown \\$schema"):
         Contract({"$schema": "http://example.org/my-dialect"})
     # 2020-12 by default: prefixItems is understood.
@@ -64,23 +106,49 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_remote_and_file_references_are_refused_and_never_fetched():
+@pytest.fixture
+def recorder_url():
+    _Recorder.requests.clear()
     server = http.server.HTTPServer(("127.0.0.1", 0), _Recorder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/schema.json"
-        for schema in (
-            {"$ref": url},
-            {"properties": {"a": {"$ref": url}}},
-            {"$dynamicRef": url},
-            {"$ref": "file:///etc/passwd"},
-        ):
-            with pytest.raises(InvalidSchemaError, match="outside this schema"):
-                Contract(schema)
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+        thread.join()
+
+
+def test_remote_and_file_references_are_refused_and_never_fetched(recorder_url, tmp_path):
+    local_file = tmp_path / "integer.json"
+    local_file.write_text('{"type": "integer"}')
+    url = f"{recorder_url}/schema.json"
+    for schema in (
+        {"$ref": url},
+        {"properties": {"a": {"$ref": url}}},
+        {"$defs": {"x": {"items": {"$ref": url}}}},
+        {"$dynamicRef": url},
+        {"$ref": local_file.as_uri()},
+        {"$ref": "integer.json"},  # relative to a base URI: outside the document too
+        {"$schema": "http://json-schema.org/draft-04/schema#", "items": {"$ref": url}},
+    ):
+        with pytest.raises(InvalidSchemaError, match="outside this schema") as error:
+            Contract(schema)
+        assert error.value.path[-1] in ("$ref", "$dynamicRef")
+    assert _Recorder.requests == []
+
+
+def test_a_base_uri_on_the_network_is_still_never_fetched(recorder_url):
+    contract = Contract(
+        {
+            "$id": f"{recorder_url}/root.json",
+            "$defs": {"n": {"type": "integer"}, "elsewhere": {"$id": "other.json"}},
+            "items": {"$ref": "#/$defs/n"},
+        }
+    )
+    assert contract.is_valid([1])
+    assert not contract.is_valid(["x"])
     assert _Recorder.requests == []
 
 
@@ -90,10 +158,26 @@ def test_local_references_work():
     assert not contract.is_valid([1, "x"])
 
 
+def test_a_local_reference_to_nowhere_is_a_deserialization_error():
+    contract = Contract({"$ref": "#/$defs/missing"})
+    with pytest.raises(DeserializationError, match="cannot be validated"):
+        contract.validate(1)
+
+
 def test_formats_are_checked():
     contract = Contract({"type": "string", "format": "ipv4"})
     assert contract.is_valid("127.0.0.1")
     assert not contract.is_valid("not an address")
+    email = Contract({"format": "email"})
+    assert email.is_valid("chef@example.org")
+    assert not email.is_valid("no at sign")
+
+
+def test_the_regex_format_does_not_crash():
+    contract = Contract({"type": "string", "format": "regex"})
+    assert contract.is_valid("^[a-z]+$")
+    assert not contract.is_valid("(")
+    assert not contract.is_valid("(" * 5000 + ")" * 5000)  # deeper than Python's parser recurses
 
 
 def test_patterns_run_in_linear_time():
@@ -107,10 +191,63 @@ def test_patterns_run_in_linear_time():
     assert unanchored.is_valid("abc")
 
 
+EVIL = "^(a+)+$"
+EVIL_KEY = "a" * 5000 + "b"  # catastrophic for re: any keyword still on re would hang here
+
+
 def test_pattern_properties_run_on_re2():
     contract = Contract({"type": "object", "patternProperties": {"^x_": {"type": "integer"}}})
     assert contract.is_valid({"x_a": 1, "y": "anything"})
     assert not contract.is_valid({"x_a": "one"})
+    evil = Contract({"patternProperties": {EVIL: {"type": "integer"}}})
+    assert evil.is_valid({EVIL_KEY: "not matched, so not checked"})
+    assert not evil.is_valid({"aaa": "matched"})
+
+
+@pytest.mark.parametrize(
+    "dialect",
+    [
+        "https://json-schema.org/draft/2020-12/schema",
+        "https://json-schema.org/draft/2019-09/schema",
+        "http://json-schema.org/draft-07/schema#",
+        "http://json-schema.org/draft-04/schema#",
+    ],
+)
+def test_additional_properties_match_pattern_properties_on_re2(dialect):
+    contract = Contract(
+        {"$schema": dialect, "patternProperties": {EVIL: {}}, "additionalProperties": False}
+    )
+    assert contract.is_valid({"aaa": 1})
+    assert not contract.is_valid({EVIL_KEY: 1})
+    with pytest.raises(DeserializationError, match=r"do(es)? not match any of the regexes"):
+        contract.validate({EVIL_KEY: 1, "b": 2})
+
+
+@pytest.mark.parametrize(
+    "dialect",
+    [
+        "https://json-schema.org/draft/2020-12/schema",
+        "https://json-schema.org/draft/2019-09/schema",
+    ],
+)
+def test_unevaluated_properties_match_pattern_properties_on_re2(dialect):
+    contract = Contract(
+        {
+            "$schema": dialect,
+            "allOf": [{"patternProperties": {EVIL: {}}}, {"properties": {"x": {}}}],
+            "unevaluatedProperties": False,
+        }
+    )
+    assert contract.is_valid({"aaa": 1, "x": 2})
+    assert not contract.is_valid({EVIL_KEY: 1})
+    with pytest.raises(DeserializationError, match="Unevaluated properties are not allowed"):
+        contract.validate({"x": 1, "y": 2})
+
+
+def test_property_names_patterns_run_on_re2():
+    contract = Contract({"propertyNames": {"pattern": EVIL}})
+    assert contract.is_valid({"aaa": 1})
+    assert not contract.is_valid({EVIL_KEY: 1})
 
 
 @pytest.mark.parametrize(
@@ -120,11 +257,19 @@ def test_pattern_properties_run_on_re2():
         {"type": "string", "pattern": "(a)\\1"},  # backreference
         {"type": "string", "pattern": "("},  # not a regex at all
         {"patternProperties": {"(?<=x)": {}}},
+        {"properties": {"a": {"items": {"pattern": "(?!a)"}}}},
+        {"type": "string", "pattern": "\ud800"},  # a lone surrogate: not even UTF-8
     ],
 )
 def test_patterns_that_can_backtrack_or_do_not_compile_are_refused(schema):
     with pytest.raises(InvalidSchemaError):
         Contract(schema)
+
+
+def test_a_refused_pattern_says_why():
+    with pytest.raises(InvalidSchemaError, match="lookarounds and backreferences") as error:
+        Contract({"properties": {"a": {"type": "string", "pattern": "(?=a)"}}})
+    assert error.value.path == ("properties", "a", "pattern")
 
 
 def test_pathological_schemas_are_refused_not_crashed():
@@ -133,9 +278,18 @@ def test_pathological_schemas_are_refused_not_crashed():
         deep = {"not": deep}
     with pytest.raises(InvalidSchemaError, match="nested deeper"):
         Contract(deep)
-    looping = Contract({"$defs": {"x": {"$ref": "#/$defs/x"}}, "$ref": "#/$defs/x"})
-    with pytest.raises(DeserializationError):
-        looping.validate({})
+    with pytest.raises(InvalidSchemaError, match="nested too deeply"):
+        # Shallow as JSON, but the metaschema's regex format check recurses on it.
+        Contract({"pattern": "(" * 5000 + ")" * 5000})
+    for schema in (
+        {"$ref": "#"},
+        {"$defs": {"x": {"$ref": "#/$defs/x"}}, "$ref": "#/$defs/x"},
+        {"$dynamicAnchor": "n", "$dynamicRef": "#n"},
+    ):
+        looping = Contract(schema)
+        with pytest.raises(DeserializationError, match="recurses without end"):
+            looping.validate({})
+        assert not looping.is_valid(1)
 
 
 def test_payloads_are_bounded_before_validation():
@@ -145,12 +299,36 @@ def test_payloads_are_bounded_before_validation():
         deep = [deep]
     with pytest.raises(DeserializationError, match="nested deeper"):
         contract.validate(deep)
+    contract.validate(deep[0])  # exactly MAX_DEPTH is fine
     with pytest.raises(DeserializationError, match="bytes of JSON"):
         contract.validate("x" * (MAX_BYTES + 1))
+    with pytest.raises(DeserializationError, match="bytes of JSON"):
+        contract.validate([0] * (MAX_BYTES + 1))  # refused before it is serialized
+    with pytest.raises(DeserializationError, match="bytes of JSON"):
+        contract.validate({"k": "\u00e9" * (MAX_BYTES // 3)})  # escaped to 6 bytes each
+
+
+def test_payload_errors_name_their_source():
+    with pytest.raises(DeserializationError) as error:
+        Contract({"type": "integer"}).validate("x", source="results")
+    assert error.value.source == "results"
+    assert error.value.path == ()
+    assert str(error.value).startswith("Deserialization error: results:")
 
 
 @pytest.mark.parametrize(
-    "payload", [float("nan"), float("inf"), {1: "non-string key"}, {"a": object()}, "a\x00b"]
+    "payload",
+    [
+        float("nan"),
+        float("inf"),
+        {"a": [float("-inf")]},
+        {1: "non-string key"},
+        {"a": object()},
+        (1, 2),
+        b"bytes",
+        "a\x00b",
+        pytest.param(10**5000, id="huge-int"),
+    ],
 )
 def test_only_storable_json_is_accepted(payload):
     with pytest.raises(DeserializationError):
@@ -160,7 +338,11 @@ def test_only_storable_json_is_accepted(payload):
 # -- agreement with jsonschema itself ---------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-100, 100) | st.text(max_size=5),
+    st.none()
+    | st.booleans()
+    | st.integers(-100, 100)
+    | st.floats(-100, 100, allow_nan=False)
+    | st.text(max_size=5),
     lambda children: (
         st.lists(children, max_size=3)
         | st.dictionaries(st.sampled_from("abc"), children, max_size=3)
@@ -175,16 +357,25 @@ leaf_schemas = st.one_of(
             )
         }
     ),
+    st.fixed_dictionaries(
+        {"type": st.lists(st.sampled_from(["integer", "string", "null"]), min_size=1, unique=True)}
+    ),
     st.fixed_dictionaries({"minimum": st.integers(-50, 50)}),
+    st.fixed_dictionaries({"maximum": st.floats(-50, 50, allow_nan=False)}),
+    st.fixed_dictionaries({"minLength": st.integers(0, 4)}),
     st.fixed_dictionaries({"maxLength": st.integers(0, 4)}),
     st.fixed_dictionaries({"enum": st.lists(st.integers(-3, 3), min_size=1, max_size=3)}),
+    st.fixed_dictionaries({"enum": st.lists(json_values, min_size=1, max_size=2)}),
 )
 schemas = st.recursive(
     leaf_schemas,
     lambda inner: (
         st.fixed_dictionaries(
             {"properties": st.dictionaries(st.sampled_from("abc"), inner, max_size=2)},
-            optional={"required": st.lists(st.sampled_from("abc"), max_size=2, unique=True)},
+            optional={
+                "required": st.lists(st.sampled_from("abc"), max_size=2, unique=True),
+                "additionalProperties": st.booleans() | inner,
+            },
         )
         | st.fixed_dictionaries({"items": inner})
         | st.fixed_dictionaries({"anyOf": st.lists(inner, min_size=1, max_size=2)})
