@@ -8,7 +8,7 @@ transaction manager: models add and change rows in it, the caller commits.
 
 from __future__ import annotations
 
-import functools
+import threading
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +25,7 @@ __all__ = [
     "create_schema",
     "database_now",
     "engine_for",
+    "forget_engine",
     "metadata",
     "open_session",
 ]
@@ -138,15 +139,35 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-@functools.lru_cache(maxsize=16)
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
 def engine_for(url: str) -> Engine:
-    """One engine (and so one connection pool) per database URL per process."""
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    engine = sa.create_engine(url, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _configure_sqlite)
-    return engine
+    """One engine (and so one connection pool) per database URL per process.
+
+    Engines are kept until ``forget_engine``: a cache that evicted one on its
+    own would drop a pool whose connections are still checked out.
+    """
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            driver_url = url
+            if url.startswith("postgresql://"):
+                driver_url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+            engine = sa.create_engine(driver_url, pool_pre_ping=True)
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _configure_sqlite)
+            _engines[url] = engine
+        return engine
+
+
+def forget_engine(url: str) -> None:
+    """Close the pool of ``url``'s engine and drop it (a database that is going away)."""
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
 
 
 def _resolve(url: str | None) -> str:

@@ -41,8 +41,12 @@ class JobList(JobListInterface):
 
     def __iter__(self) -> Iterator[Job]:
         query = self._select().order_by(JobRow.date_submitted, JobRow.id)
-        for row in self._session.scalars(query.execution_options(yield_per=_BATCH)):
-            yield Job(row)
+        result = self._session.scalars(query.execution_options(yield_per=_BATCH))
+        try:  # a loop that stops early must not leave a server-side cursor open
+            for row in result:
+                yield Job(row)
+        finally:
+            result.close()
 
     async def __aiter__(self) -> AsyncIterator[Job]:
         for job in self:
@@ -81,9 +85,7 @@ class JobList(JobListInterface):
         return {job.id for job in self} == {job.id for job in other}
 
     def _same_query(self, other: JobList) -> bool:
-        return other._session is self._session and [str(c) for c in other._criteria] == [
-            str(c) for c in self._criteria
-        ]
+        return other._session is self._session and _fingerprint(other) == _fingerprint(self)
 
     __hash__ = None  # type: ignore[assignment]  # mutable container
 
@@ -106,3 +108,12 @@ class JobList(JobListInterface):
         )
         query = self._select().order_by(*order).offset(offset).limit(limit)
         return [Job(row) for row in self._session.scalars(query)]
+
+
+def _fingerprint(jobs: JobList) -> list[tuple[str, dict[str, Any]]]:
+    """Each criterion's SQL with its bound values: equal fingerprints, equal lists."""
+    fingerprint = []
+    for criterion in jobs._criteria:
+        compiled = criterion.compile()
+        fingerprint.append((str(compiled), dict(compiled.params)))
+    return fingerprint

@@ -70,8 +70,7 @@ class Service(ServiceInterface):
         ``max_attempts`` times in all.
         """
         _check_name(name, database_session)
-        if not isinstance(description, str):
-            raise DeserializationError("description", "must be a string")
+        _check_description(description)
         compile_contract(registration_schema, source="job_registration_schema")
         compile_contract(result_schema, source="job_result_schema")
         _check_timeout(timeout)
@@ -135,8 +134,7 @@ class Service(ServiceInterface):
 
     @description.setter
     def description(self, new_description: str) -> None:
-        if not isinstance(new_description, str):
-            raise DeserializationError("description", "must be a string")
+        _check_description(new_description)
         self._row.description = new_description
 
     @property
@@ -212,6 +210,10 @@ class Service(ServiceInterface):
         session commits (see ``broker.outbox``), never before.
         """
         self.registration_contract.validate(parameters, source="parameters")
+        if sa.inspect(self._row).pending:
+            # The tables share no ORM relationship, so nothing else tells one
+            # flush to insert a new service before the job that refers to it.
+            self._session.flush()
         row = JobRow(
             id=uuid.uuid4(),
             service_id=self._row.id,
@@ -252,9 +254,18 @@ class Service(ServiceInterface):
         }
 
 
+def _check_description(description: object) -> None:
+    if not isinstance(description, str):
+        raise DeserializationError("description", "must be a string")
+    if "\x00" in description:
+        raise DeserializationError("description", "may not contain NUL characters (\\u0000)")
+
+
 def _check_name(name: object, session: Session) -> None:
     if not isinstance(name, str) or not name.strip():
         raise DeserializationError("name", "must be a non-empty string")
+    if "\x00" in name:
+        raise DeserializationError("name", "may not contain NUL characters (\\u0000)")
     if len(name) > MAX_NAME_LENGTH:
         raise DeserializationError("name", f"must be at most {MAX_NAME_LENGTH} characters")
     taken = session.scalar(sa.select(sa.literal(1)).where(ServiceRow.name == name).limit(1))
