@@ -171,6 +171,38 @@ def beat(loglevel: str) -> None:
     beat_process.start(make_app(settings), settings, loglevel)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Requests served at once; each waiting claim holds one.",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+@_user_errors
+def api(host: str, port: int, threads: int, loglevel: str) -> None:
+    """Serve TopChef's REST API (the HTTP gateway) for non-Python clients.
+
+    Set TOPCHEF_API_TOKEN to require 'Authorization: Bearer <token>' (do, on
+    any shared network).
+    """
+    from broker.database import create_schema
+    from broker.gateway import Server
+
+    _logging(loglevel)
+    settings = _settings()
+    create_schema(settings.database_url)
+    server = Server(settings, host, port, threads)
+    signal.signal(signal.SIGTERM, lambda *_: server.close())
+    auth = "bearer token required" if settings.api_token else "no token required"
+    click.echo(f"TopChef API on {server.url}/ ({auth})", err=True)
+    server.run()  # until Ctrl-C or SIGTERM
+    click.echo("stopped", err=True)
+
+
 @main.group()
 def db() -> None:
     """The database schema."""

@@ -45,3 +45,8 @@ def claim(job_id: uuid.UUID | str) -> str:
 def lease(job_id: uuid.UUID | str) -> str:
     """Key that lives while a worker runs the job; it lapses when the worker dies."""
     return f"{PREFIX}:lease:{job_id}"
+
+
+def http_jobs(service_id: uuid.UUID | str) -> str:
+    """Set of a service's jobs claimed over the HTTP gateway, whose leases its check-ins renew."""
+    return f"{PREFIX}:http-jobs:{service_id}"

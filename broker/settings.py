@@ -63,6 +63,12 @@ class Settings:
     metrics_port: int = 0
     #: Where the metrics endpoint listens: loopback unless an operator opens it.
     metrics_host: str = "127.0.0.1"
+    #: Bearer token the HTTP gateway requires on every route but ``GET /``;
+    #: empty requires none (fine on loopback, not on a shared network). Kept out
+    #: of ``repr`` so that logging the settings never leaks it.
+    api_token: str = field(default="", repr=False)
+    #: Request bodies larger than this are refused by the gateway with 413.
+    api_max_body_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -96,6 +102,8 @@ _FIELDS: dict[str, type] = {
     "visibility_timeout": float,
     "metrics_port": int,
     "metrics_host": str,
+    "api_token": str,
+    "api_max_body_bytes": int,
 }
 
 
@@ -114,7 +122,10 @@ def _parse(name: str, raw: str, kind: type) -> object:
 
 
 #: Inclusive bounds of whole-number settings; any other must be >= 0.
-_INT_BOUNDS: dict[str, tuple[int, int | None]] = {"metrics_port": (0, 65535)}
+_INT_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "metrics_port": (0, 65535),
+    "api_max_body_bytes": (1, None),
+}
 
 
 def _parse_int(name: str, raw: str) -> int:

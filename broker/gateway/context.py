@@ -1,0 +1,82 @@
+"""What every request handler of the gateway shares."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from flask import current_app, request
+from sqlalchemy.orm import Session
+
+from broker.connections import redis_client
+from broker.database import JobRow, ServiceRow, open_session
+from broker.gateway.dispatch import HTTP_PREFIX, Dispatcher
+from broker.gateway.envelope import parse_id
+from broker.models.errors import JobWithUUIDNotFound, ServiceWithUUIDNotFound
+from broker.models.service import Service
+from broker.producer import Producer
+from broker.settings import Settings
+
+
+class Gateway:
+    """What every request handler shares."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = Producer(settings)
+        self.redis = redis_client(settings.broker_url)
+        #: Set when the server shuts down, so that waiting claims return at once.
+        self.closing = threading.Event()
+        self.dispatcher = Dispatcher(self.redis, self.closing)
+
+    def writing(self) -> contextlib.AbstractContextManager[Session]:
+        """A transaction that commits on success and publishes the jobs it added."""
+        return self.producer.session()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        with open_session(self.settings.database_url) as session:
+            yield session
+
+
+def gateway() -> Gateway:
+    """The ``Gateway`` of the application handling this request."""
+    shared = current_app.extensions["topchef"]
+    assert isinstance(shared, Gateway)
+    return shared
+
+
+#: An HTTP worker may name itself; claims then recognise it, and repeats are idempotent.
+WORKER_HEADER = "X-TopChef-Worker"
+
+
+def http_worker() -> tuple[str, bool]:
+    """The worker name of this request's claims, and whether the client chose it.
+
+    Without ``X-TopChef-Worker`` the name is the client's address, which two
+    workers on one machine share: they are then never taken for each other's
+    holder (a repeated claim is refused).
+    """
+    given = "".join(c for c in request.headers.get(WORKER_HEADER, "") if c.isprintable()).strip()
+    if given:
+        return HTTP_PREFIX + given[:200], True
+    return HTTP_PREFIX + (request.remote_addr or "unknown"), False
+
+
+def find_service(session: Session, service_id: str) -> Service:
+    """The service a path names: 404 when the id is malformed or unknown."""
+    key = parse_id(service_id)
+    row = session.get(ServiceRow, key)
+    if row is None:
+        raise ServiceWithUUIDNotFound(key)
+    return Service(row)
+
+
+def find_job(session: Session, job_id: str) -> JobRow:
+    """The row of the job a path names: 404 when the id is malformed or unknown."""
+    key = parse_id(job_id)
+    row = session.get(JobRow, key)
+    if row is None:
+        raise JobWithUUIDNotFound(key)
+    return row

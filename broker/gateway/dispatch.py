@@ -1,0 +1,297 @@
+"""Handing jobs to HTTP workers, on the same claims that Celery workers take.
+
+Who runs a job is decided by its claim in Redis (``broker.claims``), never by
+SQL: an HTTP worker claims a job with the same Lua script a Celery worker runs,
+so a job one of them holds is refused to the other, and two HTTP workers
+polling one service never get the same job. After a claim wins, the SQL row is
+moved at once (``lifecycle.advance``'s compare-and-set) so that ``GET
+/jobs/<id>`` shows WORKING; the mirror's later copy of the same change is a
+no-op.
+
+An HTTP worker renews no lease itself, so its claim's lease lasts the service's
+timeout and every check-in of the service (``PATCH /services/<id>``) renews the
+leases of the jobs it holds over HTTP, kept in a Redis set per service
+(``keys.http_jobs``). A worker that stops checking in loses its jobs to beat,
+as a Celery worker that dies does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from broker import keys, lifecycle
+from broker.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims
+from broker.database import JobRow, ServiceRow, database_now
+from broker.gateway.errors import ClaimConflictError
+from broker.messages import StateMessage
+
+Status = lifecycle.Status
+
+#: Worker names of HTTP claims start with this; the rest is the client's id or address.
+HTTP_PREFIX = "http:"
+#: The longest a claim request may wait for a job (``?wait=``).
+MAX_WAIT = 60.0
+#: Waiting claims look at SQL again after at most this long.
+MAX_POLL_INTERVAL = 0.5
+#: REGISTERED jobs read per SQL round trip when looking for an unclaimed one.
+CANDIDATES = 50
+#: Jobs whose leases one script call renews.
+RENEW_CHUNK = 500
+
+# KEYS: the service's set of HTTP-held jobs, then (claim, lease) for each job.
+# ARGV: lease ms, then the job ids. Renews the lease of each job still running
+# over HTTP and drops the others from the set, in one step, so a job claimed
+# again meanwhile cannot lose its membership.
+_RENEW = """
+local dropped = 0
+for i = 1, #ARGV - 1 do
+  local claim = KEYS[2 * i]
+  local state = redis.call('HGET', claim, 'state')
+  local worker = redis.call('HGET', claim, 'worker')
+  if state == 'running' and worker and string.sub(worker, 1, 5) == 'http:' then
+    redis.call('SET', KEYS[2 * i + 1], worker, 'PX', ARGV[1])
+  else
+    redis.call('SREM', KEYS[1], ARGV[i + 1])
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+
+
+def lease_seconds(timeout: float) -> float:
+    """An HTTP claim's lease: the service's timeout (bounded by the claim's own life)."""
+    return min(float(timeout), float(CLAIM_TTL_SECONDS))
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A job's claim as Redis has it now."""
+
+    state: str | None
+    attempt: int
+    worker: str | None
+
+    @property
+    def over_http(self) -> bool:
+        return self.state == "running" and (self.worker or "").startswith(HTTP_PREFIX)
+
+
+class Dispatcher:
+    """Claims, finishes and keeps alive the jobs HTTP workers run."""
+
+    def __init__(self, client: redis.Redis, closing: threading.Event) -> None:
+        self._client = client
+        self._closing = closing
+        self._renew = client.register_script(_RENEW)
+
+    def _claims(self, timeout: float) -> Claims:
+        return Claims(self._client, lease_seconds(timeout))
+
+    def holder(self, job_id: uuid.UUID) -> Holder:
+        state, attempt, worker = self._client.hmget(
+            keys.claim(job_id), ["state", "attempt", "worker"]
+        )
+        return Holder(_text(state), int(attempt or 0), _text(worker))
+
+    # -- finding and claiming --------------------------------------------------
+
+    def unclaimed(self, session: Session, service_id: uuid.UUID, limit: int) -> list[JobRow]:
+        """The oldest REGISTERED jobs of a service that nobody has claimed, oldest first.
+
+        SQL may still say REGISTERED of a job a Celery worker has just claimed
+        (the mirror has not caught up); the claims in Redis say otherwise.
+        """
+        found: list[JobRow] = []
+        order = (JobRow.date_submitted, JobRow.id)
+        query = (
+            sa.select(JobRow)
+            .where(JobRow.service_id == service_id, JobRow.status == Status.REGISTERED.value)
+            .order_by(*order)
+            .limit(CANDIDATES)
+        )
+        after: tuple[Any, Any] | None = None
+        while len(found) < limit:
+            page = query if after is None else query.where(sa.tuple_(*order) > sa.tuple_(*after))
+            rows = session.scalars(page).all()
+            if not rows:
+                break
+            pipeline = self._client.pipeline(transaction=False)
+            for row in rows:
+                pipeline.exists(keys.claim(row.id))
+            taken = pipeline.execute()
+            found.extend(row for row, claimed in zip(rows, taken, strict=True) if not claimed)
+            if len(rows) < CANDIDATES:
+                break
+            after = (rows[-1].date_submitted, rows[-1].id)
+        return found[:limit]
+
+    def requeued(self, session: Session, service_id: uuid.UUID) -> list[tuple[JobRow, int]]:
+        """WORKING jobs whose worker was lost and that beat handed back, with their next attempt.
+
+        Their rows stay WORKING (the job goes on), so only the claim tells them apart.
+        """
+        rows = session.scalars(
+            sa.select(JobRow)
+            .where(JobRow.service_id == service_id, JobRow.status == Status.WORKING.value)
+            .order_by(JobRow.date_submitted, JobRow.id)
+            .limit(CANDIDATES)
+        ).all()
+        pipeline = self._client.pipeline(transaction=False)
+        for row in rows:
+            pipeline.hmget(keys.claim(row.id), ["state", "attempt"])
+        claims = pipeline.execute()
+        return [
+            (row, int(attempt or 0) + 1)
+            for row, (state, attempt) in zip(rows, claims, strict=True)
+            if _text(state) == ClaimResult.REQUEUED.value
+        ]
+
+    def claim(
+        self, session: Session, job: JobRow, timeout: float, worker: str, attempt: int = 1
+    ) -> ClaimResult:
+        """Claim a job's ``attempt`` for ``worker``; show the job WORKING at once if that won.
+
+        ``timeout`` is the job's service's: the claim's lease lasts that long.
+        """
+        working = StateMessage(
+            "status",
+            job.service_id,
+            job.id,
+            status=Status.WORKING.value,
+            attempt=attempt,
+            worker=worker,
+        )
+        result = self._claims(timeout).claim(job.id, attempt, worker, working)
+        if result is ClaimResult.CLAIMED:
+            self._client.sadd(keys.http_jobs(job.service_id), str(job.id))
+            # A later attempt's row is WORKING already: the mirror records the new attempt.
+            change = {"id": job.id, "worker": worker, "attempts": attempt}
+            lifecycle.advance(session, Status.WORKING, [change], database_now(session))
+            session.expire(job)
+        return result
+
+    def claim_next(
+        self,
+        sessions: Callable[[], contextlib.AbstractContextManager[Session]],
+        service_id: uuid.UUID,
+        worker: str,
+        wait: float,
+    ) -> uuid.UUID | None:
+        """Claim the oldest unclaimed job of the service, waiting up to ``wait`` s for one.
+
+        Jobs never started come first; then jobs whose worker was lost and that
+        the service's ``requeue`` policy runs again.
+        """
+        deadline = time.monotonic() + min(wait, MAX_WAIT)
+        interval = 0.02
+        while True:
+            with sessions() as session:
+                service = session.get(ServiceRow, service_id)
+                if service is None:
+                    return None
+                candidates = [(row, 1) for row in self.unclaimed(session, service_id, CANDIDATES)]
+                candidates = candidates or self.requeued(session, service_id)
+                for row, attempt in candidates:
+                    claimed = self.claim(session, row, service.timeout, worker, attempt)
+                    if claimed is ClaimResult.CLAIMED:
+                        return row.id
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._closing.wait(min(interval, remaining)):
+                return None
+            interval = min(MAX_POLL_INTERVAL, interval * 2)
+
+    # -- running and finishing -------------------------------------------------
+
+    def held(self, job: JobRow, worker: str, explicit: bool) -> Holder:
+        """The job's claim, if an HTTP worker holds it (``worker``, if it named itself)."""
+        holder = self.holder(job.id)
+        if holder.state != "running":
+            raise ClaimConflictError(
+                f"Job {job.id} is not running (its claim is {holder.state or 'untaken'})"
+            )
+        if not holder.over_http:
+            raise ClaimConflictError(f"Job {job.id} is being run by the worker {holder.worker}")
+        if explicit and holder.worker != worker:
+            raise ClaimConflictError(f"Job {job.id} is held by {holder.worker}, not {worker}")
+        return holder
+
+    def finish(
+        self,
+        session: Session,
+        job: JobRow,
+        timeout: float,
+        outcome: Status,
+        results: dict[str, Any] | None,
+        detail: str | None,
+        worker: str,
+        explicit: bool,
+    ) -> None:
+        """End a job an HTTP worker runs (claiming it first if nobody has yet)."""
+        unclaimed = Status(job.status) is Status.REGISTERED and self.holder(job.id).state is None
+        if unclaimed and self.claim(session, job, timeout, worker) is not ClaimResult.CLAIMED:
+            raise ClaimConflictError(f"Job {job.id} was claimed by someone else")
+        holder = self.held(job, worker, explicit)
+        service_id, job_id = job.service_id, job.id
+        final = StateMessage(
+            "status",
+            service_id,
+            job_id,
+            outcome.value,
+            results=results,
+            detail=detail,
+            attempt=holder.attempt,
+            worker=holder.worker,
+        )
+        if not self._claims(timeout).finish(job_id, holder.attempt, final):
+            raise ClaimConflictError(f"Job {job_id} is no longer held: its lease lapsed")
+        self._client.srem(keys.http_jobs(service_id), str(job_id))
+        change = {
+            "id": job_id,
+            "results": results,
+            "detail": detail,
+            "worker": holder.worker,
+            "attempts": holder.attempt,
+        }
+        lifecycle.advance(session, outcome, [change], database_now(session))
+        session.expire(job)
+
+    # -- leases ----------------------------------------------------------------
+
+    def renew(
+        self, service_id: uuid.UUID, timeout: float, job_ids: list[str] | None = None
+    ) -> None:
+        """Extend the leases of the service's jobs held over HTTP (or of ``job_ids``)."""
+        held_key = keys.http_jobs(service_id)
+        members = (
+            job_ids
+            if job_ids is not None
+            else sorted(_text(member) or "" for member in self._client.smembers(held_key))
+        )
+        lease_ms = max(1, int(lease_seconds(timeout) * 1000))
+        for chunk in _chunks(members, RENEW_CHUNK):
+            script_keys = [held_key]
+            for job_id in chunk:
+                script_keys += [keys.claim(job_id), keys.lease(job_id)]
+            self._renew(keys=script_keys, args=[lease_ms, *chunk])
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,174 @@
+"""``/jobs`` and ``/jobs/<id>``: list, read, report on and cancel jobs.
+
+``PATCH /jobs/<id>`` is how TopChef's clients run a job, and each of its moves
+goes through the job's claim (``broker.gateway.dispatch``):
+
+- to WORKING, a claim: one caller wins, a second gets 409 Conflict, and a job a
+  Celery worker runs is never handed out;
+- ``results`` while WORKING (the Java client's ``setResult``) are validated and
+  kept on the job, for its holder to complete it with;
+- to COMPLETED or ERROR, validated results end the claim and the job;
+- to CANCELLED, the same as ``DELETE``: only a job nobody has claimed.
+
+Other fields (``id``, ``parameters``, ``date_submitted``, which the Java client
+sends back) are ignored, as TopChef ignored them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, url_for
+from sqlalchemy.orm import Session
+
+from broker.claims import ClaimResult
+from broker.contract import Contract, compile_contract
+from broker.database import JobRow, ServiceRow
+from broker.gateway.context import find_job, gateway, http_worker
+from broker.gateway.envelope import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    envelope,
+    json_body,
+    page_links,
+    parse_id,
+    query_int,
+    query_statuses,
+)
+from broker.gateway.errors import ClaimConflictError
+from broker.gateway.representation import job_detail, job_meta, job_overview
+from broker.lifecycle import TERMINAL, Status
+from broker.models.errors import DeserializationError, InvalidTransitionError
+from broker.models.job import Job
+from broker.models.job_list import JobList
+
+
+def register(app: Flask) -> None:
+    app.add_url_rule("/jobs", "jobs", list_jobs, methods=["GET"])
+    app.add_url_rule("/jobs/<job_id>", "job", show_job, methods=["GET"])
+    app.add_url_rule("/jobs/<job_id>", "update_job", update_job, methods=["PATCH"])
+    app.add_url_rule("/jobs/<job_id>", "cancel_job", cancel_job, methods=["DELETE"])
+
+
+def _render(job: Job, status: int = 200, **extra: Any) -> Response:
+    service = url_for("service", service_id=str(job.service_id), _external=True)
+    return envelope(
+        job_detail(job), status, meta={**job_meta(job), **extra}, links={"service": service}
+    )
+
+
+def list_jobs() -> Response:
+    statuses = query_statuses()
+    offset = query_int("offset", 0, 0, 10**9)
+    limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    with gateway().reading() as session:
+        listing = JobList(session)
+        if statuses:
+            listing = listing.with_status(*statuses)
+        total = len(listing)
+        data = [job_overview(job) for job in listing.page(offset, limit, newest_first=False)]
+    meta = {"total": total, "offset": offset, "limit": limit}
+    return envelope(data, meta=meta, links=page_links(offset, limit, total))
+
+
+def show_job(job_id: str) -> Response:
+    with gateway().reading() as session:
+        return _render(Job(find_job(session, job_id)))
+
+
+def cancel_job(job_id: str) -> Response:
+    """Cancel a job nobody has started: it becomes CANCELLED and never runs."""
+    shared = gateway()
+    shared.producer.cancel(parse_id(job_id))
+    with shared.reading() as session:
+        return _render(Job(find_job(session, job_id)))
+
+
+def update_job(job_id: str) -> Response:
+    body = json_body()
+    wanted = _status(body)
+    results = _results(body)
+    detail = body.get("detail")
+    if detail is not None and not isinstance(detail, str):
+        raise DeserializationError("detail", "must be a string")
+    shared = gateway()
+    if wanted is Status.CANCELLED:
+        if results is not None:
+            raise DeserializationError("results", "a cancelled job has no results")
+        return cancel_job(job_id)
+    worker, chosen = http_worker()
+    with shared.writing() as session:
+        row = find_job(session, job_id)
+        service = session.get(ServiceRow, row.service_id)
+        assert service is not None, "jobs.service_id is a foreign key"
+        contract = compile_contract(service.job_result_schema, source="job_result_schema")
+        if results is not None:
+            contract.validate(results, source="results")
+        _apply(session, row, service.timeout, contract, wanted, results, detail, worker, chosen)
+        return _render(Job(row))
+
+
+def _apply(
+    session: Session,
+    row: JobRow,
+    timeout: float,
+    contract: Contract,
+    wanted: Status | None,
+    results: dict[str, Any] | None,
+    detail: str | None,
+    worker: str,
+    chosen: bool,
+) -> None:
+    dispatcher = gateway().dispatcher
+    current = Status(row.status)
+    if wanted in (Status.COMPLETED, Status.ERROR):
+        if current in TERMINAL:
+            raise InvalidTransitionError(row.id, current.value, wanted.value)
+        final = results if results is not None else row.results
+        if wanted is Status.COMPLETED:
+            contract.validate(final, source="results")
+        elif detail is None:
+            detail = f"reported as ERROR by {worker}"
+        dispatcher.finish(session, row, timeout, wanted, final, detail, worker, chosen)
+        return
+    if wanted is Status.WORKING and current is Status.REGISTERED:
+        claimed = dispatcher.claim(session, row, timeout, worker)
+        if claimed is not ClaimResult.CLAIMED:
+            raise ClaimConflictError(f"Job {row.id} is {claimed.value}: someone else claimed it")
+        current = Status.WORKING
+        if results is None:
+            return
+    elif wanted is not None and wanted is not current:
+        raise InvalidTransitionError(row.id, current.value, wanted.value)
+    elif wanted is Status.WORKING and results is None:
+        # A second claim. Only a worker that named itself can be told from another.
+        holder = dispatcher.held(row, worker, chosen)
+        if not chosen:
+            raise ClaimConflictError(f"Job {row.id} is already WORKING (held by {holder.worker})")
+    if results is not None:
+        if current is not Status.WORKING:
+            raise ClaimConflictError(f"Job {row.id} is {current.value}: claim it before reporting")
+        dispatcher.held(row, worker, chosen)
+        Job(row).results = results
+    if current is Status.WORKING:
+        dispatcher.renew(row.service_id, timeout, [str(row.id)])
+
+
+def _status(body: dict[str, Any]) -> Status | None:
+    value = body.get("status")
+    if value is None:
+        return None
+    choices = ", ".join(status.value for status in Status)
+    if not isinstance(value, str):
+        raise DeserializationError("status", f"must be one of {choices}")
+    try:
+        return Status(value.strip().upper())
+    except ValueError:
+        raise DeserializationError("status", f"must be one of {choices}, got {value!r}") from None
+
+
+def _results(body: dict[str, Any]) -> dict[str, Any] | None:
+    value = body.get("results")
+    if value is not None and not isinstance(value, dict):
+        raise DeserializationError("results", "must be a JSON object")
+    return value

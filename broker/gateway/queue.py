@@ -1,0 +1,130 @@
+"""A service's jobs: submit, list, peek at the queue, and claim the next one.
+
+``next`` and ``queue`` are TopChef's read-only views: an HTTP worker reads
+them, then claims a job with ``PATCH /jobs/<id>`` to WORKING (a 409 tells it
+another worker was faster). ``POST .../jobs/claim`` does both in one atomic
+step and can wait for a job to arrive, so an HTTP worker need not spin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, url_for
+
+from broker.database import JobRow
+from broker.gateway.context import find_service, gateway, http_worker
+from broker.gateway.dispatch import MAX_WAIT
+from broker.gateway.envelope import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    envelope,
+    field,
+    json_body,
+    no_content,
+    page_links,
+    query_int,
+    query_number,
+    query_statuses,
+    require,
+)
+from broker.gateway.representation import job_detail, job_meta
+from broker.models.job import Job
+from broker.models.service import Service
+
+#: TopChef's queue shows this many of the oldest REGISTERED jobs.
+QUEUE_LENGTH = 10
+
+
+def register(app: Flask) -> None:
+    route = "/services/<service_id>"
+    app.add_url_rule(f"{route}/jobs", "service_jobs", list_jobs, methods=["GET"])
+    app.add_url_rule(f"{route}/jobs", "submit_job", submit_job, methods=["POST"])
+    app.add_url_rule(f"{route}/jobs/next", "next_job", next_job, methods=["GET"])
+    app.add_url_rule(f"{route}/queue", "queue", queue, methods=["GET"])
+    app.add_url_rule(f"{route}/jobs/claim", "claim_job", claim_job, methods=["POST"])
+
+
+def _job_url(job_id: object) -> str:
+    return url_for("job", job_id=str(job_id), _external=True)
+
+
+def new_job_schema(service: Service) -> dict[str, Any]:
+    """What ``POST /services/<id>/jobs`` must carry (TopChef's ``new_job_schema``)."""
+    return {
+        "title": "New Job Schema",
+        "type": "object",
+        "properties": {"parameters": service.job_registration_schema},
+        "required": ["parameters"],
+    }
+
+
+def list_jobs(service_id: str) -> Response:
+    statuses = query_statuses()
+    offset = query_int("offset", 0, 0, 10**9)
+    limit = query_int("limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    with gateway().reading() as session:
+        service = find_service(session, service_id)
+        listing = service.jobs.with_status(*statuses) if statuses else service.jobs
+        total = len(listing)
+        data = [job_detail(job) for job in listing.page(offset, limit, newest_first=False)]
+        meta = {
+            "total": total,
+            "offset": offset,
+            "limit": limit,
+            "new_job_schema": new_job_schema(service),
+        }
+    return envelope(data, meta=meta, links=page_links(offset, limit, total))
+
+
+def submit_job(service_id: str) -> Response:
+    body = json_body()
+    require(body, ["parameters"])
+    parameters = field(body, "parameters", dict, "a JSON object")
+    with gateway().writing() as session:
+        service = find_service(session, service_id)
+        job = service.new_job(parameters)
+        data, job_id = job_detail(job), job.id
+    location = _job_url(job_id)
+    meta = {"message": f"new job ID is {job_id}"}
+    return envelope(data, 201, meta=meta, links={"job": location}, headers={"Location": location})
+
+
+def next_job(service_id: str) -> Response:
+    shared = gateway()
+    with shared.reading() as session:
+        service = find_service(session, service_id)
+        rows = shared.dispatcher.unclaimed(session, service.id, 1)
+        if not rows:
+            return no_content()
+        job = Job(rows[0])
+        return envelope(job_detail(job), meta=job_meta(job), links={"job": _job_url(job.id)})
+
+
+def queue(service_id: str) -> Response:
+    shared = gateway()
+    with shared.reading() as session:
+        service = find_service(session, service_id)
+        rows = shared.dispatcher.unclaimed(session, service.id, QUEUE_LENGTH)
+        if not rows:
+            return no_content()
+        return envelope([job_detail(Job(row)) for row in rows], meta={"count": len(rows)})
+
+
+def claim_job(service_id: str) -> Response:
+    """Hand the oldest unclaimed job to this caller alone, waiting up to ``?wait=`` s."""
+    wait = query_number("wait", 0.0, 0.0, MAX_WAIT)
+    worker, _chosen = http_worker()
+    shared = gateway()
+    with shared.reading() as session:
+        service = find_service(session, service_id)
+        key = service.id
+    claimed = shared.dispatcher.claim_next(shared.writing, key, worker, wait)
+    if claimed is None:
+        return no_content()
+    with shared.reading() as session:
+        row = session.get(JobRow, claimed)
+        assert row is not None, "a claimed job's row exists"
+        job = Job(row)
+        meta = {**job_meta(job), "message": f"job claimed by {worker}"}
+        return envelope(job_detail(job), meta=meta, links={"job": _job_url(job.id)})
