@@ -747,3 +747,12 @@ def test_the_queue_query_uses_its_index(session):
     plan = "\n".join(session.execute(sa.text(f"EXPLAIN {sql}")).scalars())
     assert "ix_jobs_service_status_submitted" in plan, plan
     assert "Sort" not in plan, plan  # the index already gives date_submitted order
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"timeout": 1e300}, {"timeout": float("inf")}, {"max_attempts": 10**12}, {"max_attempts": 0}],
+)
+def test_timeouts_and_attempts_are_bounded(session, options):
+    with pytest.raises(DeserializationError):
+        Service.new("bounded", "", {"type": "object"}, {"type": "object"}, session, **options)

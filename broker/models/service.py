@@ -28,6 +28,9 @@ from broker.models.job_list import JobList
 #: What happens to a job whose worker died while running it.
 WORKER_LOSS_POLICIES = ("fail", "requeue")
 DEFAULT_TIMEOUT = 30.0
+#: Bounds that keep timeouts and attempt counts inside what datetime and SQL hold.
+MAX_TIMEOUT = 1e9
+MAX_ATTEMPTS = 1000
 MAX_NAME_LENGTH = 200
 
 
@@ -79,9 +82,13 @@ class Service(ServiceInterface):
                 "worker_loss_policy",
                 f"must be one of {', '.join(WORKER_LOSS_POLICIES)}, got {worker_loss_policy!r}",
             )
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        if (
+            isinstance(max_attempts, bool)
+            or not isinstance(max_attempts, int)
+            or not 1 <= max_attempts <= MAX_ATTEMPTS
+        ):
             raise DeserializationError(
-                "max_attempts", f"must be an integer >= 1, got {max_attempts!r}"
+                "max_attempts", f"must be an integer from 1 to {MAX_ATTEMPTS}, got {max_attempts!r}"
             )
         now = database_now(database_session)
         row = ServiceRow(
@@ -276,5 +283,5 @@ def _check_name(name: object, session: Session) -> None:
 def _check_timeout(timeout: object) -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise DeserializationError("timeout", f"must be a number of seconds > 0, got {timeout!r}")
-    if timeout != timeout or timeout == float("inf"):
-        raise DeserializationError("timeout", f"must be finite, got {timeout!r}")
+    if not timeout <= MAX_TIMEOUT:  # also refuses NaN and infinity
+        raise DeserializationError("timeout", f"must be at most {MAX_TIMEOUT:g} s, got {timeout!r}")
