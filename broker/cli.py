@@ -211,10 +211,10 @@ def db() -> None:
 @db.command("upgrade")
 @_user_errors
 def db_upgrade() -> None:
-    """Create the tables that do not exist yet."""
-    from broker.database import create_schema
+    """Apply the schema migrations (a database made before them is stamped)."""
+    from broker.migrate import upgrade
 
-    create_schema(_settings().database_url)
+    upgrade(_settings().database_url)
     click.echo("database schema is up to date")
 
 

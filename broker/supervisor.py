@@ -124,8 +124,8 @@ def local_stack(
     ``directory`` holds what the stack writes: the embedded Redis's data, the
     default SQLite file and the children's logs.
     """
-    from broker.database import create_schema
     from broker.examples import ensure_example_services
+    from broker.migrate import upgrade
 
     settings = settings or Settings.from_env()
     state = directory / STATE_DIR
@@ -135,7 +135,7 @@ def local_stack(
             settings = _replace(settings, broker_url=embedded.url)
         if not os.environ.get(PREFIX + "DATABASE_URL", "").strip():
             settings = _replace(settings, database_url=f"sqlite:///{directory / 'topchef.sqlite3'}")
-        create_schema(settings.database_url)
+        upgrade(settings.database_url)
         ensure_example_services(settings)
         supervisor = Supervisor(child_environment(settings), state / "logs")
         cleanup.callback(supervisor.stop)

@@ -1,0 +1,27 @@
+"""Alembic's entry point: migrate the connection ``broker.migrate`` hands over.
+
+``broker.migrate`` opens the connection (with its lock) and passes it in
+``config.attributes``, so every engine setting of ``broker.database`` (the
+SQLite pragmas, the psycopg driver) applies to migrations too.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from broker.database import metadata
+
+connection = context.config.attributes.get("connection")
+if not isinstance(connection, Connection):
+    raise RuntimeError("run TopChef's migrations through broker.migrate, not the alembic command")
+
+context.configure(
+    connection=connection,
+    target_metadata=metadata,
+    # SQLite cannot ALTER most things: later migrations copy and swap tables.
+    render_as_batch=connection.dialect.name == "sqlite",
+    compare_type=True,
+)
+with context.begin_transaction():
+    context.run_migrations()

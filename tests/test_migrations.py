@@ -1,0 +1,240 @@
+"""The migrations make exactly the models' schema, on SQLite and PostgreSQL.
+
+Each test gets an empty database of its own: a new SQLite file, or a new
+PostgreSQL schema (reached, like ``postgres_url``, through ``search_path``).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from conftest import BACKENDS, POSTGRES_URL
+from sqlalchemy.engine import Connection, make_url
+
+from broker import migrate
+from broker.database import create_schema, engine_for, metadata, open_session
+from broker.models.errors import ConfigurationError
+
+DDL = re.compile(r"^\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database: no tables, no migration record."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'migrations.sqlite3'}"
+        yield url
+        engine_for(url).dispose()
+        return
+    request.getfixturevalue("postgres_url")  # skips, or fails under CI, when the server is down
+    schema = f"topchef_migrate_{uuid.uuid4().hex[:12]}"
+    server = sa.create_engine(
+        make_url(POSTGRES_URL).set(drivername="postgresql+psycopg"), poolclass=sa.pool.NullPool
+    )
+    with server.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    url_text = url.render_as_string(hide_password=False)
+    yield url_text
+    engine_for(url_text).dispose()
+    with server.begin() as connection:
+        connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def schema_differences(url: str) -> list[Any]:
+    """What differs between the database's schema and ``broker.database.metadata``.
+
+    Alembic compares tables, columns, types, nullability, indexes and unique
+    constraints, but not a foreign key's ON DELETE nor a partial index's
+    condition: those are compared here from reflection.
+    """
+    with engine_for(url).connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True}
+        )
+        differences: list[Any] = list(compare_metadata(context, metadata))
+        differences += _foreign_key_differences(connection)
+        differences += _partial_index_differences(connection)
+    return differences
+
+
+def _foreign_key_differences(connection: Connection) -> list[Any]:
+    inspector = sa.inspect(connection)
+    differences = []
+    for table in metadata.sorted_tables:
+        reflected = {
+            tuple(fk["constrained_columns"]): fk["options"].get("ondelete")
+            for fk in inspector.get_foreign_keys(table.name)
+        }
+        for constraint in table.foreign_key_constraints:
+            columns = tuple(constraint.column_keys)
+            if reflected.get(columns) != constraint.ondelete:
+                differences.append(("ondelete", table.name, columns, reflected.get(columns)))
+    return differences
+
+
+def _partial_index_differences(connection: Connection) -> list[Any]:
+    dialect = connection.dialect.name
+    inspector = sa.inspect(connection)
+    differences = []
+    for table in metadata.sorted_tables:
+        reflected = {
+            index["name"]: index.get("dialect_options", {}).get(f"{dialect}_where")
+            for index in inspector.get_indexes(table.name)
+        }
+        for index in table.indexes:
+            wanted = index.dialect_options[dialect].get("where")
+            if _condition(reflected.get(index.name)) != _condition(wanted):
+                differences.append(("where", index.name, reflected.get(index.name), wanted))
+    return differences
+
+
+def _condition(clause: object) -> str | None:
+    """A WHERE clause without the parentheses and spacing that reflection adds."""
+    return None if clause is None else re.sub(r"[()\s]", "", str(clause)).lower()
+
+
+def test_upgrade_from_empty_makes_the_models_schema(empty_url: str) -> None:
+    assert migrate.current(empty_url) is None
+
+    migrate.upgrade(empty_url)
+
+    assert migrate.current(empty_url) == migrate.head()
+    assert schema_differences(empty_url) == []
+
+
+def test_the_comparison_sees_what_alembic_alone_would_miss(empty_url: str) -> None:
+    """A schema without ON DELETE CASCADE and the outbox's condition is reported."""
+    with engine_for(empty_url).begin() as connection:
+        connection.execute(sa.text("CREATE TABLE services (id INTEGER PRIMARY KEY)"))
+        connection.execute(
+            sa.text(
+                "CREATE TABLE jobs (id INTEGER PRIMARY KEY, published_at INTEGER, "
+                "date_submitted INTEGER, service_id INTEGER REFERENCES services (id))"
+            )
+        )
+        connection.execute(sa.text("CREATE INDEX ix_jobs_unpublished ON jobs (date_submitted)"))
+
+    # Alembic's own findings about columns come as lists; the rest are tuples.
+    differences = schema_differences(empty_url)
+    kinds = {difference[0] for difference in differences if isinstance(difference, tuple)}
+
+    assert {"ondelete", "where"} <= kinds
+
+
+def test_upgrading_again_changes_nothing(empty_url: str) -> None:
+    migrate.upgrade(empty_url)
+    statements: list[str] = []
+
+    def record(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    engine = engine_for(empty_url)
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        migrate.upgrade(empty_url)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+    assert statements  # it did look
+    assert [statement for statement in statements if DDL.match(statement)] == []
+    assert migrate.current(empty_url) == migrate.head()
+
+
+def test_a_database_made_by_create_schema_is_stamped_and_keeps_its_rows(empty_url: str) -> None:
+    create_schema(empty_url)
+    _add_service(empty_url, "Kept")
+    assert migrate.current(empty_url) is None
+
+    migrate.upgrade(empty_url)
+
+    assert migrate.current(empty_url) == migrate.head()
+    assert schema_differences(empty_url) == []
+    with open_session(empty_url) as session:
+        names = session.execute(sa.text("SELECT name FROM services")).scalars().all()
+    assert names == ["Kept"]
+
+
+def test_processes_starting_together_migrate_once(empty_url: str) -> None:
+    """Several processes start at once and each upgrades: the lock makes one of them do it."""
+    callers = 3
+    barrier = threading.Barrier(callers)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        barrier.wait(timeout=30)
+        try:
+            migrate.upgrade(empty_url)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+
+    assert errors == []
+    assert migrate.current(empty_url) == migrate.head()
+    assert schema_differences(empty_url) == []
+
+
+def test_downgrade_removes_every_table(empty_url: str) -> None:
+    migrate.upgrade(empty_url)
+
+    with engine_for(empty_url).begin() as connection:
+        command.downgrade(migrate.alembic_config(connection), "base")
+
+    with engine_for(empty_url).connect() as connection:
+        assert set(sa.inspect(connection).get_table_names()) <= {"alembic_version"}
+    assert migrate.current(empty_url) is None
+
+
+def test_some_tables_without_a_migration_record_are_refused(empty_url: str) -> None:
+    metadata.tables["services"].create(engine_for(empty_url))
+
+    with pytest.raises(ConfigurationError, match="not jobs"):
+        migrate.upgrade(empty_url)
+
+
+def test_a_database_from_a_newer_topchef_is_refused(empty_url: str) -> None:
+    migrate.upgrade(empty_url)
+    with engine_for(empty_url).begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+
+    with pytest.raises(ConfigurationError, match="revision 9999"):
+        migrate.upgrade(empty_url)
+
+
+def _add_service(url: str, name: str) -> None:
+    now = datetime.now(UTC)
+    with open_session(url) as session:
+        session.execute(
+            metadata.tables["services"].insert(),
+            {
+                "id": uuid.uuid4(),
+                "name": name,
+                "description": "",
+                "job_registration_schema": {},
+                "job_result_schema": {},
+                "timeout": 30.0,
+                "is_service_available": False,
+                "last_checked_in": now,
+                "worker_loss_policy": "fail",
+                "max_attempts": 3,
+                "created_at": now,
+            },
+        )
+        session.commit()
