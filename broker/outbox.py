@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -113,7 +113,12 @@ def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[object]) -
     """
     engine = bind if isinstance(bind, sa.Engine) else bind.engine
     with Session(bind=engine) as session, session.begin():
-        now = database_now(session)
+        # The database's clock, read in the UPDATE itself where it can be (a round trip less).
+        now: Any = (
+            sa.func.clock_timestamp()
+            if engine.dialect.name == "postgresql"
+            else database_now(session)
+        )
         for start in range(0, len(job_ids), 1000):
             chunk = job_ids[start : start + 1000]
             unlocked = (

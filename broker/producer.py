@@ -16,6 +16,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,12 +27,14 @@ from broker import lifecycle, outbox
 from broker.app import make_app
 from broker.claims import ClaimResult, Claims
 from broker.connections import redis_client
-from broker.database import JobRow, database_now, open_session
+from broker.database import JobRow, ServiceRow, database_now, open_session
+from broker.messages import JobMessage
 from broker.models.errors import (
     InvalidTransitionError,
     JobCancelledError,
     JobFailedError,
     JobWithUUIDNotFound,
+    ServiceWithNameNotFound,
     WaitTimeoutError,
 )
 from broker.models.job import Job
@@ -41,6 +44,8 @@ from broker.publisher import CeleryPublisher
 from broker.settings import Settings
 
 Status = lifecycle.Status
+
+_INSERT_JOBS = sa.insert(JobRow)
 
 #: Polling of SQL while waiting starts fast and backs off to this interval.
 MAX_POLL_INTERVAL = 0.25
@@ -95,8 +100,8 @@ class Producer:
         One invalid set refuses the whole batch, and nothing is queued.
         """
         with self.session() as session:
-            service = ServiceList(session).by_name(service_name)
-            return [service.new_job(parameters).id for parameters in parameter_sets]
+            service, now = _service_and_clock(session, service_name)
+            return _add_jobs(session, service, now, list(parameter_sets))
 
     def job(self, job_id: uuid.UUID) -> dict[str, Any]:
         """A snapshot of the job as SQL has it now."""
@@ -187,3 +192,57 @@ class Producer:
                 for job_id, status, results, detail in rows:
                     found[job_id] = (status, results, detail)
         return found
+
+
+def _service_and_clock(session: Session, name: str) -> tuple[Service, datetime]:
+    """``ServiceList.by_name`` and ``database_now`` in one round trip where the database allows.
+
+    A submit's latency is its round trips to the database; this saves one of them.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return ServiceList(session).by_name(name), database_now(session)
+    found = session.execute(
+        sa.select(ServiceRow, sa.func.clock_timestamp()).where(ServiceRow.name == name)
+    ).first()
+    if found is None:
+        raise ServiceWithNameNotFound(name)
+    row, now = found
+    return Service(row), now.astimezone(UTC)
+
+
+def _add_jobs(
+    session: Session, service: Service, now: datetime, parameter_sets: list[dict[str, Any]]
+) -> list[uuid.UUID]:
+    """``Service.new_job`` for many jobs at once: the same rows and messages, in bulk.
+
+    The contract is looked up once and the rows go in as one multi-row
+    ``INSERT`` rather than one ORM flush each, so a sweep of thousands costs
+    the validation and little else. Jobs of one batch are stamped a microsecond
+    apart from one reading of the database's clock, so they list in the order
+    they were given.
+    """
+    contract = service.registration_contract
+    for parameters in parameter_sets:
+        contract.validate(parameters, source="parameters")
+    if not parameter_sets:
+        return []
+    requeue = service.worker_loss_policy == "requeue"
+    ids = [uuid.uuid4() for _ in parameter_sets]
+    rows = [
+        {
+            "id": job_id,
+            "service_id": service.id,
+            "status": Status.REGISTERED.value,
+            "parameters": parameters,
+            "attempts": 0,
+            "date_submitted": now + timedelta(microseconds=index),
+            "version": 1,
+        }
+        for index, (job_id, parameters) in enumerate(zip(ids, parameter_sets, strict=True))
+    ]
+    # Core, not the ORM: no unit of work and a cached statement, for one job or ten thousand.
+    session.connection().execute(_INSERT_JOBS, rows)
+    for job_id, parameters in zip(ids, parameter_sets, strict=True):
+        message = JobMessage(job_id, service.id, service.name, parameters, requeue=requeue)
+        outbox.record_job(session, message)
+    return ids

@@ -1,0 +1,387 @@
+"""``python -m bench [--smoke] [--json PATH]``: every workload, every peer, one table.
+
+The run owns what it measures with: a redis-server of its own on a free port
+and a schema of its own on the configured PostgreSQL
+(``TOPCHEF_BENCH_POSTGRES_URL``, else ``TOPCHEF_TEST_POSTGRES_URL``, else
+``postgresql://postgres@127.0.0.1:5432/test``); both are removed at the end,
+whatever happens. Each figure is the median of ``--repeat`` repetitions
+(at least 3 in a full run), with their min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import report, sql
+from bench.ours import OurStack
+from bench.payload import SERVICE
+from bench.rivals import RQ, Dramatiq, Peer, RawCelery, WorkerSetup
+from bench.servers import PostgresSchema, RedisServer
+from bench.stats import Figure, fmt
+
+WORKLOADS = ("enqueue", "drain", "latency", "sql", "memory")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each workload is."""
+
+    jobs: int = 10_000
+    repeat: int = 3
+    #: ``submit`` one at a time is slow; its rate is measured over fewer jobs.
+    single_jobs: int = 2_000
+    #: RQ's forking worker runs ~60 jobs/s: its drain is measured over fewer jobs.
+    forking_jobs: int = 1_000
+    latency_jobs: int = 500
+    sql_jobs: int = 1_000_000
+    sql_calls: int = 21
+    #: TopChef's worker pool, concurrency and processes, recommended for 2 cores.
+    pool: str = "threads"
+    concurrency: int = 2
+    processes: int = 2
+
+
+SMOKE = Plan(
+    jobs=200,
+    repeat=1,
+    single_jobs=50,
+    forking_jobs=30,
+    latency_jobs=20,
+    sql_jobs=2_000,
+    sql_calls=3,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repetition")
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
+    parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
+    parser.add_argument("--jobs", type=int, help="N of the enqueue, drain and memory workloads")
+    parser.add_argument("--repeat", type=int, help="repetitions of each figure")
+    parser.add_argument("--sql-jobs", type=int, help="jobs in PostgreSQL for the SQL workload")
+    parser.add_argument("--render", type=Path, help="print a saved run's JSON as Markdown")
+    args = parser.parse_args(argv)
+    if args.render:
+        print(report.markdown(json.loads(args.render.read_text())))
+        return 0
+    plan = SMOKE if args.smoke else Plan()
+    overrides = {
+        "jobs": args.jobs,
+        "repeat": args.repeat,
+        "sql_jobs": args.sql_jobs,
+    }
+    plan = Plan(**{**asdict(plan), **{k: v for k, v in overrides.items() if v is not None}})
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(only) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+
+    # A run stopped by SIGTERM (or SIGINT, which a background job ignores) still
+    # stops its children and drops its Redis and its schema.
+    signal.signal(signal.SIGTERM, _interrupt)
+    run = Run(plan, only)
+    started = time.monotonic()
+    try:
+        run.execute()
+    finally:
+        run.close()
+    result = {
+        "machine": run.machine,
+        "plan": asdict(plan),
+        "smoke": args.smoke,
+        "seconds": round(time.monotonic() - started, 1),
+        "load_average_at_end": os.getloadavg(),
+        "figures": [figure.as_dict() for figure in run.figures],
+        "targets": run.targets(),
+    }
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(report.table(run.figures))
+    print()
+    print(report.targets_table(result["targets"]))
+    print(f"\n{len(run.figures)} figures in {result['seconds']} s; JSON in {args.json}")
+    return 0
+
+
+class Run:
+    """One benchmark run: its servers, its figures, and what they say of the targets."""
+
+    def __init__(self, plan: Plan, only: list[str]) -> None:
+        self.plan = plan
+        self.only = only
+        self.figures: list[Figure] = []
+        self.machine = report.machine()
+        self.log_dir = Path(tempfile.mkdtemp(prefix="topchef-bench-logs-"))
+        self.redis = RedisServer()
+        self.schema = PostgresSchema()
+        self.ours: OurStack | None = None
+        self.peers: list[Peer] = []
+
+    def close(self) -> None:
+        if self.ours is not None:
+            self.ours.close()
+        for peer in self.peers:
+            peer.stop_workers()
+        self.schema.close()
+        self.redis.close()
+
+    def figure(self, workload: str, name: str, unit: str, note: str = "") -> Figure:
+        figure = Figure(workload, name, unit, note=note)
+        self.figures.append(figure)
+        return figure
+
+    def repeat(self, figure: Figure, measure: Any) -> Figure:
+        for _ in range(self.plan.repeat):
+            figure.values.append(measure())
+        say(f"{figure.workload}: {figure.name}: {fmt(figure.median)} {figure.unit}")
+        return figure
+
+    def execute(self) -> None:
+        self.ours = OurStack(self.redis.url(0), self.schema, self.log_dir)
+        self.peers = [
+            RawCelery(self.redis.url, self.log_dir),
+            RQ(self.redis.url, self.log_dir),
+            Dramatiq(self.redis.url, self.log_dir),
+        ]
+        for workload in ("enqueue", "drain", "latency"):
+            if workload in self.only:
+                say(f"== {workload}")
+                getattr(self, workload)()
+        if "memory" in self.only:
+            say("== memory, few jobs in SQL")
+            self.memory(many=False)
+        if "sql" in self.only:
+            say("== sql")
+            self.sql()
+            if "memory" in self.only:
+                say("== memory, many jobs in SQL")
+                self.memory(many=True)
+
+    # -- 1. enqueue ----------------------------------------------------------------
+
+    def enqueue(self) -> None:
+        assert self.ours is not None
+        ours, n, single = self.ours, self.plan.jobs, self.plan.single_jobs
+        note = f"over {single:,} jobs"
+        self.repeat(
+            self.figure("enqueue", "topchef submit (one at a time)", "jobs/s", note),
+            lambda: ours.enqueue_single(single),
+        )
+        self.repeat(
+            self.figure("enqueue", "topchef submit_many (bulk)", "jobs/s", f"{n:,} in one call"),
+            lambda: ours.enqueue_bulk(n),
+        )
+        for peer in self.peers:
+            self.repeat(
+                self.figure("enqueue", f"{peer.name} (one at a time)", "jobs/s"),
+                lambda peer=peer: peer.enqueue(n),
+            )
+
+    # -- 2. drain ------------------------------------------------------------------
+
+    def drain(self) -> None:
+        assert self.ours is not None
+        ours, plan = self.ours, self.plan
+        ours.start_mirror()
+        celery, rq, dramatiq = self.peers
+        assert isinstance(celery, RawCelery)
+        assert isinstance(rq, RQ)
+        assert isinstance(dramatiq, Dramatiq)
+        configs = [(plan.pool, plan.concurrency, plan.processes), ("threads", 8, 1)]
+        configs += [("prefork", 2, 1), ("solo", 1, 2)]
+        for pool, concurrency, processes in configs:
+            label = _label(pool, concurrency, processes)
+            ours.start_workers(processes, pool, concurrency)
+            try:
+                self.repeat(
+                    self.figure("drain", f"topchef ({label})", "jobs/s", "COMPLETED in SQL"),
+                    lambda: plan.jobs / ours.drain(plan.jobs),
+                )
+            finally:
+                ours.stop_workers()
+            self._drain_peer(celery, celery.worker(pool, concurrency, processes), f"({label})")
+        self._drain_peer(rq, rq.worker("SimpleWorker"), "SimpleWorker, 1 process")
+        self._drain_peer(rq, rq.worker("Worker"), "Worker (fork per job)", plan.forking_jobs)
+        self._drain_peer(dramatiq, dramatiq.worker(1), "1 process, 1 thread")
+        self._drain_peer(dramatiq, dramatiq.worker(8), "1 process, 8 threads")
+
+    def _drain_peer(self, peer: Peer, setup: WorkerSetup, label: str, n: int = 0) -> None:
+        n = n or self.plan.jobs
+        note = "" if n == self.plan.jobs else f"over {n:,} jobs"
+        peer.start_workers(setup)
+        try:
+            name = f"{peer.name} {label}" if label.startswith("(") else f"{peer.name} ({label})"
+            self.repeat(
+                self.figure("drain", name, "jobs/s", note),
+                lambda: n / peer.drain(n),
+            )
+        finally:
+            peer.stop_workers()
+
+    # -- 3. latency ----------------------------------------------------------------
+
+    def latency(self) -> None:
+        assert self.ours is not None
+        ours, plan = self.ours, self.plan
+        if ours.mirror is None:
+            ours.start_mirror()
+        ours.start_workers(plan.processes, plan.pool, plan.concurrency)
+        try:
+            samples = [ours.latency(plan.latency_jobs) for _ in range(plan.repeat)]
+        finally:
+            ours.stop_workers()
+        note = f"{plan.latency_jobs} sequential jobs, warm worker"
+        for key, name in [
+            ("start_p50", "submit → handler starts, p50"),
+            ("start_p99", "submit → handler starts, p99"),
+            ("completed_p50", "submit → COMPLETED in SQL, p50"),
+            ("completed_p99", "submit → COMPLETED in SQL, p99"),
+        ]:
+            figure = self.figure("latency", name, "ms", note)
+            figure.values = [sample[key] for sample in samples]
+            say(f"latency: {name}: {fmt(figure.median)} ms")
+
+    # -- 4. SQL at scale -------------------------------------------------------------
+
+    def sql(self) -> None:
+        assert self.ours is not None
+        ours, plan = self.ours, self.plan
+        ours.purge()
+        seconds = sql.fill(self.schema, plan.sql_jobs, ours.service_ids[SERVICE])
+        note = f"{plan.sql_jobs:,} jobs, 10 services"
+        self.figure("sql", "fill (INSERT … generate_series, VACUUM)", "s", note).values = [seconds]
+        say(f"sql: {plan.sql_jobs:,} jobs inserted in {seconds:.1f} s")
+        for name, query in sql.queries(self.schema.url, SERVICE).items():
+            figure = self.figure("sql", name, "ms", f"{note}; {plan.sql_calls} calls")
+            figure.values = sql.time_query(query, plan.sql_calls)
+            say(f"sql: {name}: {fmt(figure.median)} ms")
+
+    # -- 5. memory -------------------------------------------------------------------
+
+    def memory(self, many: bool) -> None:
+        """Peak RSS of a fresh mirror and worker draining N jobs, beside few or many rows."""
+        assert self.ours is not None
+        ours, plan = self.ours, self.plan
+        if ours.mirror is not None:
+            ours.mirror.stop()
+            ours.mirror = None
+        if not many:
+            ours.purge()
+        rows = ours.count() + plan.jobs
+        label = f"{rows:,} jobs in SQL"
+        mirror = self.figure("memory", f"mirror peak RSS ({label})", "MiB")
+        worker = self.figure("memory", f"worker peak RSS, per process ({label})", "MiB")
+        note = f"fresh processes, each drained {plan.jobs:,} jobs"
+        mirror.note = worker.note = note
+        for _ in range(plan.repeat):
+            ours.start_mirror()
+            ours.start_workers(plan.processes, plan.pool, plan.concurrency)
+            try:
+                ours.drain(plan.jobs, keep=many)
+                assert ours.mirror is not None
+                mirror.values.append(ours.mirror.peak_rss_mib())
+                worker.values.append(statistics.fmean(w.peak_rss_mib() for w in ours.workers))
+            finally:
+                ours.stop_workers()
+                if ours.mirror is not None:
+                    ours.mirror.stop()
+                    ours.mirror = None
+        say(f"memory: mirror {fmt(mirror.median)} MiB, worker {fmt(worker.median)} MiB ({label})")
+
+    # -- targets ---------------------------------------------------------------------
+
+    def _find(self, workload: str, startswith: str) -> Figure | None:
+        for figure in self.figures:
+            if figure.workload == workload and figure.name.startswith(startswith):
+                return figure
+        return None
+
+    def targets(self) -> list[dict[str, Any]]:
+        """Each of the issue's targets, with the figures it compares."""
+        found: list[dict[str, Any]] = []
+
+        def target(text: str, measured: str, met: bool) -> None:
+            found.append({"target": text, "measured": measured, "met": bool(met)})
+
+        plan = self.plan
+        label = _label(plan.pool, plan.concurrency, plan.processes)
+        ours = self._find("drain", f"topchef ({label})")
+        celery = self._find("drain", f"celery ({label})")
+        if ours and celery:
+            ratio = ours.median / celery.median
+            target(
+                f"drain ≥ 0.9 x raw Celery's (both {label})",
+                f"{fmt(ours.median)} vs {fmt(celery.median)} jobs/s = {ratio:.2f}x",
+                ratio >= 0.9,
+            )
+        best = max(
+            (f for f in self.figures if f.workload == "drain" and f.name.startswith("topchef")),
+            key=lambda f: f.median,
+            default=None,
+        )
+        fastest = max(
+            (f for f in self.figures if f.workload == "drain" and not f.name.startswith("topchef")),
+            key=lambda f: f.median,
+            default=None,
+        )
+        if best and fastest:
+            target(
+                "drain ahead of the fastest peer's",
+                f"{best.name} {fmt(best.median)} vs {fastest.name} {fmt(fastest.median)} jobs/s",
+                best.median > fastest.median,
+            )
+        bulk = self._find("enqueue", "topchef submit_many")
+        dramatiq = self._find("enqueue", "dramatiq")
+        if bulk and dramatiq:
+            ratio = bulk.median / dramatiq.median
+            target(
+                "bulk submit ≥ 3 x Dramatiq's enqueue rate",
+                f"{fmt(bulk.median)} vs {fmt(dramatiq.median)} jobs/s = {ratio:.2f}x",
+                ratio >= 3,
+            )
+        for name, limit in [
+            ("submit → handler starts, p99", 5.0),
+            ("submit → COMPLETED in SQL, p99", 100.0),
+        ]:
+            figure = self._find("latency", name)
+            if figure:
+                target(f"{name} ≤ {limit:g} ms", f"{fmt(figure.median)} ms", figure.median <= limit)
+        for figure in self.figures:
+            if figure.workload == "sql" and figure.unit == "ms":
+                target(f"SQL {figure.name} ≤ 5 ms", f"{fmt(figure.median)} ms", figure.median <= 5)
+        mirrors = [f for f in self.figures if f.name.startswith("mirror peak RSS")]
+        if len(mirrors) == 2:
+            ratio = mirrors[1].median / mirrors[0].median
+            target(
+                "mirror peak RSS with many jobs within 10% of that with few",
+                f"{fmt(mirrors[1].median)} vs {fmt(mirrors[0].median)} MiB = {ratio:.2f}x",
+                ratio <= 1.1,
+            )
+        return found
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _label(pool: str, concurrency: int, processes: int) -> str:
+    return f"{pool} {concurrency}, {processes} process{'es' if processes > 1 else ''}"
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
