@@ -125,6 +125,9 @@ class Run:
         self.log_dir = Path(tempfile.mkdtemp(prefix="topchef-bench-logs-"))
         self.redis = RedisServer()
         self.schema = PostgresSchema()
+        with self.schema.connect() as connection:
+            version = connection.execute("SHOW server_version").fetchone()
+        self.machine["versions"]["postgresql"] = version[0] if version else "unknown"
         self.ours: OurStack | None = None
         self.peers: list[Peer] = []
 

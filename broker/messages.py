@@ -97,7 +97,9 @@ class StateMessage:
 
     def to_fields(self) -> dict[str, str]:
         """The stream entry: one JSON field, so the mirror parses one thing."""
-        data = {key: value for key, value in asdict(self).items() if value not in (None, {})}
+        data = {key: value for key, value in asdict(self).items() if value is not None}
+        if not self.extra:
+            data.pop("extra", None)
         data["service_id"] = str(self.service_id)
         if self.job_id is not None:
             data["job_id"] = str(self.job_id)

@@ -93,3 +93,15 @@ def test_while_the_database_is_down_state_waits_in_the_broker(stack):
     assert recovered.step() == 1
     assert stack.status(job) == "COMPLETED"
     assert stack.redis.xpending(keys.STATE_STREAM, keys.MIRROR_GROUP)["pending"] == 0
+
+
+def test_empty_results_are_kept_as_an_empty_object(stack):
+    stack.create_lab_services()
+    stack.producer.create_service("Empty", "", {"type": "object"}, {"type": "object"})
+    job = stack.producer.submit("Empty", {})
+    service = stack.service("Empty").id
+    mirror = Mirror(stack.settings, block_ms=10)
+    mirror.ensure_group()
+    _report(stack, StateMessage("status", service, job, "COMPLETED", results={}))
+    mirror.step()
+    assert (stack.status(job), stack.job(job)["results"]) == ("COMPLETED", {})
