@@ -130,45 +130,25 @@ class WorkerRuntime:
         worker: str,
     ) -> StateMessage:
         service = served.descriptor.id
+
+        def outcome(status: Status, **fields: Any) -> StateMessage:
+            return StateMessage(
+                "status", service, job, status.value, attempt=attempt, worker=worker, **fields
+            )
+
         token = reporting_to(self._progress_reporter(service, job))
         try:
             results = served.handler(parameters)
         except Exception as error:  # the handler's failure is the job's outcome
             log.info("job %s raised %s", job, error, exc_info=True)
-            detail = f"{type(error).__name__}: {error}"
-            return StateMessage(
-                "status",
-                service,
-                job,
-                Status.ERROR.value,
-                detail=detail,
-                attempt=attempt,
-                worker=worker,
-            )
+            return outcome(Status.ERROR, detail=f"{type(error).__name__}: {error}")
         finally:
             stop_reporting(token)
         try:
             served.contract.validate(results, source="results")
         except DeserializationError as violation:
-            detail = f"invalid results: {violation.detail}"
-            return StateMessage(
-                "status",
-                service,
-                job,
-                Status.ERROR.value,
-                detail=detail,
-                attempt=attempt,
-                worker=worker,
-            )
-        return StateMessage(
-            "status",
-            service,
-            job,
-            Status.COMPLETED.value,
-            results=results,
-            attempt=attempt,
-            worker=worker,
-        )
+            return outcome(Status.ERROR, detail=f"invalid results: {violation.detail}")
+        return outcome(Status.COMPLETED, results=results)
 
     def _progress_reporter(self, service: uuid.UUID, job: uuid.UUID) -> Any:
         last_sent = 0.0

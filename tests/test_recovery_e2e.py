@@ -15,20 +15,25 @@ from broker.models.service_list import ServiceList
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 
+def _held_job_killed_mid_run(stack, policy):
+    """A HELD job running on a worker that is then killed with SIGKILL."""
+    stack.create_lab_services(held_policy=policy)
+    stack.start_mirror()
+    worker = stack.worker()
+    tag = uuid.uuid4().hex
+    job = stack.producer.submit(lab.HELD, {"tag": tag})
+    stack.wait_status(job, "WORKING")
+    worker.kill()
+    return tag, job
+
+
 def _tick_until(stack, condition, what, timeout=30.0):
     """Run beat ticks (as ``topchef beat`` would) until ``condition`` holds."""
     return wait_for(lambda: stack.tick() and condition(), timeout, what)
 
 
 def test_kill_9_under_fail_policy_ends_in_error_and_never_runs_again(stack):
-    stack.create_lab_services(held_policy="fail")
-    stack.start_mirror()
-    worker = stack.worker()
-    tag = uuid.uuid4().hex
-    job = stack.producer.submit(lab.HELD, {"tag": tag})
-    stack.wait_status(job, "WORKING")
-
-    worker.kill()
+    tag, job = _held_job_killed_mid_run(stack, "fail")
     stack.release(tag)
     survivor = stack.worker()
     _tick_until(stack, lambda: stack.status(job) == "ERROR", "the lost job to be failed")
@@ -44,14 +49,7 @@ def test_kill_9_under_fail_policy_ends_in_error_and_never_runs_again(stack):
 
 
 def test_kill_9_under_requeue_policy_runs_again_and_completes(stack):
-    stack.create_lab_services(held_policy="requeue")
-    stack.start_mirror()
-    first = stack.worker()
-    tag = uuid.uuid4().hex
-    job = stack.producer.submit(lab.HELD, {"tag": tag})
-    stack.wait_status(job, "WORKING")
-
-    first.kill()
+    tag, job = _held_job_killed_mid_run(stack, "requeue")
     stack.release(tag)
     stack.worker()
     _tick_until(stack, lambda: stack.status(job) == "COMPLETED", "the job to run again")
@@ -122,13 +120,7 @@ def test_service_whose_worker_stops_checking_in_times_out(stack):
 
 
 def test_two_beats_never_double_a_transition(stack):
-    stack.create_lab_services(held_policy="requeue")
-    stack.start_mirror()
-    worker = stack.worker()
-    tag = uuid.uuid4().hex
-    job = stack.producer.submit(lab.HELD, {"tag": tag})
-    stack.wait_status(job, "WORKING")
-    worker.kill()
+    _tag, job = _held_job_killed_mid_run(stack, "requeue")
     wait_for(lambda: not stack.redis.exists(f"topchef:lease:{job}"), 30, "the lease to lapse")
 
     first, second = stack.tick(), stack.tick()
