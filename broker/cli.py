@@ -133,12 +133,12 @@ def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str)
 @_user_errors
 def mirror(batch_size: int, loglevel: str) -> None:
     """Mirror job states from the message broker into SQL."""
-    from broker.database import create_schema
+    from broker.migrate import upgrade
     from broker.mirror import Mirror
 
     _logging(loglevel)
     settings = _settings()
-    create_schema(settings.database_url)
+    upgrade(settings.database_url)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -163,11 +163,11 @@ def beat(loglevel: str) -> None:
     """Run the periodic tasks: timeouts, lost workers' jobs, the outbox."""
     from broker import beat as beat_process
     from broker.app import make_app
-    from broker.database import create_schema
+    from broker.migrate import upgrade
 
     _logging(loglevel)
     settings = _settings()
-    create_schema(settings.database_url)
+    upgrade(settings.database_url)
     beat_process.start(make_app(settings), settings, loglevel)
 
 
@@ -189,12 +189,12 @@ def api(host: str, port: int, threads: int, loglevel: str) -> None:
     Set TOPCHEF_API_TOKEN to require 'Authorization: Bearer <token>' (do, on
     any shared network).
     """
-    from broker.database import create_schema
     from broker.gateway import Server
+    from broker.migrate import upgrade
 
     _logging(loglevel)
     settings = _settings()
-    create_schema(settings.database_url)
+    upgrade(settings.database_url)
     server = Server(settings, host, port, threads)
     signal.signal(signal.SIGTERM, lambda *_: server.close())
     auth = "bearer token required" if settings.api_token else "no token required"

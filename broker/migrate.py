@@ -23,6 +23,7 @@ conditions).
 
 from __future__ import annotations
 
+import threading
 import zlib
 from pathlib import Path
 
@@ -43,6 +44,10 @@ SCRIPTS = Path(__file__).parent / "migrations"
 #: The revision whose schema ``create_schema`` made before TopChef had
 #: migrations: such databases are stamped with it, then upgraded from there.
 BASELINE = "0001"
+
+#: Alembic's ``context`` and ``op`` are process-wide proxies, so two threads
+#: migrating at once (even different databases) would cross their wires.
+_ONE_AT_A_TIME = threading.Lock()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -69,7 +74,7 @@ def current(url: str | None = None) -> str | None:
 def upgrade(url: str | None = None) -> None:
     """Migrate the database at ``url`` (default: ``TOPCHEF_DATABASE_URL``) to ``head()``."""
     try:
-        with engine_for(_resolve(url)).begin() as connection:
+        with _ONE_AT_A_TIME, engine_for(_resolve(url)).begin() as connection:
             _lock(connection)
             config = alembic_config(connection)
             revision = MigrationContext.configure(connection).get_current_revision()

@@ -23,7 +23,8 @@ def _compose() -> str:
 
 
 def _config(env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"} | env_extra
+    required = {"FLOWER_BASIC_AUTH", "REDIS_PASSWORD"}
+    env = {k: v for k, v in os.environ.items() if k not in required} | env_extra
     return subprocess.run(
         [_compose(), "-f", str(COMPOSE), "config", "-q"],
         env=env,
@@ -35,14 +36,21 @@ def _config(env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_compose_file_is_valid():
-    result = _config({"FLOWER_BASIC_AUTH": "lab:secret"})
+    result = _config({"FLOWER_BASIC_AUTH": "lab:secret", "REDIS_PASSWORD": "s3cret"})
     assert result.returncode == 0, result.stderr
 
 
 def test_flower_refuses_to_start_without_basic_auth():
-    result = _config({})
+    result = _config({"REDIS_PASSWORD": "s3cret"})
     assert result.returncode != 0
     assert "FLOWER_BASIC_AUTH" in result.stderr
+
+
+def test_redis_refuses_to_start_without_a_password():
+    """Redis is published for remote lab workers, so it never runs open."""
+    result = _config({"FLOWER_BASIC_AUTH": "lab:secret"})
+    assert result.returncode != 0
+    assert "REDIS_PASSWORD" in result.stderr
 
 
 def test_redis_persists_and_never_evicts():
