@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import redis
 
 from broker import keys
+from broker.connections import text
 from broker.messages import StateMessage
 
 #: How long a finished job's claim is kept: long enough to refuse any late
@@ -140,7 +141,7 @@ class Claims:
             keys=[keys.claim(job_id), keys.lease(job_id), keys.STATE_STREAM],
             args=[attempt, worker, self.lease_ms, CLAIM_TTL_SECONDS, working.to_fields()["m"]],
         )
-        return ClaimResult(_text(result))
+        return ClaimResult(text(result))
 
     def finish(self, job_id: uuid.UUID, attempt: int, final: StateMessage) -> bool:
         """Report the run's outcome, unless beat has since given the job up."""
@@ -161,7 +162,7 @@ class Claims:
 
     def cancel(self, job_id: uuid.UUID) -> ClaimResult:
         """Forbid every delivery of the job from running it, unless one already has."""
-        return ClaimResult(_text(self._cancel(keys=[keys.claim(job_id)], args=[CLAIM_TTL_SECONDS])))
+        return ClaimResult(text(self._cancel(keys=[keys.claim(job_id)], args=[CLAIM_TTL_SECONDS])))
 
     def recover(self, job_id: uuid.UUID, requeue: bool, max_attempts: int) -> Recovery:
         """Decide the fate of a WORKING job whose lease may have lapsed."""
@@ -169,13 +170,9 @@ class Claims:
             keys=[keys.claim(job_id), keys.lease(job_id)],
             args=["1" if requeue else "0", max_attempts, self.lease_ms],
         )
-        return Recovery(_text(verdict), int(attempt))
+        return Recovery(text(verdict), int(attempt))
 
     def state(self, job_id: uuid.UUID) -> str | None:
         """The claim's state, for inspection and tests."""
         value = self._client.hget(keys.claim(job_id), "state")
-        return None if value is None else _text(value)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        return None if value is None else text(value)

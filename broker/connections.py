@@ -51,6 +51,11 @@ def redis_client(url: str) -> redis.Redis:
     )
 
 
+def text(value: object) -> str:
+    """A Redis reply as ``str``: the clients here return bytes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def warn_unless_noeviction(client: redis.Redis) -> bool:
     """Warn when Redis may evict keys: an evicted queue or claim loses jobs.
 

@@ -25,6 +25,7 @@ from celery import Celery
 from celery.utils.time import utcoffset
 
 from broker import keys
+from broker.connections import text
 from broker.messages import JobMessage, ServiceDescriptor
 
 #: Messages sent to Redis per pipeline round trip.
@@ -155,7 +156,7 @@ class CeleryPublisher:
         stale = [
             name
             for name, service_id in self._client.hgetall(keys.SERVICE_IDS).items()
-            if _text(service_id) in by_id and by_id[_text(service_id)].name != _text(name)
+            if text(service_id) in by_id and by_id[text(service_id)].name != text(name)
         ]
         pipeline = self._client.pipeline(transaction=True)
         if stale:
@@ -183,7 +184,3 @@ def _bounded_repr(value: object) -> str:
     """What Flower shows of a job's arguments: JSON data, so ``repr`` is safe; cut short."""
     text = repr(value)
     return text if len(text) <= REPR_MAX else text[: REPR_MAX - 3] + "..."
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

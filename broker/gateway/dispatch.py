@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from broker import keys, lifecycle
 from broker.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims
+from broker.connections import text
 from broker.database import JobRow, ServiceRow, database_now
 from broker.gateway.errors import ClaimConflictError
 from broker.messages import StateMessage
@@ -292,6 +293,4 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 
 def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return None if value is None else text(value)
