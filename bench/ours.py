@@ -93,16 +93,17 @@ class OurStack:
         self.purge()
         return rate
 
-    def enqueue_bulk(self, n: int) -> float:
+    def enqueue_bulk(self, n: int, per_message: int = 1) -> float:
         """Jobs per second submitted in one ``submit_many`` call (one transaction)."""
         self.purge()
         started = time.perf_counter()
-        self.producer.submit_many(SERVICE, [parameters(index) for index in range(n)])
+        points = [parameters(index) for index in range(n)]
+        self.producer.submit_many(SERVICE, points, jobs_per_message=per_message)
         rate = n / (time.perf_counter() - started)
         self.purge()
         return rate
 
-    def drain(self, n: int, keep: bool = False) -> float:
+    def drain(self, n: int, keep: bool = False, per_message: int = 1) -> float:
         """Seconds from the first submit until all ``n`` jobs are COMPLETED in SQL.
 
         The jobs table is emptied first, unless ``keep`` (the memory workload
@@ -120,7 +121,7 @@ class OurStack:
         started = time.perf_counter()
         for start in range(0, n, DRAIN_CHUNK):
             points = [parameters(i) for i in range(start, min(n, start + DRAIN_CHUNK))]
-            submitted += self.producer.submit_many(SERVICE, points)
+            submitted += self.producer.submit_many(SERVICE, points, jobs_per_message=per_message)
             _collect(pubsub, finished, 0.0)
         deadline = time.monotonic() + max(120.0, n / 50)
         while len(finished) < n:

@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 
 from broker import keys
+from broker.batches import Batches
 from broker.claims import Claims
 from broker.connections import redis_client, warn_unless_noeviction
 from broker.database import open_session
@@ -22,16 +23,17 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4)
-def _tools(app: Celery, settings: Settings) -> tuple[Claims, CeleryPublisher]:
+def _tools(app: Celery, settings: Settings) -> tuple[Claims, Batches, CeleryPublisher]:
     client = redis_client(settings.broker_url)
-    return Claims(client, settings.lease_seconds), CeleryPublisher(app, client)
+    lease = settings.lease_seconds
+    return Claims(client, lease), Batches(client, lease), CeleryPublisher(app, client)
 
 
 def run_tick(app: Celery, settings: Settings) -> dict[str, Any]:
     """One tick, in a fresh session; returns a summary for the task's log line."""
-    claims, publisher = _tools(app, settings)
+    claims, batches, publisher = _tools(app, settings)
     with open_session(settings.database_url) as session:
-        report = tick(session, claims, publisher, settings.outbox_grace_seconds)
+        report = tick(session, claims, batches, publisher, settings.outbox_grace_seconds)
     summary = {
         "timed_out": [str(s) for s in report.timed_out],
         "requeued": [str(j) for j in report.requeued],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis
@@ -151,13 +152,13 @@ class Claims:
         )
         return bool(result)
 
-    def renew(self, leases: dict[uuid.UUID, str]) -> None:
-        """Extend the leases of the jobs this process is running."""
+    def renew(self, leases: Mapping[str, str]) -> None:
+        """Extend leases this process holds (lease key → holder): its jobs' and batches'."""
         if not leases:
             return
         pipeline = self._client.pipeline(transaction=False)
-        for job_id, worker in leases.items():
-            pipeline.set(keys.lease(job_id), worker, px=self.lease_ms)
+        for key, worker in leases.items():
+            pipeline.set(key, worker, px=self.lease_ms)
         pipeline.execute()
 
     def cancel(self, job_id: uuid.UUID) -> ClaimResult:

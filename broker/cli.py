@@ -90,7 +90,7 @@ def main() -> None:
 @_user_errors
 def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str) -> None:
     """Serve every handler declared in MODULES (e.g. workers.echo workers.rabi)."""
-    from celery.signals import worker_ready, worker_shutdown
+    from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
     from broker import handlers
     from broker.app import make_app
@@ -114,6 +114,7 @@ def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str)
     warn_unless_noeviction(client)
     runtime = install(WorkerRuntime(settings, resolve(client, declarations)))
     worker_ready.connect(lambda **_: runtime.start(), weak=False)
+    worker_shutting_down.connect(lambda **_: runtime.drain(), weak=False)
     worker_shutdown.connect(lambda **_: runtime.stop(clean=True), weak=False)
     names = ", ".join(served.descriptor.name for served in runtime.services.values())
     click.echo(f"serving {names} ({pool}, concurrency {concurrency})", err=True)

@@ -15,6 +15,8 @@ JOB_TASK = "topchef.job"
 #: The same, for services whose lost jobs are re-queued: a worker process that
 #: dies mid-job has its message rejected back to the queue.
 REQUEUE_JOB_TASK = "topchef.job.requeue"
+#: The Celery task that runs a batch of jobs, one after another (``messages.JobBatch``).
+JOB_BATCH_TASK = "topchef.jobs"
 #: The queue beat's periodic tasks run on (consumed by ``topchef beat`` only).
 BEAT_QUEUE = f"{PREFIX}.beat"
 
@@ -28,6 +30,8 @@ MIRROR_GROUP = "mirror"
 SERVICE_IDS = f"{PREFIX}:service-ids"
 #: Hash: service id → JSON descriptor (queue, result schema, timeout, policy).
 SERVICE_DESCRIPTORS = f"{PREFIX}:services"
+#: Hash: batch id → JSON list of its job ids, while a worker runs the batch.
+BATCHES = f"{PREFIX}:batches"
 #: Pub/sub channel on which the mirror announces jobs that reached an end.
 FINISHED_CHANNEL = f"{PREFIX}:finished"
 
@@ -50,3 +54,8 @@ def lease(job_id: uuid.UUID | str) -> str:
 def http_jobs(service_id: uuid.UUID | str) -> str:
     """Set of a service's jobs claimed over the HTTP gateway, whose leases its check-ins renew."""
     return f"{PREFIX}:http-jobs:{service_id}"
+
+
+def batch_lease(batch_id: str) -> str:
+    """Key that lives while a worker runs the batch; it lapses when the worker dies."""
+    return f"{PREFIX}:lease:batch:{batch_id}"

@@ -26,7 +26,7 @@ from celery.utils.time import utcoffset
 
 from broker import keys
 from broker.connections import text
-from broker.messages import JobMessage, ServiceDescriptor
+from broker.messages import JobBatch, JobMessage, ServiceDescriptor, batched
 
 #: Messages sent to Redis per pipeline round trip.
 PIPELINE_CHUNK = 1000
@@ -51,8 +51,10 @@ class CeleryPublisher:
     def publish_jobs(self, messages: Sequence[JobMessage]) -> None:
         """Push every message, and its ``task-sent`` event, in pipelined chunks.
 
-        Each chunk's messages go to their queue in one multi-value ``LPUSH``,
-        which queues them in the order given, as one ``LPUSH`` each would.
+        Jobs travel alone, or in batches where their ``per_message`` allows
+        (``messages.batched``). Each chunk's messages go to their queue in one
+        multi-value ``LPUSH``, which queues them in the order given, as one
+        ``LPUSH`` each would.
         """
         if not messages:
             return
@@ -61,7 +63,7 @@ class CeleryPublisher:
         pipeline = self._client.pipeline(transaction=False)
         for start in range(0, len(messages), PIPELINE_CHUNK):
             by_queue: dict[str, list[str]] = {}
-            for message in messages[start : start + PIPELINE_CHUNK]:
+            for message in batched(messages[start : start + PIPELINE_CHUNK]):
                 task_message, event = self._encode(message)
                 by_queue.setdefault(message.queue, []).append(task_message)
                 if sent_events:
@@ -70,18 +72,25 @@ class CeleryPublisher:
                 pipeline.lpush(queue, *task_messages)
             pipeline.execute()
 
-    def _encode(self, message: JobMessage) -> tuple[str, str]:
+    def _encode(self, message: JobMessage | JobBatch) -> tuple[str, str]:
         """The kombu envelope of the task message, and that of its ``task-sent`` event."""
-        task_id = f"{message.job_id}.{message.attempt}"
+        if isinstance(message, JobBatch):
+            task_id = message.batch_id
+            task_name = keys.JOB_BATCH_TASK
+            # Flower and the logs show the service, not the generic task name.
+            shadow = f"{message.first.service_name} ({len(message.jobs)} jobs)"
+        else:
+            task_id = f"{message.job_id}.{message.attempt}"
+            task_name = message.task_name
+            shadow = f"{message.service_name} (job)"
         kwargs = message.task_kwargs()
         kwargs_repr = _bounded_repr(kwargs)
         body = json.dumps([[], kwargs, _EMBED])
         headers: dict[str, Any] = {
             "lang": "py",
-            "task": message.task_name,
+            "task": task_name,
             "id": task_id,
-            # Flower and the logs show the service, not the generic task name.
-            "shadow": f"{message.service_name} (job)",
+            "shadow": shadow,
             "eta": None,
             "expires": None,
             "group": None,
@@ -116,7 +125,7 @@ class CeleryPublisher:
             "uuid": task_id,
             "root_id": task_id,
             "parent_id": None,
-            "name": message.task_name,
+            "name": task_name,
             "args": "()",
             "kwargs": kwargs_repr,
             "retries": 0,

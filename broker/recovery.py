@@ -1,4 +1,4 @@
-"""What beat does every few seconds: timeouts, lost workers' jobs, the outbox.
+"""What beat does every few seconds: timeouts, lost workers' jobs and batches, the outbox.
 
 Each function reads SQL, decides, and writes through a compare-and-set, so two
 beat processes running at once by mistake never double a transition: the
@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from broker import lifecycle, outbox
+from broker.batches import Batches
 from broker.claims import Claims
 from broker.database import JobRow, ServiceRow, database_now
 from broker.messages import JobMessage
@@ -127,20 +128,48 @@ def publish_outbox(session: Session, publisher: Publisher, now: datetime, grace:
         ).all()
         if not rows:
             return published
-        messages = [
-            JobMessage(
-                job.id,
-                service.id,
-                service.name,
-                job.parameters,
-                service.worker_loss_policy == "requeue",
-            )
-            for job, service in rows
-        ]
+        messages = [_message(job, service) for job, service in rows]
         publisher.publish_jobs(messages)
         outbox.mark_published(session.get_bind(), [m.job_id for m in messages])
         published += len(messages)
         session.expire_all()
+
+
+def requeue_abandoned_batches(
+    session: Session, batches: Batches, publisher: Publisher
+) -> list[uuid.UUID]:
+    """Send again, one by one, the jobs a dead worker's batches never started.
+
+    Only jobs still REGISTERED are sent: one cancelled meanwhile stays so. The
+    original batch message may come back too (a visibility timeout); the
+    claims let each job run once all the same.
+    """
+    abandoned = batches.abandoned()
+    job_ids = [job_id for ids in abandoned.values() for job_id in ids]
+    messages: list[JobMessage] = []
+    for start in range(0, len(job_ids), OUTBOX_CHUNK):
+        rows = session.execute(
+            sa.select(JobRow, ServiceRow)
+            .join(ServiceRow, ServiceRow.id == JobRow.service_id)
+            .where(
+                JobRow.id.in_(job_ids[start : start + OUTBOX_CHUNK]),
+                JobRow.status == Status.REGISTERED.value,
+            )
+            .order_by(JobRow.date_submitted)
+        ).all()
+        messages += [_message(job, service) for job, service in rows]
+    if messages:
+        publisher.publish_jobs(messages)
+        log.warning("re-queued %d job(s) of batches whose worker was lost", len(messages))
+    batches.forget(list(abandoned))
+    return [message.job_id for message in messages]
+
+
+def _message(job: JobRow, service: ServiceRow) -> JobMessage:
+    """A REGISTERED job's first-attempt message, as a submit would have sent it alone."""
+    return JobMessage(
+        job.id, service.id, service.name, job.parameters, service.worker_loss_policy == "requeue"
+    )
 
 
 def sync_directory(session: Session, publisher: Publisher) -> None:
@@ -149,7 +178,9 @@ def sync_directory(session: Session, publisher: Publisher) -> None:
     publisher.publish_services([outbox.descriptor_of(row) for row in rows])
 
 
-def tick(session: Session, claims: Claims, publisher: Publisher, grace: float) -> TickReport:
+def tick(
+    session: Session, claims: Claims, batches: Batches, publisher: Publisher, grace: float
+) -> TickReport:
     """One round of beat's duties, each committed on its own."""
     report = TickReport()
     sync_directory(session, publisher)
@@ -158,6 +189,8 @@ def tick(session: Session, claims: Claims, publisher: Publisher, grace: float) -
     report.timed_out = evaluate_timeouts(session, now)
     session.commit()
     report.requeued, report.failed = recover_lost_jobs(session, claims, publisher, now)
+    session.commit()
+    report.requeued += requeue_abandoned_batches(session, batches, publisher)
     session.commit()
     report.published = publish_outbox(session, publisher, database_now(session), grace)
     session.commit()

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from broker import keys
+from broker.batches import Batches
 from broker.claims import ClaimResult, Claims
 from broker.connections import redis_client
 from broker.contract import Contract, compile_contract
@@ -73,9 +74,12 @@ class WorkerRuntime:
         self.services = dict(services)
         self._client = redis_client(settings.broker_url)
         self._claims = Claims(self._client, settings.lease_seconds)
-        self._leases: dict[uuid.UUID, str] = {}
+        self._batches = Batches(self._client, settings.lease_seconds)
+        #: Lease key → holder, for every job and batch this process is running.
+        self._leases: dict[str, str] = {}
         self._leases_lock = threading.Lock()
         self._stop = threading.Event()
+        self._draining = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
 
     @property
@@ -111,15 +115,43 @@ class WorkerRuntime:
         if claimed is not ClaimResult.CLAIMED:
             log.info("not running job %s (attempt %d): it is %s", job, attempt, claimed.value)
             return str(claimed.value)
-        self._hold(job, worker)
+        self._hold(keys.lease(job), worker)
         try:
             final = self._execute(served, job, parameters, attempt, worker)
         finally:
-            self._release(job)
+            self._release(keys.lease(job))
         if not self._claims.finish(job, attempt, final):
             log.warning("job %s finished after beat gave it up; its outcome is dropped", job)
             return "given-up"
         return final.status or ""
+
+    def run_batch(
+        self, batch_id: str, service_id: str, jobs: list[dict[str, Any]], **_ignored: Any
+    ) -> dict[str, int]:
+        """Run a batch's jobs one after another; return how many ended how.
+
+        The batch is recorded (``broker.batches``) for as long as it runs, so
+        that if this process dies, beat re-queues the jobs it had not started.
+        A worker asked to shut down stops between jobs and leaves the rest to
+        beat in the same way, rather than holding the shutdown for all of them.
+        """
+        worker = self.name()
+        self._batches.open(batch_id, [job["job_id"] for job in jobs], worker)
+        lease = keys.batch_lease(batch_id)
+        self._hold(lease, worker)
+        outcomes: dict[str, int] = {}
+        try:
+            for job in jobs:
+                if self._draining.is_set():
+                    log.info("shutting down: batch %s's unstarted jobs go back to beat", batch_id)
+                    self._batches.abandon(batch_id)
+                    return outcomes
+                outcome = self.run(job["job_id"], service_id, job["parameters"], job["attempt"])
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            self._batches.close(batch_id)
+            return outcomes
+        finally:
+            self._release(lease)
 
     def _execute(
         self,
@@ -166,14 +198,14 @@ class WorkerRuntime:
 
     # -- leases and check-ins ----------------------------------------------
 
-    def _hold(self, job: uuid.UUID, worker: str) -> None:
+    def _hold(self, lease: str, worker: str) -> None:
         with self._leases_lock:
-            self._leases[job] = worker
+            self._leases[lease] = worker
         self._ensure_thread("leases", self._keep_leases)
 
-    def _release(self, job: uuid.UUID) -> None:
+    def _release(self, lease: str) -> None:
         with self._leases_lock:
-            self._leases.pop(job, None)
+            self._leases.pop(lease, None)
 
     def _keep_leases(self) -> None:
         interval = self.settings.lease_seconds / 3
@@ -210,6 +242,10 @@ class WorkerRuntime:
         """Mark the services available and start checking in."""
         self.check_in(available=True)
         self._ensure_thread("check-ins", self._keep_checking_in)
+
+    def drain(self) -> None:
+        """Shutdown has begun: finish the jobs running, start no more of a batch's."""
+        self._draining.set()
 
     def stop(self, clean: bool = True) -> None:
         """Stop background work; on a clean shutdown, mark the services unavailable."""

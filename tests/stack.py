@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from support import Process, wait_for
 
 from broker import keys
+from broker.batches import Batches
 from broker.claims import Claims
 from broker.connections import redis_client
 from broker.database import JobRow, ServiceRow, open_session
@@ -60,7 +61,11 @@ class Stack:
         """One beat tick, run here (the same functions ``topchef beat`` runs)."""
         with open_session(self.settings.database_url) as session:
             return tick(
-                session, self.claims, self.producer.publisher, self.settings.outbox_grace_seconds
+                session,
+                self.claims,
+                Batches(self.redis, self.settings.lease_seconds),
+                self.producer.publisher,
+                self.settings.outbox_grace_seconds,
             )
 
     def close(self) -> None:

@@ -58,7 +58,7 @@ def test_cancel_and_claim_exclude_each_other(claims):
 def test_a_live_lease_is_left_alone(claims):
     job = uuid.uuid4()
     claims.claim(job, 1, "w", _working(job))
-    claims.renew({job: "w"})
+    claims.renew({keys.lease(job): "w"})
     assert claims.recover(job, requeue=True, max_attempts=3).verdict == "alive"
 
 

@@ -17,14 +17,25 @@ def run_job(
     return current_runtime().run(job_id, service_id, parameters, attempt, **extra)
 
 
+def run_batch(batch_id: str, service_id: str, jobs: list[dict[str, Any]], **extra: Any) -> Any:
+    """Run a batch of jobs (``messages.JobBatch``) on this process's worker runtime."""
+    return current_runtime().run_batch(batch_id, service_id, jobs, **extra)
+
+
 def register(app: Celery) -> None:
-    """Register both job tasks: they differ only in what a dead worker process means.
+    """Register the job tasks; the two for single jobs differ in what a dead worker process means.
 
     Under the ``requeue`` policy a worker process that dies mid-job has the
     message rejected back to its queue (Celery's reject-on-worker-lost); the
     job's claim and beat decide whether it runs again.
+
+    A batch is rejected back under either policy: its jobs that did not start
+    must run, and the claims stop the ones that did from running twice.
     """
     app.task(name=keys.JOB_TASK, acks_late=True, ignore_result=True)(run_job)
     app.task(
         name=keys.REQUEUE_JOB_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True
     )(run_job)
+    app.task(
+        name=keys.JOB_BATCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+    )(run_batch)
