@@ -19,7 +19,10 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from broker import job_counts
+
 __all__ = [
+    "JobCountRow",
     "JobRow",
     "ServiceRow",
     "create_schema",
@@ -127,6 +130,20 @@ class JobRow(Base):
             sqlite_where=sa.text("published_at IS NULL"),
         ),
     )
+
+
+class JobCountRow(Base):
+    """How many jobs a service has; written only by the triggers of ``broker.job_counts``."""
+
+    __tablename__ = "job_counts"
+
+    service_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("services.id", ondelete="CASCADE"), primary_key=True
+    )
+    jobs: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+job_counts.install(metadata.tables["job_counts"], metadata.tables["jobs"])
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:

@@ -44,6 +44,8 @@ SCRIPTS = Path(__file__).parent / "migrations"
 #: The revision whose schema ``create_schema`` made before TopChef had
 #: migrations: such databases are stamped with it, then upgraded from there.
 BASELINE = "0001"
+#: The tables of ``BASELINE``.
+BASELINE_TABLES = ("services", "jobs")
 
 #: Alembic's ``context`` and ``op`` are process-wide proxies, so two threads
 #: migrating at once (even different databases) would cross their wires.
@@ -78,8 +80,8 @@ def upgrade(url: str | None = None) -> None:
             _lock(connection)
             config = alembic_config(connection)
             revision = MigrationContext.configure(connection).get_current_revision()
-            if revision is None and _made_by_create_schema(connection):
-                command.stamp(config, BASELINE)
+            if revision is None and (made := _made_by_create_schema(connection)):
+                command.stamp(config, made)
             elif revision is not None:
                 _check_known(revision)
             command.upgrade(config, "head")
@@ -107,18 +109,24 @@ def _lock(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _made_by_create_schema(connection: Connection) -> bool:
-    """Whether TopChef's tables exist without Alembic's record; raises if only some do."""
+def _made_by_create_schema(connection: Connection) -> str | None:
+    """The revision of TopChef's tables found without Alembic's record, if any.
+
+    ``create_schema`` makes the schema of the TopChef it belongs to: all of
+    today's tables (tests, benchmarks) are the head's; only the baseline's are
+    from before migrations. Raises if not even those are all there.
+    """
     existing = set(sa.inspect(connection).get_table_names())
-    ours = set(metadata.tables)
-    if not existing & ours:
-        return False
-    if missing := sorted(ours - existing):
+    if not existing & set(metadata.tables):
+        return None
+    if existing >= set(metadata.tables):
+        return head()
+    if missing := [table for table in BASELINE_TABLES if table not in existing]:
         raise ConfigurationError(
             f"the database has some of TopChef's tables but not {', '.join(missing)}, "
             "and no migration record: restore it or start from an empty database"
         )
-    return True
+    return BASELINE
 
 
 def _check_known(revision: str) -> None:

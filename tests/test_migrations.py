@@ -23,7 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from conftest import BACKENDS, POSTGRES_URL
 from sqlalchemy.engine import Connection, make_url
 
-from broker import migrate
+from broker import job_counts, migrate
 from broker.database import create_schema, engine_for, metadata, open_session
 from broker.models.errors import ConfigurationError
 
@@ -73,7 +73,7 @@ def schema_differences(url: str) -> list[Any]:
 def _foreign_key_differences(connection: Connection) -> list[Any]:
     inspector = sa.inspect(connection)
     differences = []
-    for table in metadata.sorted_tables:
+    for table in _present(inspector):
         reflected = {
             tuple(fk["constrained_columns"]): fk["options"].get("ondelete")
             for fk in inspector.get_foreign_keys(table.name)
@@ -89,7 +89,7 @@ def _partial_index_differences(connection: Connection) -> list[Any]:
     dialect = connection.dialect.name
     inspector = sa.inspect(connection)
     differences = []
-    for table in metadata.sorted_tables:
+    for table in _present(inspector):
         reflected = {
             index["name"]: index.get("dialect_options", {}).get(f"{dialect}_where")
             for index in inspector.get_indexes(table.name)
@@ -99,6 +99,12 @@ def _partial_index_differences(connection: Connection) -> list[Any]:
             if _condition(reflected.get(index.name)) != _condition(wanted):
                 differences.append(("where", index.name, reflected.get(index.name), wanted))
     return differences
+
+
+def _present(inspector: sa.Inspector) -> list[sa.Table]:
+    """The models' tables that the database has (Alembic reports the others missing)."""
+    existing = set(inspector.get_table_names())
+    return [table for table in metadata.sorted_tables if table.name in existing]
 
 
 def _condition(clause: object) -> str | None:
@@ -196,6 +202,63 @@ def test_downgrade_removes_every_table(empty_url: str) -> None:
     assert migrate.current(empty_url) is None
 
 
+def _triggers(url: str) -> dict[str, str]:
+    """The database's triggers (and, on PostgreSQL, functions: ``name()``) and their SQL."""
+    with engine_for(url).connect() as connection:
+        if connection.dialect.name == "sqlite":
+            query = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+        else:
+            query = """SELECT tgname, pg_get_triggerdef(pg_trigger.oid) FROM pg_trigger
+                JOIN pg_class ON pg_class.oid = tgrelid
+                WHERE relnamespace = current_schema()::regnamespace AND NOT tgisinternal
+              UNION ALL
+              SELECT proname || '()', pg_get_functiondef(oid) FROM pg_proc
+                WHERE pronamespace = current_schema()::regnamespace"""
+        return dict(connection.execute(sa.text(query)).all())
+
+
+def test_the_migrations_make_the_same_job_count_triggers_as_create_schema(empty_url: str) -> None:
+    """Alembic does not compare triggers: here they are, by name and by definition."""
+    dialect = make_url(empty_url).get_backend_name()
+    migrate.upgrade(empty_url)
+    migrated = _triggers(empty_url)
+
+    names = set(job_counts.TRIGGERS[dialect])
+    functions = {f"{name}()" for name in names} if dialect == "postgresql" else set()
+    assert set(migrated) == names | functions
+
+    with engine_for(empty_url).begin() as connection:
+        command.downgrade(migrate.alembic_config(connection), "0001")
+    assert _triggers(empty_url) == {}
+    with engine_for(empty_url).begin() as connection:
+        command.downgrade(migrate.alembic_config(connection), "base")
+    create_schema(empty_url)
+    assert _triggers(empty_url) == migrated
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["migrated", "create_schema"])
+def test_jobs_from_before_the_counts_are_counted_by_the_migration(
+    empty_url: str, recorded: bool
+) -> None:
+    """A database at 0001 (migrated, or made by a ``create_schema`` of then) gets its counts."""
+    if recorded:
+        with engine_for(empty_url).begin() as connection:
+            command.upgrade(migrate.alembic_config(connection), migrate.BASELINE)
+    else:
+        for name in migrate.BASELINE_TABLES:
+            metadata.tables[name].create(engine_for(empty_url))
+    oven, fridge, _empty = (_add_service(empty_url, name) for name in ("oven", "fridge", "lamp"))
+    _add_jobs(empty_url, {oven: 3, fridge: 2})
+
+    migrate.upgrade(empty_url)
+
+    assert migrate.current(empty_url) == migrate.head()
+    assert schema_differences(empty_url) == []
+    assert _counts(empty_url) == {oven: 3, fridge: 2}
+    _add_jobs(empty_url, {oven: 1, fridge: 4})  # the triggers took over
+    assert _counts(empty_url) == {oven: 4, fridge: 6}
+
+
 def test_some_tables_without_a_migration_record_are_refused(empty_url: str) -> None:
     metadata.tables["services"].create(engine_for(empty_url))
 
@@ -212,13 +275,14 @@ def test_a_database_from_a_newer_topchef_is_refused(empty_url: str) -> None:
         migrate.upgrade(empty_url)
 
 
-def _add_service(url: str, name: str) -> None:
+def _add_service(url: str, name: str) -> uuid.UUID:
     now = datetime.now(UTC)
+    service_id = uuid.uuid4()
     with open_session(url) as session:
         session.execute(
             metadata.tables["services"].insert(),
             {
-                "id": uuid.uuid4(),
+                "id": service_id,
                 "name": name,
                 "description": "",
                 "job_registration_schema": {},
@@ -232,3 +296,34 @@ def _add_service(url: str, name: str) -> None:
             },
         )
         session.commit()
+    return service_id
+
+
+def _add_jobs(url: str, jobs: dict[uuid.UUID, int]) -> None:
+    """Insert ``jobs[service]`` jobs for each service, in one statement."""
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "service_id": service_id,
+            "status": "REGISTERED",
+            "parameters": {},
+            "attempts": 0,
+            "date_submitted": now,
+            "version": 1,
+        }
+        for service_id, count in jobs.items()
+        for _ in range(count)
+    ]
+    with engine_for(url).begin() as connection:
+        connection.execute(metadata.tables["jobs"].insert().values(rows))
+
+
+def _counts(url: str) -> dict[uuid.UUID, int]:
+    """The kept counts, checked against ``COUNT(*)``."""
+    counts, jobs = metadata.tables["job_counts"], metadata.tables["jobs"]
+    with engine_for(url).connect() as connection:
+        kept = dict(connection.execute(sa.select(counts.c.service_id, counts.c.jobs)).all())
+        counted = sa.select(jobs.c.service_id, sa.func.count()).group_by(jobs.c.service_id)
+        assert kept == dict(connection.execute(counted).all())
+    return kept

@@ -2,6 +2,8 @@
 
 As the seed's "Job List From Query" observed, the two lists differ only by the
 ``WHERE`` clause they start from; here that clause is a constructor argument.
+All of one service's jobs (``of_service``) are also counted without reading
+them: the database keeps that count (``broker.job_counts``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from broker.database import JobRow
+from broker.database import JobCountRow, JobRow
 from broker.models.interfaces.job import Job as JobInterface
 from broker.models.interfaces.job_list import JobList as JobListInterface
 from broker.models.job import Job
@@ -27,6 +29,15 @@ class JobList(JobListInterface):
     def __init__(self, session: Session, *criteria: sa.ColumnElement[bool]) -> None:
         self._session = session
         self._criteria = criteria
+        #: Set when the list is every job of this service and nothing narrower.
+        self._whole_service: uuid.UUID | None = None
+
+    @classmethod
+    def of_service(cls, session: Session, service_id: uuid.UUID) -> JobList:
+        """Every job of one service: the list whose length ``job_counts`` keeps."""
+        jobs = cls(session, JobRow.service_id == service_id)
+        jobs._whole_service = service_id
+        return jobs
 
     def _select(self) -> sa.Select[JobRow]:
         return sa.select(JobRow).where(*self._criteria)
@@ -53,6 +64,10 @@ class JobList(JobListInterface):
             yield job
 
     def __len__(self) -> int:
+        """One row's read for a whole service; a ``COUNT`` of the matching rows otherwise."""
+        if self._whole_service is not None:
+            kept = sa.select(JobCountRow.jobs).where(JobCountRow.service_id == self._whole_service)
+            return int(self._session.scalar(kept) or 0)  # no row yet: no jobs yet
         query = sa.select(sa.func.count()).select_from(JobRow).where(*self._criteria)
         return int(self._session.scalar(query) or 0)
 

@@ -208,7 +208,7 @@ class Service(ServiceInterface):
 
     @property
     def jobs(self) -> JobList:
-        return JobList(self._session, JobRow.service_id == self._row.id)
+        return JobList.of_service(self._session, self._row.id)
 
     def new_job(self, parameters: dict[str, JSON]) -> Job:
         """Validate ``parameters`` and add a REGISTERED job; nothing is added if invalid.
