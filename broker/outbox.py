@@ -11,11 +11,12 @@ beat publishes those (``broker.recovery``). A session without a publisher
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from broker.database import JobRow, ServiceRow, database_now
@@ -119,11 +120,10 @@ def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[object]) -
             if engine.dialect.name == "postgresql"
             else database_now(session)
         )
-        for start in range(0, len(job_ids), 1000):
-            chunk = job_ids[start : start + 1000]
+        for chunk in _id_lists(engine, job_ids):
             unlocked = (
                 sa.select(JobRow.id)
-                .where(JobRow.id.in_(chunk), JobRow.published_at.is_(None))
+                .where(chunk, JobRow.published_at.is_(None))
                 .with_for_update(skip_locked=True)
                 .scalar_subquery()
             )
@@ -133,3 +133,16 @@ def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[object]) -
                 .values(published_at=now)
                 .execution_options(synchronize_session=False)
             )
+
+
+def _id_lists(engine: sa.Engine, job_ids: Sequence[object]) -> Iterator[sa.ColumnElement[bool]]:
+    """``JobRow.id`` among ``job_ids``, as few conditions as the database takes.
+
+    PostgreSQL takes them all as one array parameter (``= ANY``): ten thousand
+    ids bound one by one in ``IN`` lists cost more than the UPDATE itself.
+    """
+    if engine.dialect.name == "postgresql":
+        yield JobRow.id == sa.any_(sa.bindparam("ids", list(job_ids), type_=ARRAY(sa.Uuid)))
+        return
+    for start in range(0, len(job_ids), 1000):
+        yield JobRow.id.in_(job_ids[start : start + 1000])

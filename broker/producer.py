@@ -16,21 +16,19 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session
 
-from broker import lifecycle, outbox
+from broker import lifecycle, outbox, submission
 from broker.app import make_app
 from broker.claims import ClaimResult, Claims
 from broker.connections import redis_client
 from broker.database import JobRow, ServiceRow, database_now, open_session
-from broker.messages import JobMessage
 from broker.models.errors import (
-    DeserializationError,
     InvalidTransitionError,
     JobCancelledError,
     JobFailedError,
@@ -46,10 +44,6 @@ from broker.settings import Settings
 
 Status = lifecycle.Status
 
-_INSERT_JOBS = sa.insert(JobRow)
-
-#: The most jobs one Celery message may carry (``submit_many``'s ``jobs_per_message``).
-MAX_PER_MESSAGE = 1000
 #: Polling of SQL while waiting starts fast and backs off to this interval.
 MAX_POLL_INTERVAL = 0.25
 
@@ -112,10 +106,12 @@ class Producer:
         (about a millisecond of worker CPU) would otherwise dominate. Keep the
         default for long jobs, so that each can go to whichever worker is free.
         """
-        _check_jobs_per_message(jobs_per_message)
+        submission.check_jobs_per_message(jobs_per_message)
         with self.session() as session:
             service, now = _service_and_clock(session, service_name)
-            return _add_jobs(session, service, now, list(parameter_sets), jobs_per_message)
+            return submission.add_jobs(
+                session, service, now, list(parameter_sets), jobs_per_message
+            )
 
     def job(self, job_id: uuid.UUID) -> dict[str, Any]:
         """A snapshot of the job as SQL has it now."""
@@ -222,54 +218,3 @@ def _service_and_clock(session: Session, name: str) -> tuple[Service, datetime]:
         raise ServiceWithNameNotFound(name)
     row, now = found
     return Service(row), now.astimezone(UTC)
-
-
-def _check_jobs_per_message(value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PER_MESSAGE:
-        raise DeserializationError(
-            "jobs_per_message", f"must be an integer from 1 to {MAX_PER_MESSAGE}, got {value!r}"
-        )
-
-
-def _add_jobs(
-    session: Session,
-    service: Service,
-    now: datetime,
-    parameter_sets: list[dict[str, Any]],
-    per_message: int = 1,
-) -> list[uuid.UUID]:
-    """``Service.new_job`` for many jobs at once: the same rows and messages, in bulk.
-
-    The contract is looked up once and the rows go in as one multi-row
-    ``INSERT`` rather than one ORM flush each, so a sweep of thousands costs
-    the validation and little else. Jobs of one batch are stamped a microsecond
-    apart from one reading of the database's clock, so they list in the order
-    they were given.
-    """
-    contract = service.registration_contract
-    for parameters in parameter_sets:
-        contract.validate(parameters, source="parameters")
-    if not parameter_sets:
-        return []
-    requeue = service.worker_loss_policy == "requeue"
-    ids = [uuid.uuid4() for _ in parameter_sets]
-    rows = [
-        {
-            "id": job_id,
-            "service_id": service.id,
-            "status": Status.REGISTERED.value,
-            "parameters": parameters,
-            "attempts": 0,
-            "date_submitted": now + timedelta(microseconds=index),
-            "version": 1,
-        }
-        for index, (job_id, parameters) in enumerate(zip(ids, parameter_sets, strict=True))
-    ]
-    # Core, not the ORM: no unit of work and a cached statement, for one job or ten thousand.
-    session.connection().execute(_INSERT_JOBS, rows)
-    for job_id, parameters in zip(ids, parameter_sets, strict=True):
-        message = JobMessage(
-            job_id, service.id, service.name, parameters, requeue, per_message=per_message
-        )
-        outbox.record_job(session, message)
-    return ids

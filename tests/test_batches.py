@@ -18,7 +18,9 @@ OTHER = uuid.uuid4()
 
 
 def _message(service: uuid.UUID = SERVICE, per_message: int = 3, attempt: int = 1) -> JobMessage:
-    return JobMessage(uuid.uuid4(), service, "S", {"x": 1}, attempt=attempt, per_message=per_message)
+    return JobMessage(
+        uuid.uuid4(), service, "S", {"x": 1}, attempt=attempt, per_message=per_message
+    )
 
 
 def _shape(messages: list[JobMessage]) -> list[int]:
@@ -59,6 +61,7 @@ def test_a_batch_carries_each_job_with_its_own_id_parameters_and_attempt():
 
 # -- end to end --------------------------------------------------------------------
 
+
 @pytest.mark.postgres
 @pytest.mark.redis
 @pytest.mark.parametrize("per_message", [0, 1001, True, 2.5])
@@ -76,7 +79,9 @@ def test_jobs_per_message_out_of_range_is_refused_and_nothing_is_queued(stack, p
 def test_a_batched_sweep_runs_every_job_once_with_its_own_results(stack):
     stack.create_lab_services()
     stack.start_mirror()
-    jobs = stack.producer.submit_many(lab.SQUARE, [{"x": x} for x in range(25)], jobs_per_message=10)
+    jobs = stack.producer.submit_many(
+        lab.SQUARE, [{"x": x} for x in range(25)], jobs_per_message=10
+    )
     assert stack.queue_length(lab.SQUARE) == 3  # 10 + 10 + 5 jobs
 
     cancelled = jobs[12]
