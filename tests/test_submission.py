@@ -1,0 +1,49 @@
+"""A submission's rows: what goes in (by COPY on PostgreSQL) is what comes back out."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from broker.database import JobRow, database_now
+from broker.models.errors import DeserializationError
+from broker.models.service import Service
+from broker.submission import add_jobs
+
+AWKWARD = [
+    {"text": "tab\there, newline\nhere, CR\r, backslash \\ and \\\\N, quote \" and '"},
+    {"text": "\\.", "nested": {"list": [1, 2.5, None, True, {"deep": "\\t"}]}},
+    {"text": "ünïcödé, 日本語, 😀, \u2028"},
+    {"text": "", "n": -(2**62), "f": 1e-300},
+]
+
+
+def test_parameters_come_back_exactly_as_submitted_and_in_order(session):
+    service = Service.new("awkward", "", {"type": "object"}, {"type": "object"}, session)
+    session.flush()
+    now = database_now(session)
+    ids = add_jobs(session, service, now, AWKWARD)
+    session.commit()
+
+    rows = session.scalars(
+        sa.select(JobRow).where(JobRow.service_id == service.id).order_by(JobRow.date_submitted)
+    ).all()
+    assert [row.id for row in rows] == ids
+    assert [row.parameters for row in rows] == AWKWARD
+    assert [row.date_submitted for row in rows] == [
+        now + timedelta(microseconds=index) for index in range(len(AWKWARD))
+    ]
+    assert {(row.status, row.attempts, row.version, row.published_at) for row in rows} == {
+        ("REGISTERED", 0, 1, None)
+    }
+
+
+def test_one_invalid_parameter_set_writes_nothing(session):
+    schema = {"type": "object", "required": ["x"]}
+    service = Service.new("strict", "", schema, {"type": "object"}, session)
+    session.flush()
+    with pytest.raises(DeserializationError, match="'x' is a required property"):
+        add_jobs(session, service, database_now(session), [{"x": 1}, {"y": 2}])
+    assert session.scalar(sa.select(sa.func.count()).select_from(JobRow)) == 0
