@@ -15,6 +15,8 @@ file system, and evaluating one must take time linear in the payload:
   sees them.
 
 Checking a schema costs far more than a validation, so contracts are cached.
+A payload that ``broker.precheck``'s predicate finds certainly valid skips the
+full path; any other payload takes it, so errors read the same either way.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from jsonschema.protocols import Validator
 from referencing import Registry
 
 from broker.models.errors import DeserializationError, InvalidSchemaError
+from broker.precheck import Precheck, compile_precheck
 
 #: How deep a schema or a payload may nest (objects and arrays).
 MAX_DEPTH = 64
@@ -72,6 +75,11 @@ class Contract:
         self._validator: Validator = cls(
             self._schema, registry=Registry(), format_checker=base.FORMAT_CHECKER
         )
+        self._precheck: Precheck | None = None
+        if base is _DEFAULT:
+            self._precheck = compile_precheck(
+                self._schema, max_depth=MAX_DEPTH, max_bytes=MAX_BYTES, regex=_compiled
+            )
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -80,6 +88,8 @@ class Contract:
 
     def validate(self, instance: object, *, source: str = "parameters") -> None:
         """Raise ``DeserializationError`` naming the failing path and the reason."""
+        if self._precheck is not None and self._precheck(instance):
+            return
         _check_bounds(instance, source, error=DeserializationError)
         try:
             error = best_match(self._validator.iter_errors(instance))
