@@ -32,6 +32,8 @@ SERVICE_IDS = f"{PREFIX}:service-ids"
 SERVICE_DESCRIPTORS = f"{PREFIX}:services"
 #: Hash: batch id → JSON list of its job ids, while a worker runs the batch.
 BATCHES = f"{PREFIX}:batches"
+#: Set of ids of jobs whose message was published, until beat marks them so in SQL.
+PUBLISHED = f"{PREFIX}:published"
 #: Pub/sub channel on which the mirror announces jobs that reached an end.
 FINISHED_CHANNEL = f"{PREFIX}:finished"
 

@@ -2,15 +2,18 @@
 
 Models record what must be published in ``session.info``; when the session
 commits, the publisher attached to it (see ``attach``) sends the job messages
-and service descriptors, then marks the jobs published. A process that dies
-between the commit and the publish leaves rows with ``published_at IS NULL``;
-beat publishes those (``broker.recovery``). A session without a publisher
-(plain model use, tests of the models) simply leaves its jobs to beat.
+and service descriptors; beat marks the jobs published (``mark_taken``). A
+process that dies between the commit and the publish leaves rows with
+``published_at IS NULL`` and no record of a publication; beat publishes those
+(``broker.recovery``).
+A session without a publisher (plain model use, tests of the models) simply
+leaves its jobs to beat.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -36,6 +39,10 @@ class Publisher(Protocol):
     def publish_jobs(self, messages: Sequence[JobMessage]) -> None: ...
 
     def publish_services(self, descriptors: Sequence[ServiceDescriptor]) -> None: ...
+
+    def take_published(self, limit: int) -> list[uuid.UUID]:
+        """Remove and return up to ``limit`` ids of jobs published but not yet marked."""
+        ...
 
 
 def attach(session: Session, publisher: Publisher) -> Session:
@@ -85,8 +92,25 @@ def _publish(session: Session) -> None:
     jobs: list[JobMessage] = session.info.pop(_JOBS, [])
     descriptors: list[ServiceDescriptor] = session.info.pop(_DESCRIPTORS, [])
     publisher: Publisher | None = session.info.get(_PUBLISHER)
-    if publisher is None or not (jobs or descriptors):
-        return
+    if publisher is not None and (jobs or descriptors):
+        bind = session.get_bind()
+        engine = bind if isinstance(bind, sa.Engine) else bind.engine
+        publish_committed(publisher, engine, jobs, descriptors)
+
+
+def publish_committed(
+    publisher: Publisher,
+    engine: sa.Engine,
+    jobs: Sequence[JobMessage],
+    descriptors: Sequence[ServiceDescriptor] = (),
+) -> None:
+    """Send what a transaction committed; beat marks the jobs published later.
+
+    The publisher records each job it sends in Redis, in the same round trip
+    as the message (``Publisher.take_published``), and beat moves those
+    records into SQL in bulk (``mark_taken``). Marking in SQL here would cost
+    a submit a second transaction, with its WAL flush, after the first.
+    """
     try:
         if descriptors:
             publisher.publish_services(descriptors)
@@ -97,12 +121,21 @@ def _publish(session: Session) -> None:
         # here would tell the caller its commit failed, which is untrue.
         log.exception("publishing %d job(s) failed; beat will publish them", len(jobs))
         return
-    if jobs:
-        try:
-            mark_published(session.get_bind(), [message.job_id for message in jobs])
-        except sa.exc.SQLAlchemyError:
-            # Harmless: a job beat re-publishes runs once all the same (its claim).
-            log.warning("could not mark %d job(s) published", len(jobs), exc_info=True)
+
+
+def mark_taken(bind: sa.Engine | sa.Connection, publisher: Publisher, chunk: int = 10_000) -> int:
+    """Mark published every job the publisher has recorded as sent; returns how many.
+
+    Beat runs this before looking for unpublished jobs, so that it does not
+    publish again a job a producer sent but had not marked. A record taken by
+    a beat that dies before the UPDATE commits is lost: its job is published
+    again after the grace period, and its claim makes that harmless.
+    """
+    total = 0
+    while job_ids := publisher.take_published(chunk):
+        mark_published(bind, job_ids)
+        total += len(job_ids)
+    return total
 
 
 def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[object]) -> None:

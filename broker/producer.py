@@ -27,7 +27,7 @@ from broker import lifecycle, outbox, submission
 from broker.app import make_app
 from broker.claims import ClaimResult, Claims
 from broker.connections import redis_client
-from broker.database import JobRow, ServiceRow, database_now, open_session
+from broker.database import JobRow, ServiceRow, database_now, engine_for, open_session
 from broker.models.errors import (
     InvalidTransitionError,
     JobCancelledError,
@@ -57,6 +57,7 @@ class Producer:
         self._client = redis_client(self.settings.broker_url)
         self.publisher = CeleryPublisher(self.app, self._client)
         self._claims = Claims(self._client, self.settings.lease_seconds)
+        self._destinations: dict[str, submission.Destination] = {}
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -86,7 +87,20 @@ class Producer:
     # -- jobs ---------------------------------------------------------------
 
     def submit(self, service_name: str, parameters: dict[str, Any]) -> uuid.UUID:
-        """Validate and submit one job; returns its id."""
+        """Validate and submit one job; returns its id.
+
+        After the first submit to a service, PostgreSQL takes the job in one
+        autocommitted statement (``submission.add_job_at_once``).
+        """
+        destination = self._destinations.get(service_name)
+        if destination is not None:
+            engine = engine_for(self.settings.database_url)
+            job_id = submission.add_job_at_once(engine, destination, parameters)
+            if job_id is not None:
+                message = destination.message(job_id, parameters)
+                outbox.publish_committed(self.publisher, engine, [message])
+                return job_id
+            del self._destinations[service_name]  # renamed or deleted: look it up again
         return self.submit_many(service_name, [parameters])[0]
 
     def submit_many(
@@ -109,6 +123,8 @@ class Producer:
         submission.check_jobs_per_message(jobs_per_message)
         with self.session() as session:
             service, now = _service_and_clock(session, service_name)
+            if session.get_bind().dialect.name == "postgresql":
+                self._destinations[service_name] = submission.Destination.of(service)
             return submission.add_jobs(
                 session, service, now, list(parameter_sets), jobs_per_message
             )

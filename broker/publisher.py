@@ -51,6 +51,9 @@ class CeleryPublisher:
     def publish_jobs(self, messages: Sequence[JobMessage]) -> None:
         """Push every message, and its ``task-sent`` event, in pipelined chunks.
 
+        The same round trip records the jobs as published (``keys.PUBLISHED``)
+        for beat to mark in SQL (``outbox.mark_taken``).
+
         Jobs travel alone, or in batches where their ``per_message`` allows
         (``messages.batched``). Each chunk's messages go to their queue in one
         multi-value ``LPUSH``, which queues them in the order given, as one
@@ -70,7 +73,14 @@ class CeleryPublisher:
                     pipeline.publish(topic, event)
             for queue, task_messages in by_queue.items():
                 pipeline.lpush(queue, *task_messages)
+            chunk = messages[start : start + PIPELINE_CHUNK]
+            pipeline.sadd(keys.PUBLISHED, *(str(message.job_id) for message in chunk))
             pipeline.execute()
+
+    def take_published(self, limit: int) -> list[uuid.UUID]:
+        """Remove and return up to ``limit`` ids of jobs published but not yet marked."""
+        taken: Any = self._client.spop(keys.PUBLISHED, limit)
+        return [uuid.UUID(text(job_id)) for job_id in taken or ()]
 
     def _encode(self, message: JobMessage | JobBatch) -> tuple[str, str]:
         """The kombu envelope of the task message, and that of its ``task-sent`` event."""

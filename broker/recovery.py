@@ -192,6 +192,7 @@ def tick(
     session.commit()
     report.requeued += requeue_abandoned_batches(session, batches, publisher)
     session.commit()
+    outbox.mark_taken(session.get_bind(), publisher)
     report.published = publish_outbox(session, publisher, database_now(session), grace)
     session.commit()
     return report

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,16 +21,87 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from broker import lifecycle, outbox
-from broker.database import JobRow
+from broker.contract import Contract
+from broker.database import JobRow, JSONDocument, ServiceRow
 from broker.messages import JobMessage
 from broker.models.errors import DeserializationError
 from broker.models.service import Service
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """What submitting to a service needs of it, kept by a producer between submits.
+
+    Schemas and the worker-loss policy never change; a rename or a deletion is
+    caught by ``add_job_at_once``, whose INSERT checks the name.
+    """
+
+    service_id: uuid.UUID
+    name: str
+    requeue: bool
+    contract: Contract
+
+    @classmethod
+    def of(cls, service: Service) -> Destination:
+        requeue = service.worker_loss_policy == "requeue"
+        return cls(service.id, service.name, requeue, service.registration_contract)
+
+    def message(self, job_id: uuid.UUID, parameters: dict[str, Any]) -> JobMessage:
+        return JobMessage(job_id, self.service_id, self.name, parameters, self.requeue)
+
 
 #: The most jobs one Celery message may carry (``jobs_per_message``).
 MAX_PER_MESSAGE = 1000
 
 _INSERT_JOBS = sa.insert(JobRow)
 _REGISTERED = lifecycle.Status.REGISTERED.value
+
+
+#: One job, inserted only if its service still has the name it was found by.
+_INSERT_ONE = (
+    sa.insert(JobRow)
+    .from_select(
+        ["id", "service_id", "status", "parameters", "attempts", "date_submitted", "version"],
+        sa.select(
+            sa.bindparam("job_id", type_=sa.Uuid),
+            ServiceRow.id,
+            sa.literal(_REGISTERED),
+            sa.bindparam("parameters", type_=JSONDocument),
+            sa.literal(0),
+            sa.func.clock_timestamp(),
+            sa.literal(1),
+        ).where(
+            ServiceRow.id == sa.bindparam("service_id"), ServiceRow.name == sa.bindparam("name")
+        ),
+    )
+    .returning(JobRow.id)
+)
+
+
+def add_job_at_once(
+    engine: sa.Engine, destination: Destination, parameters: dict[str, Any]
+) -> uuid.UUID | None:
+    """Validate and commit one job in one statement (PostgreSQL).
+
+    Returns ``None``, having written nothing, if the service was renamed or
+    deleted since ``destination`` was read.
+
+    A lone submit is what an instrument waiting for its next job waits on,
+    and its cost is round trips: this one is an autocommitted INSERT that reads
+    the service and the clock itself, instead of a transaction's BEGIN,
+    SELECT, INSERT and COMMIT.
+    """
+    destination.contract.validate(parameters, source="parameters")
+    job_id = uuid.uuid4()
+    values = {
+        "job_id": job_id,
+        "parameters": parameters,
+        "service_id": destination.service_id,
+        "name": destination.name,
+    }
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        inserted = connection.execute(_INSERT_ONE, values).scalar()
+    return job_id if inserted == job_id else None
 
 
 def check_jobs_per_message(value: int) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
+import lab
 import pytest
 import sqlalchemy as sa
 
-from broker.database import JobRow, database_now
+from broker import keys
+from broker.database import JobRow, database_now, open_session
 from broker.models.errors import DeserializationError
 from broker.models.service import Service
 from broker.submission import add_jobs
@@ -47,3 +50,27 @@ def test_one_invalid_parameter_set_writes_nothing(session):
     with pytest.raises(DeserializationError, match="'x' is a required property"):
         add_jobs(session, service, database_now(session), [{"x": 1}, {"y": 2}])
     assert session.scalar(sa.select(sa.func.count()).select_from(JobRow)) == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_producers_record_publications_in_redis_and_beat_marks_them_in_sql(stack):
+    stack.create_lab_services()
+    jobs = [stack.producer.submit(lab.SQUARE, {"x": x}) for x in range(3)]
+    jobs += stack.producer.submit_many(lab.SQUARE, [{"x": x} for x in range(50)])
+    assert stack.redis.smembers(keys.PUBLISHED) == {str(job).encode() for job in jobs}
+    assert _published_at(stack, jobs) == [None] * len(jobs)
+
+    time.sleep(stack.settings.outbox_grace_seconds)  # old enough for beat to publish again
+    report = stack.tick()
+
+    assert report.published == 0  # recorded as sent: not published a second time
+    assert None not in _published_at(stack, jobs)
+    assert stack.redis.scard(keys.PUBLISHED) == 0
+    assert stack.queue_length(lab.SQUARE) == len(jobs)
+
+
+def _published_at(stack, jobs):
+    with open_session(stack.settings.database_url) as session:
+        query = sa.select(JobRow.published_at).where(JobRow.id.in_(jobs))
+        return session.scalars(query).all()
