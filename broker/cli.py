@@ -303,16 +303,34 @@ def jobs() -> None:
     default=None,
     help="Wait up to this many seconds and print the results.",
 )
+@click.option(
+    "--per-message",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="With a JSON list of parameter sets: jobs per Celery message (for short jobs).",
+)
 @_user_errors
-def jobs_submit(service: str, parameters: str, wait_seconds: float | None) -> None:
-    """Submit a job to SERVICE (by name) with PARAMETERS (JSON, or @file.json)."""
+def jobs_submit(
+    service: str, parameters: str, wait_seconds: float | None, per_message: int
+) -> None:
+    """Submit a job to SERVICE (by name) with PARAMETERS (JSON, or @file.json).
+
+    A JSON list of objects submits one job per object, all in one transaction
+    (a sweep), and prints one id per line.
+    """
     from broker.producer import Producer
 
     producer = Producer(_settings())
-    job_id = producer.submit(service, _json_argument(parameters, "parameters"))
-    click.echo(str(job_id))
+    value = _json_argument(parameters, "parameters")
+    sweep = value if isinstance(value, list) else [value]
+    job_ids = producer.submit_many(service, sweep, jobs_per_message=per_message)
+    for job_id in job_ids:
+        click.echo(str(job_id))
     if wait_seconds is not None:
-        click.echo(json.dumps(producer.wait(job_id, wait_seconds), indent=2))
+        results = producer.wait_all(job_ids, wait_seconds)
+        shown = results if isinstance(value, list) else results[0]
+        click.echo(json.dumps(shown, indent=2))
 
 
 @jobs.command("show")

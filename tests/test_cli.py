@@ -113,6 +113,24 @@ def test_submit_show_list_cancel_and_status(run):
     assert "CANCELLED 1" in status
 
 
+def test_a_list_of_parameter_sets_is_a_sweep_sent_in_batches(run, stack):
+    submitted = run(
+        "jobs", "submit", lab.SQUARE, json.dumps([{"x": x} for x in range(7)]), "--per-message", "3"
+    )
+    assert submitted.exit_code == 0, submitted.output
+    jobs = submitted.output.split()
+    assert len(jobs) == 7
+    assert [json.loads(run("jobs", "show", j).output)["parameters"] for j in jobs] == [
+        {"x": x} for x in range(7)
+    ]
+    assert stack.queue_length(lab.SQUARE) == 3  # 3 + 3 + 1 jobs
+
+
+def test_a_sweep_with_one_invalid_point_submits_nothing(run, stack):
+    _one_line_error(run("jobs", "submit", lab.SQUARE, '[{"x": 1}, {"x": "a"}]'), "'a' is not")
+    assert stack.count_jobs() == 0
+
+
 def test_services_create_list_show(run, tmp_path):
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps({"type": "object"}))

@@ -11,6 +11,8 @@ import lab
 import pytest
 from support import wait_for
 
+from broker import keys
+
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 
@@ -53,4 +55,17 @@ def test_flower_shows_each_job_with_its_service_name(stack, monkeypatch):
         return any(lab.SQUARE in (task.get("kwargs") or "") for task in tasks)
 
     wait_for(flower_lists_a_square_job, 60, "Flower to list a job of the Square service")
+
+    batch = stack.producer.submit_many(lab.SQUARE, [{"x": x} for x in range(5)], jobs_per_message=5)
+
+    def flower_lists_the_batch():
+        status, body = _get(f"{base}/api/tasks", auth="lab:secret")
+        tasks = json.loads(body).values() if status == 200 else []
+        return any(
+            task.get("name") == keys.JOB_BATCH_TASK
+            and all(str(job) in (task.get("kwargs") or "") for job in batch)
+            for task in tasks
+        )
+
+    wait_for(flower_lists_the_batch, 60, "Flower to list the batch as one task with its 5 jobs")
     flower.stop()

@@ -11,8 +11,9 @@ import sqlalchemy as sa
 
 from broker import keys
 from broker.database import JobRow, database_now, open_session
-from broker.models.errors import DeserializationError
+from broker.models.errors import DeserializationError, ServiceWithNameNotFound
 from broker.models.service import Service
+from broker.models.service_list import ServiceList
 from broker.submission import add_jobs
 
 AWKWARD = [
@@ -74,3 +75,32 @@ def _published_at(stack, jobs):
     with open_session(stack.settings.database_url) as session:
         query = sa.select(JobRow.published_at).where(JobRow.id.in_(jobs))
         return session.scalars(query).all()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_renamed_service_is_looked_up_again_and_its_old_name_refused(stack):
+    stack.create_lab_services()
+    first = stack.producer.submit(lab.SQUARE, {"x": 1})  # the producer now knows the service
+    with open_session(stack.settings.database_url) as session, session.begin():
+        ServiceList(session).by_name(lab.SQUARE).name = "Squares, renamed"
+
+    with pytest.raises(ServiceWithNameNotFound):
+        stack.producer.submit(lab.SQUARE, {"x": 2})
+    second = stack.producer.submit("Squares, renamed", {"x": 3})
+
+    assert stack.job(first)["parameters"] == {"x": 1}
+    assert stack.job(second)["parameters"] == {"x": 3}
+    assert stack.count_jobs() == 2
+    assert stack.queue_length("Squares, renamed") == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_known_service_still_refuses_invalid_parameters_and_queues_nothing(stack):
+    stack.create_lab_services()
+    stack.producer.submit(lab.SQUARE, {"x": 1})
+    with pytest.raises(DeserializationError, match="'a' is not of type 'integer'"):
+        stack.producer.submit(lab.SQUARE, {"x": "a"})
+    assert stack.count_jobs() == 1
+    assert stack.queue_length(lab.SQUARE) == 1
