@@ -221,7 +221,10 @@ def _database_metrics(reading: _DatabaseReading) -> Iterator[Metric]:
 
 
 def _redis_metrics(reading: _RedisReading, services: Sequence[_Service]) -> Iterator[Metric]:
-    depth = _service_gauge("topchef_queue_depth", "Job messages waiting in the service's queue.")
+    depth = _service_gauge(
+        "topchef_queue_depth",
+        "Job messages waiting in the service's queue (a batch of jobs counts once).",
+    )
     for service in services:
         if service.id in reading.queue_depths:
             depth.add_metric(service.labels, reading.queue_depths[service.id])

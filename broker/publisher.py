@@ -3,19 +3,16 @@
 A sweep of thousands of jobs must leave in a few Redis round trips, not one
 each: ``send_task`` costs ~0.4 ms of Python per message plus a round trip for
 the message and another for its ``task-sent`` event. So job messages are
-built here, in Celery's documented task protocol (version 2) and the envelope
-kombu's Redis transport stores, and pushed with their ``task-sent`` events
+built here (``broker.wire``), in Celery's documented task protocol (version 2)
+and the envelope kombu's Redis transport stores, and pushed with their ``task-sent`` events
 (for Flower) through one Redis pipeline. Workers consume them with stock
 Celery; ``tests/test_broker_e2e.py`` and ``tests/test_flower.py`` run both ends.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import socket
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -27,15 +24,10 @@ from celery.utils.time import utcoffset
 from broker import keys
 from broker.connections import text
 from broker.messages import JobBatch, JobMessage, ServiceDescriptor, batched
+from broker.wire import EVENT_EXCHANGE, SENT_ROUTING_KEY, TaskEncoder
 
 #: Messages sent to Redis per pipeline round trip.
 PIPELINE_CHUNK = 1000
-#: What Celery keeps of a task's arguments in its headers and events (its default).
-REPR_MAX = 1024
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-#: Celery's event exchange, and the routing key of a ``task-sent`` event.
-_EVENT_EXCHANGE = "celeryev"
-_SENT_ROUTING_KEY = "task.sent"
 
 
 class CeleryPublisher:
@@ -45,8 +37,9 @@ class CeleryPublisher:
         self._app = app
         self._client = client
         self._sent_topic: str | None = None
-        self._origin = f"gen{os.getpid()}@{socket.gethostname()}"
-        self._utcoffset = utcoffset()
+        self._encoder = TaskEncoder(
+            f"gen{os.getpid()}@{socket.gethostname()}", utcoffset(), app.clock
+        )
 
     def publish_jobs(self, messages: Sequence[JobMessage]) -> None:
         """Push every message, and its ``task-sent`` event, in pipelined chunks.
@@ -85,86 +78,21 @@ class CeleryPublisher:
     def _encode(self, message: JobMessage | JobBatch) -> tuple[str, str]:
         """The kombu envelope of the task message, and that of its ``task-sent`` event."""
         if isinstance(message, JobBatch):
-            task_id = message.batch_id
-            task_name = keys.JOB_BATCH_TASK
-            # Flower and the logs show the service, not the generic task name.
+            task_id, task_name = message.batch_id, keys.JOB_BATCH_TASK
             shadow = f"{message.first.service_name} ({len(message.jobs)} jobs)"
         else:
-            task_id = f"{message.job_id}.{message.attempt}"
-            task_name = message.task_name
+            task_id, task_name = f"{message.job_id}.{message.attempt}", message.task_name
             shadow = f"{message.service_name} (job)"
-        kwargs = message.task_kwargs()
-        kwargs_repr = _bounded_repr(kwargs)
-        body = json.dumps([[], kwargs, _EMBED])
-        headers: dict[str, Any] = {
-            "lang": "py",
-            "task": task_name,
-            "id": task_id,
-            "shadow": shadow,
-            "eta": None,
-            "expires": None,
-            "group": None,
-            "group_index": None,
-            "retries": 0,
-            "timelimit": [None, None],
-            "root_id": task_id,
-            "parent_id": None,
-            "argsrepr": "()",
-            "kwargsrepr": kwargs_repr,
-            "origin": self._origin,
-            "ignore_result": True,
-            "replaced_task_nesting": 0,
-            "stamped_headers": None,
-            "stamps": {},
-        }
-        properties = {
-            "correlation_id": task_id,
-            "reply_to": "",
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": message.queue},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        }
-        task_message = _envelope(body, headers, properties)
-        event_body = {
-            "hostname": self._origin,
-            "utcoffset": self._utcoffset,
-            "pid": os.getpid(),
-            "clock": self._app.clock.forward(),
-            "uuid": task_id,
-            "root_id": task_id,
-            "parent_id": None,
-            "name": task_name,
-            "args": "()",
-            "kwargs": kwargs_repr,
-            "retries": 0,
-            "eta": None,
-            "expires": None,
-            "queue": message.queue,
-            "exchange": "",
-            "routing_key": message.queue,
-            "timestamp": time.time(),
-            "type": "task-sent",
-        }
-        event_properties = {
-            "delivery_mode": 1,
-            "delivery_info": {"exchange": _EVENT_EXCHANGE, "routing_key": _SENT_ROUTING_KEY},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        }
-        event = _envelope(json.dumps(event_body), {"hostname": self._origin}, event_properties)
-        return task_message, event
+        return self._encoder.encode(
+            task_id, task_name, shadow, message.queue, message.task_kwargs()
+        )
 
     def _event_topic(self) -> str:
         """The pub/sub channel kombu publishes ``task-sent`` events on (it depends on the db)."""
         if self._sent_topic is None:
             with self._app.connection_for_write() as connection:
                 channel: Any = connection.default_channel
-                self._sent_topic = str(
-                    channel._get_publish_topic(_EVENT_EXCHANGE, _SENT_ROUTING_KEY)
-                )
+                self._sent_topic = str(channel._get_publish_topic(EVENT_EXCHANGE, SENT_ROUTING_KEY))
         return self._sent_topic
 
     def publish_services(self, descriptors: Sequence[ServiceDescriptor]) -> None:
@@ -184,22 +112,3 @@ class CeleryPublisher:
             pipeline.hset(keys.SERVICE_IDS, descriptor.name, service_id)
             pipeline.hset(keys.SERVICE_DESCRIPTORS, service_id, descriptor.to_json())
         pipeline.execute()
-
-
-def _envelope(body: str, headers: dict[str, Any], properties: dict[str, Any]) -> str:
-    """A message as kombu's Redis transport stores it: a JSON body in base64."""
-    return json.dumps(
-        {
-            "body": base64.b64encode(body.encode()).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": headers,
-            "properties": properties,
-        }
-    )
-
-
-def _bounded_repr(value: object) -> str:
-    """What Flower shows of a job's arguments: JSON data, so ``repr`` is safe; cut short."""
-    text = repr(value)
-    return text if len(text) <= REPR_MAX else text[: REPR_MAX - 3] + "..."

@@ -46,8 +46,12 @@ class Destination:
         requeue = service.worker_loss_policy == "requeue"
         return cls(service.id, service.name, requeue, service.registration_contract)
 
-    def message(self, job_id: uuid.UUID, parameters: dict[str, Any]) -> JobMessage:
-        return JobMessage(job_id, self.service_id, self.name, parameters, self.requeue)
+    def message(
+        self, job_id: uuid.UUID, parameters: dict[str, Any], per_message: int = 1
+    ) -> JobMessage:
+        return JobMessage(
+            job_id, self.service_id, self.name, parameters, self.requeue, per_message=per_message
+        )
 
 
 #: The most jobs one Celery message may carry (``jobs_per_message``).
@@ -123,9 +127,9 @@ def add_jobs(
 
     One invalid parameter set refuses them all, before anything is written.
     """
-    contract = service.registration_contract
+    destination = Destination.of(service)
     for parameters in parameter_sets:
-        contract.validate(parameters, source="parameters")
+        destination.contract.validate(parameters, source="parameters")
     if not parameter_sets:
         return []
     ids = [uuid.uuid4() for _ in parameter_sets]
@@ -148,12 +152,8 @@ def add_jobs(
         ]
         # Core, not the ORM: no unit of work and a cached statement.
         connection.execute(_INSERT_JOBS, rows)
-    requeue = service.worker_loss_policy == "requeue"
     for job_id, parameters in zip(ids, parameter_sets, strict=True):
-        message = JobMessage(
-            job_id, service.id, service.name, parameters, requeue, per_message=per_message
-        )
-        outbox.record_job(session, message)
+        outbox.record_job(session, destination.message(job_id, parameters, per_message))
     return ids
 
 
