@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import threading
 from typing import Any
 
@@ -12,6 +14,8 @@ from waitress import wasyncore
 from broker.gateway.app import create_app
 from broker.gateway.context import Gateway
 from broker.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: Threads serving requests; each waiting claim (``?wait=``) holds one.
 DEFAULT_THREADS = 16
@@ -72,7 +76,16 @@ class Server:
         self._stop_serving()
         if first:
             # Sockets belong to the loop's thread: close them there, and the loop ends.
-            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
+            try:
+                self._server.trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
+            except OSError as error:
+                if error.errno != errno.EBADF:
+                    raise
+                # The trigger's pipe is already closed, so the loop cannot be
+                # woken: close the sockets from here (waitress's loop ignores
+                # EBADF from sockets closed under it) and let it end.
+                log.warning("the server's wake-up pipe was already closed; closing directly")
+                wasyncore.close_all(self._map, ignore_all=True)
         if self._thread is not None:
             self._thread.join(10)
 
