@@ -14,8 +14,8 @@ from bench.jobs import STARTED
 from bench.payload import PARAMETERS_SCHEMA, PROBE_SERVICE, RESULTS_SCHEMA, SERVICE, parameters
 from bench.servers import PYTHON, Child, PostgresSchema, python_env
 from bench.stats import percentile
-from broker import keys
-from broker.database import JobRow, open_session
+from broker import keys, outbox
+from broker.database import JobRow, engine_for, open_session
 from broker.producer import Producer
 from broker.settings import Settings
 
@@ -90,6 +90,7 @@ class OurStack:
         started = time.perf_counter()
         for index in range(n):
             self.producer.submit(SERVICE, parameters(index))
+        self.mark_published()
         rate = n / (time.perf_counter() - started)
         self.purge()
         return rate
@@ -100,9 +101,15 @@ class OurStack:
         started = time.perf_counter()
         points = [parameters(index) for index in range(n)]
         self.producer.submit_many(SERVICE, points, jobs_per_message=per_message)
+        self.mark_published()
         rate = n / (time.perf_counter() - started)
         self.purge()
         return rate
+
+    def mark_published(self) -> None:
+        """Beat's share of a submit, timed with it: marking the jobs published in SQL."""
+        engine = engine_for(self.settings.database_url)
+        outbox.mark_taken(engine, self.producer.publisher)
 
     def drain(self, n: int, keep: bool = False, per_message: int = 1) -> float:
         """Seconds from the first submit until all ``n`` jobs are COMPLETED in SQL.
