@@ -74,6 +74,8 @@ class _RedisReading:
     #: Of those, entries a mirror has read but not yet committed and acknowledged.
     mirror_pending: int
     dead_letters: int
+    #: Jobs published whose publication beat has not yet marked in SQL.
+    unmarked: int
 
 
 class BrokerCollector(Collector):
@@ -157,10 +159,11 @@ class BrokerCollector(Collector):
             pipeline.xlen(keys.STATE_STREAM)
             pipeline.xlen(keys.DEAD_STATE_STREAM)
             pipeline.xpending(keys.STATE_STREAM, keys.MIRROR_GROUP)
-            *depths, lag, dead, pending = pipeline.execute(raise_on_error=False)
+            pipeline.scard(keys.PUBLISHED)
+            *depths, lag, dead, pending, unmarked = pipeline.execute(raise_on_error=False)
             if isinstance(pending, redis.ResponseError) and "NOGROUP" in str(pending):
                 pending = {"pending": 0}  # no mirror has ever run: nothing is pending
-            for reply in (*depths, lag, dead, pending):
+            for reply in (*depths, lag, dead, pending, unmarked):
                 if isinstance(reply, Exception):
                     raise reply
         except redis.RedisError as error:
@@ -171,6 +174,7 @@ class BrokerCollector(Collector):
             int(lag),
             int(pending["pending"]),
             int(dead),
+            int(unmarked),
         )
 
     def _directory(self) -> list[_Service]:
@@ -243,6 +247,12 @@ def _redis_metrics(reading: _RedisReading, services: Sequence[_Service]) -> Iter
         "topchef_mirror_dead_entries",
         "State entries the mirror could not apply (the dead-letter stream).",
         value=reading.dead_letters,
+    )
+    yield GaugeMetricFamily(
+        "topchef_unmarked_publications",
+        "Jobs published but not yet marked so in SQL; beat marks them each tick, "
+        "so a count that only grows means beat is not running.",
+        value=reading.unmarked,
     )
 
 

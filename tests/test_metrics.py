@@ -194,3 +194,12 @@ def test_metrics_port_is_read_from_the_environment():
     for bad in ("http", "1.5", "-1", "65536"):
         with pytest.raises(ConfigurationError, match="TOPCHEF_METRICS_PORT"):
             Settings.from_env({"TOPCHEF_METRICS_PORT": bad})
+
+
+def test_unmarked_publications_count_what_beat_has_yet_to_mark(stack, metrics):
+    stack.create_lab_services()
+    stack.producer.submit_many(lab.SQUARE, [{"x": x} for x in range(3)])
+    assert value(scrape(metrics), "topchef_unmarked_publications") == 3
+
+    stack.tick()
+    assert value(scrape(metrics), "topchef_unmarked_publications") == 0
