@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,8 @@ from broker.wire import EVENT_EXCHANGE, SENT_ROUTING_KEY, TaskEncoder
 
 #: Messages sent to Redis per pipeline round trip.
 PIPELINE_CHUNK = 1000
+#: Seconds between checks for anyone listening to ``task-sent`` events.
+EVENT_LISTENERS_TTL = 2.0
 
 
 class CeleryPublisher:
@@ -37,6 +40,8 @@ class CeleryPublisher:
         self._app = app
         self._client = client
         self._sent_topic: str | None = None
+        self._listeners = False
+        self._listeners_checked_at = -EVENT_LISTENERS_TTL
         self._encoder = TaskEncoder(
             f"gen{os.getpid()}@{socket.gethostname()}", utcoffset(), app.clock
         )
@@ -54,15 +59,15 @@ class CeleryPublisher:
         """
         if not messages:
             return
-        sent_events = bool(self._app.conf.task_send_sent_event)
+        sent_events = self._events_wanted()
         topic = self._event_topic() if sent_events else ""
         pipeline = self._client.pipeline(transaction=False)
         for start in range(0, len(messages), PIPELINE_CHUNK):
             by_queue: dict[str, list[str]] = {}
             for message in batched(messages[start : start + PIPELINE_CHUNK]):
-                task_message, event = self._encode(message)
+                task_message, event = self._encode(message, sent_events)
                 by_queue.setdefault(message.queue, []).append(task_message)
-                if sent_events:
+                if event is not None:
                     pipeline.publish(topic, event)
             for queue, task_messages in by_queue.items():
                 pipeline.lpush(queue, *task_messages)
@@ -75,7 +80,24 @@ class CeleryPublisher:
         taken: Any = self._client.spop(keys.PUBLISHED, limit)
         return [uuid.UUID(text(job_id)) for job_id in taken or ()]
 
-    def _encode(self, message: JobMessage | JobBatch) -> tuple[str, str]:
+    def _events_wanted(self) -> bool:
+        """Whether ``task-sent`` events may reach anyone: Celery's setting, and a listener.
+
+        Event consumers (Flower, ``celery events``) subscribe by pattern, so
+        with no pattern subscription on the server an event is work for
+        nothing: encoding it costs as much as the message. Asked at most every
+        ``EVENT_LISTENERS_TTL`` seconds; a Flower that has just started may miss
+        that long of ``task-sent`` events, as it misses those sent before it.
+        """
+        if not self._app.conf.task_send_sent_event:
+            return False
+        now = time.monotonic()
+        if now >= self._listeners_checked_at + EVENT_LISTENERS_TTL:
+            self._listeners = int(self._client.pubsub_numpat()) > 0
+            self._listeners_checked_at = now
+        return self._listeners
+
+    def _encode(self, message: JobMessage | JobBatch, event: bool) -> tuple[str, str | None]:
         """The kombu envelope of the task message, and that of its ``task-sent`` event."""
         if isinstance(message, JobBatch):
             task_id, task_name = message.batch_id, keys.JOB_BATCH_TASK
@@ -83,9 +105,8 @@ class CeleryPublisher:
         else:
             task_id, task_name = f"{message.job_id}.{message.attempt}", message.task_name
             shadow = f"{message.service_name} (job)"
-        return self._encoder.encode(
-            task_id, task_name, shadow, message.queue, message.task_kwargs()
-        )
+        kwargs = message.task_kwargs()
+        return self._encoder.encode(task_id, task_name, shadow, message.queue, kwargs, event)
 
     def _event_topic(self) -> str:
         """The pub/sub channel kombu publishes ``task-sent`` events on (it depends on the db)."""

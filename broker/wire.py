@@ -68,9 +68,15 @@ class TaskEncoder:
         self._shapes: dict[tuple[str, str, str], _Shape] = {}
 
     def encode(
-        self, task_id: str, task_name: str, shadow: str, queue: str, kwargs: dict[str, Any]
-    ) -> tuple[str, str]:
-        """The task message for ``kwargs``, and its ``task-sent`` event."""
+        self,
+        task_id: str,
+        task_name: str,
+        shadow: str,
+        queue: str,
+        kwargs: dict[str, Any],
+        event: bool = True,
+    ) -> tuple[str, str | None]:
+        """The task message for ``kwargs``, and its ``task-sent`` event if ``event``."""
         shape = self._shapes.get((task_name, shadow, queue))
         if shape is None:
             shape = self._shapes[task_name, shadow, queue] = self._shape(task_name, shadow, queue)
@@ -82,11 +88,13 @@ class TaskEncoder:
             shape.headers.fill(task, task, kwargs_repr),
             shape.properties.fill(task, _tag()),
         )
+        if not event:
+            return message, None
         event_body = shape.event.fill(
             str(self._clock.forward()), task, task, kwargs_repr, repr(time.time())
         )
-        event = shape.event_envelope.fill(_base64(event_body), shape.event_properties.fill(_tag()))
-        return message, event
+        properties = shape.event_properties.fill(_tag())
+        return message, shape.event_envelope.fill(_base64(event_body), properties)
 
     def _shape(self, task_name: str, shadow: str, queue: str) -> _Shape:
         headers: dict[str, Any] = {

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from datetime import timedelta
 
 import lab
 import pytest
 import sqlalchemy as sa
+from support import wait_for
 
 from broker import keys
 from broker.database import JobRow, database_now, open_session
 from broker.models.errors import DeserializationError, ServiceWithNameNotFound
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
+from broker.producer import Producer
 from broker.submission import add_jobs
 
 AWKWARD = [
@@ -104,3 +108,29 @@ def test_a_known_service_still_refuses_invalid_parameters_and_queues_nothing(sta
         stack.producer.submit(lab.SQUARE, {"x": "a"})
     assert stack.count_jobs() == 1
     assert stack.queue_length(lab.SQUARE) == 1
+
+
+def _publish_calls(client) -> int:
+    stats = client.info("commandstats").get("cmdstat_publish", {})
+    return int(stats.get("calls", 0))
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_task_sent_events_are_published_only_while_someone_listens(stack):
+    stack.create_lab_services()
+    if stack.redis.pubsub_numpat():
+        pytest.skip("another client listens by pattern on this Redis server")
+    before = _publish_calls(stack.redis)
+    Producer(stack.settings).submit_many(lab.SQUARE, [{"x": x} for x in range(5)])
+    assert _publish_calls(stack.redis) == before  # no listener: no event
+
+    listener = stack.redis.pubsub(ignore_subscribe_messages=True)
+    listener.psubscribe("*celeryev*")  # as Flower and `celery events` do
+    wait_for(lambda: stack.redis.pubsub_numpat() == 1, 10, "the pattern subscription")
+    job = Producer(stack.settings).submit(lab.SQUARE, {"x": 9})
+
+    message = wait_for(lambda: listener.get_message(timeout=0.1), 10, "a task-sent event")
+    event = json.loads(base64.b64decode(json.loads(message["data"])["body"]))
+    assert (event["type"], event["uuid"]) == ("task-sent", f"{job}.1")
+    listener.close()
