@@ -63,15 +63,15 @@ class CeleryPublisher:
         topic = self._event_topic() if sent_events else ""
         pipeline = self._client.pipeline(transaction=False)
         for start in range(0, len(messages), PIPELINE_CHUNK):
+            chunk = messages[start : start + PIPELINE_CHUNK]
             by_queue: dict[str, list[str]] = {}
-            for message in batched(messages[start : start + PIPELINE_CHUNK]):
+            for message in batched(chunk):
                 task_message, event = self._encode(message, sent_events)
                 by_queue.setdefault(message.queue, []).append(task_message)
                 if event is not None:
                     pipeline.publish(topic, event)
             for queue, task_messages in by_queue.items():
                 pipeline.lpush(queue, *task_messages)
-            chunk = messages[start : start + PIPELINE_CHUNK]
             pipeline.sadd(keys.PUBLISHED, *(str(message.job_id) for message in chunk))
             pipeline.execute()
 

@@ -20,6 +20,7 @@ from broker.batches import Batches
 from broker.claims import Claims
 from broker.database import JobRow, ServiceRow, database_now
 from broker.messages import JobMessage
+from broker.models.service import Service
 from broker.outbox import Publisher
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,7 @@ def recover_lost_jobs(
         requeue = service.worker_loss_policy == "requeue"
         recovery = claims.recover(job.id, requeue, service.max_attempts)
         if recovery.verdict == "requeue":
-            requeue_messages.append(
-                JobMessage(job.id, service.id, service.name, job.parameters, True, recovery.attempt)
-            )
+            requeue_messages.append(Service(service).message_for(job, recovery.attempt))
         elif recovery.verdict in ("fail", "exhausted", "lost"):
             detail = (
                 f"worker lost on each of {recovery.attempt} attempts; giving up"
@@ -128,7 +127,7 @@ def publish_outbox(session: Session, publisher: Publisher, now: datetime, grace:
         ).all()
         if not rows:
             return published
-        messages = [_message(job, service) for job, service in rows]
+        messages = [Service(service).message_for(job) for job, service in rows]
         publisher.publish_jobs(messages)
         outbox.mark_published(session.get_bind(), [m.job_id for m in messages])
         published += len(messages)
@@ -157,19 +156,12 @@ def requeue_abandoned_batches(
             )
             .order_by(JobRow.date_submitted)
         ).all()
-        messages += [_message(job, service) for job, service in rows]
+        messages += [Service(service).message_for(job) for job, service in rows]
     if messages:
         publisher.publish_jobs(messages)
         log.warning("re-queued %d job(s) of batches whose worker was lost", len(messages))
     batches.forget(list(abandoned))
     return [message.job_id for message in messages]
-
-
-def _message(job: JobRow, service: ServiceRow) -> JobMessage:
-    """A REGISTERED job's first-attempt message, as a submit would have sent it alone."""
-    return JobMessage(
-        job.id, service.id, service.name, job.parameters, service.worker_loss_policy == "requeue"
-    )
 
 
 def sync_directory(session: Session, publisher: Publisher) -> None:
