@@ -48,14 +48,11 @@ class _Template:
 
 @dataclass(frozen=True, slots=True)
 class _Shape:
-    """The templates of one kind of message: one task name, shadow name and queue."""
+    """The templates that differ by task name, shadow name and queue."""
 
     headers: _Template
     properties: _Template
     event: _Template
-    event_properties: _Template
-    envelope: _Template
-    event_envelope: _Template
 
 
 class TaskEncoder:
@@ -66,6 +63,18 @@ class TaskEncoder:
         self._utcoffset = utcoffset
         self._clock = clock
         self._shapes: dict[tuple[str, str, str], _Shape] = {}
+        # The same for every message this process sends.
+        self._envelope = _Template(_ENVELOPE, ["body", "headers", "properties"])
+        self._event_envelope = _Template(
+            {**_ENVELOPE, "headers": {"hostname": origin}}, ["body", "properties"]
+        )
+        event_properties = {
+            "delivery_mode": 1,
+            "delivery_info": {"exchange": EVENT_EXCHANGE, "routing_key": SENT_ROUTING_KEY},
+            "priority": 0,
+            "body_encoding": "base64",
+        }
+        self._event_properties = _Template(event_properties, ["delivery_tag"])
 
     def encode(
         self,
@@ -83,7 +92,7 @@ class TaskEncoder:
         task = json.dumps(task_id)
         kwargs_repr = json.dumps(bounded_repr(kwargs))
         body = f"[[], {json.dumps(kwargs)}, {_EMBED}]"
-        message = shape.envelope.fill(
+        message = self._envelope.fill(
             _base64(body),
             shape.headers.fill(task, task, kwargs_repr),
             shape.properties.fill(task, _tag()),
@@ -93,8 +102,8 @@ class TaskEncoder:
         event_body = shape.event.fill(
             str(self._clock.forward()), task, task, kwargs_repr, repr(time.time())
         )
-        properties = shape.event_properties.fill(_tag())
-        return message, shape.event_envelope.fill(_base64(event_body), properties)
+        properties = self._event_properties.fill(_tag())
+        return message, self._event_envelope.fill(_base64(event_body), properties)
 
     def _shape(self, task_name: str, shadow: str, queue: str) -> _Shape:
         headers: dict[str, Any] = {
@@ -138,22 +147,10 @@ class TaskEncoder:
             "routing_key": queue,
             "type": "task-sent",
         }
-        event_properties: dict[str, Any] = {
-            "delivery_mode": 1,
-            "delivery_info": {"exchange": EVENT_EXCHANGE, "routing_key": SENT_ROUTING_KEY},
-            "priority": 0,
-            "body_encoding": "base64",
-        }
         return _Shape(
             headers=_Template(headers, ["id", "root_id", "kwargsrepr"]),
             properties=_Template(properties, ["correlation_id", "delivery_tag"]),
             event=_Template(event, ["clock", "uuid", "root_id", "kwargs", "timestamp"]),
-            event_properties=_Template(event_properties, ["delivery_tag"]),
-            envelope=_Template(_ENVELOPE, ["body", "headers", "properties"]),
-            event_envelope=_Template(
-                {**_ENVELOPE, "headers": {"hostname": self._origin}},
-                ["body", "properties"],
-            ),
         )
 
 
