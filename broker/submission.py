@@ -24,8 +24,7 @@ from broker import lifecycle, outbox
 from broker.contract import Contract
 from broker.database import JobRow, JSONDocument, ServiceRow
 from broker.messages import JobMessage
-from broker.models.errors import DeserializationError
-from broker.models.service import Service
+from broker.models.service import Service, check_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,10 +109,7 @@ def add_job_at_once(
 
 def check_jobs_per_message(value: int) -> None:
     """Refuse a batch size that is not an integer from 1 to ``MAX_PER_MESSAGE``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PER_MESSAGE:
-        raise DeserializationError(
-            "jobs_per_message", f"must be an integer from 1 to {MAX_PER_MESSAGE}, got {value!r}"
-        )
+    check_count("jobs_per_message", value, MAX_PER_MESSAGE)
 
 
 def add_jobs(

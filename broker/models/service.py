@@ -82,14 +82,7 @@ class Service(ServiceInterface):
                 "worker_loss_policy",
                 f"must be one of {', '.join(WORKER_LOSS_POLICIES)}, got {worker_loss_policy!r}",
             )
-        if (
-            isinstance(max_attempts, bool)
-            or not isinstance(max_attempts, int)
-            or not 1 <= max_attempts <= MAX_ATTEMPTS
-        ):
-            raise DeserializationError(
-                "max_attempts", f"must be an integer from 1 to {MAX_ATTEMPTS}, got {max_attempts!r}"
-            )
+        check_count("max_attempts", max_attempts, MAX_ATTEMPTS)
         now = database_now(database_session)
         row = ServiceRow(
             id=uuid.uuid4(),
@@ -278,6 +271,12 @@ def _check_name(name: object, session: Session) -> None:
     taken = session.scalar(sa.select(sa.literal(1)).where(ServiceRow.name == name).limit(1))
     if taken is not None:
         raise DuplicateServiceNameError(name)
+
+
+def check_count(field: str, value: object, most: int) -> None:
+    """Refuse ``value`` unless it is an integer from 1 to ``most`` (``True`` is not 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise DeserializationError(field, f"must be an integer from 1 to {most}, got {value!r}")
 
 
 def _check_timeout(timeout: object) -> None:
