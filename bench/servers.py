@@ -110,7 +110,7 @@ class PostgresSchema:
     def truncate_jobs(self) -> None:
         with self.connect() as connection:
             connection.execute("SET lock_timeout = '10s'")
-            connection.execute("TRUNCATE jobs")
+            connection.execute("TRUNCATE jobs CASCADE")
 
     def close(self) -> None:
         engine_for(self.url).dispose()

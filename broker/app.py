@@ -22,7 +22,7 @@ def make_app(settings: Settings, **overrides: Any) -> Celery:
     app.conf.broker_url = celery_url(settings.broker_url)
     app.conf.broker_transport_options = {
         "visibility_timeout": settings.visibility_timeout,
-        "unacked_restore_interval": max(1.0, settings.visibility_timeout / 10),
+        "unacked_restore_interval": settings.unacked_restore_interval,
         "unacked_restore_throttle": 1,
     }
     app.conf.update(overrides)

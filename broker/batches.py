@@ -50,7 +50,11 @@ class Batches:
         self._client.delete(keys.batch_lease(batch_id))
 
     def abandoned(self) -> dict[str, list[uuid.UUID]]:
-        """Batches whose worker is gone, with their jobs that were never claimed."""
+        """Batches whose worker is gone, with their jobs that were never claimed.
+
+        A job's claim hash exists from its registration on; only its state says
+        a delivery took it.
+        """
         records = {text(k): json.loads(v) for k, v in self._client.hgetall(keys.BATCHES).items()}
         if not records:
             return {}
@@ -62,7 +66,7 @@ class Batches:
         pipeline = self._client.pipeline(transaction=False)
         for job_ids in lapsed.values():
             for job_id in job_ids:
-                pipeline.exists(keys.claim(job_id))
+                pipeline.hexists(keys.claim(job_id), "state")
         claimed = iter(pipeline.execute())
         return {
             batch_id: [uuid.UUID(job_id) for job_id in job_ids if not next(claimed)]

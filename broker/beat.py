@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 def _tools(app: Celery, settings: Settings) -> tuple[Claims, Batches, CeleryPublisher]:
     client = redis_client(settings.broker_url)
     lease = settings.lease_seconds
-    return Claims(client, lease), Batches(client, lease), CeleryPublisher(app, client)
+    claims = Claims(client, lease, settings.duplicate_window)
+    return claims, Batches(client, lease), CeleryPublisher(app, client)
 
 
 def run_tick(app: Celery, settings: Settings) -> dict[str, Any]:

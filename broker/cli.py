@@ -89,13 +89,18 @@ def main() -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 @_user_errors
 def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str) -> None:
-    """Serve every handler declared in MODULES (e.g. workers.echo workers.rabi)."""
+    """Serve every handler declared in MODULES (e.g. workers.echo workers.rabi).
+
+    Services that do not exist yet are waited for, and served as they appear.
+    """
+    import socket
+
     from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
     from broker import handlers
     from broker.app import make_app
     from broker.connections import redis_client, warn_unless_noeviction
-    from broker.worker import WorkerRuntime, install, resolve
+    from broker.worker import ServedService, WorkerRuntime, install
 
     _logging(loglevel)
     settings = _settings()
@@ -110,21 +115,33 @@ def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str)
         raise click.ClickException(
             f"{', '.join(modules)} declares no handler (use @broker.worker.handles)"
         )
-    client = redis_client(settings.broker_url)
-    warn_unless_noeviction(client)
-    runtime = install(WorkerRuntime(settings, resolve(client, declarations)))
-    worker_ready.connect(lambda **_: runtime.start(), weak=False)
+    warn_unless_noeviction(redis_client(settings.broker_url))
+    runtime = install(WorkerRuntime(settings, declarations))
+    stop = threading.Event()
+    if not runtime.wait_for_services(stop):
+        return
+    app = make_app(settings)
+    nodename = f"topchef-worker-{os.getpid()}@{socket.gethostname()}"
+
+    def serve_new(served: ServedService) -> None:
+        app.control.add_consumer(served.descriptor.queue, destination=[nodename], reply=False)
+        runtime.check_in(available=True)
+
+    def ready(**_: Any) -> None:
+        runtime.start()
+        runtime.watch_directory(serve_new)
+
+    worker_ready.connect(ready, weak=False)
     worker_shutting_down.connect(lambda **_: runtime.drain(), weak=False)
     worker_shutdown.connect(lambda **_: runtime.stop(clean=True), weak=False)
     names = ", ".join(served.descriptor.name for served in runtime.services.values())
     click.echo(f"serving {names} ({pool}, concurrency {concurrency})", err=True)
-    app = make_app(settings)
     app.Worker(
         queues=runtime.queues,
         pool=pool,
         concurrency=concurrency,
         loglevel=loglevel,
-        hostname=f"topchef-worker-{os.getpid()}@%h",
+        hostname=nodename,
     ).start()
 
 

@@ -8,6 +8,7 @@ transaction manager: models add and change rows in it, the caller commits.
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from broker import job_counts
 
 __all__ = [
+    "JobAttemptRow",
     "JobCountRow",
     "JobRow",
     "ServiceRow",
@@ -112,6 +114,10 @@ class JobRow(Base):
     date_finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: Set once the job's message left for its queue; NULL rows are the outbox.
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: When beat ended the job ERROR because its worker's lease lapsed. Such an
+    #: ERROR is a presumption, the one terminal state that a late report of the
+    #: same attempt may still correct (``lifecycle.correct_presumed_loss``).
+    presumed_lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: Optimistic-concurrency counter: every write checks it, so two writers
     #: racing on one job cannot both win.
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
@@ -130,6 +136,33 @@ class JobRow(Base):
             sqlite_where=sa.text("published_at IS NULL"),
         ),
     )
+
+
+class JobAttemptRow(Base):
+    """An attempt of a job that a later attempt superseded (the ``requeue`` policy).
+
+    The job's own row describes its current attempt. When beat hands a job whose
+    worker was presumed lost to another worker, the attempt it gave up is kept
+    here; if that worker was only frozen and reports after all, its outcome is
+    stored on this row, never on the job, whose current attempt owns the job's
+    outcome.
+    """
+
+    __tablename__ = "job_attempts"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    worker: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    date_started: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: When the attempt was given up for lost (a later one started).
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: COMPLETED or ERROR if the attempt's worker reported after all; NULL if it never did.
+    status: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument, nullable=True)
+    detail: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    date_finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class JobCountRow(Base):
@@ -158,6 +191,23 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """Give a forked child pools of its own (SQLAlchemy's documented pattern).
+
+    A connection inherited from the parent shares its socket with the parent's
+    copy: using it from both corrupts the session of each (psycopg then sees
+    the other's transaction). ``dispose(close=False)`` drops the child's
+    references without closing the parent's sockets, so each process opens its own.
+    """
+    global _engines_lock
+    _engines_lock = threading.Lock()  # another thread may have held it at the fork
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def engine_for(url: str) -> Engine:

@@ -36,6 +36,10 @@ BATCHES = f"{PREFIX}:batches"
 PUBLISHED = f"{PREFIX}:published"
 #: Pub/sub channel on which the mirror announces jobs that reached an end.
 FINISHED_CHANNEL = f"{PREFIX}:finished"
+#: Hash: reason → how many deliveries workers refused for it (forged, altered, misrouted…).
+REFUSED = f"{PREFIX}:refused"
+#: Stream of the latest refused deliveries (capped), for an operator to inspect.
+REFUSED_LOG = f"{PREFIX}:refused:log"
 
 
 def service_queue(service_id: uuid.UUID) -> str:
@@ -44,7 +48,7 @@ def service_queue(service_id: uuid.UUID) -> str:
 
 
 def claim(job_id: uuid.UUID | str) -> str:
-    """Hash arbitrating who may run a job: its state, attempt and worker."""
+    """Hash arbitrating who may run a job: what was registered, its state, attempt and worker."""
     return f"{PREFIX}:claim:{job_id}"
 
 

@@ -7,6 +7,7 @@ back to the mirror on a Redis stream.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,6 +15,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from broker import keys
+
+
+def parameters_digest(parameters: object) -> str:
+    """A fingerprint of a job's parameters, the same wherever they are computed.
+
+    The publisher records it with the job's registration and the worker
+    compares it with the parameters a delivery carries, so a message altered
+    on the way (or forged with a registered job's id) is refused. Keys are
+    sorted and the text is ASCII, so the same JSON value always gives the
+    same digest, whichever process parsed it.
+    """
+    text = json.dumps(parameters, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +134,9 @@ class ServiceDescriptor:
     timeout: float
     worker_loss_policy: str = "fail"
     max_attempts: int = 3
+    #: Lets a worker check a delivery's parameters itself, as a second line
+    #: behind the registration check (``broker.claims``).
+    job_registration_schema: dict[str, Any] = field(default_factory=dict)
 
     @property
     def queue(self) -> str:
@@ -142,7 +159,8 @@ class StateMessage:
     """A state change reported by a worker (or a check-in), bound for the mirror.
 
     ``kind`` is ``"status"`` (``status`` plus ``results``/``detail``),
-    ``"progress"`` or ``"checkin"`` (``available`` says whether the worker is
+    ``"progress"``, ``"release"`` (the claim's holder gave the job back before
+    running it) or ``"checkin"`` (``available`` says whether the worker is
     starting/running or shutting down).
     """
 

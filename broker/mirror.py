@@ -8,28 +8,42 @@ and takes over those of a mirror that died elsewhere. Applying is idempotent:
 every status change is ``lifecycle.advance``'s compare-and-set, so a
 redelivered or out-of-order entry never moves a job backwards, and the mirror
 only ever updates rows, so it never duplicates one.
+
+The stream is not trusted: an entry for a job SQL does not know, or that names
+another service than the job's own, is dead-lettered with its reason and never
+applied; results are checked against the job's own service's schema.
+
+Every transition is stamped with when it happened: the stream entry's id is
+Redis's clock at the report, translated to the database's clock (the one clock
+check-ins and timeouts are judged by) with the offset between the two measured
+at each batch, never the time the mirror got round to applying it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
-from broker import keys, lifecycle
+from broker import attempts, keys, lifecycle
+from broker.claims import Claims
 from broker.connections import redis_client
 from broker.contract import Contract, compile_contract
 from broker.database import JobRow, ServiceRow, database_now, engine_for
+from broker.lifecycle import Move
 from broker.messages import StateMessage
 from broker.models.errors import DeserializationError
 from broker.settings import Settings
@@ -46,46 +60,115 @@ LINGER_ABOVE = 10
 #: Entries idle this long in another consumer's pending list belong to a dead mirror.
 ABANDONED_AFTER_MS = 30_000
 
+#: Lateness of a report whose attempt is still the job's own (``Claims.finish``).
+_SAME_ATTEMPT = frozenset({"lost", "requeued", "unknown"})
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One state entry: the message, when Redis stamped it, and how late it came."""
+
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    message: StateMessage
+    #: Redis's clock at the report, in ms (the entry id's first part).
+    at_ms: int
+    #: ``Claims.finish``'s lateness: None for a report on time.
+    late: str | None = None
+    #: When beat presumed the worker lost (Redis ms), for a late report.
+    since_ms: int | None = None
+
 
 @dataclass
 class Batch:
-    """One read's worth of state messages, sorted into what SQL needs."""
+    """One read's worth of state entries: the job reports and the check-ins."""
 
     ids: list[bytes] = field(default_factory=list)
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = field(default_factory=list)
-    statuses: dict[Status, dict[uuid.UUID, StateMessage]] = field(
-        default_factory=lambda: defaultdict(dict)
-    )
-    progress: dict[uuid.UUID, StateMessage] = field(default_factory=dict)
-    check_ins: dict[uuid.UUID, StateMessage] = field(default_factory=dict)
+    reports: list[Report] = field(default_factory=list)
+    check_ins: dict[uuid.UUID, Report] = field(default_factory=dict)
+    #: Entries refused with their reason, for the dead-letter stream.
+    refused: list[tuple[Report, str]] = field(default_factory=list)
+    #: Jobs whose run ended in this batch and whose claims ended with it (set by ``apply``).
+    finished: list[uuid.UUID] = field(default_factory=list)
     unreadable: int = 0
 
     def add(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         self.ids.append(entry_id)
-        self.entries.append((entry_id, fields))
         try:
             message = StateMessage.from_fields(fields)
+            report = Report(entry_id, fields, message, _entry_ms(entry_id), *_lateness(fields))
         except (ValueError, TypeError, KeyError, json.JSONDecodeError):
             log.error("dropping unreadable state entry %r: %r", entry_id, fields)
             self.unreadable += 1
             return
-        if message.kind == "status" and message.job_id is not None and message.status:
-            status = Status(message.status)
-            current = self.statuses[status].get(message.job_id)
-            if current is None or message.attempt >= current.attempt:
-                self.statuses[status][message.job_id] = message
-        elif message.kind == "progress" and message.job_id is not None:
-            self.progress[message.job_id] = message
+        if message.kind in ("status", "progress", "release") and message.job_id is not None:
+            self.reports.append(report)
         elif message.kind == "checkin":
             previous = self.check_ins.get(message.service_id)
             # The last word on availability wins; a bare check-in keeps the earlier word.
             if previous is not None and message.available is None:
-                message = StateMessage("checkin", message.service_id, available=previous.available)
-            self.check_ins[message.service_id] = message
+                kept = StateMessage(
+                    "checkin", message.service_id, available=previous.message.available
+                )
+                report = Report(entry_id, fields, kept, report.at_ms)
+            self.check_ins[message.service_id] = report
+
+
+@dataclass
+class Changes:
+    """A batch's verified job reports, sorted into what SQL needs."""
+
+    statuses: dict[Status, dict[uuid.UUID, Report]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+    #: Reports that came after beat presumed their worker lost: each is kept.
+    late: list[Report] = field(default_factory=list)
+    progress: dict[uuid.UUID, Report] = field(default_factory=dict)
+    #: Claims their HTTP holders gave back, in the order given.
+    releases: list[Report] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, reports: Iterable[Report]) -> Changes:
+        changes = cls()
+        for report in reports:
+            message = report.message
+            job: uuid.UUID = message.job_id  # type: ignore[assignment]
+            if message.kind == "progress":
+                changes.progress[job] = report
+            elif message.kind == "release":
+                changes.releases.append(report)
+            elif not message.status:
+                continue
+            elif report.late is not None:
+                changes.late.append(report)
+            else:
+                status = Status(message.status)
+                current = changes.statuses[status].get(job)
+                if current is None or message.attempt >= current.message.attempt:
+                    changes.statuses[status][job] = report
+        return changes
 
     @property
     def finished(self) -> list[uuid.UUID]:
-        return [job for status in lifecycle.TERMINAL for job in self.statuses.get(status, {})]
+        ended = [job for status in lifecycle.TERMINAL for job in self.statuses.get(status, {})]
+        ended += [r.message.job_id for r in self.late if r.late in ("lost", "requeued")]  # type: ignore[misc]
+        return ended
+
+
+class SourceClock:
+    """Translates Redis's clock (stream entry ids) to the database's.
+
+    The offset is measured at each batch, from Redis's ``TIME`` and the
+    database's clock read one after the other: its error is one round trip,
+    and the lifecycle never lets a later transition be stamped before an
+    earlier one of the same job.
+    """
+
+    def __init__(self, redis_now_ms: int, database_now: datetime) -> None:
+        self.offset = database_now - _from_ms(redis_now_ms)
+
+    def at(self, ms: int) -> datetime:
+        return _from_ms(ms) + self.offset
 
 
 class Mirror:
@@ -106,6 +189,7 @@ class Mirror:
         self.linger_ms = linger_ms
         self.consumer = consumer or f"mirror@{socket.gethostname()}"
         self._client = redis_client(settings.broker_url)
+        self._claims = Claims(self._client, settings.lease_seconds, settings.duplicate_window)
         self._engine = engine_for(settings.database_url)
         self._contracts: dict[uuid.UUID, Contract] = {}
         self._pending_first = True
@@ -170,14 +254,19 @@ class Mirror:
             raise
         except sa.exc.SQLAlchemyError:
             log.exception("a batch of %d entries failed; applying one by one", len(batch.ids))
-            self._apply_singly(batch)
+            batch = self._apply_singly(batch)
         pipeline = self._client.pipeline(transaction=False)
+        for report, reason in batch.refused:
+            log.error("state entry %r refused: %s", report.entry_id, reason)
+            pipeline.xadd(keys.DEAD_STATE_STREAM, {**report.fields, b"error": reason[:2000]})  # type: ignore[dict-item]
         pipeline.xack(keys.STATE_STREAM, keys.MIRROR_GROUP, *batch.ids)
         pipeline.xdel(keys.STATE_STREAM, *batch.ids)
         finished = batch.finished
         if finished:
             pipeline.publish(keys.FINISHED_CHANNEL, json.dumps([str(job) for job in finished]))
         pipeline.execute()
+        if finished:
+            self._claims.settle(finished)
         self.applied += len(batch.ids)
         return len(batch.ids)
 
@@ -185,89 +274,170 @@ class Mirror:
         with Session(bind=self._engine) as session, session.begin():
             self.apply(session, batch)
 
-    def _apply_singly(self, batch: Batch) -> None:
-        for entry_id, fields in batch.entries:
+    def _apply_singly(self, batch: Batch) -> Batch:
+        """Apply a failed batch's entries one by one; return what was applied and refused."""
+        applied = Batch(ids=list(batch.ids))
+        for report in [*batch.reports, *batch.check_ins.values()]:
             single = Batch()
-            single.add(entry_id, fields)
+            single.add(report.entry_id, report.fields)
             try:
                 self._commit(single)
             except _OUTAGE:
                 self._pending_first = True
                 raise
             except sa.exc.SQLAlchemyError as error:
-                log.error("state entry %r cannot be applied (%s); dead-lettered", entry_id, error)
-                dead: dict[Any, Any] = {**fields, b"error": str(error)[:2000]}
-                self._client.xadd(keys.DEAD_STATE_STREAM, dead)
+                applied.refused.append((report, f"cannot be applied: {error}"))
+                continue
+            applied.refused += single.refused
+            applied.finished += single.finished
+        return applied
 
     def apply(self, session: Session, batch: Batch) -> None:
         """Write one batch in ``session``'s transaction (the caller commits)."""
-        now = database_now(session)
-        self._apply_check_ins(session, batch, now)
-        started_here = _started_and_ended(batch)
-        working = {
-            job: message
-            for job, message in batch.statuses.get(Status.WORKING, {}).items()
+        clock = SourceClock(_redis_ms(self._client), database_now(session))
+        self._apply_check_ins(session, batch, clock)
+        services = self._verify(session, batch)
+        changes = Changes.of(self._accepted(batch))
+        started_here = _started_and_ended(changes)
+        working = [
+            report
+            for job, report in changes.statuses.get(Status.WORKING, {}).items()
             if job not in started_here
-        }
-        if working:
-            changes = [_change(m, worker=m.worker, attempts=m.attempt) for m in working.values()]
-            lifecycle.advance(session, Status.WORKING, changes, now)
-            _restart_attempts(session, working.values(), now)
-        if batch.progress:
-            session.connection().execute(
-                sa.update(JobRow)
-                .where(JobRow.id == sa.bindparam("b_id"))
-                .where(lifecycle.status_in([Status.REGISTERED, Status.WORKING]))
-                .values(
-                    progress=sa.bindparam("b_progress"), progress_message=sa.bindparam("b_note")
-                )
-                .execution_options(synchronize_session=False),
-                [
-                    {"b_id": job, "b_progress": m.progress, "b_note": m.message}
-                    for job, m in batch.progress.items()
-                ],
+        ]
+        lifecycle.advance(session, Status.WORKING, [_working(r, clock) for r in working])
+        restarts = [
+            attempts.Restart(
+                r.message.job_id,  # type: ignore[arg-type]
+                r.message.attempt,
+                r.message.worker,
+                clock.at(r.at_ms),
             )
+            for r in working
+            if r.message.attempt > 1
+        ]
+        attempts.restart(session, restarts)
+        # After the WORKING moves: a release always follows the claim it gives back.
+        releases = [
+            Move(r.message.job_id, clock.at(r.at_ms), {"worker": r.message.worker})  # type: ignore[arg-type]
+            for r in changes.releases
+        ]
+        lifecycle.release(session, releases)
+        self._apply_progress(session, changes)
         for status in (Status.COMPLETED, Status.ERROR, Status.CANCELLED):
-            messages = batch.statuses.get(status, {})
+            reports = changes.statuses.get(status, {})
             if status is Status.COMPLETED:
-                messages, invalid = self._check_results(session, messages)
-                batch.statuses[Status.ERROR].update(invalid)
-            ended = [self._final(m) for job, m in messages.items() if job not in started_here]
-            lifecycle.advance(session, status, ended, now)
-            started = [self._final(m) for job, m in messages.items() if job in started_here]
-            _start_and_end(session, status, started, now)
+                reports, invalid = self._check_results(session, reports, services)
+                changes.statuses[Status.ERROR].update(invalid)
+            moves = [_final(r, clock, started_here.get(job)) for job, r in reports.items()]
+            lifecycle.advance(session, status, moves)
+        self._apply_late(session, changes, services, clock)
+        batch.finished = changes.finished
+
+    def _verify(self, session: Session, batch: Batch) -> dict[uuid.UUID, uuid.UUID]:
+        """Each reported job's own service; refuse reports of unknown or misattributed jobs."""
+        job_ids = list({r.message.job_id for r in batch.reports})
+        services = _services_of(session, job_ids) if job_ids else {}  # type: ignore[arg-type]
+        for report in batch.reports:
+            job, claimed = report.message.job_id, report.message.service_id
+            actual = services.get(job)  # type: ignore[arg-type]
+            if actual is None:
+                batch.refused.append((report, f"no job {job} exists"))
+            elif actual != claimed:
+                reason = f"job {job} belongs to service {actual}, not {claimed}"
+                batch.refused.append((report, reason))
+        return services
 
     @staticmethod
-    def _final(message: StateMessage) -> dict[str, Any]:
-        return _change(
-            message,
-            results=message.results,
-            detail=message.detail,
-            worker=message.worker,
-            attempts=message.attempt,
+    def _accepted(batch: Batch) -> list[Report]:
+        refused = {id(report) for report, _reason in batch.refused}
+        return [report for report in batch.reports if id(report) not in refused]
+
+    def _apply_progress(self, session: Session, changes: Changes) -> None:
+        if not changes.progress:
+            return
+        session.connection().execute(
+            sa.update(JobRow)
+            .where(JobRow.id == sa.bindparam("b_id"))
+            .where(lifecycle.status_in([Status.REGISTERED, Status.WORKING]))
+            .values(progress=sa.bindparam("b_progress"), progress_message=sa.bindparam("b_note"))
+            .execution_options(synchronize_session=False),
+            [
+                {"b_id": job, "b_progress": r.message.progress, "b_note": r.message.message}
+                for job, r in changes.progress.items()
+            ],
         )
 
-    def _apply_check_ins(self, session: Session, batch: Batch, now: Any) -> None:
-        for service, message in batch.check_ins.items():
-            values: dict[str, Any] = {"last_checked_in": now, "timed_out_at": None}
-            if message.available is not None:
-                values["is_service_available"] = message.available
+    def _apply_late(
+        self,
+        session: Session,
+        changes: Changes,
+        services: dict[uuid.UUID, uuid.UUID],
+        clock: SourceClock,
+    ) -> None:
+        """Record every report that came after beat presumed its worker lost.
+
+        A report of the job's own attempt (beat failed it, or re-queued it but
+        nothing ran again) is the job's outcome: it moves a job still WORKING,
+        or replaces the "worker lost" presumption (``correct_presumed_loss``).
+        A superseded attempt's report is kept with that attempt.
+        """
+        for report in changes.late:
+            job: uuid.UUID = report.message.job_id  # type: ignore[assignment]
+            message = report.message
+            status = Status(message.status or Status.ERROR.value)
+            if status is Status.COMPLETED:
+                _valid, invalid = self._check_results(session, {job: report}, services)
+                if invalid:
+                    message, status = invalid[job].message, Status.ERROR
+            at = clock.at(report.at_ms)
+            note = _late_note(report, clock, at)
+            detail = f"{message.detail}; {note}" if message.detail else note
+            columns = {"results": message.results, "detail": detail, "worker": message.worker}
+            move = Move(job, at, columns, attempt=message.attempt)
+            if report.late in _SAME_ATTEMPT and (
+                lifecycle.advance(session, status, [move])
+                or lifecycle.correct_presumed_loss(session, status, [move])
+            ):
+                log.warning("recorded a late outcome as job %s's own: %s", job, note)
+                continue
+            late = attempts.LateOutcome(
+                job, message.attempt, status, message.results, detail, message.worker, at
+            )
+            if attempts.keep_late(session, [late]):
+                log.warning(
+                    "kept the late outcome of job %s's attempt %d: %s", job, late.attempt, note
+                )
+            else:
+                log.info("a late report of job %s changes nothing (a duplicate): %s", job, note)
+
+    def _apply_check_ins(self, session: Session, batch: Batch, clock: SourceClock) -> None:
+        for service, report in batch.check_ins.items():
+            values: dict[str, Any] = {
+                "last_checked_in": clock.at(report.at_ms),
+                "timed_out_at": None,
+            }
+            if report.message.available is not None:
+                values["is_service_available"] = report.message.available
             session.execute(sa.update(ServiceRow).where(ServiceRow.id == service).values(values))
 
     def _check_results(
-        self, session: Session, messages: dict[uuid.UUID, StateMessage]
-    ) -> tuple[dict[uuid.UUID, StateMessage], dict[uuid.UUID, StateMessage]]:
-        """Validate results once more before storing them: the stream is not trusted."""
-        valid: dict[uuid.UUID, StateMessage] = {}
-        invalid: dict[uuid.UUID, StateMessage] = {}
-        for job, message in messages.items():
-            contract = self._contract(session, message.service_id)
+        self,
+        session: Session,
+        reports: dict[uuid.UUID, Report],
+        services: dict[uuid.UUID, uuid.UUID],
+    ) -> tuple[dict[uuid.UUID, Report], dict[uuid.UUID, Report]]:
+        """Validate results once more, against the job's own service: the stream is not trusted."""
+        valid: dict[uuid.UUID, Report] = {}
+        invalid: dict[uuid.UUID, Report] = {}
+        for job, report in reports.items():
+            message = report.message
+            contract = self._contract(session, services.get(job, message.service_id))
             try:
                 if contract is None:
                     raise DeserializationError("results", "the job's service does not exist")
                 contract.validate(message.results, source="results")
             except DeserializationError as violation:
-                invalid[job] = StateMessage(
+                error = StateMessage(
                     "status",
                     message.service_id,
                     job,
@@ -276,8 +446,9 @@ class Mirror:
                     attempt=message.attempt,
                     worker=message.worker,
                 )
+                invalid[job] = dataclasses.replace(report, message=error)
             else:
-                valid[job] = message
+                valid[job] = report
         return valid, invalid
 
     def _contract(self, session: Session, service: uuid.UUID) -> Contract | None:
@@ -317,75 +488,90 @@ class Mirror:
         return int(self._client.xlen(keys.STATE_STREAM))
 
 
-def _started_and_ended(batch: Batch) -> set[uuid.UUID]:
-    """Jobs whose first attempt both started and ended within this batch.
+def _started_and_ended(changes: Changes) -> dict[uuid.UUID, Report]:
+    """Jobs whose first attempt both started and ended within this batch, with the start.
 
     Under load nearly every job is one of these (the mirror lingers for its
     batches to fill); each is then written by one UPDATE instead of two.
     """
-    working = batch.statuses.get(Status.WORKING, {})
+    working = changes.statuses.get(Status.WORKING, {})
     return {
-        job
+        job: working[job]
         for status in lifecycle.TERMINAL
-        for job, message in batch.statuses.get(status, {}).items()
-        if message.attempt == 1 and job in working and working[job].attempt == 1
+        for job, report in changes.statuses.get(status, {}).items()
+        if report.message.attempt == 1 and job in working and working[job].message.attempt == 1
     }
 
 
-def _start_and_end(
-    session: Session, new: Status, changes: Sequence[dict[str, Any]], at: Any
-) -> None:
-    """``lifecycle.advance`` to a final status that records the start too.
+def _working(report: Report, clock: SourceClock) -> Move:
+    message = report.message
+    columns = {"worker": message.worker, "attempts": message.attempt}
+    return Move(message.job_id, clock.at(report.at_ms), columns)  # type: ignore[arg-type]
 
-    The same compare-and-set (``WHERE status IN`` the predecessors of ``new``)
-    and the same columns as the WORKING update followed by the final one would
-    write; ``date_started`` is kept if a WORKING report was applied before
-    (a redelivered batch).
-    """
-    if not changes:
-        return
-    columns = sorted({key for change in changes for key in change} - {"id"})
-    values: dict[str, Any] = {name: sa.bindparam(f"v_{name}") for name in columns}
-    values["status"] = new.value
-    values[lifecycle.TIMESTAMP_COLUMN[new]] = at
-    values["date_started"] = sa.func.coalesce(JobRow.date_started, at)
-    values["version"] = JobRow.version + 1
-    values["published_at"] = sa.func.coalesce(JobRow.published_at, at)
-    statement = (
-        sa.update(JobRow)
-        .where(JobRow.id == sa.bindparam("v_id"))
-        .where(lifecycle.status_in(lifecycle.PREDECESSORS[new]))
-        .values(values)
-        .execution_options(synchronize_session=False)
+
+def _final(report: Report, clock: SourceClock, start: Report | None) -> Move:
+    message = report.message
+    columns = {
+        "results": message.results,
+        "detail": message.detail,
+        "worker": message.worker,
+        "attempts": message.attempt,
+    }
+    return Move(
+        message.job_id,  # type: ignore[arg-type]
+        clock.at(report.at_ms),
+        columns,
+        started_at=clock.at(start.at_ms) if start is not None else None,
+        attempt=message.attempt,
     )
-    rows = [{f"v_{key}": change.get(key) for key in ["id", *columns]} for change in changes]
-    session.connection().execute(statement, rows)
 
 
-def _change(message: StateMessage, **columns: Any) -> dict[str, Any]:
-    return {"id": message.job_id, **columns}
+def _late_note(report: Report, clock: SourceClock, at: datetime) -> str:
+    reported = f"reported at {at.isoformat()} by {report.message.worker or 'its worker'}"
+    if report.since_ms is not None:
+        presumed = clock.at(report.since_ms).isoformat()
+        return f"the worker was presumed lost at {presumed} (its lease lapsed) and {reported}"
+    if report.late == "superseded":
+        return f"{reported} after a later attempt had taken the job over"
+    return f"{reported} after beat had presumed its worker lost"
 
 
-def _restart_attempts(session: Session, messages: Any, now: Any) -> None:
-    """A WORKING report of a later attempt (after a requeue) updates a WORKING job."""
-    rows: Sequence[dict[str, Any]] = [
-        {"r_id": m.job_id, "r_attempt": m.attempt, "r_worker": m.worker}
-        for m in messages
-        if m.attempt > 1
-    ]
-    if not rows:
-        return
-    session.connection().execute(
-        sa.update(JobRow)
-        .where(JobRow.id == sa.bindparam("r_id"))
-        .where(JobRow.status == Status.WORKING.value)
-        .where(JobRow.attempts < sa.bindparam("r_attempt"))
-        .values(
-            attempts=sa.bindparam("r_attempt"),
-            worker=sa.bindparam("r_worker"),
-            date_started=now,
-            version=JobRow.version + 1,
+def _services_of(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """Each job's service, in as few queries as the database takes."""
+    found: dict[uuid.UUID, uuid.UUID] = {}
+    if session.get_bind().dialect.name == "postgresql":
+        ids = sa.bindparam("ids", job_ids, type_=ARRAY(sa.Uuid))
+        rows = session.execute(
+            sa.select(JobRow.id, JobRow.service_id).where(JobRow.id == sa.any_(ids))
         )
-        .execution_options(synchronize_session=False),
-        rows,
-    )
+        return {job: service for job, service in rows}
+    for start in range(0, len(job_ids), 500):
+        chunk = job_ids[start : start + 500]
+        rows = session.execute(sa.select(JobRow.id, JobRow.service_id).where(JobRow.id.in_(chunk)))
+        found.update((job, service) for job, service in rows)
+    return found
+
+
+def _entry_ms(entry_id: bytes | str) -> int:
+    """Redis's clock when the entry was added: the first part of its id."""
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(raw.split("-", 1)[0])
+
+
+def _lateness(fields: dict[bytes, bytes]) -> tuple[str | None, int | None]:
+    late = fields.get(b"late", fields.get("late"))  # type: ignore[call-overload]
+    if not late:
+        return None, None
+    since = fields.get(b"since", fields.get("since"))  # type: ignore[call-overload]
+    text = late.decode() if isinstance(late, bytes) else str(late)
+    since_text = since.decode() if isinstance(since, bytes) else (since or "")
+    return text, int(since_text) if since_text else None
+
+
+def _redis_ms(client: redis.Redis) -> int:
+    seconds, microseconds = client.time()
+    return int(seconds) * 1000 + int(microseconds) // 1000
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)

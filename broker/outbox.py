@@ -70,6 +70,7 @@ def descriptor_of(row: ServiceRow) -> ServiceDescriptor:
         timeout=row.timeout,
         worker_loss_policy=row.worker_loss_policy,
         max_attempts=row.max_attempts,
+        job_registration_schema=row.job_registration_schema,
     )
 
 

@@ -56,7 +56,9 @@ class Producer:
         self.app = app or make_app(self.settings)
         self._client = redis_client(self.settings.broker_url)
         self.publisher = CeleryPublisher(self.app, self._client)
-        self._claims = Claims(self._client, self.settings.lease_seconds)
+        self._claims = Claims(
+            self._client, self.settings.lease_seconds, self.settings.duplicate_window
+        )
         self._destinations: dict[str, submission.Destination] = {}
 
     @contextlib.contextmanager
@@ -155,8 +157,9 @@ class Producer:
             claimed = self._claims.cancel(job_id)
             if claimed is not ClaimResult.CANCELLED:
                 raise InvalidTransitionError(job_id, Status.WORKING.value, Status.CANCELLED.value)
-            change = [{"id": job_id, "detail": "cancelled before it ran"}]
-            if not lifecycle.advance(session, Status.CANCELLED, change, database_now(session)):
+            detail = {"detail": "cancelled before it ran"}
+            move = lifecycle.Move(job_id, database_now(session), detail)
+            if not lifecycle.advance(session, Status.CANCELLED, [move]):
                 raise InvalidTransitionError(job_id, row.status, Status.CANCELLED.value)
 
     def wait(self, job_id: uuid.UUID, timeout: float = 60.0) -> dict[str, Any]:

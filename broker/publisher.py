@@ -23,8 +23,9 @@ from celery import Celery
 from celery.utils.time import utcoffset
 
 from broker import keys
+from broker.claims import Claims
 from broker.connections import text
-from broker.messages import JobBatch, JobMessage, ServiceDescriptor, batched
+from broker.messages import JobBatch, JobMessage, ServiceDescriptor, batched, parameters_digest
 from broker.wire import EVENT_EXCHANGE, SENT_ROUTING_KEY, TaskEncoder
 
 #: Messages sent to Redis per pipeline round trip.
@@ -52,6 +53,9 @@ class CeleryPublisher:
         The same round trip records the jobs as published (``keys.PUBLISHED``)
         for beat to mark in SQL (``outbox.mark_taken``).
 
+        Each job's registration (``Claims.register``) goes first in the same
+        round trip, so no worker can see a message before what it must match.
+
         Jobs travel alone, or in batches where their ``per_message`` allows
         (``messages.batched``). Each chunk's messages go to their queue in one
         multi-value ``LPUSH``, which queues them in the order given, as one
@@ -64,6 +68,10 @@ class CeleryPublisher:
         pipeline = self._client.pipeline(transaction=False)
         for start in range(0, len(messages), PIPELINE_CHUNK):
             chunk = messages[start : start + PIPELINE_CHUNK]
+            for job in chunk:
+                Claims.register(
+                    pipeline, job.job_id, job.service_id, parameters_digest(job.parameters)
+                )
             by_queue: dict[str, list[str]] = {}
             for message in batched(chunk):
                 task_message, event = self._encode(message, sent_events)

@@ -19,6 +19,7 @@ from broker import lifecycle, outbox
 from broker.batches import Batches
 from broker.claims import Claims
 from broker.database import JobRow, ServiceRow, database_now
+from broker.lifecycle import Move
 from broker.messages import JobMessage
 from broker.models.service import Service
 from broker.outbox import Publisher
@@ -83,7 +84,7 @@ def recover_lost_jobs(
         .where(JobRow.status == Status.WORKING.value)
     ).all()
     requeue_messages: list[JobMessage] = []
-    failures: list[dict[str, object]] = []
+    failures: list[Move] = []
     for job, service in rows:
         requeue = service.worker_loss_policy == "requeue"
         recovery = claims.recover(job.id, requeue, service.max_attempts)
@@ -96,12 +97,12 @@ def recover_lost_jobs(
                 else f"worker lost while running the job (attempt {recovery.attempt}); "
                 "the service's worker-loss policy is 'fail', so it was not run again"
             )
-            failures.append({"id": job.id, "detail": detail})
-    if failures:
-        lifecycle.advance(session, Status.ERROR, failures, now)
+            columns = {"detail": detail, "presumed_lost_at": now}
+            failures.append(Move(job.id, now, columns, attempt=recovery.attempt))
+    lifecycle.advance(session, Status.ERROR, failures)
     if requeue_messages:
         publisher.publish_jobs(requeue_messages)
-    return [m.job_id for m in requeue_messages], [f["id"] for f in failures]  # type: ignore[misc]
+    return [m.job_id for m in requeue_messages], [move.job_id for move in failures]
 
 
 def publish_outbox(session: Session, publisher: Publisher, now: datetime, grace: float) -> int:
@@ -182,6 +183,7 @@ def tick(
     session.commit()
     report.requeued, report.failed = recover_lost_jobs(session, claims, publisher, now)
     session.commit()
+    claims.settle(report.failed)
     report.requeued += requeue_abandoned_batches(session, batches, publisher)
     session.commit()
     outbox.mark_taken(session.get_bind(), publisher)

@@ -70,6 +70,25 @@ class Settings:
     #: Request bodies larger than this are refused by the gateway with 413.
     api_max_body_bytes: int = 1024 * 1024
 
+    @property
+    def unacked_restore_interval(self) -> float:
+        """How often Redis hands dead consumers' unacknowledged messages back (kombu)."""
+        return max(1.0, self.visibility_timeout / 10)
+
+    @property
+    def duplicate_window(self) -> float:
+        """How long after a job ended in SQL a duplicate of its message can still arrive.
+
+        The longest of the design's windows, plus a beat tick to act on it:
+        a redelivery after the visibility timeout (and kombu's restore
+        interval); beat's outbox re-publish after its grace period; beat's
+        re-queue of a dead worker's batch after the batch's lease. Claims of
+        ended jobs are kept this long (``Claims.settle``), then cost Redis nothing.
+        """
+        redelivery = self.visibility_timeout + self.unacked_restore_interval
+        longest = max(redelivery, self.outbox_grace_seconds, self.lease_seconds)
+        return longest + self.beat_interval
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read ``TOPCHEF_*`` variables; unset or empty ones keep their default."""

@@ -14,11 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import redis
+
+from broker import keys
 from broker.embedded import STATE_DIR, EmbeddedRedis, wants_embedded
 from broker.models.errors import TopChefError
 from broker.settings import PREFIX, Settings
@@ -81,12 +84,17 @@ class Supervisor:
                     f"its log ({child.log_path}) ends:\n{child.tail()}"
                 )
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM every child (a clean shutdown), then SIGKILL what is left."""
-        for child in self.children:
+    def stop(self, timeout: float = 20.0, names: Collection[str] | None = None) -> None:
+        """SIGTERM the children (all, or those ``names``), then SIGKILL what is left.
+
+        A worker's SIGTERM is Celery's warm shutdown: it finishes the jobs it
+        is running and reports them before it exits.
+        """
+        stopping = [c for c in self.children if names is None or c.name in names]
+        for child in stopping:
             _signal(child, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in self.children:
+        for child in stopping:
             try:
                 child.popen.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -94,9 +102,14 @@ class Supervisor:
                 _signal(child, signal.SIGKILL)
                 child.popen.wait(5)
             _signal(child, signal.SIGKILL)  # anything its process group left behind
-        for handle in self._logs:
-            handle.close()
-        self.children.clear()
+        self.children = [c for c in self.children if c not in stopping]
+        if not self.children:
+            for handle in self._logs:
+                handle.close()
+            self._logs.clear()
+
+    def alive(self, name: str) -> bool:
+        return any(c.name == name and c.popen.poll() is None for c in self.children)
 
 
 def _signal(child: Child, signum: int) -> None:
@@ -138,12 +151,35 @@ def local_stack(
         upgrade(settings.database_url)
         ensure_example_services(settings)
         supervisor = Supervisor(child_environment(settings), state / "logs")
-        cleanup.callback(supervisor.stop)
+        cleanup.callback(shut_down, supervisor, settings)
         supervisor.start("mirror", "mirror")
         supervisor.start("beat", "beat")
         if workers:
             supervisor.start("worker", "worker", *workers, "--concurrency", str(concurrency))
         yield settings, supervisor
+
+
+def shut_down(supervisor: Supervisor, settings: Settings, drain_timeout: float = 30.0) -> None:
+    """Stop a stack so that SQL ends up true: workers first, the mirror last.
+
+    The workers' warm shutdown reports the jobs they finish; the mirror then
+    applies the state stream to its end before it stops, so that no job whose
+    run ended is left WORKING until the stack's next start.
+    """
+    from broker.connections import redis_client
+
+    supervisor.stop(names={"worker"})
+    client = redis_client(settings.broker_url)
+    deadline = time.monotonic() + drain_timeout
+    try:
+        while supervisor.alive("mirror") and int(client.xlen(keys.STATE_STREAM)) > 0:
+            if time.monotonic() > deadline:
+                log.warning("the mirror did not apply every state change in time")
+                break
+            time.sleep(0.05)
+    except redis.RedisError as error:
+        log.warning("cannot see the state stream (%s); stopping the mirror now", error)
+    supervisor.stop()
 
 
 def _replace(settings: Settings, **changes: str) -> Settings:

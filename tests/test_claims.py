@@ -1,4 +1,4 @@
-"""The Redis claims that make every duplicate delivery harmless (real Redis, Lua)."""
+"""The Redis claims: only registered work runs, each run once, no outcome dropped (real Lua)."""
 
 from __future__ import annotations
 
@@ -11,24 +11,42 @@ from support import wait_for
 from broker import keys
 from broker.claims import ClaimResult, Claims
 from broker.connections import warn_unless_noeviction
-from broker.messages import StateMessage
+from broker.messages import StateMessage, parameters_digest
 
 pytestmark = pytest.mark.redis
+
+SERVICE = uuid.UUID("00000000-0000-4000-8000-000000000001")
+OTHER_SERVICE = uuid.UUID("00000000-0000-4000-8000-000000000002")
+PARAMETERS = {"x": 3, "tag": "a"}
+DIGEST = parameters_digest(PARAMETERS)
 
 
 @pytest.fixture
 def claims(redis_url):
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    return Claims(client, lease_seconds=0.2)
+    return Claims(client, lease_seconds=0.2, window_seconds=30)
 
 
-def _working(job: uuid.UUID, attempt: int = 1) -> StateMessage:
-    return StateMessage("status", uuid.uuid4(), job, "WORKING", attempt=attempt, worker="w")
+def _registered(claims: Claims, service: uuid.UUID = SERVICE) -> uuid.UUID:
+    """A job registered the way the publisher registers it, in a pipeline."""
+    job = uuid.uuid4()
+    pipeline = claims._client.pipeline()
+    Claims.register(pipeline, job, service, DIGEST)
+    pipeline.execute()
+    return job
+
+
+def _working(job: uuid.UUID, attempt: int = 1, service: uuid.UUID = SERVICE) -> StateMessage:
+    return StateMessage("status", service, job, "WORKING", attempt=attempt, worker="w")
 
 
 def _final(job: uuid.UUID, attempt: int = 1) -> StateMessage:
-    return StateMessage("status", uuid.uuid4(), job, "COMPLETED", attempt=attempt, results={})
+    return StateMessage("status", SERVICE, job, "COMPLETED", attempt=attempt, results={})
+
+
+def _claim(claims: Claims, job: uuid.UUID, attempt: int = 1, worker: str = "w") -> ClaimResult:
+    return claims.claim(job, attempt, worker, _working(job, attempt), DIGEST)
 
 
 def _lapse(claims: Claims, job: uuid.UUID) -> None:
@@ -36,66 +54,177 @@ def _lapse(claims: Claims, job: uuid.UUID) -> None:
     wait_for(lambda: not client.exists(keys.lease(job)), 5, "the lease to lapse")
 
 
+def _stream(claims: Claims) -> list[dict[bytes, bytes]]:
+    return [fields for _id, fields in claims._client.xrange(keys.STATE_STREAM)]
+
+
 def test_only_the_first_delivery_runs_and_reports_working(claims):
-    job = uuid.uuid4()
-    assert claims.claim(job, 1, "a", _working(job)) is ClaimResult.CLAIMED
-    assert claims.claim(job, 1, "b", _working(job)) is ClaimResult.RUNNING
+    job = _registered(claims)
+    assert _claim(claims, job, worker="a") is ClaimResult.CLAIMED
+    assert _claim(claims, job, worker="b") is ClaimResult.RUNNING
     assert claims._client.xlen(keys.STATE_STREAM) == 1  # one WORKING report, not two
-    assert claims.finish(job, 1, _final(job))
-    assert claims.claim(job, 1, "c", _working(job)) is ClaimResult.DONE
+    assert claims.finish(job, 1, _final(job)).on_time
+    assert _claim(claims, job, worker="c") is ClaimResult.DONE
     assert not claims._client.exists(keys.lease(job))
 
 
+def test_a_delivery_no_producer_registered_is_refused_and_changes_nothing(claims):
+    job = uuid.uuid4()
+    assert _claim(claims, job) is ClaimResult.UNREGISTERED
+    assert ClaimResult.UNREGISTERED.refused
+    assert not claims._client.exists(keys.claim(job))
+    assert claims._client.xlen(keys.STATE_STREAM) == 0
+
+
+def test_another_services_job_is_refused_as_misrouted(claims):
+    job = _registered(claims, service=OTHER_SERVICE)
+    working = _working(job, service=SERVICE)
+    assert claims.claim(job, 1, "w", working, DIGEST) is ClaimResult.MISROUTED
+    assert claims.state(job) is None
+
+
+def test_altered_parameters_are_refused(claims):
+    job = _registered(claims)
+    altered = parameters_digest({**PARAMETERS, "x": 10_000})
+    assert claims.claim(job, 1, "w", _working(job), altered) is ClaimResult.ALTERED
+    assert claims.state(job) is None
+    assert _claim(claims, job) is ClaimResult.CLAIMED  # the registered delivery still runs
+
+
+def test_a_trusted_claimer_registers_a_job_whose_message_has_not_left(claims):
+    """The HTTP gateway reads the job from SQL: it may take it before the outbox publishes."""
+    job = uuid.uuid4()
+    assert claims.claim(job, 1, "http:rig", _working(job), trusted=True) is ClaimResult.CLAIMED
+    pipeline = claims._client.pipeline()
+    Claims.register(pipeline, job, SERVICE, DIGEST)  # the publish, later
+    pipeline.execute()
+    assert _claim(claims, job) is ClaimResult.RUNNING
+
+
+def test_the_digest_is_the_same_for_the_same_json_value():
+    assert parameters_digest({"b": [1, 2.5], "a": "é"}) == parameters_digest(
+        {"a": "é", "b": [1, 2.5]}
+    )
+    assert parameters_digest({"a": 1}) != parameters_digest({"a": 2})
+
+
 def test_cancel_and_claim_exclude_each_other(claims):
-    cancelled, running = uuid.uuid4(), uuid.uuid4()
+    cancelled, running = _registered(claims), _registered(claims)
     assert claims.cancel(cancelled) is ClaimResult.CANCELLED
     assert claims.cancel(cancelled) is ClaimResult.CANCELLED  # idempotent
-    assert claims.claim(cancelled, 1, "w", _working(cancelled)) is ClaimResult.CANCELLED
-    assert claims.claim(running, 1, "w", _working(running)) is ClaimResult.CLAIMED
+    assert _claim(claims, cancelled) is ClaimResult.CANCELLED
+    assert _claim(claims, running) is ClaimResult.CLAIMED
     assert claims.cancel(running) is ClaimResult.RUNNING
 
 
 def test_a_live_lease_is_left_alone(claims):
-    job = uuid.uuid4()
-    claims.claim(job, 1, "w", _working(job))
+    job = _registered(claims)
+    _claim(claims, job)
     claims.renew({keys.lease(job): "w"})
     assert claims.recover(job, requeue=True, max_attempts=3).verdict == "alive"
 
 
 def test_requeue_hands_the_next_attempt_out_once(claims):
-    job = uuid.uuid4()
-    claims.claim(job, 1, "w", _working(job))
+    job = _registered(claims)
+    _claim(claims, job)
     _lapse(claims, job)
     recovery = claims.recover(job, requeue=True, max_attempts=3)
     assert (recovery.verdict, recovery.attempt) == ("requeue", 2)
     assert claims.recover(job, requeue=True, max_attempts=3).verdict == "alive"  # not twice
-    assert claims.claim(job, 1, "late duplicate", _working(job)) is ClaimResult.REQUEUED
-    assert claims.claim(job, 2, "w2", _working(job, 2)) is ClaimResult.CLAIMED
-    assert claims.claim(job, 2, "w3", _working(job, 2)) is ClaimResult.RUNNING
-    assert not claims.finish(job, 1, _final(job, 1))  # the lost attempt's outcome is dropped
-    assert claims.finish(job, 2, _final(job, 2))
+    assert _claim(claims, job, 1, "late duplicate") is ClaimResult.REQUEUED
+    assert _claim(claims, job, 2, "w2") is ClaimResult.CLAIMED
+    assert _claim(claims, job, 2, "w3") is ClaimResult.RUNNING
+    late = claims.finish(job, 1, _final(job, 1))
+    assert (late.lateness, late.on_time) == ("superseded", False)
+    assert claims.state(job) == "running"  # the superseded report does not end attempt 2
+    assert claims.finish(job, 2, _final(job, 2)).on_time
+    assert [f.get(b"late") for f in _stream(claims)][-2:] == [b"superseded", None]
+
+
+def test_a_frozen_workers_outcome_under_fail_is_reported_late_not_dropped(claims):
+    job = _registered(claims)
+    _claim(claims, job)
+    _lapse(claims, job)
+    assert claims.recover(job, requeue=False, max_attempts=3).verdict == "fail"
+    late = claims.finish(job, 1, _final(job))
+    assert late.lateness == "lost"
+    assert late.presumed_lost_ms is not None
+    last = _stream(claims)[-1]
+    assert (last[b"late"], int(last[b"since"])) == (b"lost", late.presumed_lost_ms)
+    assert claims.state(job) == "done"
+
+
+def test_a_requeued_attempt_that_reports_before_the_next_starts_stands(claims):
+    """Nothing ran again: the outcome is the job's, and the re-queued message is a duplicate."""
+    job = _registered(claims)
+    _claim(claims, job)
+    _lapse(claims, job)
+    assert claims.recover(job, requeue=True, max_attempts=3).verdict == "requeue"
+    assert claims.finish(job, 1, _final(job)).lateness == "requeued"
+    assert _claim(claims, job, 2, "w2") is ClaimResult.DONE
 
 
 def test_fail_policy_never_runs_a_lost_job_again(claims):
-    job = uuid.uuid4()
-    claims.claim(job, 1, "w", _working(job))
+    job = _registered(claims)
+    _claim(claims, job)
     _lapse(claims, job)
     assert claims.recover(job, requeue=False, max_attempts=3).verdict == "fail"
     assert claims.recover(job, requeue=False, max_attempts=3).verdict == "lost"
-    assert claims.claim(job, 1, "again", _working(job)) is ClaimResult.LOST
-    assert claims.claim(job, 2, "again", _working(job, 2)) is ClaimResult.LOST
+    assert _claim(claims, job, 1, "again") is ClaimResult.LOST
+    assert _claim(claims, job, 2, "again") is ClaimResult.LOST
 
 
 def test_attempts_are_bounded(claims):
-    job = uuid.uuid4()
-    claims.claim(job, 1, "w", _working(job))
+    job = _registered(claims)
+    _claim(claims, job)
     for attempt in (2, 3):
         _lapse(claims, job)
         assert claims.recover(job, requeue=True, max_attempts=3).attempt == attempt
-        assert claims.claim(job, attempt, "w", _working(job, attempt)) is ClaimResult.CLAIMED
+        assert _claim(claims, job, attempt) is ClaimResult.CLAIMED
     _lapse(claims, job)
     recovery = claims.recover(job, requeue=True, max_attempts=3)
     assert (recovery.verdict, recovery.attempt) == ("exhausted", 3)
+
+
+def test_a_running_claim_lives_as_long_as_its_run_and_an_ended_one_a_window(claims):
+    client = claims._client
+    job = _registered(claims)
+    assert client.ttl(keys.claim(job)) == -1  # queued: kept while it waits
+    _claim(claims, job)
+    assert client.ttl(keys.claim(job)) == -1  # running: however long the run
+    claims.finish(job, 1, _final(job))
+    assert client.ttl(keys.claim(job)) > 3600  # ended, but SQL may not know yet
+    claims.settle([job])
+    assert 0 < client.ttl(keys.claim(job)) <= 30
+
+
+def test_settle_never_shortens_a_claim_that_is_still_needed(claims):
+    client = claims._client
+    queued, running = _registered(claims), _registered(claims)
+    _claim(claims, running)
+    claims.settle([queued, running])
+    assert client.ttl(keys.claim(queued)) == -1
+    assert client.ttl(keys.claim(running)) == -1
+
+
+def test_a_duplicate_of_a_finished_job_consumed_shortens_its_claim(claims):
+    client = claims._client
+    job = _registered(claims)
+    claims.cancel(job)
+    assert client.ttl(keys.claim(job)) > 3600
+    assert _claim(claims, job) is ClaimResult.CANCELLED
+    assert 0 < client.ttl(keys.claim(job)) <= 30
+
+
+def test_only_the_holder_releases_a_claim_and_the_job_is_claimable_again(claims):
+    job = _registered(claims)
+    assert claims.claim(job, 1, "http:a", _working(job), trusted=True) is ClaimResult.CLAIMED
+    release = StateMessage("release", SERVICE, job, attempt=1, worker="http:a")
+    assert not claims.release(job, 1, "http:b", release)
+    assert claims.release(job, 1, "http:a", release)
+    assert claims.state(job) is None
+    assert not claims._client.exists(keys.lease(job))
+    assert _claim(claims, job, worker="celery") is ClaimResult.CLAIMED
 
 
 def test_an_evicting_redis_is_reported(tmp_path, caplog):

@@ -382,16 +382,19 @@ def test_a_named_worker_may_repeat_its_claim_but_no_one_else_may(api):
     by_other = api.patch(
         f"/jobs/{job}", json={"status": "COMPLETED", "results": {"square": 9}}, headers=someone
     )
-    finish = api.patch(f"/jobs/{job}", json={"status": "COMPLETED", "results": {"square": 9}})
+    anonymous = api.patch(f"/jobs/{job}", json={"status": "COMPLETED", "results": {"square": 9}})
     done = api.patch(
         f"/jobs/{job}", json={"status": "COMPLETED", "results": {"square": 9}}, headers=me
     )
 
     assert stolen.status_code == 409
-    assert finish.status_code == 200  # an anonymous TopChef client may finish it, as before
     assert by_other.status_code == 409
-    assert done.status_code == 409
+    # Only the claim's holder reports, whether or not the other caller names itself.
+    assert anonymous.status_code == 409
+    assert "held by http:rig-1" in anonymous.json()["errors"][0]["detail"]
+    assert done.status_code == 200
     assert api.job(job)["meta"]["worker"] == "http:rig-1"
+    assert api.job(job)["data"]["status"] == "COMPLETED"
 
 
 def test_results_are_validated_and_status_only_moves_forward(api, stack):

@@ -265,7 +265,9 @@ def test_http_and_celery_workers_never_run_the_same_job(gateway, stack):
     # The worker handled the queue in order: it saw the HTTP job first, and let it be.
     assert stack.runs("http") == 0
     assert stack.status(uuid.UUID(over_http)) == "WORKING"
-    done = api.patch(f"/jobs/{over_http}", json={"status": "COMPLETED", "results": {"tag": "x"}})
+    report = {"status": "COMPLETED", "results": {"tag": "x"}}
+    assert api.patch(f"/jobs/{over_http}", json=report).status_code == 409  # not the holder
+    done = api.patch(f"/jobs/{over_http}", json=report, headers={"X-TopChef-Worker": "rig"})
     assert done.status_code == 200
     assert api.job(over_http)["meta"]["worker"] == "http:rig"
 

@@ -201,7 +201,7 @@ def test_truncating_the_jobs_clears_the_counts(session, database_url):
     oven = make_service(session, "oven")
     oven.new_job({"a": 0})
     session.flush()
-    session.execute(sa.text("TRUNCATE jobs"))
+    session.execute(sa.text("TRUNCATE jobs CASCADE"))
     assert kept(session) == {}
     assert len(oven.jobs) == 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from flask import current_app, request
 from sqlalchemy.orm import Session
@@ -62,6 +62,19 @@ def http_worker() -> tuple[str, bool]:
     if given:
         return HTTP_PREFIX + given[:200], True
     return HTTP_PREFIX + (request.remote_addr or "unknown"), False
+
+
+def caller_gone() -> Callable[[], bool]:
+    """Whether this request's client has closed its connection (waitress tells, when it can).
+
+    A long-polling claimer that went away must not be handed a job it will
+    never run: the claim loop asks this before each claim and after one wins.
+    Servers other than waitress (Flask's test client) never report a disconnect.
+    """
+    check = request.environ.get("waitress.client_disconnected")
+    if not callable(check):
+        return lambda: False
+    return lambda: bool(check())
 
 
 def find_service(session: Session, service_id: str) -> Service:

@@ -29,12 +29,14 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from broker import keys, lifecycle
+from broker import keys, lifecycle, outbox
 from broker.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims
 from broker.connections import text
 from broker.database import JobRow, ServiceRow, database_now
 from broker.gateway.errors import ClaimConflictError
+from broker.lifecycle import Move
 from broker.messages import StateMessage
+from broker.models.service import Service
 
 Status = lifecycle.Status
 
@@ -129,7 +131,7 @@ class Dispatcher:
                 break
             pipeline = self._client.pipeline(transaction=False)
             for row in rows:
-                pipeline.exists(keys.claim(row.id))
+                pipeline.hexists(keys.claim(row.id), "state")
             taken = pipeline.execute()
             found.extend(row for row, claimed in zip(rows, taken, strict=True) if not claimed)
             if len(rows) < CANDIDATES:
@@ -173,14 +175,33 @@ class Dispatcher:
             attempt=attempt,
             worker=worker,
         )
-        result = self._claims(timeout).claim(job.id, attempt, worker, working)
+        # Trusted: the job was read from SQL, the record of what was registered.
+        result = self._claims(timeout).claim(job.id, attempt, worker, working, trusted=True)
         if result is ClaimResult.CLAIMED:
             self._client.sadd(keys.http_jobs(job.service_id), str(job.id))
             # A later attempt's row is WORKING already: the mirror records the new attempt.
-            change = {"id": job.id, "worker": worker, "attempts": attempt}
-            lifecycle.advance(session, Status.WORKING, [change], database_now(session))
+            move = Move(job.id, database_now(session), {"worker": worker, "attempts": attempt})
+            lifecycle.advance(session, Status.WORKING, [move])
             session.expire(job)
         return result
+
+    def release(self, session: Session, job: JobRow, timeout: float, worker: str) -> bool:
+        """Give back a first attempt this caller claimed but will never run (it went away).
+
+        The job is REGISTERED again for anyone to take, and its message is
+        published again, since a Celery worker may have been refused it while
+        it was claimed here. A later attempt (a re-queued job) is not released:
+        its lease lapses and beat applies the service's policy.
+        """
+        release = StateMessage("release", job.service_id, job.id, attempt=1, worker=worker)
+        if not self._claims(timeout).release(job.id, 1, worker, release):
+            return False
+        self._client.srem(keys.http_jobs(job.service_id), str(job.id))
+        lifecycle.release(session, [Move(job.id, database_now(session), {"worker": worker})])
+        service = session.get(ServiceRow, job.service_id)
+        assert service is not None, "jobs.service_id is a foreign key"
+        outbox.record_job(session, Service(service).message_for(job))
+        return True
 
     def claim_next(
         self,
@@ -188,15 +209,18 @@ class Dispatcher:
         service_id: uuid.UUID,
         worker: str,
         wait: float,
+        gone: Callable[[], bool] = lambda: False,
     ) -> uuid.UUID | None:
         """Claim the oldest unclaimed job of the service, waiting up to ``wait`` s for one.
 
         Jobs never started come first; then jobs whose worker was lost and that
-        the service's ``requeue`` policy runs again.
+        the service's ``requeue`` policy runs again. A caller that has gone
+        (``gone``: it closed its connection while waiting) takes nothing, and
+        a job it won just as it went is released again.
         """
         deadline = time.monotonic() + min(wait, MAX_WAIT)
         interval = 0.02
-        while True:
+        while not gone():
             with sessions() as session:
                 service = session.get(ServiceRow, service_id)
                 if service is None:
@@ -205,25 +229,36 @@ class Dispatcher:
                 candidates = candidates or self.requeued(session, service_id)
                 for row, attempt in candidates:
                     claimed = self.claim(session, row, service.timeout, worker, attempt)
-                    if claimed is ClaimResult.CLAIMED:
-                        return row.id
+                    if claimed is not ClaimResult.CLAIMED:
+                        continue
+                    if gone() and self.release(session, row, service.timeout, worker):
+                        return None
+                    return row.id
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closing.wait(min(interval, remaining)):
                 return None
             interval = min(MAX_POLL_INTERVAL, interval * 2)
+        return None
 
     # -- running and finishing -------------------------------------------------
 
-    def held(self, job: JobRow, worker: str, explicit: bool) -> Holder:
-        """The job's claim, if an HTTP worker holds it (``worker``, if it named itself)."""
+    def held(self, job: JobRow, worker: str, *, late: bool = False) -> Holder:
+        """The job's claim, if this caller holds it over HTTP; a clear refusal otherwise.
+
+        Only the claim's holder may report on a job: a caller that did not name
+        itself is known by its address, and is never taken for a named holder.
+        With ``late``, a claim beat has since given up (the lease lapsed) still
+        counts as its holder's, whose report is then recorded as late.
+        """
         holder = self.holder(job.id)
-        if holder.state != "running":
+        states = ("running", "lost", "requeued") if late else ("running",)
+        if holder.state not in states:
             raise ClaimConflictError(
                 f"Job {job.id} is not running (its claim is {holder.state or 'untaken'})"
             )
-        if not holder.over_http:
+        if not (holder.worker or "").startswith(HTTP_PREFIX):
             raise ClaimConflictError(f"Job {job.id} is being run by the worker {holder.worker}")
-        if explicit and holder.worker != worker:
+        if holder.worker != worker:
             raise ClaimConflictError(f"Job {job.id} is held by {holder.worker}, not {worker}")
         return holder
 
@@ -236,13 +271,16 @@ class Dispatcher:
         results: dict[str, Any] | None,
         detail: str | None,
         worker: str,
-        explicit: bool,
     ) -> None:
-        """End a job an HTTP worker runs (claiming it first if nobody has yet)."""
+        """End a job an HTTP worker runs (claiming it first if nobody has yet).
+
+        A report that arrives after beat gave the claim up is recorded all the
+        same: the mirror applies it as a late outcome (``broker.mirror``).
+        """
         unclaimed = Status(job.status) is Status.REGISTERED and self.holder(job.id).state is None
         if unclaimed and self.claim(session, job, timeout, worker) is not ClaimResult.CLAIMED:
             raise ClaimConflictError(f"Job {job.id} was claimed by someone else")
-        holder = self.held(job, worker, explicit)
+        holder = self.held(job, worker, late=True)
         service_id, job_id = job.service_id, job.id
         final = StateMessage(
             "status",
@@ -254,17 +292,18 @@ class Dispatcher:
             attempt=holder.attempt,
             worker=holder.worker,
         )
-        if not self._claims(timeout).finish(job_id, holder.attempt, final):
-            raise ClaimConflictError(f"Job {job_id} is no longer held: its lease lapsed")
+        landed = self._claims(timeout).finish(job_id, holder.attempt, final)
         self._client.srem(keys.http_jobs(service_id), str(job_id))
-        change = {
-            "id": job_id,
+        if not landed.on_time:
+            return  # the mirror records it, with how late it came
+        columns = {
             "results": results,
             "detail": detail,
             "worker": holder.worker,
             "attempts": holder.attempt,
         }
-        lifecycle.advance(session, outcome, [change], database_now(session))
+        move = Move(job_id, database_now(session), columns, attempt=holder.attempt)
+        lifecycle.advance(session, outcome, [move])
         session.expire(job)
 
     # -- leases ----------------------------------------------------------------

@@ -129,7 +129,7 @@ def _apply(
             contract.validate(final, source="results")
         elif detail is None:
             detail = f"reported as ERROR by {worker}"
-        dispatcher.finish(session, row, timeout, wanted, final, detail, worker, chosen)
+        dispatcher.finish(session, row, timeout, wanted, final, detail, worker)
         return
     if wanted is Status.WORKING and current is Status.REGISTERED:
         claimed = dispatcher.claim(session, row, timeout, worker)
@@ -142,13 +142,13 @@ def _apply(
         raise InvalidTransitionError(row.id, current.value, wanted.value)
     elif wanted is Status.WORKING and results is None:
         # A second claim. Only a worker that named itself can be told from another.
-        holder = dispatcher.held(row, worker, chosen)
+        holder = dispatcher.held(row, worker)
         if not chosen:
             raise ClaimConflictError(f"Job {row.id} is already WORKING (held by {holder.worker})")
     if results is not None:
         if current is not Status.WORKING:
             raise ClaimConflictError(f"Job {row.id} is {current.value}: claim it before reporting")
-        dispatcher.held(row, worker, chosen)
+        dispatcher.held(row, worker)
         Job(row).results = results
     if current is Status.WORKING:
         dispatcher.renew(row.service_id, timeout, [str(row.id)])

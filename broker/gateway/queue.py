@@ -13,7 +13,7 @@ from typing import Any
 from flask import Flask, Response, url_for
 
 from broker.database import JobRow
-from broker.gateway.context import find_service, gateway, http_worker
+from broker.gateway.context import caller_gone, find_service, gateway, http_worker
 from broker.gateway.dispatch import MAX_WAIT
 from broker.gateway.envelope import (
     DEFAULT_PAGE,
@@ -119,7 +119,7 @@ def claim_job(service_id: str) -> Response:
     with shared.reading() as session:
         service = find_service(session, service_id)
         key = service.id
-    claimed = shared.dispatcher.claim_next(shared.writing, key, worker, wait)
+    claimed = shared.dispatcher.claim_next(shared.writing, key, worker, wait, caller_gone())
     if claimed is None:
         return no_content()
     with shared.reading() as session:

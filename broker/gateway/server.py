@@ -40,6 +40,9 @@ class Server:
             port=port,
             threads=threads,
             ident="topchef",
+            # Keep reading each connection while its request runs, so that a
+            # long-polling claimer that hangs up is seen (``caller_gone``).
+            channel_request_lookahead=1,
             # Waitress refuses what Flask would refuse anyway, before buffering it.
             max_request_body_size=settings.api_max_body_bytes * 2 + 65536,
         )
