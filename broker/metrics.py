@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from broker import keys
-from broker.connections import redis_url
+from broker.connections import redis_url, text
 from broker.database import JobRow, ServiceRow, database_now, open_session
 from broker.lifecycle import Status
 from broker.settings import Settings
@@ -76,6 +76,8 @@ class _RedisReading:
     dead_letters: int
     #: Jobs published whose publication beat has not yet marked in SQL.
     unmarked: int
+    #: Deliveries workers refused as not registered work, by reason.
+    refused: dict[str, int]
 
 
 class BrokerCollector(Collector):
@@ -160,10 +162,12 @@ class BrokerCollector(Collector):
             pipeline.xlen(keys.DEAD_STATE_STREAM)
             pipeline.xpending(keys.STATE_STREAM, keys.MIRROR_GROUP)
             pipeline.scard(keys.PUBLISHED)
-            *depths, lag, dead, pending, unmarked = pipeline.execute(raise_on_error=False)
+            pipeline.hgetall(keys.REFUSED)
+            replies = pipeline.execute(raise_on_error=False)
+            *depths, lag, dead, pending, unmarked, refused = replies
             if isinstance(pending, redis.ResponseError) and "NOGROUP" in str(pending):
                 pending = {"pending": 0}  # no mirror has ever run: nothing is pending
-            for reply in (*depths, lag, dead, pending, unmarked):
+            for reply in (*depths, lag, dead, pending, unmarked, refused):
                 if isinstance(reply, Exception):
                     raise reply
         except redis.RedisError as error:
@@ -175,6 +179,7 @@ class BrokerCollector(Collector):
             int(pending["pending"]),
             int(dead),
             int(unmarked),
+            {text(reason): int(count) for reason, count in refused.items()},
         )
 
     def _directory(self) -> list[_Service]:
@@ -248,6 +253,15 @@ def _redis_metrics(reading: _RedisReading, services: Sequence[_Service]) -> Iter
         "State entries the mirror could not apply (the dead-letter stream).",
         value=reading.dead_letters,
     )
+    refused = CounterMetricFamily(
+        "topchef_refused_deliveries",
+        "Job deliveries workers refused without running them, as not registered work "
+        "(unregistered, altered, misrouted, invalid, malformed).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(reading.refused.items()):
+        refused.add_metric([reason], count)
+    yield refused
     yield GaugeMetricFamily(
         "topchef_unmarked_publications",
         "Jobs published but not yet marked so in SQL; beat marks them each tick, "

@@ -67,6 +67,10 @@ class Process:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the process and everything it started (SIGSTOP: a frozen PC)."""
+        os.killpg(self.popen.pid, signum)
+
     def kill(self) -> None:
         """``kill -9`` the process and everything it started."""
         if self.popen.poll() is None:

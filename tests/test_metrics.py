@@ -203,3 +203,14 @@ def test_unmarked_publications_count_what_beat_has_yet_to_mark(stack, metrics):
 
     stack.tick()
     assert value(scrape(metrics), "topchef_unmarked_publications") == 0
+
+
+def test_refused_deliveries_are_counted_by_reason(stack, metrics):
+    from broker.worker import WorkerRuntime
+
+    runtime = WorkerRuntime(stack.settings, [])
+    for reason in ("unregistered", "unregistered", "altered"):
+        runtime.refuse(reason, None, "a test delivery")
+    families = scrape(metrics)
+    assert value(families, "topchef_refused_deliveries", reason="unregistered") == 2
+    assert value(families, "topchef_refused_deliveries", reason="altered") == 1

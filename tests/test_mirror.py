@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from datetime import datetime
 
 import lab
 import pytest
@@ -105,3 +107,64 @@ def test_empty_results_are_kept_as_an_empty_object(stack):
     _report(stack, StateMessage("status", service, job, "COMPLETED", results={}))
     mirror.step()
     assert (stack.status(job), stack.job(job)["results"]) == ("COMPLETED", {})
+
+
+def _report_at(stack, message: StateMessage, ms: int) -> None:
+    """A report stamped by Redis at ``ms`` (as if made then), whenever the mirror reads it."""
+    stack.redis.xadd(keys.STATE_STREAM, message.to_fields(), id=f"{ms}-0")
+
+
+def test_transitions_are_stamped_when_they_happened_not_when_applied(stack):
+    job, service = _job(stack)
+    submitted = stack.job(job)["date_submitted"]
+    mirror = Mirror(stack.settings, block_ms=10)
+    mirror.ensure_group()
+    seconds, micros = stack.redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    # Reports made 20 and 50 s from now, which the mirror applies right away.
+    _report_at(
+        stack, StateMessage("status", service, job, "WORKING", worker="w:1"), now_ms + 20_000
+    )
+    completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
+    _report_at(stack, completed, now_ms + 50_000)
+    _report_at(stack, StateMessage("checkin", service, available=True), now_ms + 50_001)
+    assert mirror.step() == 3
+
+    row = stack.job(job)
+    started = datetime.fromisoformat(row["date_started"])
+    finished = datetime.fromisoformat(row["date_finished"])
+    assert abs((started - datetime.fromisoformat(submitted)).total_seconds() - 20) < 2
+    assert abs((finished - started).total_seconds() - 30) < 0.01
+    checked_in = stack.service(lab.SQUARE).last_checked_in
+    assert abs((checked_in - finished).total_seconds() - 0.001) < 0.01
+
+
+def test_reports_of_unknown_or_misattributed_jobs_are_dead_lettered(stack):
+    job, service = _job(stack)
+    other = stack.service(lab.HELD).id
+    mirror = Mirror(stack.settings, block_ms=10)
+    mirror.ensure_group()
+    stranger = uuid.uuid4()
+    _report(stack, StateMessage("status", service, stranger, "COMPLETED", results={"square": 1}))
+    # The Square job's id reported by the Held service, with a Held result.
+    _report(stack, StateMessage("status", other, job, "COMPLETED", results={"tag": "x"}))
+    _report(stack, StateMessage("progress", other, job, progress=0.5))
+    assert mirror.step() == 3
+
+    assert (stack.status(job), stack.job(job)["progress"]) == ("REGISTERED", None)
+    assert stack.count_jobs() == 1
+    dead = [fields[b"error"].decode() for _id, fields in stack.redis.xrange(keys.DEAD_STATE_STREAM)]
+    assert dead[0] == f"no job {stranger} exists"
+    assert dead[1:] == [f"job {job} belongs to service {service}, not {other}"] * 2
+    assert stack.redis.xlen(keys.STATE_STREAM) == 0  # dead-lettered, not left pending
+
+
+def test_results_are_checked_against_the_jobs_own_service(stack):
+    """A report naming the right service but carrying another service's kind of result."""
+    job, service = _job(stack)
+    mirror = Mirror(stack.settings, block_ms=10)
+    mirror.ensure_group()
+    _report(stack, StateMessage("status", service, job, "COMPLETED", results={"tag": "x"}))
+    mirror.step()
+    assert stack.status(job) == "ERROR"
+    assert "'square' is a required property" in stack.job(job)["detail"]

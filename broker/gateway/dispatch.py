@@ -18,6 +18,7 @@ as a Celery worker that dies does.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -39,6 +40,7 @@ from broker.messages import StateMessage
 from broker.models.service import Service
 
 Status = lifecycle.Status
+log = logging.getLogger(__name__)
 
 #: Worker names of HTTP claims start with this; the rest is the client's id or address.
 HTTP_PREFIX = "http:"
@@ -220,6 +222,7 @@ class Dispatcher:
         """
         deadline = time.monotonic() + min(wait, MAX_WAIT)
         interval = 0.02
+        log.debug("%s waits up to %.1f s for a job of service %s", worker, wait, service_id)
         while not gone():
             with sessions() as session:
                 service = session.get(ServiceRow, service_id)
@@ -232,12 +235,14 @@ class Dispatcher:
                     if claimed is not ClaimResult.CLAIMED:
                         continue
                     if gone() and self.release(session, row, service.timeout, worker):
+                        log.info("%s hung up as it won job %s: released it", worker, row.id)
                         return None
                     return row.id
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closing.wait(min(interval, remaining)):
                 return None
             interval = min(MAX_POLL_INTERVAL, interval * 2)
+        log.info("%s hung up while waiting for a job of service %s", worker, service_id)
         return None
 
     # -- running and finishing -------------------------------------------------

@@ -122,7 +122,9 @@ def _apply(
     dispatcher = gateway().dispatcher
     current = Status(row.status)
     if wanted in (Status.COMPLETED, Status.ERROR):
-        if current in TERMINAL:
+        # A "worker lost" ERROR is a presumption: its holder's late report still counts.
+        presumed = current is Status.ERROR and row.presumed_lost_at is not None
+        if current in TERMINAL and not presumed:
             raise InvalidTransitionError(row.id, current.value, wanted.value)
         final = results if results is not None else row.results
         if wanted is Status.COMPLETED:
