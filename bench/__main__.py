@@ -22,14 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import report, sql
+from bench import footprint, report, sql
 from bench.ours import OurStack
 from bench.payload import SERVICE
 from bench.rivals import RQ, Dramatiq, Peer, RawCelery, WorkerSetup
 from bench.servers import PostgresSchema, RedisServer
 from bench.stats import Figure, fmt
 
-WORKLOADS = ("enqueue", "drain", "latency", "sql", "memory")
+WORKLOADS = ("enqueue", "drain", "latency", "footprint", "sql", "memory")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class Run:
             RQ(self.redis.url, self.log_dir),
             Dramatiq(self.redis.url, self.log_dir),
         ]
-        for workload in ("enqueue", "drain", "latency"):
+        for workload in ("enqueue", "drain", "latency", "footprint"):
             if workload in self.only:
                 say(f"== {workload}")
                 getattr(self, workload)()
@@ -273,7 +273,29 @@ class Run:
             figure.values = [sample[key] for sample in samples]
             say(f"latency: {name}: {fmt(figure.median)} ms")
 
-    # -- 4. SQL at scale -------------------------------------------------------------
+    # -- 4. Redis per job -----------------------------------------------------------
+
+    def footprint(self) -> None:
+        assert self.ours is not None
+        plan = self.plan
+        if self.ours.mirror is not None:
+            self.ours.mirror.stop()
+            self.ours.mirror = None
+        queued = self.figure("footprint", "Redis bytes per queued job", "B", f"{plan.jobs:,} jobs")
+        finished = self.figure("footprint", "Redis bytes per finished job", "B")
+        for _ in range(plan.repeat):
+            found = footprint.measure(
+                self.ours, plan.jobs, plan.processes, plan.pool, plan.concurrency
+            )
+            queued.values.append(found.queued_bytes_per_job)
+            finished.values.append(found.finished_bytes_per_job)
+            finished.note = (
+                f"after the duplicate window ({found.window_seconds:g} s with the windows "
+                f"shortened); {found.claims_left} claims left"
+            )
+        say(f"footprint: {fmt(queued.median)} B per queued job, {fmt(finished.median)} B finished")
+
+    # -- 5. SQL at scale -------------------------------------------------------------
 
     def sql(self) -> None:
         assert self.ours is not None
@@ -288,7 +310,7 @@ class Run:
             figure.values = sql.time_query(query, plan.sql_calls)
             say(f"sql: {name}: {fmt(figure.median)} ms")
 
-    # -- 5. memory -------------------------------------------------------------------
+    # -- 6. memory -------------------------------------------------------------------
 
     def memory(self, many: bool) -> None:
         """Peak RSS of a fresh mirror and worker draining N jobs, beside few or many rows."""
@@ -386,6 +408,13 @@ class Run:
         for figure in self.figures:
             if figure.workload == "sql" and figure.unit == "ms":
                 target(f"SQL {figure.name} ≤ 5 ms", f"{fmt(figure.median)} ms", figure.median <= 5)
+        finished = self._find("footprint", "Redis bytes per finished job")
+        if finished:
+            target(
+                "Redis bytes per finished job, after the duplicate window, ≈ 0 (≤ 1 B)",
+                f"{fmt(finished.median)} B",
+                finished.median <= 1.0,
+            )
         mirrors = [f for f in self.figures if f.name.startswith("mirror peak RSS")]
         if len(mirrors) == 2:
             growth = mirrors[1].median / mirrors[0].median

@@ -41,11 +41,14 @@ class OurStack:
         self.children: list[Child] = []
         self.mirror: Child | None = None
         self.workers: list[Child] = []
+        #: More settings for the children started from now on (``bench.footprint``).
+        self.extra_env: dict[str, str] = {}
 
     def env(self) -> dict[str, str]:
         return python_env(
             TOPCHEF_BROKER_URL=self.settings.broker_url,
             TOPCHEF_DATABASE_URL=self.settings.database_url,
+            **self.extra_env,
         )
 
     def _start(self, name: str, *args: str) -> Child:
@@ -78,10 +81,13 @@ class OurStack:
     # -- workloads ------------------------------------------------------------
 
     def purge(self) -> None:
-        """Empty the queues and the jobs table between repetitions."""
+        """Empty the queues, the jobs' claims and the jobs table between repetitions."""
         for service_id in self.service_ids.values():
             self.redis.delete(keys.service_queue(service_id))
         self.redis.delete(keys.PUBLISHED)  # no beat runs here to take these records
+        stale = list(self.redis.scan_iter(match=keys.claim("*"), count=1000))
+        for start in range(0, len(stale), 1000):
+            self.redis.delete(*stale[start : start + 1000])
         self.schema.truncate_jobs()
 
     def enqueue_single(self, n: int) -> float:
