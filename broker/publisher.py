@@ -40,6 +40,7 @@ class CeleryPublisher:
     def __init__(self, app: Celery, client: redis.Redis) -> None:
         self._app = app
         self._client = client
+        self._claims = Claims(client)
         self._sent_topic: str | None = None
         self._listeners = False
         self._listeners_checked_at = -EVENT_LISTENERS_TTL
@@ -68,10 +69,12 @@ class CeleryPublisher:
         pipeline = self._client.pipeline(transaction=False)
         for start in range(0, len(messages), PIPELINE_CHUNK):
             chunk = messages[start : start + PIPELINE_CHUNK]
+            by_service: dict[uuid.UUID, list[tuple[uuid.UUID, str]]] = {}
             for job in chunk:
-                Claims.register(
-                    pipeline, job.job_id, job.service_id, parameters_digest(job.parameters)
-                )
+                registration = (job.job_id, parameters_digest(job.parameters))
+                by_service.setdefault(job.service_id, []).append(registration)
+            for service_id, registrations in by_service.items():
+                self._claims.register(pipeline, service_id, registrations)
             by_queue: dict[str, list[str]] = {}
             for message in batched(chunk):
                 task_message, event = self._encode(message, sent_events)

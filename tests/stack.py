@@ -126,6 +126,16 @@ class Stack:
             query = sa.select(sa.func.count()).select_from(JobRow).filter_by(**where)
             return int(session.scalar(query) or 0)
 
+    def running_held_job(self, policy: str = "fail") -> tuple[Process, str, uuid.UUID]:
+        """A worker running a HELD job (of a service with ``policy``), which waits for release."""
+        self.create_lab_services(held_policy=policy)
+        self.start_mirror()
+        worker = self.worker()
+        tag = uuid.uuid4().hex
+        job = self.producer.submit(lab.HELD, {"tag": tag})
+        self.wait_status(job, "WORKING")
+        return worker, tag, job
+
     def runs(self, tag: str) -> int:
         return int(self.redis.get(lab.runs_key(tag)) or 0)
 

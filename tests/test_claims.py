@@ -32,7 +32,7 @@ def _registered(claims: Claims, service: uuid.UUID = SERVICE) -> uuid.UUID:
     """A job registered the way the publisher registers it, in a pipeline."""
     job = uuid.uuid4()
     pipeline = claims._client.pipeline()
-    Claims.register(pipeline, job, service, DIGEST)
+    claims.register(pipeline, service, [(job, DIGEST)])
     pipeline.execute()
     return job
 
@@ -96,7 +96,7 @@ def test_a_trusted_claimer_registers_a_job_whose_message_has_not_left(claims):
     job = uuid.uuid4()
     assert claims.claim(job, 1, "http:rig", _working(job), trusted=True) is ClaimResult.CLAIMED
     pipeline = claims._client.pipeline()
-    Claims.register(pipeline, job, SERVICE, DIGEST)  # the publish, later
+    claims.register(pipeline, SERVICE, [(job, DIGEST)])  # the publish, later
     pipeline.execute()
     assert _claim(claims, job) is ClaimResult.RUNNING
 

@@ -8,7 +8,6 @@ gives the job up, and the worker is woken again to finish the run it had begun.
 from __future__ import annotations
 
 import signal
-import uuid
 
 import lab
 import pytest
@@ -22,12 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 def _frozen_mid_run(stack, policy: str):
     """A HELD job running on a worker that is then frozen until its lease has lapsed."""
-    stack.create_lab_services(held_policy=policy)
-    stack.start_mirror()
-    worker = stack.worker()
-    tag = uuid.uuid4().hex
-    job = stack.producer.submit(lab.HELD, {"tag": tag})
-    stack.wait_status(job, "WORKING")
+    worker, tag, job = stack.running_held_job(policy)
     worker.signal(signal.SIGSTOP)
     wait_for(lambda: not stack.redis.exists(keys.lease(job)), 30, "the lease to lapse")
     return worker, tag, job

@@ -17,12 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 def _held_job_killed_mid_run(stack, policy):
     """A HELD job running on a worker that is then killed with SIGKILL."""
-    stack.create_lab_services(held_policy=policy)
-    stack.start_mirror()
-    worker = stack.worker()
-    tag = uuid.uuid4().hex
-    job = stack.producer.submit(lab.HELD, {"tag": tag})
-    stack.wait_status(job, "WORKING")
+    worker, tag, job = stack.running_held_job(policy)
     worker.kill()
     return tag, job
 
