@@ -28,7 +28,7 @@ import redis
 
 from broker import keys
 from broker.batches import Batches
-from broker.claims import ClaimResult, Claims
+from broker.claims import ClaimResult, Claims, Finish
 from broker.connections import redis_client, text
 from broker.contract import Contract, compile_contract
 from broker.handlers import Declaration, Handler, handles, progress, reporting_to, stop_reporting
@@ -54,6 +54,9 @@ Status = Job.JobStatus
 PROGRESS_INTERVAL = 0.25
 #: How often a worker looks in the directory for services it waits for.
 DISCOVERY_INTERVAL = 1.0
+#: A run's report waits this long for Redis at first, doubling up to the most.
+REPORT_RETRY_FIRST = 0.1
+REPORT_RETRY_MOST = 5.0
 #: Refused deliveries kept in ``keys.REFUSED_LOG`` for an operator (approximately).
 REFUSED_LOG_LENGTH = 1000
 
@@ -262,7 +265,7 @@ class WorkerRuntime:
             final = self._execute(served, job, parameters, number, worker)
         finally:
             self._release(keys.lease(job))
-        landed = self._claims.finish(job, number, final)
+        landed = self._report(job, number, final)
         if not landed.on_time:
             log.warning(
                 "job %s (attempt %d) finished after beat presumed its worker lost (%s); "
@@ -272,6 +275,22 @@ class WorkerRuntime:
                 landed.lateness,
             )
         return final.status or ""
+
+    def _report(self, job: uuid.UUID, attempt: int, final: StateMessage) -> Finish:
+        """Report a run's outcome, however long Redis takes to come back.
+
+        The run has happened: its outcome is what a lab measured, so a broker
+        outage must delay the report, never lose it. Meanwhile the lease may
+        lapse; the report then lands late, and is recorded all the same.
+        """
+        delay = REPORT_RETRY_FIRST
+        while True:
+            try:
+                return self._claims.finish(job, attempt, final)
+            except redis.RedisError as error:
+                log.warning("cannot report job %s yet (%s); retrying in %.1f s", job, error, delay)
+                time.sleep(delay)  # waiting for Redis to come back, not for another thread
+                delay = min(REPORT_RETRY_MOST, delay * 2)
 
     def refuse(self, reason: str, job: uuid.UUID | None, detail: str) -> Refused:
         """Log and count a refused delivery once; the caller raises what this returns."""
@@ -359,7 +378,10 @@ class WorkerRuntime:
                 return
             last_sent = now
             entry = StateMessage("progress", service, job, progress=fraction, message=message)
-            self._client.xadd(keys.STATE_STREAM, entry.to_fields())  # type: ignore[arg-type]
+            try:
+                self._client.xadd(keys.STATE_STREAM, entry.to_fields())  # type: ignore[arg-type]
+            except redis.RedisError as error:  # progress is a courtesy: never fail the run for it
+                log.warning("could not report job %s's progress: %s", job, error)
 
         return report
 

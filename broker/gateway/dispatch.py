@@ -205,6 +205,23 @@ class Dispatcher:
         outbox.record_job(session, Service(service).message_for(job))
         return True
 
+    def give_back(
+        self,
+        sessions: Callable[[], contextlib.AbstractContextManager[Session]],
+        job_id: uuid.UUID,
+        worker: str,
+    ) -> bool:
+        """``release`` a job this caller claimed in an earlier transaction."""
+        with sessions() as session:
+            job = session.get(JobRow, job_id)
+            service = session.get(ServiceRow, job.service_id) if job is not None else None
+            if job is None or service is None:
+                return False
+            released = self.release(session, job, service.timeout, worker)
+        if released:
+            log.info("%s hung up before its answer left: gave job %s back", worker, job_id)
+        return released
+
     def claim_next(
         self,
         sessions: Callable[[], contextlib.AbstractContextManager[Session]],

@@ -119,7 +119,8 @@ def claim_job(service_id: str) -> Response:
     with shared.reading() as session:
         service = find_service(session, service_id)
         key = service.id
-    claimed = shared.dispatcher.claim_next(shared.writing, key, worker, wait, caller_gone())
+    gone = caller_gone()
+    claimed = shared.dispatcher.claim_next(shared.writing, key, worker, wait, gone)
     if claimed is None:
         return no_content()
     with shared.reading() as session:
@@ -127,4 +128,9 @@ def claim_job(service_id: str) -> Response:
         assert row is not None, "a claimed job's row exists"
         job = Job(row)
         meta = {**job_meta(job), "message": f"job claimed by {worker}"}
-        return envelope(job_detail(job), meta=meta, links={"job": _job_url(job.id)})
+        answer = envelope(job_detail(job), meta=meta, links={"job": _job_url(job.id)})
+    # The last moment before the answer leaves: a caller that hung up meanwhile
+    # would never run the job, so it is given back rather than lost to the policy.
+    if gone() and shared.dispatcher.give_back(shared.writing, claimed, worker):
+        return no_content()
+    return answer

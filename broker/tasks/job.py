@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.exceptions import Reject
 
@@ -27,6 +28,11 @@ def run_job(*args: Any, **fields: Any) -> str:
         return current_runtime().run(*args, **fields)
     except Refused as refusal:
         raise Reject(refusal, requeue=False) from None
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        # The claim could not be taken, so nothing ran: the message goes back to
+        # its queue (or, if Redis is still away, stays unacknowledged until
+        # restored), rather than being acknowledged as a failed task.
+        raise Reject(f"message broker unavailable: {error}", requeue=True) from None
 
 
 def run_batch(*args: Any, **fields: Any) -> Any:
