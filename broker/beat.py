@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +32,47 @@ def _tools(app: Celery, settings: Settings) -> tuple[Claims, Batches, CeleryPubl
     return claims, Batches(client, lease), CeleryPublisher(app, client)
 
 
+class _Every:
+    """Says when a chore that need not run every tick is due again (this process only)."""
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+
+    def due(self, seconds: float) -> bool:
+        now = time.monotonic()
+        if now - self._last < seconds:
+            return False
+        self._last = now
+        return True
+
+
+#: Looking for jobs whose message vanished reads every service's oldest jobs:
+#: once per redelivery window is enough, since none can be found sooner.
+_LOOKED_FOR_OVERTAKEN = _Every()
+
+
 def run_tick(app: Celery, settings: Settings) -> dict[str, Any]:
     """One tick, in a fresh session; returns a summary for the task's log line."""
     claims, batches, publisher = _tools(app, settings)
+    overtaken = settings.redelivery_window + settings.beat_interval
+    look = _LOOKED_FOR_OVERTAKEN.due(overtaken)
     with open_session(settings.database_url) as session:
-        report = tick(session, claims, batches, publisher, settings.outbox_grace_seconds)
+        report = tick(
+            session,
+            claims,
+            batches,
+            publisher,
+            settings.outbox_grace_seconds,
+            overtaken_after=overtaken if look else None,
+        )
     summary = {
         "timed_out": [str(s) for s in report.timed_out],
         "requeued": [str(j) for j in report.requeued],
         "failed": [str(j) for j in report.failed],
         "published": report.published,
+        "republished": [str(j) for j in report.republished],
     }
-    if report.timed_out or report.requeued or report.failed or report.published:
+    if any(summary.values()):
         log.info("beat tick: %s", summary)
     return summary
 

@@ -360,6 +360,16 @@ class Claims:
         for start in range(0, len(claim_keys), chunk):
             self._settle(keys=claim_keys[start : start + chunk], args=[self.window_seconds])
 
+    def unclaimed(self, job_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``job_ids`` that no delivery has taken (registered, or not even that)."""
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        pipeline = self._client.pipeline(transaction=False)
+        for job_id in ids:
+            pipeline.hexists(keys.claim(job_id), "state")
+        return {job_id for job_id, taken in zip(ids, pipeline.execute(), strict=True) if not taken}
+
     def state(self, job_id: uuid.UUID) -> str | None:
         """The claim's state, for inspection and tests."""
         value = self._client.hget(keys.claim(job_id), "state")

@@ -481,6 +481,9 @@ class Mirror:
                 stop.wait(retry_seconds)
             except redis.RedisError as error:
                 log.warning("message broker unavailable (%s); retrying", error)
+                # Entries read but not acknowledged are this consumer's pending
+                # ones: read them again first, or they would wait for ever.
+                self._pending_first = True
                 stop.wait(retry_seconds)
 
     def lag(self) -> int:

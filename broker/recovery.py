@@ -29,6 +29,8 @@ Status = lifecycle.Status
 
 #: The outbox is drained in chunks this size, so one tick never loads it all.
 OUTBOX_CHUNK = 1000
+#: How many of each service's oldest REGISTERED jobs are checked for a lost message.
+OVERTAKEN_CANDIDATES = 20
 
 
 @dataclass
@@ -39,6 +41,8 @@ class TickReport:
     requeued: list[uuid.UUID] = field(default_factory=list)
     failed: list[uuid.UUID] = field(default_factory=list)
     published: int = 0
+    #: Jobs sent again because their message vanished (``republish_overtaken``).
+    republished: list[uuid.UUID] = field(default_factory=list)
 
 
 def evaluate_timeouts(session: Session, now: datetime) -> list[uuid.UUID]:
@@ -165,6 +169,56 @@ def requeue_abandoned_batches(
     return [message.job_id for message in messages]
 
 
+def republish_overtaken(
+    session: Session, claims: Claims, publisher: Publisher, now: datetime, stale: float
+) -> list[uuid.UUID]:
+    """Send again the jobs whose message vanished: later jobs of their queue have run.
+
+    A queue is first in, first out. A worker killed just after it took a
+    message, before kombu recorded it as unacknowledged, takes the message
+    with it for good, and its job would stay REGISTERED with nothing to
+    deliver it. So a published REGISTERED job, unclaimed in Redis, while a job
+    submitted after it started more than ``stale`` seconds ago (longer than a
+    redelivery takes), has lost its message.
+    Only the oldest jobs of each service are looked at; sending a job again
+    whose message was only slow is harmless (its claim runs it once).
+    """
+    cutoff = now - timedelta(seconds=stale)
+    later = sa.orm.aliased(JobRow)
+    overtaken = (
+        sa.exists()
+        .where(
+            later.service_id == JobRow.service_id,
+            later.date_submitted > JobRow.date_submitted,
+            later.date_started < cutoff,
+        )
+        .correlate(JobRow)
+    )
+    messages: list[JobMessage] = []
+    for service in session.scalars(sa.select(ServiceRow)).all():
+        oldest = (
+            sa.select(JobRow.id)
+            .where(JobRow.service_id == service.id, JobRow.status == Status.REGISTERED.value)
+            .order_by(JobRow.date_submitted)
+            .limit(OVERTAKEN_CANDIDATES)
+            .scalar_subquery()
+        )
+        rows = session.scalars(
+            sa.select(JobRow).where(
+                JobRow.id.in_(oldest), JobRow.published_at.is_not(None), overtaken
+            )
+        ).all()
+        unclaimed = claims.unclaimed([row.id for row in rows])
+        messages += [Service(service).message_for(row) for row in rows if row.id in unclaimed]
+    if messages:
+        publisher.publish_jobs(messages)
+        log.warning(
+            "re-published %d job(s) whose message was lost (jobs after them have run)",
+            len(messages),
+        )
+    return [message.job_id for message in messages]
+
+
 def sync_directory(session: Session, publisher: Publisher) -> None:
     """Re-publish every service's descriptor, healing a directory Redis lost."""
     rows = session.scalars(sa.select(ServiceRow)).all()
@@ -172,9 +226,18 @@ def sync_directory(session: Session, publisher: Publisher) -> None:
 
 
 def tick(
-    session: Session, claims: Claims, batches: Batches, publisher: Publisher, grace: float
+    session: Session,
+    claims: Claims,
+    batches: Batches,
+    publisher: Publisher,
+    grace: float,
+    overtaken_after: float | None = None,
 ) -> TickReport:
-    """One round of beat's duties, each committed on its own."""
+    """One round of beat's duties, each committed on its own.
+
+    ``overtaken_after`` (seconds) also looks for jobs whose message vanished
+    (``republish_overtaken``); beat does so once per redelivery window.
+    """
     report = TickReport()
     sync_directory(session, publisher)
     session.commit()
@@ -186,6 +249,9 @@ def tick(
     claims.settle(report.failed)
     report.requeued += requeue_abandoned_batches(session, batches, publisher)
     session.commit()
+    if overtaken_after is not None:
+        report.republished = republish_overtaken(session, claims, publisher, now, overtaken_after)
+        session.commit()
     outbox.mark_taken(session.get_bind(), publisher)
     report.published = publish_outbox(session, publisher, database_now(session), grace)
     session.commit()

@@ -76,6 +76,11 @@ class Settings:
         return max(1.0, self.visibility_timeout / 10)
 
     @property
+    def redelivery_window(self) -> float:
+        """How long a message a dead worker had taken needs to be back in its queue."""
+        return self.visibility_timeout + self.unacked_restore_interval
+
+    @property
     def duplicate_window(self) -> float:
         """How long after a job ended in SQL a duplicate of its message can still arrive.
 
@@ -85,8 +90,7 @@ class Settings:
         re-queue of a dead worker's batch after the batch's lease. Claims of
         ended jobs are kept this long (``Claims.settle``), then cost Redis nothing.
         """
-        redelivery = self.visibility_timeout + self.unacked_restore_interval
-        longest = max(redelivery, self.outbox_grace_seconds, self.lease_seconds)
+        longest = max(self.redelivery_window, self.outbox_grace_seconds, self.lease_seconds)
         return longest + self.beat_interval
 
     @classmethod

@@ -57,7 +57,7 @@ class Stack:
     def worker(self, *extra: str, module: str = "lab") -> Process:
         return self.process("worker", module, "--loglevel", "INFO", *extra)
 
-    def tick(self) -> TickReport:
+    def tick(self, overtaken_after: float | None = None) -> TickReport:
         """One beat tick, run here (the same functions ``topchef beat`` runs)."""
         with open_session(self.settings.database_url) as session:
             return tick(
@@ -66,7 +66,12 @@ class Stack:
                 Batches(self.redis, self.settings.lease_seconds),
                 self.producer.publisher,
                 self.settings.outbox_grace_seconds,
+                overtaken_after=overtaken_after,
             )
+
+    def tick_looking_for_overtaken(self, stale: float) -> TickReport:
+        """A tick that also looks for jobs whose message vanished (beat does, once a window)."""
+        return self.tick(overtaken_after=stale)
 
     def close(self) -> None:
         for process in self.processes:

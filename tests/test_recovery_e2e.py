@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 from support import wait_for
 
+from broker import keys
 from broker.database import JobRow, open_session
 from broker.models.service_list import ServiceList
 
@@ -139,3 +140,23 @@ def test_mirror_killed_mid_run_catches_up_with_nothing_backwards(stack):
         ).all()
     assert dict(statuses) == {"COMPLETED": 300}
     restarted.stop()
+
+
+def test_a_job_whose_message_vanished_is_sent_again_once_later_jobs_have_run(stack):
+    """A worker killed between taking a message and recording it unacknowledged takes it along."""
+    stack.create_lab_services()
+    stack.start_mirror()
+    vanished, later = (stack.producer.submit(lab.SQUARE, {"x": x}) for x in (3, 4))
+    queue = keys.service_queue(stack.service(lab.SQUARE).id)
+    assert stack.redis.rpop(queue)  # the oldest message: what the next delivery takes
+    stack.worker()
+    assert stack.producer.wait(later, timeout=30) == {"square": 16}
+    assert stack.status(vanished) == "REGISTERED"
+    stack.tick()  # published_at is marked by beat
+    wait_for(
+        lambda: stack.tick_looking_for_overtaken(0.2).republished == [vanished],
+        30,
+        "beat to send the vanished job again",
+    )
+    assert stack.producer.wait(vanished, timeout=30) == {"square": 9}
+    assert stack.tick_looking_for_overtaken(0.2).republished == []

@@ -131,6 +131,8 @@ def claim_job(service_id: str) -> Response:
         answer = envelope(job_detail(job), meta=meta, links={"job": _job_url(job.id)})
     # The last moment before the answer leaves: a caller that hung up meanwhile
     # would never run the job, so it is given back rather than lost to the policy.
+    # One that hangs up as the answer is written cannot be told from one that got
+    # it: its job is then held, and its lease and the service's policy decide.
     if gone() and shared.dispatcher.give_back(shared.writing, claimed, worker):
         return no_content()
     return answer
