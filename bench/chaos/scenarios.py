@@ -110,17 +110,7 @@ def mirror_beat_kill(stack: Stack, plan: Plan, rng: random.Random) -> Verdict:
 @scenario("redis-restart")
 def redis_restart(stack: Stack, plan: Plan, rng: random.Random) -> Verdict:
     """SIGKILL redis-server mid-run; start it again on its port and its append-only file."""
-    services = [CHAOS, CHAOS_REQUEUE]
-    base_stack(stack, services)
-    feed = feeder(stack, plan, services, rng)
-    hold(stack, plan.feed_seconds / 3)
-    stack.event("SIGKILL redis-server")
-    stack.redis.kill()
-    hold(stack, plan.outage_seconds)
-    stack.redis.start()
-    stack.event("redis-server started again")
-    hold(stack, plan.feed_seconds / 3)
-    return settle_and_judge(stack, plan, [feed])
+    return _outage(stack, plan, rng, "SIGKILL redis-server", stack.redis.kill, stack.redis.start)
 
 
 # -- 4. postgres-restart -------------------------------------------------------------
@@ -129,15 +119,34 @@ def redis_restart(stack: Stack, plan: Plan, rng: random.Random) -> Verdict:
 @scenario("postgres-restart")
 def postgres_restart(stack: Stack, plan: Plan, rng: random.Random) -> Verdict:
     """Shut PostgreSQL down (fast) mid-run, keep it down a while, start it again."""
+    return _outage(
+        stack,
+        plan,
+        rng,
+        "PostgreSQL fast shutdown",
+        lambda: stack.postgres.stop("fast"),
+        stack.postgres.start,
+    )
+
+
+def _outage(
+    stack: Stack,
+    plan: Plan,
+    rng: random.Random,
+    what: str,
+    stop: Callable[[], None],
+    start: Callable[[], None],
+) -> Verdict:
+    """A server down for ``outage_seconds`` in the middle of a feed of jobs."""
     services = [CHAOS, CHAOS_REQUEUE]
     base_stack(stack, services)
     feed = feeder(stack, plan, services, rng)
     hold(stack, plan.feed_seconds / 3)
-    stack.event("PostgreSQL fast shutdown")
-    stack.postgres.stop("fast")
+    stack.event(what)
+    stop()
     hold(stack, plan.outage_seconds)
-    stack.postgres.start()
-    stack.event("PostgreSQL started again")
+    start()
+    stack.event(f"back after: {what}")
     hold(stack, plan.feed_seconds / 3)
     return settle_and_judge(stack, plan, [feed])
 
