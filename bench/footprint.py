@@ -17,7 +17,7 @@ import redis
 from bench.ours import OurStack
 from bench.payload import SERVICE, parameters
 from bench.servers import wait_until
-from broker import keys
+from broker.messaging import keys
 from broker.settings import Settings
 
 #: Short windows, so that a run waits seconds for the claims to settle, not minutes.

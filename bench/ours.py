@@ -14,10 +14,10 @@ from bench.jobs import STARTED
 from bench.payload import PARAMETERS_SCHEMA, PROBE_SERVICE, RESULTS_SCHEMA, SERVICE, parameters
 from bench.servers import PYTHON, Child, PostgresSchema, python_env
 from bench.stats import percentile
-from broker import keys, outbox
-from broker.database import JobRow, engine_for, open_session
+from broker.messaging import keys, outbox
 from broker.producer import Producer
 from broker.settings import Settings
+from broker.storage.tables import JobRow, engine_for, open_session
 
 #: How many jobs one ``submit_many`` call takes while draining: the worker starts
 #: on the first chunk while the producer validates and records the next.

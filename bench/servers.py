@@ -22,7 +22,7 @@ import psycopg
 import redis
 from sqlalchemy.engine import make_url
 
-from broker.database import create_schema, engine_for
+from broker.storage.tables import create_schema, engine_for
 
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get(

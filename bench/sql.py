@@ -12,11 +12,11 @@ import uuid
 from collections.abc import Callable
 
 from bench.servers import PostgresSchema
-from broker.database import open_session
 from broker.models.interfaces.job import Job
 from broker.models.job_list import JobList
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
+from broker.storage.tables import open_session
 
 Status = Job.JobStatus
 SERVICES = 10

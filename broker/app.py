@@ -6,12 +6,16 @@ from typing import Any
 
 from celery import Celery
 
-from broker.connections import celery_url
+from broker.messaging.connections import celery_url
 from broker.settings import Settings
 
 
 def make_app(settings: Settings, **overrides: Any) -> Celery:
-    """A Celery app on ``settings.broker_url`` with TopChef's tasks registered.
+    """A Celery app on ``settings.broker_url``, configured but with no task registered.
+
+    The command that starts a worker (``broker.worker.boot``) or beat
+    (``broker.beat.process``) registers its own tasks, so a producer's app
+    loads neither.
 
     The Redis visibility timeout is short (a duplicate delivery is refused by
     the job's claim), and unacknowledged messages of dead workers are swept
@@ -26,8 +30,4 @@ def make_app(settings: Settings, **overrides: Any) -> Celery:
         "unacked_restore_throttle": 1,
     }
     app.conf.update(overrides)
-    from broker.tasks import beat, job
-
-    job.register(app)
-    beat.register(app, settings)
     return app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from broker.models.errors import DeserializationError, TopChefError
+from broker.errors import DeserializationError, TopChefError
 from broker.models.interfaces.job import Job
 from broker.settings import Settings
 
@@ -93,56 +92,11 @@ def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str)
 
     Services that do not exist yet are waited for, and served as they appear.
     """
-    import socket
-
-    from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
-
-    from broker import handlers
-    from broker.app import make_app
-    from broker.connections import redis_client, warn_unless_noeviction
-    from broker.worker import ServedService, WorkerRuntime, install
+    from broker.worker.boot import serve
 
     _logging(loglevel)
-    settings = _settings()
     sys.path.insert(0, os.getcwd())
-    for module in modules:
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise click.ClickException(f"cannot import {module!r}: {error}") from None
-    declarations = handlers.declared().values()
-    if not declarations:
-        raise click.ClickException(
-            f"{', '.join(modules)} declares no handler (use @broker.worker.handles)"
-        )
-    warn_unless_noeviction(redis_client(settings.broker_url))
-    runtime = install(WorkerRuntime(settings, declarations))
-    stop = threading.Event()
-    if not runtime.wait_for_services(stop):
-        return
-    app = make_app(settings)
-    nodename = f"topchef-worker-{os.getpid()}@{socket.gethostname()}"
-
-    def serve_new(served: ServedService) -> None:
-        app.control.add_consumer(served.descriptor.queue, destination=[nodename], reply=False)
-        runtime.check_in(available=True)
-
-    def ready(**_: Any) -> None:
-        runtime.start()
-        runtime.watch_directory(serve_new)
-
-    worker_ready.connect(ready, weak=False)
-    worker_shutting_down.connect(lambda **_: runtime.drain(), weak=False)
-    worker_shutdown.connect(lambda **_: runtime.stop(clean=True), weak=False)
-    names = ", ".join(served.descriptor.name for served in runtime.services.values())
-    click.echo(f"serving {names} ({pool}, concurrency {concurrency})", err=True)
-    app.Worker(
-        queues=runtime.queues,
-        pool=pool,
-        concurrency=concurrency,
-        loglevel=loglevel,
-        hostname=nodename,
-    ).start()
+    serve(_settings(), modules, pool=pool, concurrency=concurrency, loglevel=loglevel)
 
 
 @main.command()
@@ -151,8 +105,8 @@ def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str)
 @_user_errors
 def mirror(batch_size: int, loglevel: str) -> None:
     """Mirror job states from the message broker into SQL."""
-    from broker.migrate import upgrade
-    from broker.mirror import Mirror
+    from broker.mirror.process import Mirror
+    from broker.storage.migrate import upgrade
 
     _logging(loglevel)
     settings = _settings()
@@ -162,7 +116,7 @@ def mirror(batch_size: int, loglevel: str) -> None:
         signal.signal(signum, lambda *_: stop.set())
     metrics = None
     if settings.metrics_port:
-        from broker.metrics import serve
+        from broker.ops.metrics import serve
 
         metrics = serve(settings, settings.metrics_port, host=settings.metrics_host)
         click.echo(f"metrics on http://{settings.metrics_host}:{metrics.port}/metrics", err=True)
@@ -179,14 +133,13 @@ def mirror(batch_size: int, loglevel: str) -> None:
 @_user_errors
 def beat(loglevel: str) -> None:
     """Run the periodic tasks: timeouts, lost workers' jobs, the outbox."""
-    from broker import beat as beat_process
-    from broker.app import make_app
-    from broker.migrate import upgrade
+    from broker.beat import process as beat_process
+    from broker.storage.migrate import upgrade
 
     _logging(loglevel)
     settings = _settings()
     upgrade(settings.database_url)
-    beat_process.start(make_app(settings), settings, loglevel)
+    beat_process.start(settings, loglevel)
 
 
 @main.command()
@@ -208,7 +161,7 @@ def api(host: str, port: int, threads: int, loglevel: str) -> None:
     any shared network).
     """
     from broker.gateway import Server
-    from broker.migrate import upgrade
+    from broker.storage.migrate import upgrade
 
     _logging(loglevel)
     settings = _settings()
@@ -230,7 +183,7 @@ def db() -> None:
 @_user_errors
 def db_upgrade() -> None:
     """Apply the schema migrations (a database made before them is stamped)."""
-    from broker.migrate import upgrade
+    from broker.storage.migrate import upgrade
 
     upgrade(_settings().database_url)
     click.echo("database schema is up to date")
@@ -295,8 +248,8 @@ def services_create(
 @_user_errors
 def services_list() -> None:
     """List every service."""
-    from broker.database import open_session
     from broker.models.service_list import ServiceList
+    from broker.storage.tables import open_session
 
     with open_session(_settings().database_url) as session:
         for service in ServiceList(session):
@@ -387,8 +340,8 @@ def jobs_cancel(job_id: uuid.UUID) -> None:
 @_user_errors
 def services_show(name: str) -> None:
     """Show the service NAME, with its schemas."""
-    from broker.database import open_session
     from broker.models.service_list import ServiceList
+    from broker.storage.tables import open_session
 
     with open_session(_settings().database_url) as session:
         click.echo(json.dumps(ServiceList(session).by_name(name).as_dict(), indent=2))
@@ -401,9 +354,9 @@ def services_show(name: str) -> None:
 @_user_errors
 def jobs_list(service_name: str | None, status: str | None, limit: int) -> None:
     """List the newest jobs."""
-    from broker.database import open_session
     from broker.models.job_list import JobList
     from broker.models.service_list import ServiceList
+    from broker.storage.tables import open_session
 
     with open_session(_settings().database_url) as session:
         listing = (
@@ -419,7 +372,7 @@ def jobs_list(service_name: str | None, status: str | None, limit: int) -> None:
 @_user_errors
 def status() -> None:
     """Show every service (availability, check-ins, queue depth) and job counts."""
-    from broker.status import render_status
+    from broker.ops.report import render_status
 
     click.echo(render_status(_settings()))
 
@@ -437,7 +390,7 @@ def status() -> None:
 @_user_errors
 def demo(job_count: int, timeout: float) -> None:
     """Run the whole broker end to end: no configuration, nothing left behind."""
-    from broker.demo import run_demo
+    from broker.ops.demo import run_demo
 
     run_demo(job_count, timeout)
 
@@ -459,7 +412,7 @@ def up(workers: tuple[str, ...], concurrency: int) -> None:
     Unconfigured, it starts an embedded Redis and uses topchef.sqlite3 here;
     other `topchef` commands run in this directory find it.
     """
-    from broker.supervisor import local_stack
+    from broker.ops.supervisor import local_stack
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

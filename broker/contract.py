@@ -38,7 +38,7 @@ from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.protocols import Validator
 from referencing import Registry
 
-from broker.models.errors import DeserializationError, InvalidSchemaError
+from broker.errors import DeserializationError, InvalidSchemaError
 from broker.precheck import Precheck, compile_precheck
 
 #: How deep a schema or a payload may nest (objects and arrays).

@@ -14,10 +14,32 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from broker.models.errors import ConfigurationError
+import redis
+
+from broker.errors import ConfigurationError
 
 PREFIX = "TOPCHEF_"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+
+#: Where an embedded stack (``broker.ops.embedded``) keeps its Redis data and
+#: announces its URL, for every command started in the same directory to find.
+STATE_DIR = ".topchef"
+URL_FILE = "broker.url"
+
+
+def announced_url(directory: Path | None = None) -> str | None:
+    """The URL of an embedded Redis running for ``directory``, if one answers."""
+    path = (directory or Path.cwd()) / STATE_DIR / URL_FILE
+    try:
+        url = path.read_text().strip()
+    except OSError:
+        return None
+    try:
+        redis.Redis.from_url(url.replace("redis+socket://", "unix://"), socket_timeout=1).ping()
+    except (redis.RedisError, OSError, ValueError):
+        return None  # a stale file from a stack that has stopped
+    return url
 
 
 def _package_version() -> str:
@@ -99,8 +121,6 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         if environ is None and not env.get(PREFIX + "BROKER_URL", "").strip():
-            from broker.embedded import announced_url
-
             embedded = announced_url()
             if embedded:  # a `topchef up` running in this directory
                 values["broker_url"] = embedded

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from broker.database import create_schema, engine_for, forget_engine, metadata, open_session
+from broker.storage.tables import create_schema, engine_for, forget_engine, metadata, open_session
 
 # -- SQL databases ------------------------------------------------------------
 #

@@ -15,15 +15,15 @@ import redis
 import sqlalchemy as sa
 from support import Process, wait_for
 
-from broker import keys
-from broker.batches import Batches
-from broker.claims import Claims
-from broker.connections import redis_client
-from broker.database import JobRow, ServiceRow, open_session
-from broker.mirror import Mirror
+from broker.beat.recovery import TickReport, tick
+from broker.messaging import keys
+from broker.messaging.batches import Batches
+from broker.messaging.claims import Claims
+from broker.messaging.connections import redis_client
+from broker.mirror.process import Mirror
 from broker.producer import Producer
-from broker.recovery import TickReport, tick
 from broker.settings import Settings
+from broker.storage.tables import JobRow, ServiceRow, open_session
 
 
 class Stack:

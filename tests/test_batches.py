@@ -9,9 +9,9 @@ import lab
 import pytest
 from support import wait_for
 
-from broker import keys
-from broker.messages import JobBatch, JobMessage, batched
-from broker.models.errors import DeserializationError
+from broker.errors import DeserializationError
+from broker.messaging import keys
+from broker.messaging.messages import JobBatch, JobMessage, batched
 
 SERVICE = uuid.uuid4()
 OTHER = uuid.uuid4()

@@ -10,14 +10,14 @@ import pytest
 import sqlalchemy as sa
 from support import wait_for
 
-from broker.database import JobRow, open_session
-from broker.models.errors import (
+from broker.errors import (
     DeserializationError,
     InvalidTransitionError,
     JobCancelledError,
     JobFailedError,
     ServiceWithNameNotFound,
 )
+from broker.storage.tables import JobRow, open_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -125,8 +125,8 @@ def test_a_pickled_message_is_refused(stack):
     """JSON only on the wire: a worker never deserialises pickle."""
     from kombu import Connection
 
-    from broker import keys
-    from broker.connections import celery_url
+    from broker.messaging import keys
+    from broker.messaging.connections import celery_url
 
     stack.create_lab_services()
     worker = stack.worker()

@@ -8,10 +8,10 @@ import pytest
 import redis
 from support import wait_for
 
-from broker import keys
-from broker.claims import ClaimResult, Claims
-from broker.connections import warn_unless_noeviction
-from broker.messages import StateMessage, parameters_digest
+from broker.messaging import keys
+from broker.messaging.claims import ClaimResult, Claims
+from broker.messaging.connections import warn_unless_noeviction
+from broker.messaging.messages import StateMessage, parameters_digest
 
 pytestmark = pytest.mark.redis
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.contract import MAX_BYTES, MAX_DEPTH, Contract, compile_contract
-from broker.models.errors import DeserializationError, InvalidSchemaError
+from broker.errors import DeserializationError, InvalidSchemaError
 
 
 def test_compiled_once_and_reused():

@@ -11,7 +11,7 @@ import lab
 import pytest
 from support import wait_for
 
-from broker import keys
+from broker.messaging import keys
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

@@ -11,11 +11,11 @@ import multiprocessing
 import pytest
 import sqlalchemy as sa
 
-from broker import keys
-from broker.connections import redis_client
-from broker.database import JobRow, create_schema, open_session
+from broker.messaging import keys
+from broker.messaging.connections import redis_client
 from broker.producer import Producer
 from broker.settings import Settings
+from broker.storage.tables import JobRow, create_schema, open_session
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 import pytest
 from support import wait_for
 
-from broker import keys
 from broker.gateway.dispatch import Dispatcher
-from broker.mirror import Mirror
+from broker.messaging import keys
+from broker.mirror.process import Mirror
 
 pytest_plugins = ["gateway_support"]
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

@@ -12,7 +12,7 @@ import uuid
 import lab
 import pytest
 
-from broker import keys
+from broker.messaging import keys
 
 pytest_plugins = ["gateway_support"]  # the gateway and api fixtures
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -347,7 +347,7 @@ def test_queue_and_next_show_the_oldest_unclaimed_jobs(api, stack):
 
 
 def _working(stack, service, job):
-    from broker.messages import StateMessage
+    from broker.messaging.messages import StateMessage
 
     return StateMessage(
         "status", uuid.UUID(service), uuid.UUID(job), status="WORKING", worker="celery@lab"

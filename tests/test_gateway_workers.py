@@ -14,7 +14,7 @@ import pytest
 import requests
 from support import wait_for
 
-from broker import keys
+from broker.messaging import keys
 
 pytest_plugins = ["gateway_support"]  # the gateway and api fixtures
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]

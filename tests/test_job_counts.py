@@ -16,11 +16,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from broker.database import JobCountRow, JobRow, ServiceRow, database_now, open_session
 from broker.models.job import Job
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
-from broker.submission import add_jobs
+from broker.producer.submission import add_jobs
+from broker.storage.tables import JobCountRow, JobRow, ServiceRow, database_now, open_session
 
 Status = Job.JobStatus
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}

@@ -13,8 +13,9 @@ import lab
 import pytest
 from support import wait_for
 
-from broker import attempts, keys
-from broker.database import JobRow, open_session
+from broker.messaging import keys
+from broker.models import attempts
+from broker.storage.tables import JobRow, open_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session
 
-from broker import attempts, lifecycle
-from broker.database import JobRow, database_now
-from broker.lifecycle import Move, Status
+from broker.models import attempts, lifecycle
+from broker.models.lifecycle import Move, Status
 from broker.models.service import Service
+from broker.storage.tables import JobRow, database_now
 
 SCHEMA = {"type": "object"}
 

@@ -14,13 +14,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from support import wait_for
 
-from broker import keys
-from broker.database import database_now, open_session
-from broker.messages import StateMessage
-from broker.metrics import MetricsServer, serve
-from broker.mirror import Mirror
-from broker.models.errors import ConfigurationError
+from broker.errors import ConfigurationError
+from broker.messaging import keys
+from broker.messaging.messages import StateMessage
+from broker.mirror.process import Mirror
+from broker.ops.metrics import MetricsServer, serve
 from broker.settings import Settings
+from broker.storage.tables import database_now, open_session
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -156,7 +156,7 @@ def test_redis_down_still_serves_the_database_metrics(stack, metrics, caplog):
     stack.producer.submit(lab.SQUARE, {"x": 1})
     down = serve(dataclasses.replace(stack.settings, broker_url=CLOSED_REDIS), 0)
     try:
-        with caplog.at_level(logging.WARNING, logger="broker.metrics"):
+        with caplog.at_level(logging.WARNING, logger="broker.ops.metrics"):
             families = scrape(down)
     finally:
         down.close()
@@ -206,7 +206,7 @@ def test_unmarked_publications_count_what_beat_has_yet_to_mark(stack, metrics):
 
 
 def test_refused_deliveries_are_counted_by_reason(stack, metrics):
-    from broker.worker import WorkerRuntime
+    from broker.worker.runtime import WorkerRuntime
 
     runtime = WorkerRuntime(stack.settings, [])
     for reason in ("unregistered", "unregistered", "altered"):

@@ -23,9 +23,9 @@ from alembic.runtime.migration import MigrationContext
 from conftest import BACKENDS, POSTGRES_URL
 from sqlalchemy.engine import Connection, make_url
 
-from broker import job_counts, migrate
-from broker.database import create_schema, engine_for, metadata, open_session
-from broker.models.errors import ConfigurationError
+from broker.errors import ConfigurationError
+from broker.storage import job_counts, migrate
+from broker.storage.tables import create_schema, engine_for, metadata, open_session
 
 DDL = re.compile(r"^\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
 
@@ -54,7 +54,7 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def schema_differences(url: str) -> list[Any]:
-    """What differs between the database's schema and ``broker.database.metadata``.
+    """What differs between the database's schema and ``broker.storage.tables.metadata``.
 
     Alembic compares tables, columns, types, nullability, indexes and unique
     constraints, but not a foreign key's ON DELETE nor a partial index's
@@ -175,7 +175,7 @@ def test_a_database_made_by_create_schema_is_stamped_and_keeps_its_rows(empty_ur
 
 def test_processes_starting_together_migrate_once(empty_url: str) -> None:
     """Mirror, beat and the API start at once and each upgrades: one migrates, none fails."""
-    code = "import sys; from broker.migrate import upgrade; upgrade(sys.argv[1])"
+    code = "import sys; from broker.storage.migrate import upgrade; upgrade(sys.argv[1])"
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", code, empty_url],

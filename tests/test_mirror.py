@@ -9,9 +9,9 @@ from datetime import datetime
 import lab
 import pytest
 
-from broker import keys
-from broker.messages import StateMessage
-from broker.mirror import Mirror
+from broker.messaging import keys
+from broker.messaging.messages import StateMessage
+from broker.mirror.process import Mirror
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

@@ -14,8 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from broker.database import JobRow, ServiceRow, database_now, open_session
-from broker.models.errors import (
+from broker.errors import (
     DeserializationError,
     DuplicateServiceNameError,
     ImmutableFieldError,
@@ -27,6 +26,7 @@ from broker.models.job import Job
 from broker.models.job_list import JobList
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
+from broker.storage.tables import JobRow, ServiceRow, database_now, open_session
 
 Status = Job.JobStatus
 
@@ -445,7 +445,7 @@ def test_a_job_moves_forward_and_records_when(session):
     assert job.date_finished.tzinfo is not None
 
 
-#: Forward-only (broker.lifecycle): REGISTERED may start, end or be cancelled;
+#: Forward-only (broker.models.lifecycle): REGISTERED may start, end or be cancelled;
 #: WORKING may end; nothing leaves COMPLETED, ERROR or CANCELLED.
 ALLOWED = {
     (Status.REGISTERED, Status.WORKING),

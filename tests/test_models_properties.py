@@ -17,10 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
-from broker.database import create_schema, engine_for, open_session
-from broker.models.errors import DeserializationError
+from broker.errors import DeserializationError
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
+from broker.storage.tables import create_schema, engine_for, open_session
 
 SCHEMA = {
     "type": "object",

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from test_contract import json_values
 
 from broker.contract import MAX_BYTES, MAX_DEPTH, Contract
-from broker.models.errors import DeserializationError
+from broker.errors import DeserializationError
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 from support import wait_for
 
-from broker import keys
-from broker.database import JobRow, open_session
+from broker.messaging import keys
 from broker.models.service_list import ServiceList
+from broker.storage.tables import JobRow, open_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

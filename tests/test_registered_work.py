@@ -14,10 +14,10 @@ import pytest
 from celery import Celery
 from support import wait_for
 
-from broker import keys
-from broker.connections import celery_url, text
-from broker.database import JobRow, ServiceRow, open_session
+from broker.messaging import keys
+from broker.messaging.connections import celery_url, text
 from broker.models.service import Service
+from broker.storage.tables import JobRow, ServiceRow, open_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

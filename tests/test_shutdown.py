@@ -18,7 +18,7 @@ import lab
 import pytest
 from support import environment, wait_for
 
-from broker.database import JobRow, open_session
+from broker.storage.tables import JobRow, open_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

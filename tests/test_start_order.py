@@ -11,8 +11,8 @@ import lab
 import pytest
 from support import wait_for
 
-from broker.database import open_session
 from broker.models.service import Service
+from broker.storage.tables import open_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 

@@ -12,13 +12,13 @@ import pytest
 import sqlalchemy as sa
 from support import wait_for
 
-from broker import keys
-from broker.database import JobRow, database_now, open_session
-from broker.models.errors import DeserializationError, ServiceWithNameNotFound
+from broker.errors import DeserializationError, ServiceWithNameNotFound
+from broker.messaging import keys
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
 from broker.producer import Producer
-from broker.submission import add_jobs
+from broker.producer.submission import add_jobs
+from broker.storage.tables import JobRow, database_now, open_session
 
 AWKWARD = [
     {"text": "tab\there, newline\nhere, CR\r, backslash \\ and \\\\N, quote \" and '"},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from broker.wire import REPR_MAX, TaskEncoder
+from broker.messaging.celery_wire import REPR_MAX, TaskEncoder
 
 
 class Clock:

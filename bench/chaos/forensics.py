@@ -17,8 +17,8 @@ from typing import Any
 
 import redis
 
-from broker import keys
-from broker.connections import text
+from broker.messaging import keys
+from broker.messaging.connections import text
 
 #: kombu's Redis transport keeps delivered, unacknowledged messages here.
 UNACKED = "unacked"

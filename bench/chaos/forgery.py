@@ -1,7 +1,7 @@
 """Deliveries no producer made, sent the way anyone with the Redis URL could.
 
 A plain Celery app, knowing only TopChef's task name, queue names and the
-shape of a job message's keyword arguments (``broker.messages.JobMessage.
+shape of a job message's keyword arguments (``broker.messaging.messages.JobMessage.
 task_kwargs``), spelled out here by hand as an outsider would: nothing of the
 broker's own publishing code is used, so whatever the broker adds to its own
 messages, these carry only what a forger can know.
@@ -15,7 +15,7 @@ from typing import Any
 
 import celery
 
-#: TopChef's task that runs one job (``broker.keys.JOB_TASK``), as seen from outside.
+#: TopChef's task that runs one job (``broker.messaging.keys.JOB_TASK``), as seen from outside.
 JOB_TASK = "topchef.job"
 
 

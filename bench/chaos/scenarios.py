@@ -26,9 +26,9 @@ from bench.chaos.services import CHAOS, CHAOS_REQUEUE, SPECS, THERMOMETER
 from bench.chaos.settle import hold, settle_and_judge
 from bench.chaos.stack import Stack, poll_until
 from bench.servers import free_port, wait_until
-from broker.database import open_session
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
+from broker.storage.tables import open_session
 
 Scenario = Callable[[Stack, Plan, random.Random], Verdict]
 SCENARIOS: dict[str, Scenario] = {}

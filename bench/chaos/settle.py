@@ -19,7 +19,7 @@ from bench.chaos.audit import Snapshot, Verdict, judge
 from bench.chaos.load import Feeder
 from bench.chaos.plan import Plan
 from bench.chaos.stack import Stack, poll_until
-from broker import keys
+from broker.messaging import keys
 
 
 def hold(stack: Stack, seconds: float, revive: bool = True) -> None:

@@ -26,10 +26,10 @@ from bench.chaos.processes import Child
 from bench.chaos.servers import PostgresCluster, RedisServer
 from bench.chaos.services import SPECS
 from bench.servers import python_env, wait_until
-from broker.database import forget_engine
-from broker.migrate import upgrade
 from broker.producer import Producer
 from broker.settings import Settings
+from broker.storage.migrate import upgrade
+from broker.storage.tables import forget_engine
 
 log = logging.getLogger(__name__)
 

@@ -23,18 +23,18 @@ from werkzeug.exceptions import (
     RequestEntityTooLarge,
 )
 
-from broker.gateway import jobs, metadata, openapi, queue, services, validator
-from broker.gateway.auth import check_token
-from broker.gateway.context import Gateway, gateway
-from broker.gateway.envelope import error_response
-from broker.gateway.errors import PayloadTooLargeError, RouteNotFoundError, ServerError
-from broker.models.errors import (
+from broker.errors import (
     BrokerUnavailableError,
     ConflictError,
     DeserializationError,
     MethodNotAllowedError,
     TopChefError,
 )
+from broker.gateway import jobs, metadata, openapi, queue, services, validator
+from broker.gateway.auth import check_token
+from broker.gateway.context import Gateway, gateway
+from broker.gateway.envelope import error_response
+from broker.gateway.errors import PayloadTooLargeError, RouteNotFoundError, ServerError
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -9,14 +9,14 @@ from collections.abc import Callable, Iterator
 from flask import current_app, request
 from sqlalchemy.orm import Session
 
-from broker.connections import redis_client
-from broker.database import JobRow, ServiceRow, open_session
+from broker.errors import JobWithUUIDNotFound, ServiceWithUUIDNotFound
 from broker.gateway.dispatch import HTTP_PREFIX, Dispatcher
 from broker.gateway.envelope import parse_id
-from broker.models.errors import JobWithUUIDNotFound, ServiceWithUUIDNotFound
+from broker.messaging.connections import redis_client
 from broker.models.service import Service
 from broker.producer import Producer
 from broker.settings import Settings
+from broker.storage.tables import JobRow, ServiceRow, open_session
 
 
 class Gateway:

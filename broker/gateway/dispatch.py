@@ -1,6 +1,6 @@
 """Handing jobs to HTTP workers, on the same claims that Celery workers take.
 
-Who runs a job is decided by its claim in Redis (``broker.claims``), never by
+Who runs a job is decided by its claim in Redis (``broker.messaging.claims``), never by
 SQL: an HTTP worker claims a job with the same Lua script a Celery worker runs,
 so a job one of them holds is refused to the other, and two HTTP workers
 polling one service never get the same job. After a claim wins, the SQL row is
@@ -30,14 +30,15 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from broker import keys, lifecycle, outbox
-from broker.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims
-from broker.connections import text
-from broker.database import JobRow, ServiceRow, database_now
 from broker.gateway.errors import ClaimConflictError
-from broker.lifecycle import Move
-from broker.messages import StateMessage
+from broker.messaging import keys, outbox
+from broker.messaging.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims
+from broker.messaging.connections import text
+from broker.messaging.messages import StateMessage
+from broker.models import lifecycle
+from broker.models.lifecycle import Move
 from broker.models.service import Service
+from broker.storage.tables import JobRow, ServiceRow, database_now
 
 Status = lifecycle.Status
 log = logging.getLogger(__name__)
@@ -297,7 +298,7 @@ class Dispatcher:
         """End a job an HTTP worker runs (claiming it first if nobody has yet).
 
         A report that arrives after beat gave the claim up is recorded all the
-        same: the mirror applies it as a late outcome (``broker.mirror``).
+        same: the mirror applies it as a late outcome (``broker.mirror.process``).
         """
         unclaimed = Status(job.status) is Status.REGISTERED and self.holder(job.id).state is None
         if unclaimed and self.claim(session, job, timeout, worker) is not ClaimResult.CLAIMED:

@@ -17,8 +17,8 @@ from urllib.parse import urlencode
 
 from flask import Response, request
 
+from broker.errors import DeserializationError, NotUUIDError, TopChefError
 from broker.gateway.errors import ErrorList, RequestNotJSONError
-from broker.models.errors import DeserializationError, NotUUIDError, TopChefError
 from broker.models.interfaces.job import Job
 
 Status = Job.JobStatus

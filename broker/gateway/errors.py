@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from broker.models.errors import (
+from broker.errors import (
     ConflictError,
     DeserializationError,
     TopChefError,

@@ -21,9 +21,8 @@ from typing import Any
 from flask import Flask, Response, url_for
 from sqlalchemy.orm import Session
 
-from broker.claims import ClaimResult
 from broker.contract import Contract, compile_contract
-from broker.database import JobRow, ServiceRow
+from broker.errors import DeserializationError, InvalidTransitionError
 from broker.gateway.context import find_job, gateway, http_worker
 from broker.gateway.envelope import (
     DEFAULT_PAGE,
@@ -37,10 +36,11 @@ from broker.gateway.envelope import (
 )
 from broker.gateway.errors import ClaimConflictError
 from broker.gateway.representation import job_detail, job_meta, job_overview
-from broker.lifecycle import TERMINAL, Status
-from broker.models.errors import DeserializationError, InvalidTransitionError
+from broker.messaging.claims import ClaimResult
 from broker.models.job import Job
 from broker.models.job_list import JobList
+from broker.models.lifecycle import TERMINAL, Status
+from broker.storage.tables import JobRow, ServiceRow
 
 
 def register(app: Flask) -> None:

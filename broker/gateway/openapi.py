@@ -10,7 +10,7 @@ from broker.gateway.context import gateway
 from broker.gateway.dispatch import MAX_WAIT
 from broker.gateway.envelope import MAX_PAGE
 from broker.gateway.services import MAX_ATTEMPTS, MAX_TIMEOUT
-from broker.lifecycle import Status
+from broker.models.lifecycle import Status
 
 JSON = "application/json"
 STATUSES = [status.value for status in Status]

@@ -12,7 +12,6 @@ from typing import Any
 
 from flask import Flask, Response, url_for
 
-from broker.database import JobRow
 from broker.gateway.context import caller_gone, find_service, gateway, http_worker
 from broker.gateway.dispatch import MAX_WAIT
 from broker.gateway.envelope import (
@@ -31,6 +30,7 @@ from broker.gateway.envelope import (
 from broker.gateway.representation import job_detail, job_meta
 from broker.models.job import Job
 from broker.models.service import Service
+from broker.storage.tables import JobRow
 
 #: TopChef's queue shows this many of the oldest REGISTERED jobs.
 QUEUE_LENGTH = 10

@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import Flask, Response, url_for
 
+from broker.errors import DeserializationError
 from broker.gateway.context import find_service, gateway
 from broker.gateway.envelope import envelope, field, has_body, json_body, require
 from broker.gateway.representation import service_detail, service_meta, service_overview
-from broker.models.errors import DeserializationError
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
 

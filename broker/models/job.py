@@ -8,11 +8,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from broker import lifecycle
 from broker.contract import compile_contract
-from broker.database import JobRow, ServiceRow, database_now
+from broker.models import lifecycle
 from broker.models.interfaces.job import JSON
 from broker.models.interfaces.job import Job as JobInterface
+from broker.storage.tables import JobRow, ServiceRow, database_now
 
 
 class Job(JobInterface):

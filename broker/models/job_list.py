@@ -3,7 +3,7 @@
 As the seed's "Job List From Query" observed, the two lists differ only by the
 ``WHERE`` clause they start from; here that clause is a constructor argument.
 All of one service's jobs (``of_service``) are also counted without reading
-them: the database keeps that count (``broker.job_counts``).
+them: the database keeps that count (``broker.storage.job_counts``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from broker.database import JobCountRow, JobRow
 from broker.models.interfaces.job import Job as JobInterface
 from broker.models.interfaces.job_list import JobList as JobListInterface
 from broker.models.job import Job
+from broker.storage.tables import JobCountRow, JobRow
 
 _BATCH = 500
 

@@ -10,20 +10,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from broker import outbox
 from broker.contract import Contract, compile_contract
-from broker.database import JobRow, ServiceRow, database_now
-from broker.messages import JobMessage
-from broker.models.errors import (
+from broker.errors import (
     DeserializationError,
     DuplicateServiceNameError,
     ImmutableFieldError,
 )
+from broker.messaging import outbox
+from broker.messaging.messages import JobMessage
 from broker.models.interfaces.job import JSON
 from broker.models.interfaces.job import Job as JobInterface
 from broker.models.interfaces.service import Service as ServiceInterface
 from broker.models.job import Job
 from broker.models.job_list import JobList
+from broker.storage.tables import JobRow, ServiceRow, database_now
 
 #: What happens to a job whose worker died while running it.
 WORKER_LOSS_POLICIES = ("fail", "requeue")
@@ -207,7 +207,7 @@ class Service(ServiceInterface):
         """Validate ``parameters`` and add a REGISTERED job; nothing is added if invalid.
 
         The job's message is published to the service's queue when the
-        session commits (see ``broker.outbox``), never before.
+        session commits (see ``broker.messaging.outbox``), never before.
         """
         self.registration_contract.validate(parameters, source="parameters")
         if sa.inspect(self._row).pending:

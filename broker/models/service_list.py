@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from broker.database import ServiceRow
-from broker.models.errors import ServiceWithNameNotFound
+from broker.errors import ServiceWithNameNotFound
 from broker.models.interfaces.service import Service as ServiceInterface
 from broker.models.interfaces.service_list import ServiceList as ServiceListInterface
 from broker.models.service import Service
+from broker.storage.tables import ServiceRow
 
 
 class ServiceList(ServiceListInterface):

@@ -1,4 +1,4 @@
-"""Beat's periodic task: one tick of ``broker.recovery`` every ``beat_interval``."""
+"""Beat's periodic task: one tick of ``broker.beat.recovery`` every ``beat_interval``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery
 
-from broker import keys
+from broker.messaging import keys
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def register(app: Celery, settings: Settings) -> None:
     """
 
     def tick() -> dict[str, Any]:
-        from broker.beat import run_tick
+        from broker.beat.tick import run_tick
 
         return run_tick(app, settings)
 

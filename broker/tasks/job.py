@@ -14,8 +14,8 @@ import redis
 from celery import Celery
 from celery.exceptions import Reject
 
-from broker import keys
-from broker.worker import Refused, current_runtime
+from broker.messaging import keys
+from broker.worker.runtime import Refused, current_runtime
 
 
 def run_job(*args: Any, **fields: Any) -> str:

@@ -1,0 +1,259 @@
+"""What beat does every few seconds: timeouts, lost workers' jobs and batches, the outbox.
+
+Each function reads SQL, decides, and writes through a compare-and-set, so two
+beat processes running at once by mistake never double a transition: the
+second finds the row already moved and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from broker.messaging import outbox
+from broker.messaging.batches import Batches
+from broker.messaging.claims import Claims
+from broker.messaging.messages import JobMessage
+from broker.messaging.outbox import Publisher
+from broker.models import lifecycle
+from broker.models.lifecycle import Move
+from broker.models.service import Service
+from broker.storage.tables import JobRow, ServiceRow, database_now
+
+log = logging.getLogger(__name__)
+Status = lifecycle.Status
+
+#: The outbox is drained in chunks this size, so one tick never loads it all.
+OUTBOX_CHUNK = 1000
+#: How many of each service's oldest REGISTERED jobs are checked for a lost message.
+OVERTAKEN_CANDIDATES = 20
+
+
+@dataclass
+class TickReport:
+    """What one beat tick changed, for logs and tests."""
+
+    timed_out: list[uuid.UUID] = field(default_factory=list)
+    requeued: list[uuid.UUID] = field(default_factory=list)
+    failed: list[uuid.UUID] = field(default_factory=list)
+    published: int = 0
+    #: Jobs sent again because their message vanished (``republish_overtaken``).
+    republished: list[uuid.UUID] = field(default_factory=list)
+
+
+def evaluate_timeouts(session: Session, now: datetime) -> list[uuid.UUID]:
+    """Mark services that stopped checking in as timed out and unavailable.
+
+    Judged on the database's clock, against check-in times the mirror wrote
+    on that same clock, so a lab machine's wrong clock cannot time it out.
+    """
+    rows = session.execute(
+        sa.select(ServiceRow.id, ServiceRow.timeout, ServiceRow.last_checked_in).where(
+            ServiceRow.timed_out_at.is_(None)
+        )
+    ).all()
+    timed_out = []
+    for service_id, timeout, last_checked_in in rows:
+        if now - last_checked_in <= timedelta(seconds=timeout):
+            continue
+        moved = session.execute(  # type: ignore[attr-defined]
+            sa.update(ServiceRow)
+            .where(
+                ServiceRow.id == service_id,
+                ServiceRow.timed_out_at.is_(None),
+                ServiceRow.last_checked_in == last_checked_in,
+            )
+            .values(timed_out_at=now, is_service_available=False)
+        ).rowcount
+        if moved:
+            log.warning("service %s timed out (no check-in for %.1f s)", service_id, timeout)
+            timed_out.append(service_id)
+    return timed_out
+
+
+def recover_lost_jobs(
+    session: Session, claims: Claims, publisher: Publisher, now: datetime
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """Apply each service's worker-loss policy to WORKING jobs whose lease lapsed.
+
+    Returns the jobs re-queued and the jobs failed.
+    """
+    rows = session.execute(
+        sa.select(JobRow, ServiceRow)
+        .join(ServiceRow, ServiceRow.id == JobRow.service_id)
+        .where(JobRow.status == Status.WORKING.value)
+    ).all()
+    requeue_messages: list[JobMessage] = []
+    failures: list[Move] = []
+    for job, service in rows:
+        requeue = service.worker_loss_policy == "requeue"
+        recovery = claims.recover(job.id, requeue, service.max_attempts)
+        if recovery.verdict == "requeue":
+            requeue_messages.append(Service(service).message_for(job, recovery.attempt))
+        elif recovery.verdict in ("fail", "exhausted", "lost"):
+            detail = (
+                f"worker lost on each of {recovery.attempt} attempts; giving up"
+                if recovery.verdict == "exhausted"
+                else f"worker lost while running the job (attempt {recovery.attempt}); "
+                "the service's worker-loss policy is 'fail', so it was not run again"
+            )
+            columns = {"detail": detail, "presumed_lost_at": now}
+            failures.append(Move(job.id, now, columns, attempt=recovery.attempt))
+    lifecycle.advance(session, Status.ERROR, failures)
+    if requeue_messages:
+        publisher.publish_jobs(requeue_messages)
+    return [m.job_id for m in requeue_messages], [move.job_id for move in failures]
+
+
+def publish_outbox(session: Session, publisher: Publisher, now: datetime, grace: float) -> int:
+    """Publish committed jobs whose producer died before publishing them.
+
+    A job younger than ``grace`` is left to its producer, which is likely
+    publishing it right now; were both to publish, the claim would still run
+    it once.
+    """
+    cutoff = now - timedelta(seconds=grace)
+    published = 0
+    while True:
+        rows = session.execute(
+            sa.select(JobRow, ServiceRow)
+            .join(ServiceRow, ServiceRow.id == JobRow.service_id)
+            .where(
+                JobRow.published_at.is_(None),
+                JobRow.status == Status.REGISTERED.value,
+                JobRow.date_submitted < cutoff,
+            )
+            .order_by(JobRow.date_submitted)
+            .limit(OUTBOX_CHUNK)
+        ).all()
+        if not rows:
+            return published
+        messages = [Service(service).message_for(job) for job, service in rows]
+        publisher.publish_jobs(messages)
+        outbox.mark_published(session.get_bind(), [m.job_id for m in messages])
+        published += len(messages)
+        session.expire_all()
+
+
+def requeue_abandoned_batches(
+    session: Session, batches: Batches, publisher: Publisher
+) -> list[uuid.UUID]:
+    """Send again, one by one, the jobs a dead worker's batches never started.
+
+    Only jobs still REGISTERED are sent: one cancelled meanwhile stays so. The
+    original batch message may come back too (a visibility timeout); the
+    claims let each job run once all the same.
+    """
+    abandoned = batches.abandoned()
+    job_ids = [job_id for ids in abandoned.values() for job_id in ids]
+    messages: list[JobMessage] = []
+    for start in range(0, len(job_ids), OUTBOX_CHUNK):
+        rows = session.execute(
+            sa.select(JobRow, ServiceRow)
+            .join(ServiceRow, ServiceRow.id == JobRow.service_id)
+            .where(
+                JobRow.id.in_(job_ids[start : start + OUTBOX_CHUNK]),
+                JobRow.status == Status.REGISTERED.value,
+            )
+            .order_by(JobRow.date_submitted)
+        ).all()
+        messages += [Service(service).message_for(job) for job, service in rows]
+    if messages:
+        publisher.publish_jobs(messages)
+        log.warning("re-queued %d job(s) of batches whose worker was lost", len(messages))
+    batches.forget(list(abandoned))
+    return [message.job_id for message in messages]
+
+
+def republish_overtaken(
+    session: Session, claims: Claims, publisher: Publisher, now: datetime, stale: float
+) -> list[uuid.UUID]:
+    """Send again the jobs whose message vanished: later jobs of their queue have run.
+
+    A queue is first in, first out. A worker killed just after it took a
+    message, before kombu recorded it as unacknowledged, takes the message
+    with it for good, and its job would stay REGISTERED with nothing to
+    deliver it. So a published REGISTERED job, unclaimed in Redis, while a job
+    submitted after it started more than ``stale`` seconds ago (longer than a
+    redelivery takes), has lost its message.
+    Only the oldest jobs of each service are looked at; sending a job again
+    whose message was only slow is harmless (its claim runs it once).
+    """
+    cutoff = now - timedelta(seconds=stale)
+    later = sa.orm.aliased(JobRow)
+    overtaken = (
+        sa.exists()
+        .where(
+            later.service_id == JobRow.service_id,
+            later.date_submitted > JobRow.date_submitted,
+            later.date_started < cutoff,
+        )
+        .correlate(JobRow)
+    )
+    messages: list[JobMessage] = []
+    for service in session.scalars(sa.select(ServiceRow)).all():
+        oldest = (
+            sa.select(JobRow.id)
+            .where(JobRow.service_id == service.id, JobRow.status == Status.REGISTERED.value)
+            .order_by(JobRow.date_submitted)
+            .limit(OVERTAKEN_CANDIDATES)
+            .scalar_subquery()
+        )
+        rows = session.scalars(
+            sa.select(JobRow).where(
+                JobRow.id.in_(oldest), JobRow.published_at.is_not(None), overtaken
+            )
+        ).all()
+        unclaimed = claims.unclaimed([row.id for row in rows])
+        messages += [Service(service).message_for(row) for row in rows if row.id in unclaimed]
+    if messages:
+        publisher.publish_jobs(messages)
+        log.warning(
+            "re-published %d job(s) whose message was lost (jobs after them have run)",
+            len(messages),
+        )
+    return [message.job_id for message in messages]
+
+
+def sync_directory(session: Session, publisher: Publisher) -> None:
+    """Re-publish every service's descriptor, healing a directory Redis lost."""
+    rows = session.scalars(sa.select(ServiceRow)).all()
+    publisher.publish_services([outbox.descriptor_of(row) for row in rows])
+
+
+def tick(
+    session: Session,
+    claims: Claims,
+    batches: Batches,
+    publisher: Publisher,
+    grace: float,
+    overtaken_after: float | None = None,
+) -> TickReport:
+    """One round of beat's duties, each committed on its own.
+
+    ``overtaken_after`` (seconds) also looks for jobs whose message vanished
+    (``republish_overtaken``); beat does so once per redelivery window.
+    """
+    report = TickReport()
+    sync_directory(session, publisher)
+    session.commit()
+    now = database_now(session)
+    report.timed_out = evaluate_timeouts(session, now)
+    session.commit()
+    report.requeued, report.failed = recover_lost_jobs(session, claims, publisher, now)
+    session.commit()
+    claims.settle(report.failed)
+    report.requeued += requeue_abandoned_batches(session, batches, publisher)
+    session.commit()
+    if overtaken_after is not None:
+        report.republished = republish_overtaken(session, claims, publisher, now, overtaken_after)
+        session.commit()
+    outbox.mark_taken(session.get_bind(), publisher)
+    report.published = publish_outbox(session, publisher, database_now(session), grace)
+    session.commit()
+    return report

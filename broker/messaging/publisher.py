@@ -1,0 +1,152 @@
+"""Publishing what producers commit: job messages to Celery, descriptors to the directory.
+
+A sweep of thousands of jobs must leave in a few Redis round trips, not one
+each: ``send_task`` costs ~0.4 ms of Python per message plus a round trip for
+the message and another for its ``task-sent`` event. So job messages are
+built here (``broker.messaging.celery_wire``), in Celery's documented task protocol (version 2)
+and the envelope kombu's Redis transport stores, and pushed with their ``task-sent`` events
+(for Flower) through one Redis pipeline. Workers consume them with stock
+Celery; ``tests/test_broker_e2e.py`` and ``tests/test_flower.py`` run both ends.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.utils.time import utcoffset
+
+from broker.messaging import keys
+from broker.messaging.celery_wire import EVENT_EXCHANGE, SENT_ROUTING_KEY, TaskEncoder
+from broker.messaging.claims import Claims
+from broker.messaging.connections import text
+from broker.messaging.messages import (
+    JobBatch,
+    JobMessage,
+    ServiceDescriptor,
+    batched,
+    parameters_digest,
+)
+
+#: Messages sent to Redis per pipeline round trip.
+PIPELINE_CHUNK = 1000
+#: Seconds between checks for anyone listening to ``task-sent`` events.
+EVENT_LISTENERS_TTL = 2.0
+
+
+class CeleryPublisher:
+    """The outbox's publisher: jobs through Celery, services into the Redis directory."""
+
+    def __init__(self, app: Celery, client: redis.Redis) -> None:
+        self._app = app
+        self._client = client
+        self._claims = Claims(client)
+        self._sent_topic: str | None = None
+        self._listeners = False
+        self._listeners_checked_at = -EVENT_LISTENERS_TTL
+        self._encoder = TaskEncoder(
+            f"gen{os.getpid()}@{socket.gethostname()}", utcoffset(), app.clock
+        )
+
+    def publish_jobs(self, messages: Sequence[JobMessage]) -> None:
+        """Push every message, and its ``task-sent`` event, in pipelined chunks.
+
+        The same round trip records the jobs as published (``keys.PUBLISHED``)
+        for beat to mark in SQL (``outbox.mark_taken``).
+
+        Each job's registration (``Claims.register``) goes first in the same
+        round trip, so no worker can see a message before what it must match.
+
+        Jobs travel alone, or in batches where their ``per_message`` allows
+        (``messages.batched``). Each chunk's messages go to their queue in one
+        multi-value ``LPUSH``, which queues them in the order given, as one
+        ``LPUSH`` each would.
+        """
+        if not messages:
+            return
+        sent_events = self._events_wanted()
+        topic = self._event_topic() if sent_events else ""
+        pipeline = self._client.pipeline(transaction=False)
+        for start in range(0, len(messages), PIPELINE_CHUNK):
+            chunk = messages[start : start + PIPELINE_CHUNK]
+            by_service: dict[uuid.UUID, list[tuple[uuid.UUID, str]]] = {}
+            for job in chunk:
+                registration = (job.job_id, parameters_digest(job.parameters))
+                by_service.setdefault(job.service_id, []).append(registration)
+            for service_id, registrations in by_service.items():
+                self._claims.register(pipeline, service_id, registrations)
+            by_queue: dict[str, list[str]] = {}
+            for message in batched(chunk):
+                task_message, event = self._encode(message, sent_events)
+                by_queue.setdefault(message.queue, []).append(task_message)
+                if event is not None:
+                    pipeline.publish(topic, event)
+            for queue, task_messages in by_queue.items():
+                pipeline.lpush(queue, *task_messages)
+            pipeline.sadd(keys.PUBLISHED, *(str(message.job_id) for message in chunk))
+            pipeline.execute()
+
+    def take_published(self, limit: int) -> list[uuid.UUID]:
+        """Remove and return up to ``limit`` ids of jobs published but not yet marked."""
+        taken: Any = self._client.spop(keys.PUBLISHED, limit)
+        return [uuid.UUID(text(job_id)) for job_id in taken or ()]
+
+    def _events_wanted(self) -> bool:
+        """Whether ``task-sent`` events may reach anyone: Celery's setting, and a listener.
+
+        Event consumers (Flower, ``celery events``) subscribe by pattern, so
+        with no pattern subscription on the server an event is work for
+        nothing: encoding it costs as much as the message. Asked at most every
+        ``EVENT_LISTENERS_TTL`` seconds; a Flower that has just started may miss
+        that long of ``task-sent`` events, as it misses those sent before it.
+        """
+        if not self._app.conf.task_send_sent_event:
+            return False
+        now = time.monotonic()
+        if now >= self._listeners_checked_at + EVENT_LISTENERS_TTL:
+            self._listeners = int(self._client.pubsub_numpat()) > 0
+            self._listeners_checked_at = now
+        return self._listeners
+
+    def _encode(self, message: JobMessage | JobBatch, event: bool) -> tuple[str, str | None]:
+        """The kombu envelope of the task message, and that of its ``task-sent`` event."""
+        if isinstance(message, JobBatch):
+            task_id, task_name = message.batch_id, keys.JOB_BATCH_TASK
+            shadow = f"{message.first.service_name} ({len(message.jobs)} jobs)"
+        else:
+            task_id, task_name = f"{message.job_id}.{message.attempt}", message.task_name
+            shadow = f"{message.service_name} (job)"
+        kwargs = message.task_kwargs()
+        return self._encoder.encode(task_id, task_name, shadow, message.queue, kwargs, event)
+
+    def _event_topic(self) -> str:
+        """The pub/sub channel kombu publishes ``task-sent`` events on (it depends on the db)."""
+        if self._sent_topic is None:
+            with self._app.connection_for_write() as connection:
+                channel: Any = connection.default_channel
+                self._sent_topic = str(channel._get_publish_topic(EVENT_EXCHANGE, SENT_ROUTING_KEY))
+        return self._sent_topic
+
+    def publish_services(self, descriptors: Sequence[ServiceDescriptor]) -> None:
+        """Write descriptors to the directory, dropping names a renamed service left."""
+        if not descriptors:
+            return
+        by_id = {str(descriptor.id): descriptor for descriptor in descriptors}
+        stale = [
+            name
+            for name, service_id in self._client.hgetall(keys.SERVICE_IDS).items()
+            if text(service_id) in by_id and by_id[text(service_id)].name != text(name)
+        ]
+        pipeline = self._client.pipeline(transaction=True)
+        if stale:
+            pipeline.hdel(keys.SERVICE_IDS, *stale)
+        for service_id, descriptor in by_id.items():
+            pipeline.hset(keys.SERVICE_IDS, descriptor.name, service_id)
+            pipeline.hset(keys.SERVICE_DESCRIPTORS, service_id, descriptor.to_json())
+        pipeline.execute()

@@ -1,1 +1,0 @@
-"""Alembic's scripts for the TopChef schema; run them with ``broker.migrate.upgrade``."""

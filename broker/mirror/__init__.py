@@ -1,0 +1,1 @@
+"""The state mirror: the one process that applies the state stream to SQL."""

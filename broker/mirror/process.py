@@ -1,0 +1,581 @@
+"""The state mirror: state messages from the broker, written into SQL in batches.
+
+Workers append state changes to a Redis stream; the mirror reads them as a
+consumer group, applies a whole batch in one transaction, commits, and only
+then acknowledges (and deletes) the entries. A crash before the commit leaves
+the entries pending; a restarted mirror reads its own pending entries first
+and takes over those of a mirror that died elsewhere. Applying is idempotent:
+every status change is ``lifecycle.advance``'s compare-and-set, so a
+redelivered or out-of-order entry never moves a job backwards, and the mirror
+only ever updates rows, so it never duplicates one.
+
+The stream is not trusted: an entry for a job SQL does not know, or that names
+another service than the job's own, is dead-lettered with its reason and never
+applied; results are checked against the job's own service's schema.
+
+Every transition is stamped with when it happened: the stream entry's id is
+Redis's clock at the report, translated to the database's clock (the one clock
+check-ins and timeouts are judged by) with the offset between the two measured
+at each batch, never the time the mirror got round to applying it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import socket
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session
+
+from broker.contract import Contract, compile_contract
+from broker.errors import DeserializationError
+from broker.messaging import keys
+from broker.messaging.claims import Claims
+from broker.messaging.connections import redis_client
+from broker.messaging.messages import StateMessage
+from broker.models import attempts, lifecycle
+from broker.models.lifecycle import Move
+from broker.settings import Settings
+from broker.storage.tables import JobRow, ServiceRow, database_now, engine_for
+
+log = logging.getLogger(__name__)
+Status = lifecycle.Status
+
+#: Errors that mean the database is unreachable, not that the batch is wrong.
+_OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+#: A batch at least this big means load: the mirror then waits ``linger_ms`` for the next.
+LINGER_ABOVE = 10
+
+#: Entries idle this long in another consumer's pending list belong to a dead mirror.
+ABANDONED_AFTER_MS = 30_000
+
+#: Lateness of a report whose attempt is still the job's own (``Claims.finish``).
+_SAME_ATTEMPT = frozenset({"lost", "requeued", "unknown"})
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One state entry: the message, when Redis stamped it, and how late it came."""
+
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    message: StateMessage
+    #: Redis's clock at the report, in ms (the entry id's first part).
+    at_ms: int
+    #: ``Claims.finish``'s lateness: None for a report on time.
+    late: str | None = None
+    #: When beat presumed the worker lost (Redis ms), for a late report.
+    since_ms: int | None = None
+
+
+@dataclass
+class Batch:
+    """One read's worth of state entries: the job reports and the check-ins."""
+
+    ids: list[bytes] = field(default_factory=list)
+    reports: list[Report] = field(default_factory=list)
+    check_ins: dict[uuid.UUID, Report] = field(default_factory=dict)
+    #: Entries refused with their reason, for the dead-letter stream.
+    refused: list[tuple[Report, str]] = field(default_factory=list)
+    #: Jobs whose run ended in this batch and whose claims ended with it (set by ``apply``).
+    finished: list[uuid.UUID] = field(default_factory=list)
+    unreadable: int = 0
+
+    def add(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        self.ids.append(entry_id)
+        try:
+            message = StateMessage.from_fields(fields)
+            report = Report(entry_id, fields, message, _entry_ms(entry_id), *_lateness(fields))
+        except (ValueError, TypeError, KeyError, json.JSONDecodeError):
+            log.error("dropping unreadable state entry %r: %r", entry_id, fields)
+            self.unreadable += 1
+            return
+        if message.kind in ("status", "progress", "release") and message.job_id is not None:
+            self.reports.append(report)
+        elif message.kind == "checkin":
+            previous = self.check_ins.get(message.service_id)
+            # The last word on availability wins; a bare check-in keeps the earlier word.
+            if previous is not None and message.available is None:
+                kept = StateMessage(
+                    "checkin", message.service_id, available=previous.message.available
+                )
+                report = Report(entry_id, fields, kept, report.at_ms)
+            self.check_ins[message.service_id] = report
+
+
+@dataclass
+class Changes:
+    """A batch's verified job reports, sorted into what SQL needs."""
+
+    statuses: dict[Status, dict[uuid.UUID, Report]] = field(
+        default_factory=lambda: defaultdict(dict)
+    )
+    #: Reports that came after beat presumed their worker lost: each is kept.
+    late: list[Report] = field(default_factory=list)
+    progress: dict[uuid.UUID, Report] = field(default_factory=dict)
+    #: Claims their HTTP holders gave back, in the order given.
+    releases: list[Report] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, reports: Iterable[Report]) -> Changes:
+        changes = cls()
+        for report in reports:
+            message = report.message
+            job: uuid.UUID = message.job_id  # type: ignore[assignment]
+            if message.kind == "progress":
+                changes.progress[job] = report
+            elif message.kind == "release":
+                changes.releases.append(report)
+            elif not message.status:
+                continue
+            elif report.late is not None:
+                changes.late.append(report)
+            else:
+                status = Status(message.status)
+                current = changes.statuses[status].get(job)
+                if current is None or message.attempt >= current.message.attempt:
+                    changes.statuses[status][job] = report
+        return changes
+
+    @property
+    def finished(self) -> list[uuid.UUID]:
+        ended = [job for status in lifecycle.TERMINAL for job in self.statuses.get(status, {})]
+        ended += [r.message.job_id for r in self.late if r.late in ("lost", "requeued")]  # type: ignore[misc]
+        return ended
+
+
+class SourceClock:
+    """Translates Redis's clock (stream entry ids) to the database's.
+
+    The offset is measured at each batch, from Redis's ``TIME`` and the
+    database's clock read one after the other: its error is one round trip,
+    and the lifecycle never lets a later transition be stamped before an
+    earlier one of the same job.
+    """
+
+    def __init__(self, redis_now_ms: int, database_now: datetime) -> None:
+        self.offset = database_now - _from_ms(redis_now_ms)
+
+    def at(self, ms: int) -> datetime:
+        return _from_ms(ms) + self.offset
+
+
+class Mirror:
+    """Consumes the state stream into the database at ``settings.database_url``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        batch_size: int = 1000,
+        block_ms: int = 200,
+        linger_ms: int = 50,
+        consumer: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.linger_ms = linger_ms
+        self.consumer = consumer or f"mirror@{socket.gethostname()}"
+        self._client = redis_client(settings.broker_url)
+        self._claims = Claims(self._client, settings.lease_seconds, settings.duplicate_window)
+        self._engine = engine_for(settings.database_url)
+        self._contracts: dict[uuid.UUID, Contract] = {}
+        self._pending_first = True
+        self.applied = 0
+
+    def ensure_group(self) -> None:
+        try:
+            self._client.xgroup_create(keys.STATE_STREAM, keys.MIRROR_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    def read(self) -> Batch:
+        """The next batch: this consumer's pending entries first, then abandoned, then new."""
+        batch = Batch()
+        entries = []
+        if self._pending_first:
+            entries = self._read("0")
+            if not entries:
+                self._pending_first = False
+                _next, claimed, *_ = self._client.xautoclaim(
+                    keys.STATE_STREAM,
+                    keys.MIRROR_GROUP,
+                    self.consumer,
+                    min_idle_time=ABANDONED_AFTER_MS,
+                    count=self.batch_size,
+                )
+                entries = [(entry_id, fields) for entry_id, fields in claimed if fields]
+        if not entries:
+            entries = self._read(">")
+        for entry_id, fields in entries:
+            batch.add(entry_id, fields)
+        return batch
+
+    def _read(self, start: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        response: Any = self._client.xreadgroup(
+            keys.MIRROR_GROUP,
+            self.consumer,
+            {keys.STATE_STREAM: start},
+            count=self.batch_size,
+            block=None if start == "0" else self.block_ms,
+        )
+        if not response:
+            return []
+        _stream, entries = response[0]
+        return [(entry_id, fields) for entry_id, fields in entries if fields]
+
+    def step(self) -> int:
+        """Read, apply and acknowledge one batch; return how many entries it held.
+
+        A database outage raises (the batch stays pending, to be read again);
+        any other database error is the batch's own fault, so its entries are
+        applied one by one and those that still fail go to the dead-letter stream.
+        """
+        batch = self.read()
+        if not batch.ids:
+            return 0
+        try:
+            self._commit(batch)
+        except _OUTAGE:
+            self._pending_first = True
+            raise
+        except sa.exc.SQLAlchemyError:
+            log.exception("a batch of %d entries failed; applying one by one", len(batch.ids))
+            batch = self._apply_singly(batch)
+        pipeline = self._client.pipeline(transaction=False)
+        for report, reason in batch.refused:
+            log.error("state entry %r refused: %s", report.entry_id, reason)
+            pipeline.xadd(keys.DEAD_STATE_STREAM, {**report.fields, b"error": reason[:2000]})  # type: ignore[dict-item]
+        pipeline.xack(keys.STATE_STREAM, keys.MIRROR_GROUP, *batch.ids)
+        pipeline.xdel(keys.STATE_STREAM, *batch.ids)
+        finished = batch.finished
+        if finished:
+            pipeline.publish(keys.FINISHED_CHANNEL, json.dumps([str(job) for job in finished]))
+        pipeline.execute()
+        if finished:
+            self._claims.settle(finished)
+        self.applied += len(batch.ids)
+        return len(batch.ids)
+
+    def _commit(self, batch: Batch) -> None:
+        with Session(bind=self._engine) as session, session.begin():
+            self.apply(session, batch)
+
+    def _apply_singly(self, batch: Batch) -> Batch:
+        """Apply a failed batch's entries one by one; return what was applied and refused."""
+        applied = Batch(ids=list(batch.ids))
+        for report in [*batch.reports, *batch.check_ins.values()]:
+            single = Batch()
+            single.add(report.entry_id, report.fields)
+            try:
+                self._commit(single)
+            except _OUTAGE:
+                self._pending_first = True
+                raise
+            except sa.exc.SQLAlchemyError as error:
+                applied.refused.append((report, f"cannot be applied: {error}"))
+                continue
+            applied.refused += single.refused
+            applied.finished += single.finished
+        return applied
+
+    def apply(self, session: Session, batch: Batch) -> None:
+        """Write one batch in ``session``'s transaction (the caller commits)."""
+        clock = SourceClock(_redis_ms(self._client), database_now(session))
+        self._apply_check_ins(session, batch, clock)
+        services = self._verify(session, batch)
+        changes = Changes.of(self._accepted(batch))
+        started_here = _started_and_ended(changes)
+        working = [
+            report
+            for job, report in changes.statuses.get(Status.WORKING, {}).items()
+            if job not in started_here
+        ]
+        lifecycle.advance(session, Status.WORKING, [_working(r, clock) for r in working])
+        restarts = [
+            attempts.Restart(
+                r.message.job_id,  # type: ignore[arg-type]
+                r.message.attempt,
+                r.message.worker,
+                clock.at(r.at_ms),
+            )
+            for r in working
+            if r.message.attempt > 1
+        ]
+        attempts.restart(session, restarts)
+        # After the WORKING moves: a release always follows the claim it gives back.
+        releases = [
+            Move(r.message.job_id, clock.at(r.at_ms), {"worker": r.message.worker})  # type: ignore[arg-type]
+            for r in changes.releases
+        ]
+        lifecycle.release(session, releases)
+        self._apply_progress(session, changes)
+        for status in (Status.COMPLETED, Status.ERROR, Status.CANCELLED):
+            reports = changes.statuses.get(status, {})
+            if status is Status.COMPLETED:
+                reports, invalid = self._check_results(session, reports, services)
+                changes.statuses[Status.ERROR].update(invalid)
+            moves = [_final(r, clock, started_here.get(job)) for job, r in reports.items()]
+            lifecycle.advance(session, status, moves)
+        self._apply_late(session, changes, services, clock)
+        batch.finished = changes.finished
+
+    def _verify(self, session: Session, batch: Batch) -> dict[uuid.UUID, uuid.UUID]:
+        """Each reported job's own service; refuse reports of unknown or misattributed jobs."""
+        job_ids = list({r.message.job_id for r in batch.reports})
+        services = _services_of(session, job_ids) if job_ids else {}  # type: ignore[arg-type]
+        for report in batch.reports:
+            job, claimed = report.message.job_id, report.message.service_id
+            actual = services.get(job)  # type: ignore[arg-type]
+            if actual is None:
+                batch.refused.append((report, f"no job {job} exists"))
+            elif actual != claimed:
+                reason = f"job {job} belongs to service {actual}, not {claimed}"
+                batch.refused.append((report, reason))
+        return services
+
+    @staticmethod
+    def _accepted(batch: Batch) -> list[Report]:
+        refused = {id(report) for report, _reason in batch.refused}
+        return [report for report in batch.reports if id(report) not in refused]
+
+    def _apply_progress(self, session: Session, changes: Changes) -> None:
+        if not changes.progress:
+            return
+        session.connection().execute(
+            sa.update(JobRow)
+            .where(JobRow.id == sa.bindparam("b_id"))
+            .where(lifecycle.status_in([Status.REGISTERED, Status.WORKING]))
+            .values(progress=sa.bindparam("b_progress"), progress_message=sa.bindparam("b_note"))
+            .execution_options(synchronize_session=False),
+            [
+                {"b_id": job, "b_progress": r.message.progress, "b_note": r.message.message}
+                for job, r in changes.progress.items()
+            ],
+        )
+
+    def _apply_late(
+        self,
+        session: Session,
+        changes: Changes,
+        services: dict[uuid.UUID, uuid.UUID],
+        clock: SourceClock,
+    ) -> None:
+        """Record every report that came after beat presumed its worker lost.
+
+        A report of the job's own attempt (beat failed it, or re-queued it but
+        nothing ran again) is the job's outcome: it moves a job still WORKING,
+        or replaces the "worker lost" presumption (``correct_presumed_loss``).
+        A superseded attempt's report is kept with that attempt.
+        """
+        for report in changes.late:
+            job: uuid.UUID = report.message.job_id  # type: ignore[assignment]
+            message = report.message
+            status = Status(message.status or Status.ERROR.value)
+            if status is Status.COMPLETED:
+                _valid, invalid = self._check_results(session, {job: report}, services)
+                if invalid:
+                    message, status = invalid[job].message, Status.ERROR
+            at = clock.at(report.at_ms)
+            note = _late_note(report, clock, at)
+            detail = f"{message.detail}; {note}" if message.detail else note
+            columns = {"results": message.results, "detail": detail, "worker": message.worker}
+            move = Move(job, at, columns, attempt=message.attempt)
+            if report.late in _SAME_ATTEMPT and (
+                lifecycle.advance(session, status, [move])
+                or lifecycle.correct_presumed_loss(session, status, [move])
+            ):
+                log.warning("recorded a late outcome as job %s's own: %s", job, note)
+                continue
+            late = attempts.LateOutcome(
+                job, message.attempt, status, message.results, detail, message.worker, at
+            )
+            if attempts.keep_late(session, [late]):
+                log.warning(
+                    "kept the late outcome of job %s's attempt %d: %s", job, late.attempt, note
+                )
+            else:
+                log.info("a late report of job %s changes nothing (a duplicate): %s", job, note)
+
+    def _apply_check_ins(self, session: Session, batch: Batch, clock: SourceClock) -> None:
+        for service, report in batch.check_ins.items():
+            values: dict[str, Any] = {
+                "last_checked_in": clock.at(report.at_ms),
+                "timed_out_at": None,
+            }
+            if report.message.available is not None:
+                values["is_service_available"] = report.message.available
+            session.execute(sa.update(ServiceRow).where(ServiceRow.id == service).values(values))
+
+    def _check_results(
+        self,
+        session: Session,
+        reports: dict[uuid.UUID, Report],
+        services: dict[uuid.UUID, uuid.UUID],
+    ) -> tuple[dict[uuid.UUID, Report], dict[uuid.UUID, Report]]:
+        """Validate results once more, against the job's own service: the stream is not trusted."""
+        valid: dict[uuid.UUID, Report] = {}
+        invalid: dict[uuid.UUID, Report] = {}
+        for job, report in reports.items():
+            message = report.message
+            contract = self._contract(session, services.get(job, message.service_id))
+            try:
+                if contract is None:
+                    raise DeserializationError("results", "the job's service does not exist")
+                contract.validate(message.results, source="results")
+            except DeserializationError as violation:
+                error = StateMessage(
+                    "status",
+                    message.service_id,
+                    job,
+                    Status.ERROR.value,
+                    detail=f"invalid results: {violation.detail}",
+                    attempt=message.attempt,
+                    worker=message.worker,
+                )
+                invalid[job] = dataclasses.replace(report, message=error)
+            else:
+                valid[job] = report
+        return valid, invalid
+
+    def _contract(self, session: Session, service: uuid.UUID) -> Contract | None:
+        # Result schemas are immutable, so a compiled one is good for the process's life.
+        contract = self._contracts.get(service)
+        if contract is None:
+            schema = session.scalar(
+                sa.select(ServiceRow.job_result_schema).where(ServiceRow.id == service)
+            )
+            if schema is None:
+                return None
+            contract = self._contracts[service] = compile_contract(
+                schema, source="job_result_schema"
+            )
+        return contract
+
+    def run(self, stop: threading.Event, retry_seconds: float = 1.0) -> None:
+        """Mirror until ``stop`` is set; while the database is down, wait and retry."""
+        self.ensure_group()
+        while not stop.is_set():
+            try:
+                applied = self.step()
+                if LINGER_ABOVE <= applied < self.batch_size and self.linger_ms:
+                    # Busy but not saturated: let the next batch fill. A commit for
+                    # every few entries costs ~1 ms of CPU a job; lingering delays each
+                    # state change by at most ``linger_ms``, and only under load.
+                    stop.wait(self.linger_ms / 1000)
+            except _OUTAGE as error:
+                log.warning("database unavailable (%s); batch kept in the broker", error)
+                stop.wait(retry_seconds)
+            except redis.RedisError as error:
+                log.warning("message broker unavailable (%s); retrying", error)
+                # Entries read but not acknowledged are this consumer's pending
+                # ones: read them again first, or they would wait for ever.
+                self._pending_first = True
+                stop.wait(retry_seconds)
+
+    def lag(self) -> int:
+        """Entries not yet applied (pending or unread): the mirror's backlog."""
+        return int(self._client.xlen(keys.STATE_STREAM))
+
+
+def _started_and_ended(changes: Changes) -> dict[uuid.UUID, Report]:
+    """Jobs whose first attempt both started and ended within this batch, with the start.
+
+    Under load nearly every job is one of these (the mirror lingers for its
+    batches to fill); each is then written by one UPDATE instead of two.
+    """
+    working = changes.statuses.get(Status.WORKING, {})
+    return {
+        job: working[job]
+        for status in lifecycle.TERMINAL
+        for job, report in changes.statuses.get(status, {}).items()
+        if report.message.attempt == 1 and job in working and working[job].message.attempt == 1
+    }
+
+
+def _working(report: Report, clock: SourceClock) -> Move:
+    message = report.message
+    columns = {"worker": message.worker, "attempts": message.attempt}
+    return Move(message.job_id, clock.at(report.at_ms), columns)  # type: ignore[arg-type]
+
+
+def _final(report: Report, clock: SourceClock, start: Report | None) -> Move:
+    message = report.message
+    columns = {
+        "results": message.results,
+        "detail": message.detail,
+        "worker": message.worker,
+        "attempts": message.attempt,
+    }
+    return Move(
+        message.job_id,  # type: ignore[arg-type]
+        clock.at(report.at_ms),
+        columns,
+        started_at=clock.at(start.at_ms) if start is not None else None,
+        attempt=message.attempt,
+    )
+
+
+def _late_note(report: Report, clock: SourceClock, at: datetime) -> str:
+    reported = f"reported at {at.isoformat()} by {report.message.worker or 'its worker'}"
+    if report.since_ms is not None:
+        presumed = clock.at(report.since_ms).isoformat()
+        return f"the worker was presumed lost at {presumed} (its lease lapsed) and {reported}"
+    if report.late == "superseded":
+        return f"{reported} after a later attempt had taken the job over"
+    return f"{reported} after beat had presumed its worker lost"
+
+
+def _services_of(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """Each job's service, in as few queries as the database takes."""
+    found: dict[uuid.UUID, uuid.UUID] = {}
+    if session.get_bind().dialect.name == "postgresql":
+        ids = sa.bindparam("ids", job_ids, type_=ARRAY(sa.Uuid))
+        rows = session.execute(
+            sa.select(JobRow.id, JobRow.service_id).where(JobRow.id == sa.any_(ids))
+        )
+        return {job: service for job, service in rows}
+    for start in range(0, len(job_ids), 500):
+        chunk = job_ids[start : start + 500]
+        rows = session.execute(sa.select(JobRow.id, JobRow.service_id).where(JobRow.id.in_(chunk)))
+        found.update((job, service) for job, service in rows)
+    return found
+
+
+def _entry_ms(entry_id: bytes | str) -> int:
+    """Redis's clock when the entry was added: the first part of its id."""
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(raw.split("-", 1)[0])
+
+
+def _lateness(fields: dict[bytes, bytes]) -> tuple[str | None, int | None]:
+    late = fields.get(b"late", fields.get("late"))  # type: ignore[call-overload]
+    if not late:
+        return None, None
+    since = fields.get(b"since", fields.get("since"))  # type: ignore[call-overload]
+    text = late.decode() if isinstance(late, bytes) else str(late)
+    since_text = since.decode() if isinstance(since, bytes) else (since or "")
+    return text, int(since_text) if since_text else None
+
+
+def _redis_ms(client: redis.Redis) -> int:
+    seconds, microseconds = client.time()
+    return int(seconds) * 1000 + int(microseconds) // 1000
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)

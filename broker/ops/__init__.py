@@ -1,0 +1,1 @@
+"""Running and watching a stack: the supervisor, embedded Redis, the demo, metrics, status."""

@@ -1,0 +1,300 @@
+"""Prometheus metrics: jobs, queues, service liveness and the mirror's backlog.
+
+Every value is read when Prometheus scrapes, never kept up to date by a loop of
+our own: such a loop goes stale exactly when it matters, stuck on the outage an
+operator is looking at. A scrape costs two SQL queries (one grouped COUNT, cheap
+at a million jobs thanks to ``ix_jobs_service_status_submitted``, and the
+services) and one pipelined Redis round trip. When one source is down the
+scrape still answers with what the other gave, and says which source failed in
+``topchef_source_up``, so an alert can tell "no jobs" from "cannot see jobs".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from broker.messaging import keys
+from broker.messaging.connections import redis_url, text
+from broker.models.lifecycle import Status
+from broker.settings import Settings
+from broker.storage.tables import JobRow, ServiceRow, database_now, open_session
+
+__all__ = ["BrokerCollector", "MetricsServer", "serve"]
+
+log = logging.getLogger(__name__)
+
+DATABASE = "database"
+REDIS = "redis"
+SOURCES = (DATABASE, REDIS)
+
+#: A scrape must answer within Prometheus's scrape timeout (10 s by default),
+#: so a hung Redis is given up on long before ``connections.SOCKET_TIMEOUT``.
+REDIS_TIMEOUT = 3.0
+
+SERVICE_LABELS = ("service", "service_id")
+
+
+@dataclass(frozen=True, slots=True)
+class _Service:
+    id: uuid.UUID
+    name: str
+    available: bool = False
+    timed_out: bool = False
+    seconds_since_check_in: float = 0.0
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.name, str(self.id)]
+
+
+@dataclass(frozen=True, slots=True)
+class _DatabaseReading:
+    services: list[_Service]
+    jobs: dict[tuple[uuid.UUID, str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class _RedisReading:
+    queue_depths: dict[uuid.UUID, int]
+    #: Entries in the state stream: the mirror deletes an entry once applied.
+    mirror_lag: int
+    #: Of those, entries a mirror has read but not yet committed and acknowledged.
+    mirror_pending: int
+    dead_letters: int
+    #: Jobs published whose publication beat has not yet marked in SQL.
+    unmarked: int
+    #: Deliveries workers refused as not registered work, by reason.
+    refused: dict[str, int]
+
+
+class BrokerCollector(Collector):
+    """Reads SQL and Redis at each scrape; one instance per registry."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._database_url = settings.database_url
+        # Its own client: the shared one retries for seconds, longer than a scrape.
+        self._redis = redis.Redis.from_url(
+            redis_url(settings.broker_url),
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection Redis closed
+        )
+        self._errors = dict.fromkeys(SOURCES, 0)
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        database = self._read_database()
+        # With the database down, the broker's own directory still names the queues.
+        services = database.services if database is not None else self._directory()
+        broker = self._read_redis(services)
+
+        up = GaugeMetricFamily(
+            "topchef_source_up",
+            "Whether the last scrape could read this source.",
+            labels=["source"],
+        )
+        up.add_metric([DATABASE], float(database is not None))
+        up.add_metric([REDIS], float(broker is not None))
+        yield up
+        errors = CounterMetricFamily(
+            "topchef_scrape_errors", "Scrapes that could not read this source.", labels=["source"]
+        )
+        with self._lock:
+            for source in SOURCES:
+                errors.add_metric([source], self._errors[source])
+        yield errors
+        if database is not None:
+            yield from _database_metrics(database)
+        if broker is not None:
+            yield from _redis_metrics(broker, services)
+
+    # -- sources ------------------------------------------------------------
+
+    def _read_database(self) -> _DatabaseReading | None:
+        try:
+            with open_session(self._database_url) as session:
+                # Counts first: every job counted then has its service in the next query.
+                counts = session.execute(
+                    sa.select(JobRow.service_id, JobRow.status, sa.func.count()).group_by(
+                        JobRow.service_id, JobRow.status
+                    )
+                ).all()
+                rows = session.execute(
+                    sa.select(
+                        ServiceRow.id,
+                        ServiceRow.name,
+                        ServiceRow.is_service_available,
+                        ServiceRow.timeout,
+                        ServiceRow.last_checked_in,
+                    ).order_by(ServiceRow.name)
+                ).all()
+                # After the services: no check-in read above can be later than now.
+                now = database_now(session)
+        except sa.exc.SQLAlchemyError as error:
+            self._failed(DATABASE, error)
+            return None
+        services = []
+        for service_id, name, available, timeout, last_checked_in in rows:
+            age = (now - last_checked_in).total_seconds()
+            services.append(_Service(service_id, name, available, age > timeout, age))
+        jobs = {(service_id, status): int(count) for service_id, status, count in counts}
+        return _DatabaseReading(services, jobs)
+
+    def _read_redis(self, services: Sequence[_Service]) -> _RedisReading | None:
+        try:
+            pipeline = self._redis.pipeline(transaction=False)
+            for service in services:
+                pipeline.llen(keys.service_queue(service.id))
+            pipeline.xlen(keys.STATE_STREAM)
+            pipeline.xlen(keys.DEAD_STATE_STREAM)
+            pipeline.xpending(keys.STATE_STREAM, keys.MIRROR_GROUP)
+            pipeline.scard(keys.PUBLISHED)
+            pipeline.hgetall(keys.REFUSED)
+            replies = pipeline.execute(raise_on_error=False)
+            *depths, lag, dead, pending, unmarked, refused = replies
+            if isinstance(pending, redis.ResponseError) and "NOGROUP" in str(pending):
+                pending = {"pending": 0}  # no mirror has ever run: nothing is pending
+            for reply in (*depths, lag, dead, pending, unmarked, refused):
+                if isinstance(reply, Exception):
+                    raise reply
+        except redis.RedisError as error:
+            self._failed(REDIS, error)
+            return None
+        return _RedisReading(
+            {service.id: int(depth) for service, depth in zip(services, depths, strict=True)},
+            int(lag),
+            int(pending["pending"]),
+            int(dead),
+            int(unmarked),
+            {text(reason): int(count) for reason, count in refused.items()},
+        )
+
+    def _directory(self) -> list[_Service]:
+        """The services workers resolve names with (name → id), read from Redis."""
+        try:
+            directory: dict[Any, Any] = self._redis.hgetall(keys.SERVICE_IDS)
+        except redis.RedisError:
+            return []  # _read_redis reports the outage
+        services = []
+        for name, service_id in sorted(directory.items()):
+            try:
+                services.append(_Service(uuid.UUID(service_id.decode()), name.decode()))
+            except (ValueError, UnicodeDecodeError):
+                log.warning("ignoring a malformed service directory entry %r", name)
+        return services
+
+    def _failed(self, source: str, error: Exception) -> None:
+        log.warning("metrics: cannot read the %s: %s", source, error)
+        with self._lock:
+            self._errors[source] += 1
+
+
+def _service_gauge(name: str, documentation: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=SERVICE_LABELS)
+
+
+def _database_metrics(reading: _DatabaseReading) -> Iterator[Metric]:
+    jobs = GaugeMetricFamily(
+        "topchef_jobs", "Jobs by service and status.", labels=[*SERVICE_LABELS, "status"]
+    )
+    available = _service_gauge(
+        "topchef_service_available", "1 if the service is marked available, else 0."
+    )
+    timed_out = _service_gauge(
+        "topchef_service_timed_out", "1 if the service's last check-in is older than its timeout."
+    )
+    age = _service_gauge(
+        "topchef_seconds_since_check_in", "Seconds since the service last checked in (DB clock)."
+    )
+    for service in reading.services:
+        for status in Status:
+            count = reading.jobs.get((service.id, status.value), 0)
+            jobs.add_metric([*service.labels, status.value], count)
+        available.add_metric(service.labels, float(service.available))
+        timed_out.add_metric(service.labels, float(service.timed_out))
+        age.add_metric(service.labels, service.seconds_since_check_in)
+    yield from (jobs, available, timed_out, age)
+
+
+def _redis_metrics(reading: _RedisReading, services: Sequence[_Service]) -> Iterator[Metric]:
+    depth = _service_gauge(
+        "topchef_queue_depth",
+        "Job messages waiting in the service's queue (a batch of jobs counts once).",
+    )
+    for service in services:
+        if service.id in reading.queue_depths:
+            depth.add_metric(service.labels, reading.queue_depths[service.id])
+    yield depth
+    yield GaugeMetricFamily(
+        "topchef_mirror_lag_entries",
+        "State entries not yet applied to SQL by the mirror.",
+        value=reading.mirror_lag,
+    )
+    yield GaugeMetricFamily(
+        "topchef_mirror_pending_entries",
+        "State entries a mirror has read but not yet committed.",
+        value=reading.mirror_pending,
+    )
+    yield GaugeMetricFamily(
+        "topchef_mirror_dead_entries",
+        "State entries the mirror could not apply (the dead-letter stream).",
+        value=reading.dead_letters,
+    )
+    refused = CounterMetricFamily(
+        "topchef_refused_deliveries",
+        "Job deliveries workers refused without running them, as not registered work "
+        "(unregistered, altered, misrouted, invalid, malformed).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(reading.refused.items()):
+        refused.add_metric([reason], count)
+    yield refused
+    yield GaugeMetricFamily(
+        "topchef_unmarked_publications",
+        "Jobs published but not yet marked so in SQL; beat marks them each tick, "
+        "so a count that only grows means beat is not running.",
+        value=reading.unmarked,
+    )
+
+
+@dataclass
+class MetricsServer:
+    """The running HTTP endpoint; ``port`` is the real one (also when asked for 0)."""
+
+    server: Any
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def serve(settings: Settings, port: int, host: str = "127.0.0.1") -> MetricsServer:
+    """Serve the metrics at ``http://host:port/metrics`` from a background thread.
+
+    Each call has its own registry, so several stacks (tests, embedded) can
+    each serve theirs in one process.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BrokerCollector(settings))
+    server, thread = start_http_server(port, host, registry=registry)
+    log.info("metrics at http://%s:%d/metrics", host, server.server_port)
+    return MetricsServer(server, thread)

@@ -1,0 +1,241 @@
+"""The producer's API: create services, submit jobs, wait for results, cancel.
+
+    from broker.producer import Producer
+
+    producer = Producer()                      # TOPCHEF_* settings
+    job = producer.submit("Echo", {"message": "hello"})
+    print(producer.wait(job, timeout=30))      # the job's results
+
+Every call opens its own short transaction; jobs are published when it commits
+(the outbox), so a job is either in SQL and on its way, or nowhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy.orm import Session
+
+from broker.app import make_app
+from broker.errors import (
+    InvalidTransitionError,
+    JobCancelledError,
+    JobFailedError,
+    JobWithUUIDNotFound,
+    ServiceWithNameNotFound,
+    WaitTimeoutError,
+)
+from broker.messaging import outbox
+from broker.messaging.claims import ClaimResult, Claims
+from broker.messaging.connections import redis_client
+from broker.messaging.publisher import CeleryPublisher
+from broker.models import lifecycle
+from broker.models.job import Job
+from broker.models.service import Service
+from broker.models.service_list import ServiceList
+from broker.producer import submission
+from broker.settings import Settings
+from broker.storage.tables import JobRow, ServiceRow, database_now, engine_for, open_session
+
+Status = lifecycle.Status
+
+#: Polling of SQL while waiting starts fast and backs off to this interval.
+MAX_POLL_INTERVAL = 0.25
+
+
+class Producer:
+    """A producer bound to one database and one message broker."""
+
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.app = app or make_app(self.settings)
+        self._client = redis_client(self.settings.broker_url)
+        self.publisher = CeleryPublisher(self.app, self._client)
+        self._claims = Claims(
+            self._client, self.settings.lease_seconds, self.settings.duplicate_window
+        )
+        self._destinations: dict[str, submission.Destination] = {}
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that publishes its jobs when it commits; committed on success."""
+        with open_session(self.settings.database_url) as session:
+            outbox.attach(session, self.publisher)
+            with session.begin():
+                yield session
+
+    # -- services -----------------------------------------------------------
+
+    def create_service(
+        self,
+        name: str,
+        description: str,
+        registration_schema: dict[str, Any],
+        result_schema: dict[str, Any],
+        **options: Any,
+    ) -> uuid.UUID:
+        """Create a service (``timeout``, ``worker_loss_policy``, ``max_attempts``)."""
+        with self.session() as session:
+            service = Service.new(
+                name, description, registration_schema, result_schema, session, **options
+            )
+            return service.id
+
+    # -- jobs ---------------------------------------------------------------
+
+    def submit(self, service_name: str, parameters: dict[str, Any]) -> uuid.UUID:
+        """Validate and submit one job; returns its id.
+
+        After the first submit to a service, PostgreSQL takes the job in one
+        autocommitted statement (``submission.add_job_at_once``).
+        """
+        destination = self._destinations.get(service_name)
+        if destination is not None:
+            engine = engine_for(self.settings.database_url)
+            job_id = submission.add_job_at_once(engine, destination, parameters)
+            if job_id is not None:
+                message = destination.message(job_id, parameters)
+                outbox.publish_committed(self.publisher, engine, [message])
+                return job_id
+            del self._destinations[service_name]  # renamed or deleted: look it up again
+        return self.submit_many(service_name, [parameters])[0]
+
+    def submit_many(
+        self,
+        service_name: str,
+        parameter_sets: Iterable[dict[str, Any]],
+        *,
+        jobs_per_message: int = 1,
+    ) -> list[uuid.UUID]:
+        """Validate every parameter set, then add all jobs in one transaction.
+
+        One invalid set refuses the whole batch, and nothing is queued.
+
+        ``jobs_per_message`` > 1 sends the jobs in batches of that many per
+        Celery message, run one after another by one worker: for sweeps of
+        short jobs (milliseconds each), where Celery's own cost per message
+        (about a millisecond of worker CPU) would otherwise dominate. Keep the
+        default for long jobs, so that each can go to whichever worker is free.
+        """
+        submission.check_jobs_per_message(jobs_per_message)
+        with self.session() as session:
+            service, now = _service_and_clock(session, service_name)
+            if session.get_bind().dialect.name == "postgresql":
+                self._destinations[service_name] = submission.Destination.of(service)
+            return submission.add_jobs(
+                session, service, now, list(parameter_sets), jobs_per_message
+            )
+
+    def job(self, job_id: uuid.UUID) -> dict[str, Any]:
+        """A snapshot of the job as SQL has it now."""
+        with open_session(self.settings.database_url) as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise JobWithUUIDNotFound(job_id)
+            return Job(row).as_dict()
+
+    def cancel(self, job_id: uuid.UUID) -> None:
+        """Cancel a REGISTERED job: it becomes CANCELLED and never runs.
+
+        The claim is taken first, in Redis: from then on no delivery of the
+        job's message can start it, even one already queued. A job a worker
+        has already claimed cannot be cancelled.
+        """
+        with open_session(self.settings.database_url) as session, session.begin():
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise JobWithUUIDNotFound(job_id)
+            status = Status(row.status)
+            if status is Status.CANCELLED:
+                return
+            lifecycle.check_move(job_id, status, Status.CANCELLED)
+            claimed = self._claims.cancel(job_id)
+            if claimed is not ClaimResult.CANCELLED:
+                raise InvalidTransitionError(job_id, Status.WORKING.value, Status.CANCELLED.value)
+            detail = {"detail": "cancelled before it ran"}
+            move = lifecycle.Move(job_id, database_now(session), detail)
+            if not lifecycle.advance(session, Status.CANCELLED, [move]):
+                raise InvalidTransitionError(job_id, row.status, Status.CANCELLED.value)
+
+    def wait(self, job_id: uuid.UUID, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait for a job to finish and return its results.
+
+        Raises ``JobFailedError`` (ERROR), ``JobCancelledError`` (CANCELLED) or
+        ``WaitTimeoutError`` (still running after ``timeout`` seconds).
+        """
+        return self.wait_all([job_id], timeout)[0]
+
+    def wait_all(self, job_ids: Sequence[uuid.UUID], timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Wait for every job; return their results in order (see ``wait``)."""
+        deadline = time.monotonic() + timeout
+        interval = 0.005
+        remaining = set(job_ids)
+        self._require_known(remaining)
+        outcomes: dict[uuid.UUID, tuple[str, Any, str | None]] = {}
+        while True:
+            outcomes.update(self._finished(remaining))
+            remaining.difference_update(outcomes)
+            if not remaining:
+                break
+            if time.monotonic() >= deadline:
+                job = next(iter(remaining))
+                raise WaitTimeoutError(job, self.job(job)["status"], timeout)
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(MAX_POLL_INTERVAL, interval * 2)
+        results = []
+        for job_id in job_ids:
+            status, result, detail = outcomes[job_id]
+            if status == Status.ERROR.value:
+                raise JobFailedError(job_id, detail or "no detail")
+            if status == Status.CANCELLED.value:
+                raise JobCancelledError(job_id)
+            results.append(result)
+        return results
+
+    def _require_known(self, job_ids: set[uuid.UUID]) -> None:
+        ids = list(job_ids)
+        with open_session(self.settings.database_url) as session:
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+                known = set(session.scalars(sa.select(JobRow.id).where(JobRow.id.in_(chunk))))
+                for job_id in chunk:
+                    if job_id not in known:
+                        raise JobWithUUIDNotFound(job_id)
+
+    def _finished(self, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[str, Any, str | None]]:
+        found: dict[uuid.UUID, tuple[str, Any, str | None]] = {}
+        ids = list(job_ids)
+        with open_session(self.settings.database_url) as session:
+            for start in range(0, len(ids), 1000):
+                rows = session.execute(
+                    sa.select(JobRow.id, JobRow.status, JobRow.results, JobRow.detail).where(
+                        JobRow.id.in_(ids[start : start + 1000]),
+                        JobRow.status.in_([s.value for s in lifecycle.TERMINAL]),
+                    )
+                )
+                for job_id, status, results, detail in rows:
+                    found[job_id] = (status, results, detail)
+        return found
+
+
+def _service_and_clock(session: Session, name: str) -> tuple[Service, datetime]:
+    """``ServiceList.by_name`` and ``database_now`` in one round trip where the database allows.
+
+    A submit's latency is its round trips to the database; this saves one of them.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return ServiceList(session).by_name(name), database_now(session)
+    found = session.execute(
+        sa.select(ServiceRow, sa.func.clock_timestamp()).where(ServiceRow.name == name)
+    ).first()
+    if found is None:
+        raise ServiceWithNameNotFound(name)
+    row, now = found
+    return Service(row), now.astimezone(UTC)

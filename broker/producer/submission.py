@@ -1,0 +1,181 @@
+"""A submission: many jobs of one service validated, recorded and queued at once.
+
+A parameter sweep of ten thousand points must cost its validation and little
+else. So the service's contract is read once, the database's clock once (by the
+caller, with the service), and the rows go in as one statement; jobs of one
+submission are stamped a microsecond apart from that clock reading, so they
+list in the order they were given. The messages leave through the outbox when
+the caller commits, ``jobs_per_message`` to a Celery message.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from broker.contract import Contract
+from broker.messaging import outbox
+from broker.messaging.messages import JobMessage
+from broker.models import lifecycle
+from broker.models.service import Service, check_count
+from broker.storage.tables import JobRow, JSONDocument, ServiceRow
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """What submitting to a service needs of it, kept by a producer between submits.
+
+    Schemas and the worker-loss policy never change; a rename or a deletion is
+    caught by ``add_job_at_once``, whose INSERT checks the name.
+    """
+
+    service_id: uuid.UUID
+    name: str
+    requeue: bool
+    contract: Contract
+
+    @classmethod
+    def of(cls, service: Service) -> Destination:
+        requeue = service.worker_loss_policy == "requeue"
+        return cls(service.id, service.name, requeue, service.registration_contract)
+
+    def message(
+        self, job_id: uuid.UUID, parameters: dict[str, Any], per_message: int = 1
+    ) -> JobMessage:
+        return JobMessage(
+            job_id, self.service_id, self.name, parameters, self.requeue, per_message=per_message
+        )
+
+
+#: The most jobs one Celery message may carry (``jobs_per_message``).
+MAX_PER_MESSAGE = 1000
+
+_INSERT_JOBS = sa.insert(JobRow)
+_REGISTERED = lifecycle.Status.REGISTERED.value
+
+
+#: One job, inserted only if its service still has the name it was found by.
+_INSERT_ONE = (
+    sa.insert(JobRow)
+    .from_select(
+        ["id", "service_id", "status", "parameters", "attempts", "date_submitted", "version"],
+        sa.select(
+            sa.bindparam("job_id", type_=sa.Uuid),
+            ServiceRow.id,
+            sa.literal(_REGISTERED),
+            sa.bindparam("parameters", type_=JSONDocument),
+            sa.literal(0),
+            sa.func.clock_timestamp(),
+            sa.literal(1),
+        ).where(
+            ServiceRow.id == sa.bindparam("service_id"), ServiceRow.name == sa.bindparam("name")
+        ),
+    )
+    .returning(JobRow.id)
+)
+
+
+def add_job_at_once(
+    engine: sa.Engine, destination: Destination, parameters: dict[str, Any]
+) -> uuid.UUID | None:
+    """Validate and commit one job in one statement (PostgreSQL).
+
+    Returns ``None``, having written nothing, if the service was renamed or
+    deleted since ``destination`` was read.
+
+    A lone submit is what an instrument waiting for its next job waits on,
+    and its cost is round trips: this one is an autocommitted INSERT that reads
+    the service and the clock itself, instead of a transaction's BEGIN,
+    SELECT, INSERT and COMMIT.
+    """
+    destination.contract.validate(parameters, source="parameters")
+    job_id = uuid.uuid4()
+    values = {
+        "job_id": job_id,
+        "parameters": parameters,
+        "service_id": destination.service_id,
+        "name": destination.name,
+    }
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        inserted = connection.execute(_INSERT_ONE, values).scalar()
+    return job_id if inserted == job_id else None
+
+
+def check_jobs_per_message(value: int) -> None:
+    """Refuse a batch size that is not an integer from 1 to ``MAX_PER_MESSAGE``."""
+    check_count("jobs_per_message", value, MAX_PER_MESSAGE)
+
+
+def add_jobs(
+    session: Session,
+    service: Service,
+    now: datetime,
+    parameter_sets: Sequence[dict[str, Any]],
+    per_message: int = 1,
+) -> list[uuid.UUID]:
+    """``Service.new_job`` for many jobs at once: the same rows and messages, in bulk.
+
+    One invalid parameter set refuses them all, before anything is written.
+    """
+    destination = Destination.of(service)
+    for parameters in parameter_sets:
+        destination.contract.validate(parameters, source="parameters")
+    if not parameter_sets:
+        return []
+    ids = [uuid.uuid4() for _ in parameter_sets]
+    stamps = [now + timedelta(microseconds=index) for index in range(len(ids))]
+    connection = session.connection()
+    if connection.dialect.name == "postgresql" and len(ids) > 1:
+        _copy_rows(connection, service.id, ids, stamps, parameter_sets)
+    else:
+        rows = [
+            {
+                "id": job_id,
+                "service_id": service.id,
+                "status": _REGISTERED,
+                "parameters": parameters,
+                "attempts": 0,
+                "date_submitted": stamp,
+                "version": 1,
+            }
+            for job_id, stamp, parameters in zip(ids, stamps, parameter_sets, strict=True)
+        ]
+        # Core, not the ORM: no unit of work and a cached statement.
+        connection.execute(_INSERT_JOBS, rows)
+    for job_id, parameters in zip(ids, parameter_sets, strict=True):
+        outbox.record_job(session, destination.message(job_id, parameters, per_message))
+    return ids
+
+
+def _copy_rows(
+    connection: sa.Connection,
+    service_id: uuid.UUID,
+    ids: list[uuid.UUID],
+    stamps: list[datetime],
+    parameter_sets: Sequence[dict[str, Any]],
+) -> None:
+    """Insert the rows with one ``COPY`` inside the caller's transaction (PostgreSQL).
+
+    An ``executemany`` runs one INSERT per row on the server (~120 µs each, the
+    job-count trigger firing for each); a COPY is one statement at ~15 µs a
+    row. The lines are written in COPY's text format directly: the values are
+    UUIDs, ISO timestamps, small integers and JSON, where only the backslashes
+    of the JSON need escaping (``json.dumps`` escapes every control character).
+    """
+    driver: Any = connection.connection.driver_connection
+    columns = "id, service_id, status, attempts, date_submitted, version, parameters"
+    head = f"\t{service_id}\t{_REGISTERED}\t0\t"
+    with (
+        driver.cursor() as cursor,
+        cursor.copy(f"COPY {JobRow.__tablename__} ({columns}) FROM STDIN") as copy,
+    ):
+        for job_id, stamp, parameters in zip(ids, stamps, parameter_sets, strict=True):
+            document = json.dumps(parameters).replace("\\", "\\\\")
+            copy.write(f"{job_id}{head}{stamp.isoformat()}\t1\t{document}\n")

@@ -1,0 +1,1 @@
+"""Alembic's scripts for the TopChef schema; run them with ``broker.storage.migrate.upgrade``."""

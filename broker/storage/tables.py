@@ -1,0 +1,261 @@
+"""The SQL side: tables, their ORM rows, engines and sessions.
+
+Storage stays dumb: rows hold what the models and the state mirror put in them;
+validation and the lifecycle rules live above (``broker.models``,
+``broker.models.lifecycle``). The session returned by ``open_session`` is the seed's
+transaction manager: models add and change rows in it, the caller commits.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from broker.storage import job_counts
+
+__all__ = [
+    "JobAttemptRow",
+    "JobCountRow",
+    "JobRow",
+    "ServiceRow",
+    "create_schema",
+    "database_now",
+    "engine_for",
+    "forget_engine",
+    "metadata",
+    "open_session",
+]
+
+#: JSON documents: JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
+JSONDocument = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite has no timezone type and hands back naive datetimes; TopChef's users
+    compare these with aware ones, so every value is normalised to UTC on both
+    ways through.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: TopChef stores aware UTC datetimes")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """The declarative base of every TopChef table."""
+
+
+metadata = Base.metadata
+
+
+class ServiceRow(Base):
+    """One service: an instrument or simulation, with its contract and liveness."""
+
+    __tablename__ = "services"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    description: Mapped[str] = mapped_column(sa.Text, default="")
+    job_registration_schema: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    job_result_schema: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    timeout: Mapped[float] = mapped_column(sa.Float)
+    is_service_available: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    last_checked_in: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: When beat last found the service timed out; cleared by a check-in.
+    timed_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    worker_loss_policy: Mapped[str] = mapped_column(sa.String(16), default="fail")
+    max_attempts: Mapped[int] = mapped_column(sa.Integer, default=3)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class JobRow(Base):
+    """One job: its parameters, lifecycle timestamps and outcome."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    service_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("services.id", ondelete="CASCADE")
+    )
+    status: Mapped[str] = mapped_column(sa.String(16))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument, nullable=True)
+    #: Why the job ended in ERROR (the exception, the schema violation, the lost worker).
+    detail: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    progress: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    progress_message: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    #: Which delivery of the job is (or was last) running; > 1 after a requeue.
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    date_submitted: Mapped[datetime] = mapped_column(UTCDateTime)
+    date_started: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    date_finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Set once the job's message left for its queue; NULL rows are the outbox.
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: When beat ended the job ERROR because its worker's lease lapsed. Such an
+    #: ERROR is a presumption, the one terminal state that a late report of the
+    #: same attempt may still correct (``lifecycle.correct_presumed_loss``).
+    presumed_lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Optimistic-concurrency counter: every write checks it, so two writers
+    #: racing on one job cannot both win.
+    version: Mapped[int] = mapped_column(sa.Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy's API)
+    __table_args__ = (
+        # "REGISTERED jobs of one service, oldest first" is an index scan.
+        sa.Index("ix_jobs_service_status_submitted", "service_id", "status", "date_submitted"),
+        sa.Index("ix_jobs_status_submitted", "status", "date_submitted"),
+        sa.Index("ix_jobs_submitted", "date_submitted"),
+        # The outbox: committed jobs whose message has not left yet.
+        sa.Index(
+            "ix_jobs_unpublished",
+            "date_submitted",
+            postgresql_where=sa.text("published_at IS NULL"),
+            sqlite_where=sa.text("published_at IS NULL"),
+        ),
+    )
+
+
+class JobAttemptRow(Base):
+    """An attempt of a job that a later attempt superseded (the ``requeue`` policy).
+
+    The job's own row describes its current attempt. When beat hands a job whose
+    worker was presumed lost to another worker, the attempt it gave up is kept
+    here; if that worker was only frozen and reports after all, its outcome is
+    stored on this row, never on the job, whose current attempt owns the job's
+    outcome.
+    """
+
+    __tablename__ = "job_attempts"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    worker: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    date_started: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: When the attempt was given up for lost (a later one started).
+    superseded_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: COMPLETED or ERROR if the attempt's worker reported after all; NULL if it never did.
+    status: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument, nullable=True)
+    detail: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    date_finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class JobCountRow(Base):
+    """How many jobs a service has; only the triggers of ``broker.storage.job_counts`` write it."""
+
+    __tablename__ = "job_counts"
+
+    service_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("services.id", ondelete="CASCADE"), primary_key=True
+    )
+    jobs: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+job_counts.install(metadata.tables["job_counts"], metadata.tables["jobs"])
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    """Make SQLite behave like a server database for several processes."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """Give a forked child pools of its own (SQLAlchemy's documented pattern).
+
+    A connection inherited from the parent shares its socket with the parent's
+    copy: using it from both corrupts the session of each (psycopg then sees
+    the other's transaction). ``dispose(close=False)`` drops the child's
+    references without closing the parent's sockets, so each process opens its own.
+    """
+    global _engines_lock
+    _engines_lock = threading.Lock()  # another thread may have held it at the fork
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def engine_for(url: str) -> Engine:
+    """One engine (and so one connection pool) per database URL per process.
+
+    Engines are kept until ``forget_engine``: a cache that evicted one on its
+    own would drop a pool whose connections are still checked out.
+    """
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            driver_url = url
+            if url.startswith("postgresql://"):
+                driver_url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+            engine = sa.create_engine(driver_url, pool_pre_ping=True)
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _configure_sqlite)
+            _engines[url] = engine
+        return engine
+
+
+def forget_engine(url: str) -> None:
+    """Close the pool of ``url``'s engine and drop it (a database that is going away)."""
+    with _engines_lock:
+        engine = _engines.pop(url, None)
+    if engine is not None:
+        engine.dispose()
+
+
+def open_session(url: str) -> Session:
+    """A new session on ``url``; the caller commits."""
+    return Session(bind=engine_for(url))
+
+
+def create_schema(url: str) -> None:
+    """Create every table that does not exist yet."""
+    metadata.create_all(engine_for(url))
+
+
+def database_now(session: Session) -> datetime:
+    """The one clock that check-ins and timeouts are judged by: the database's.
+
+    Lab machines' clocks may be off by minutes; every SQL writer asks the
+    database instead. SQLite is a file on this machine, so its clock is ours.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        value = session.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+        assert isinstance(value, datetime)
+        return value.astimezone(UTC)
+    return datetime.now(UTC)

@@ -1,0 +1,82 @@
+"""Starting a lab worker: Celery's worker signals wired to TopChef's runtime.
+
+This is the only place that registers the job tasks on a Celery app, so a
+producer (or the gateway, or ``topchef jobs show``) that makes an app never
+loads the worker runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+
+from broker.app import make_app
+from broker.errors import ConfigurationError
+from broker.messaging.connections import redis_client, warn_unless_noeviction
+from broker.settings import Settings
+from broker.tasks import job
+from broker.worker import handlers
+from broker.worker.runtime import ServedService, WorkerRuntime, install
+
+log = logging.getLogger(__name__)
+
+
+def serve(
+    settings: Settings,
+    modules: Iterable[str],
+    *,
+    pool: str = "threads",
+    concurrency: int = 1,
+    loglevel: str = "INFO",
+) -> None:
+    """Import the lab modules, wait for their services, and serve them until shut down.
+
+    Services that do not exist yet are waited for and served as they appear
+    (within one directory sync), so lab PCs may boot in any order.
+    """
+    modules = list(modules)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigurationError(f"cannot import {module!r}: {error}") from None
+    declarations = handlers.declared().values()
+    if not declarations:
+        raise ConfigurationError(
+            f"{', '.join(modules)} declares no handler (use @broker.worker.handles)"
+        )
+    warn_unless_noeviction(redis_client(settings.broker_url))
+    runtime = install(WorkerRuntime(settings, declarations))
+    if not runtime.wait_for_services(threading.Event()):
+        return
+    app = make_app(settings)
+    job.register(app)
+    nodename = f"topchef-worker-{os.getpid()}@{socket.gethostname()}"
+
+    def serve_new(served: ServedService) -> None:
+        app.control.add_consumer(served.descriptor.queue, destination=[nodename], reply=False)
+        runtime.check_in(available=True)
+
+    def ready(**_: Any) -> None:
+        runtime.start()
+        runtime.watch_directory(serve_new)
+
+    worker_ready.connect(ready, weak=False)
+    worker_shutting_down.connect(lambda **_: runtime.drain(), weak=False)
+    worker_shutdown.connect(lambda **_: runtime.stop(clean=True), weak=False)
+    names = ", ".join(served.descriptor.name for served in runtime.services.values())
+    log.info("serving %s (%s, concurrency %d)", names, pool, concurrency)
+    app.Worker(
+        queues=runtime.queues,
+        pool=pool,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        hostname=nodename,
+    ).start()

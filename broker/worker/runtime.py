@@ -1,0 +1,487 @@
+"""The lab worker: runs handlers for the services it serves, and says it is alive.
+
+Lab code needs two names from here — ``handles`` and ``progress`` — and the
+``topchef worker MODULE`` command does the rest. A worker knows only the
+message broker: services are resolved through the directory in Redis, every
+state change goes back on the state stream, and claims (``broker.messaging.claims``)
+make sure a job runs once however often its message is delivered, and only if a
+producer registered it with exactly those parameters.
+
+A worker may start before its services exist, or before beat has written them
+to the directory: it waits for them and starts serving each as it appears
+(``WorkerRuntime.discover``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from broker.contract import Contract, compile_contract
+from broker.errors import DeserializationError
+from broker.messaging import keys
+from broker.messaging.batches import Batches
+from broker.messaging.claims import ClaimResult, Claims, Finish
+from broker.messaging.connections import redis_client, text
+from broker.messaging.messages import ServiceDescriptor, StateMessage, parameters_digest
+from broker.models.interfaces.job import Job
+from broker.settings import Settings
+from broker.worker.handlers import (
+    Declaration,
+    Handler,
+    handles,
+    progress,
+    reporting_to,
+    stop_reporting,
+)
+
+__all__ = [
+    "Refused",
+    "ServedService",
+    "WorkerRuntime",
+    "current_runtime",
+    "handles",
+    "install",
+    "progress",
+]
+
+log = logging.getLogger(__name__)
+Status = Job.JobStatus
+
+#: Progress reports closer together than this are dropped (the last one is kept).
+PROGRESS_INTERVAL = 0.25
+#: How often a worker looks in the directory for services it waits for.
+DISCOVERY_INTERVAL = 1.0
+#: A run's report waits this long for Redis at first, doubling up to the most.
+REPORT_RETRY_FIRST = 0.1
+REPORT_RETRY_MOST = 5.0
+#: Refused deliveries kept in ``keys.REFUSED_LOG`` for an operator (approximately).
+REFUSED_LOG_LENGTH = 1000
+
+
+class Refused(Exception):
+    """A delivery that is not registered work; it did not run and changed nothing.
+
+    A control-flow signal between the runtime and its Celery task, outside the
+    ``TopChefError`` tree: the task turns it into Celery's ``Reject``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"refused ({reason}): {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class ServedService:
+    """A service this worker serves: what the directory says of it, and its handler."""
+
+    descriptor: ServiceDescriptor
+    handler: Handler
+    results: Contract
+    parameters: Contract
+
+
+def _served(descriptor: ServiceDescriptor, declaration: Declaration) -> ServedService:
+    return ServedService(
+        descriptor,
+        declaration.function,
+        compile_contract(descriptor.job_result_schema, source="job_result_schema"),
+        compile_contract(descriptor.job_registration_schema, source="job_registration_schema"),
+    )
+
+
+class WorkerRuntime:
+    """Runs claimed jobs and keeps this worker's check-ins and leases alive."""
+
+    def __init__(self, settings: Settings, declarations: Iterable[Declaration]) -> None:
+        self.settings = settings
+        self._declared = {declaration.service_name: declaration for declaration in declarations}
+        self._services: dict[uuid.UUID, ServedService] = {}
+        self._services_lock = threading.Lock()
+        self._client = redis_client(settings.broker_url)
+        self._claims = Claims(self._client, settings.lease_seconds, settings.duplicate_window)
+        self._batches = Batches(self._client, settings.lease_seconds)
+        #: Lease key → holder, for every job and batch this process is running.
+        self._leases: dict[str, str] = {}
+        self._leases_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._draining = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+
+    @property
+    def services(self) -> dict[uuid.UUID, ServedService]:
+        """The services found so far (a copy)."""
+        with self._services_lock:
+            return dict(self._services)
+
+    @property
+    def queues(self) -> list[str]:
+        return [served.descriptor.queue for served in self.services.values()]
+
+    @property
+    def missing(self) -> list[str]:
+        """Declared services not found in the directory yet."""
+        found = {served.descriptor.name for served in self.services.values()}
+        return sorted(name for name in self._declared if name not in found)
+
+    @staticmethod
+    def name() -> str:
+        """This process, as the jobs it runs record it."""
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+    # -- finding services ---------------------------------------------------
+
+    def discover(self) -> list[ServedService]:
+        """Look up the declared services not found yet; return those that now exist."""
+        missing = self.missing
+        if not missing:
+            return []
+        ids = self._client.hmget(keys.SERVICE_IDS, missing)
+        found = [(name, text(sid)) for name, sid in zip(missing, ids, strict=True) if sid]
+        if not found:
+            return []
+        raw = self._client.hmget(keys.SERVICE_DESCRIPTORS, [sid for _, sid in found])
+        new = []
+        for (name, _sid), descriptor_json in zip(found, raw, strict=True):
+            if descriptor_json is None:
+                continue
+            descriptor = ServiceDescriptor.from_json(descriptor_json)
+            new.append(self._serve(descriptor, self._declared[name]))
+        return new
+
+    def wait_for_services(
+        self, stop: threading.Event, interval: float = DISCOVERY_INTERVAL
+    ) -> bool:
+        """Block until at least one declared service exists; False if ``stop`` came first.
+
+        Says once what it waits for: a lab PC may boot before the one that
+        creates its services, and Celery users expect a worker to wait.
+        """
+        self.discover()
+        if self.services:
+            return True
+        log.warning(
+            "waiting for the service%s %s to be created (looking every %.0f s)",
+            "s" if len(self.missing) > 1 else "",
+            ", ".join(repr(name) for name in self.missing),
+            interval,
+        )
+        while not stop.wait(interval):
+            if self._discover_quietly():
+                return True
+        return False
+
+    def watch_directory(
+        self, on_found: Callable[[ServedService], None], interval: float = DISCOVERY_INTERVAL
+    ) -> None:
+        """In the background, serve each missing service as soon as it appears."""
+        if not self.missing:
+            return
+
+        def watch() -> None:
+            log.warning("still waiting for %s", ", ".join(repr(name) for name in self.missing))
+            while self.missing and not self._stop.wait(interval):
+                for served in self._discover_quietly():
+                    log.warning("service %r appeared: serving it", served.descriptor.name)
+                    on_found(served)
+
+        self._ensure_thread("directory", watch)
+
+    def _discover_quietly(self) -> list[ServedService]:
+        try:
+            return self.discover()
+        except redis.RedisError:
+            log.warning("cannot read the service directory; retrying", exc_info=True)
+            return []
+
+    def _serve(self, descriptor: ServiceDescriptor, declaration: Declaration) -> ServedService:
+        served = _served(descriptor, declaration)
+        with self._services_lock:
+            self._services[descriptor.id] = served
+        return served
+
+    def _served_for(self, service_id: uuid.UUID) -> ServedService | None:
+        """The service a delivery names, if this worker serves it.
+
+        A prefork child was forked before services found later were added in
+        its parent, so it looks them up in the directory itself.
+        """
+        served = self.services.get(service_id)
+        if served is not None:
+            return served
+        raw = self._client.hget(keys.SERVICE_DESCRIPTORS, str(service_id))
+        if raw is None:
+            return None
+        descriptor = ServiceDescriptor.from_json(raw)
+        declaration = self._declared.get(descriptor.name)
+        return None if declaration is None else self._serve(descriptor, declaration)
+
+    # -- running jobs -------------------------------------------------------
+
+    def run(
+        self,
+        job_id: object = None,
+        service_id: object = None,
+        parameters: object = None,
+        attempt: object = 1,
+        **_ignored: Any,
+    ) -> str:
+        """Run one delivery of a job, if it is registered work and wins the claim.
+
+        Returns what happened (the outcome, or why a duplicate did not run);
+        raises ``Refused`` for a delivery that is not registered work.
+        """
+        try:
+            job, service = uuid.UUID(str(job_id)), uuid.UUID(str(service_id))
+            if not isinstance(parameters, dict):
+                raise ValueError("parameters must be an object")
+            if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+                raise ValueError(f"attempt must be a positive integer, got {attempt!r}")
+            number = attempt
+        except (TypeError, ValueError) as error:
+            raise self.refuse("malformed", None, f"unreadable job message: {error}") from None
+        served = self._served_for(service)
+        if served is None:
+            raise self.refuse("misrouted", job, f"this worker does not serve service {service}")
+        try:
+            served.parameters.validate(parameters, source="parameters")
+        except DeserializationError as violation:
+            raise self.refuse("invalid", job, f"invalid parameters: {violation}") from None
+        worker = self.name()
+        working = StateMessage(
+            "status", service, job, status=Status.WORKING.value, attempt=number, worker=worker
+        )
+        claimed = self._claims.claim(job, number, worker, working, parameters_digest(parameters))
+        if claimed.refused:
+            raise self.refuse(claimed.value, job, _REFUSAL_DETAIL[claimed])
+        if claimed is not ClaimResult.CLAIMED:
+            log.info("not running job %s (attempt %d): it is %s", job, number, claimed.value)
+            return str(claimed.value)
+        self._hold(keys.lease(job), worker)
+        try:
+            final = self._execute(served, job, parameters, number, worker)
+        finally:
+            self._release(keys.lease(job))
+        landed = self._report(job, number, final)
+        if not landed.on_time:
+            log.warning(
+                "job %s (attempt %d) finished after beat presumed its worker lost (%s); "
+                "its outcome is reported all the same",
+                job,
+                number,
+                landed.lateness,
+            )
+        return final.status or ""
+
+    def _report(self, job: uuid.UUID, attempt: int, final: StateMessage) -> Finish:
+        """Report a run's outcome, however long Redis takes to come back.
+
+        The run has happened: its outcome is what a lab measured, so a broker
+        outage must delay the report, never lose it. Meanwhile the lease may
+        lapse; the report then lands late, and is recorded all the same.
+        """
+        delay = REPORT_RETRY_FIRST
+        while True:
+            try:
+                return self._claims.finish(job, attempt, final)
+            except redis.RedisError as error:
+                log.warning("cannot report job %s yet (%s); retrying in %.1f s", job, error, delay)
+                time.sleep(delay)  # waiting for Redis to come back, not for another thread
+                delay = min(REPORT_RETRY_MOST, delay * 2)
+
+    def refuse(self, reason: str, job: uuid.UUID | None, detail: str) -> Refused:
+        """Log and count a refused delivery once; the caller raises what this returns."""
+        log.warning("refused a delivery of job %s (%s): %s", job, reason, detail)
+        try:
+            pipeline = self._client.pipeline(transaction=False)
+            pipeline.hincrby(keys.REFUSED, reason, 1)
+            entry = {"reason": reason, "job_id": str(job), "worker": self.name(), "detail": detail}
+            pipeline.xadd(keys.REFUSED_LOG, entry, maxlen=REFUSED_LOG_LENGTH, approximate=True)  # type: ignore[arg-type]
+            pipeline.execute()
+        except redis.RedisError:
+            log.warning("could not count the refused delivery", exc_info=True)
+        return Refused(reason, detail)
+
+    def run_batch(
+        self, batch_id: str, service_id: str, jobs: list[dict[str, Any]], **_ignored: Any
+    ) -> dict[str, int]:
+        """Run a batch's jobs one after another; return how many ended how.
+
+        The batch is recorded (``broker.messaging.batches``) for as long as it runs, so
+        that if this process dies, beat re-queues the jobs it had not started.
+        A worker asked to shut down stops between jobs and leaves the rest to
+        beat in the same way, rather than holding the shutdown for all of them.
+        A job of the batch that is refused (not registered work) is skipped.
+        """
+        worker = self.name()
+        job_ids = [str(job.get("job_id")) for job in jobs if isinstance(job, dict)]
+        self._batches.open(batch_id, job_ids, worker)
+        lease = keys.batch_lease(batch_id)
+        self._hold(lease, worker)
+        outcomes: dict[str, int] = {}
+        try:
+            for job in jobs:
+                if self._draining.is_set():
+                    log.info("shutting down: batch %s's unstarted jobs go back to beat", batch_id)
+                    self._batches.abandon(batch_id)
+                    return outcomes
+                fields = job if isinstance(job, dict) else {}
+                try:
+                    outcome = self.run(**{**fields, "service_id": service_id})
+                except Refused as refusal:
+                    outcome = f"refused:{refusal.reason}"
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            self._batches.close(batch_id)
+            return outcomes
+        finally:
+            self._release(lease)
+
+    def _execute(
+        self,
+        served: ServedService,
+        job: uuid.UUID,
+        parameters: dict[str, Any],
+        attempt: int,
+        worker: str,
+    ) -> StateMessage:
+        service = served.descriptor.id
+
+        def outcome(status: Status, **fields: Any) -> StateMessage:
+            return StateMessage(
+                "status", service, job, status.value, attempt=attempt, worker=worker, **fields
+            )
+
+        token = reporting_to(self._progress_reporter(service, job))
+        try:
+            results = served.handler(parameters)
+        except Exception as error:  # the handler's failure is the job's outcome
+            log.info("job %s raised %s", job, error, exc_info=True)
+            return outcome(Status.ERROR, detail=f"{type(error).__name__}: {error}")
+        finally:
+            stop_reporting(token)
+        try:
+            served.results.validate(results, source="results")
+        except DeserializationError as violation:
+            return outcome(Status.ERROR, detail=f"invalid results: {violation.detail}")
+        return outcome(Status.COMPLETED, results=results)
+
+    def _progress_reporter(self, service: uuid.UUID, job: uuid.UUID) -> Any:
+        last_sent = 0.0
+
+        def report(fraction: float, message: str | None) -> None:
+            nonlocal last_sent
+            now = time.monotonic()
+            if fraction < 1.0 and now - last_sent < PROGRESS_INTERVAL:
+                return
+            last_sent = now
+            entry = StateMessage("progress", service, job, progress=fraction, message=message)
+            try:
+                self._client.xadd(keys.STATE_STREAM, entry.to_fields())  # type: ignore[arg-type]
+            except redis.RedisError as error:  # progress is a courtesy: never fail the run for it
+                log.warning("could not report job %s's progress: %s", job, error)
+
+        return report
+
+    # -- leases and check-ins ----------------------------------------------
+
+    def _hold(self, lease: str, worker: str) -> None:
+        with self._leases_lock:
+            self._leases[lease] = worker
+        self._ensure_thread("leases", self._keep_leases)
+
+    def _release(self, lease: str) -> None:
+        with self._leases_lock:
+            self._leases.pop(lease, None)
+
+    def _keep_leases(self) -> None:
+        interval = self.settings.lease_seconds / 3
+        while not self._stop.wait(interval):
+            with self._leases_lock:
+                held = dict(self._leases)
+            try:
+                self._claims.renew(held)
+            except redis.RedisError:
+                log.warning("could not renew leases; retrying", exc_info=True)
+
+    def check_in(self, available: bool = True) -> None:
+        """Tell the mirror every served service is alive (and available or not)."""
+        pipeline = self._client.pipeline(transaction=False)
+        for service in self.services:
+            entry = StateMessage("checkin", service, available=available, worker=self.name())
+            pipeline.xadd(keys.STATE_STREAM, entry.to_fields())  # type: ignore[arg-type]
+        pipeline.execute()
+
+    @property
+    def check_in_interval(self) -> float:
+        """A third of the shortest timeout: a live worker never times out."""
+        timeouts = [served.descriptor.timeout for served in self.services.values()]
+        return max(0.05, min(timeouts, default=30.0) / 3)
+
+    def _keep_checking_in(self) -> None:
+        while not self._stop.wait(self.check_in_interval):
+            try:
+                self.check_in(available=True)
+            except redis.RedisError:
+                log.warning("check-in failed; retrying", exc_info=True)
+
+    def start(self) -> None:
+        """Mark the services available and start checking in."""
+        self.check_in(available=True)
+        self._ensure_thread("check-ins", self._keep_checking_in)
+
+    def drain(self) -> None:
+        """Shutdown has begun: finish the jobs running, start no more of a batch's."""
+        self._draining.set()
+
+    def stop(self, clean: bool = True) -> None:
+        """Stop background work; on a clean shutdown, mark the services unavailable."""
+        self._stop.set()
+        if clean:
+            try:
+                self.check_in(available=False)
+            except redis.RedisError:
+                log.warning("could not mark services unavailable", exc_info=True)
+
+    def _ensure_thread(self, name: str, target: Any) -> None:
+        # Keyed by pid too: a prefork child inherits the dict but not the threads.
+        key = f"{name}:{os.getpid()}"
+        thread = self._threads.get(key)
+        if thread is None or not thread.is_alive():
+            thread = threading.Thread(target=target, name=f"topchef-{name}", daemon=True)
+            self._threads[key] = thread
+            thread.start()
+
+
+_REFUSAL_DETAIL: Mapping[ClaimResult, str] = {
+    ClaimResult.UNREGISTERED: "no producer registered this job",
+    ClaimResult.MISROUTED: "the job belongs to another service",
+    ClaimResult.ALTERED: "its parameters differ from those registered",
+}
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def install(runtime: WorkerRuntime) -> WorkerRuntime:
+    """Make ``runtime`` the one this process's job tasks run on."""
+    global _runtime
+    _runtime = runtime
+    return runtime
+
+
+def current_runtime() -> WorkerRuntime:
+    if _runtime is None:
+        raise RuntimeError(
+            "no worker runtime installed: start workers with `topchef worker MODULE`"
+        )
+    return _runtime
