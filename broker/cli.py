@@ -92,11 +92,16 @@ def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str)
 
     Services that do not exist yet are waited for, and served as they appear.
     """
+    from broker.app import make_app
+    from broker.tasks import job
     from broker.worker.boot import serve
 
     _logging(loglevel)
+    settings = _settings()
+    app = make_app(settings)
+    job.register(app)
     sys.path.insert(0, os.getcwd())
-    serve(_settings(), modules, pool=pool, concurrency=concurrency, loglevel=loglevel)
+    serve(app, settings, modules, pool=pool, concurrency=concurrency, loglevel=loglevel)
 
 
 @main.command()
@@ -133,13 +138,17 @@ def mirror(batch_size: int, loglevel: str) -> None:
 @_user_errors
 def beat(loglevel: str) -> None:
     """Run the periodic tasks: timeouts, lost workers' jobs, the outbox."""
+    from broker.app import make_app
     from broker.beat import process as beat_process
     from broker.storage.migrate import upgrade
+    from broker.tasks import beat as beat_tasks
 
     _logging(loglevel)
     settings = _settings()
     upgrade(settings.database_url)
-    beat_process.start(settings, loglevel)
+    app = make_app(settings)
+    beat_tasks.register(app, settings)
+    beat_process.start(app, settings, loglevel)
 
 
 @main.command()

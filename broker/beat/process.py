@@ -1,7 +1,7 @@
 """The beat process: Celery beat plus a worker of its own for the tick, with the database.
 
-Only this process registers the tick task, so no other app (a producer's, the
-gateway's) carries beat's schedule or loads its chores.
+The app comes in with the tick registered (``broker.tasks.beat.register``) by
+the command that starts beat; no other app carries beat's schedule.
 """
 
 from __future__ import annotations
@@ -9,18 +9,16 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from broker.app import make_app
+from celery import Celery
+
 from broker.messaging import keys
 from broker.messaging.connections import redis_client, warn_unless_noeviction
 from broker.settings import Settings
-from broker.tasks import beat
 
 
-def start(settings: Settings, loglevel: str = "INFO") -> None:
+def start(app: Celery, settings: Settings, loglevel: str = "INFO") -> None:
     """Run beat in the foreground: the scheduler and the worker of its tick."""
     warn_unless_noeviction(redis_client(settings.broker_url))
-    app = make_app(settings)
-    beat.register(app, settings)
     schedule = Path(tempfile.gettempdir()) / "topchef-beat-schedule"
     worker = app.Worker(
         queues=[keys.BEAT_QUEUE],

@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Celery
 
+from broker.beat.tick import run_tick
 from broker.messaging import keys
 from broker.settings import Settings
 
@@ -23,8 +24,6 @@ def register(app: Celery, settings: Settings) -> None:
     """
 
     def tick() -> dict[str, Any]:
-        from broker.beat.tick import run_tick
-
         return run_tick(app, settings)
 
     app.task(name=TICK_TASK, ignore_result=True, acks_late=False)(tick)

@@ -1,8 +1,8 @@
 """Starting a lab worker: Celery's worker signals wired to TopChef's runtime.
 
-This is the only place that registers the job tasks on a Celery app, so a
-producer (or the gateway, or ``topchef jobs show``) that makes an app never
-loads the worker runtime.
+The app comes in with the job tasks already registered by the command that
+starts the worker (``broker.tasks.job.register``); an app made anywhere else
+(a producer's, the gateway's) has no task and never loads this runtime.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from celery import Celery
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from broker.app import make_app
 from broker.errors import ConfigurationError
 from broker.messaging.connections import redis_client, warn_unless_noeviction
 from broker.settings import Settings
-from broker.tasks import job
 from broker.worker import handlers
 from broker.worker.runtime import ServedService, WorkerRuntime, install
 
@@ -29,6 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def serve(
+    app: Celery,
     settings: Settings,
     modules: Iterable[str],
     *,
@@ -56,8 +56,6 @@ def serve(
     runtime = install(WorkerRuntime(settings, declarations))
     if not runtime.wait_for_services(threading.Event()):
         return
-    app = make_app(settings)
-    job.register(app)
     nodename = f"topchef-worker-{os.getpid()}@{socket.gethostname()}"
 
     def serve_new(served: ServedService) -> None:
