@@ -22,7 +22,7 @@ from broker.messaging.messages import JobMessage
 from broker.messaging.outbox import Publisher
 from broker.models import lifecycle
 from broker.models.lifecycle import Move
-from broker.models.service import Service
+from broker.models.service import Service, has_timed_out, requeues_lost_work
 from broker.storage.tables import JobRow, ServiceRow, database_now
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def evaluate_timeouts(session: Session, now: datetime) -> list[uuid.UUID]:
     ).all()
     timed_out = []
     for service_id, timeout, last_checked_in in rows:
-        if now - last_checked_in <= timedelta(seconds=timeout):
+        if not has_timed_out(last_checked_in, timeout, now):
             continue
         moved = session.execute(  # type: ignore[attr-defined]
             sa.update(ServiceRow)
@@ -91,7 +91,7 @@ def recover_lost_jobs(
     requeue_messages: list[JobMessage] = []
     failures: list[Move] = []
     for job, service in rows:
-        requeue = service.worker_loss_policy == "requeue"
+        requeue = requeues_lost_work(service.worker_loss_policy)
         recovery = claims.recover(job.id, requeue, service.max_attempts)
         if recovery.verdict == "requeue":
             requeue_messages.append(Service(service).message_for(job, recovery.attempt))

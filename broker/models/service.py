@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +33,39 @@ DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 1e9
 MAX_ATTEMPTS = 1000
 MAX_NAME_LENGTH = 200
+
+
+def has_timed_out(last_checked_in: datetime, timeout: float, now: datetime) -> bool:
+    """Whether a service last seen at ``last_checked_in`` has outlived its check-in timeout.
+
+    The one definition: beat marks services by it, and the model, the status
+    report and the metrics show it. ``now`` must be on the database's clock,
+    the clock the mirror stamps check-ins with.
+    """
+    return now - last_checked_in > timedelta(seconds=timeout)
+
+
+#: The job id of a message template, which no job has.
+_NO_JOB = uuid.UUID(int=0)
+
+
+def fill(
+    template: JobMessage,
+    job_id: uuid.UUID,
+    parameters: dict[str, Any],
+    *,
+    attempt: int = 1,
+    per_message: int = 1,
+) -> JobMessage:
+    """A service's message template (``Service.message_template``) made one job's message."""
+    return dataclasses.replace(
+        template, job_id=job_id, parameters=parameters, attempt=attempt, per_message=per_message
+    )
+
+
+def requeues_lost_work(worker_loss_policy: str) -> bool:
+    """Whether a service's policy runs a job again after its worker was lost (else: ERROR)."""
+    return worker_loss_policy == "requeue"
 
 
 class Service(ServiceInterface):
@@ -192,8 +226,8 @@ class Service(ServiceInterface):
 
     @property
     def has_timed_out(self) -> bool:
-        elapsed = database_now(self._session) - self._row.last_checked_in
-        return elapsed > timedelta(seconds=self._row.timeout)
+        now = database_now(self._session)
+        return has_timed_out(self._row.last_checked_in, self._row.timeout, now)
 
     def check_in(self) -> None:
         self._row.last_checked_in = database_now(self._session)
@@ -226,16 +260,24 @@ class Service(ServiceInterface):
         outbox.record_job(self._session, self.message_for(row))
         return Job(row)
 
-    def message_for(self, row: JobRow, attempt: int = 1) -> JobMessage:
-        """The queue message of one of this service's jobs."""
+    def message_template(self) -> JobMessage:
+        """This service's part of every job message: the one place a job message is made.
+
+        A job's message is this template with the job's id, parameters and
+        attempt filled in (``message_for``); a producer keeps the template
+        between submits (``broker.producer.submission.Destination``).
+        """
         return JobMessage(
-            job_id=row.id,
+            job_id=_NO_JOB,
             service_id=self._row.id,
             service_name=self._row.name,
-            parameters=row.parameters,
-            requeue=self._row.worker_loss_policy == "requeue",
-            attempt=attempt,
+            parameters={},
+            requeue=requeues_lost_work(self._row.worker_loss_policy),
         )
+
+    def message_for(self, row: JobRow, attempt: int = 1) -> JobMessage:
+        """The queue message of one of this service's jobs."""
+        return fill(self.message_template(), row.id, row.parameters, attempt=attempt)
 
     def as_dict(self) -> dict[str, Any]:
         """The service as JSON-ready data."""

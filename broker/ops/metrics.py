@@ -2,9 +2,8 @@
 
 Every value is read when Prometheus scrapes, never kept up to date by a loop of
 our own: such a loop goes stale exactly when it matters, stuck on the outage an
-operator is looking at. A scrape costs two SQL queries (one grouped COUNT, cheap
-at a million jobs thanks to ``ix_jobs_service_status_submitted``, and the
-services) and one pipelined Redis round trip. When one source is down the
+operator is looking at. A scrape costs the census's two SQL queries
+(``broker.ops.census``) and one pipelined Redis round trip. When one source is down the
 scrape still answers with what the other gave, and says which source failed in
 ``topchef_source_up``, so an alert can tell "no jobs" from "cannot see jobs".
 """
@@ -29,8 +28,9 @@ from redis.retry import Retry
 from broker.messaging import keys
 from broker.messaging.connections import redis_url, text
 from broker.models.lifecycle import Status
+from broker.ops.census import Census, ServiceReading, take_census
 from broker.settings import Settings
-from broker.storage.tables import JobRow, ServiceRow, database_now, open_session
+from broker.storage.tables import open_session
 
 __all__ = ["BrokerCollector", "MetricsServer", "serve"]
 
@@ -45,25 +45,6 @@ SOURCES = (DATABASE, REDIS)
 REDIS_TIMEOUT = 3.0
 
 SERVICE_LABELS = ("service", "service_id")
-
-
-@dataclass(frozen=True, slots=True)
-class _Service:
-    id: uuid.UUID
-    name: str
-    available: bool = False
-    timed_out: bool = False
-    seconds_since_check_in: float = 0.0
-
-    @property
-    def labels(self) -> list[str]:
-        return [self.name, str(self.id)]
-
-
-@dataclass(frozen=True, slots=True)
-class _DatabaseReading:
-    services: list[_Service]
-    jobs: dict[tuple[uuid.UUID, str], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,37 +104,15 @@ class BrokerCollector(Collector):
 
     # -- sources ------------------------------------------------------------
 
-    def _read_database(self) -> _DatabaseReading | None:
+    def _read_database(self) -> Census | None:
         try:
             with open_session(self._database_url) as session:
-                # Counts first: every job counted then has its service in the next query.
-                counts = session.execute(
-                    sa.select(JobRow.service_id, JobRow.status, sa.func.count()).group_by(
-                        JobRow.service_id, JobRow.status
-                    )
-                ).all()
-                rows = session.execute(
-                    sa.select(
-                        ServiceRow.id,
-                        ServiceRow.name,
-                        ServiceRow.is_service_available,
-                        ServiceRow.timeout,
-                        ServiceRow.last_checked_in,
-                    ).order_by(ServiceRow.name)
-                ).all()
-                # After the services: no check-in read above can be later than now.
-                now = database_now(session)
+                return take_census(session)
         except sa.exc.SQLAlchemyError as error:
             self._failed(DATABASE, error)
             return None
-        services = []
-        for service_id, name, available, timeout, last_checked_in in rows:
-            age = (now - last_checked_in).total_seconds()
-            services.append(_Service(service_id, name, available, age > timeout, age))
-        jobs = {(service_id, status): int(count) for service_id, status, count in counts}
-        return _DatabaseReading(services, jobs)
 
-    def _read_redis(self, services: Sequence[_Service]) -> _RedisReading | None:
+    def _read_redis(self, services: Sequence[ServiceReading]) -> _RedisReading | None:
         try:
             pipeline = self._redis.pipeline(transaction=False)
             for service in services:
@@ -182,7 +141,7 @@ class BrokerCollector(Collector):
             {text(reason): int(count) for reason, count in refused.items()},
         )
 
-    def _directory(self) -> list[_Service]:
+    def _directory(self) -> list[ServiceReading]:
         """The services workers resolve names with (name → id), read from Redis."""
         try:
             directory: dict[Any, Any] = self._redis.hgetall(keys.SERVICE_IDS)
@@ -191,7 +150,7 @@ class BrokerCollector(Collector):
         services = []
         for name, service_id in sorted(directory.items()):
             try:
-                services.append(_Service(uuid.UUID(service_id.decode()), name.decode()))
+                services.append(ServiceReading(uuid.UUID(service_id.decode()), name.decode()))
             except (ValueError, UnicodeDecodeError):
                 log.warning("ignoring a malformed service directory entry %r", name)
         return services
@@ -206,7 +165,7 @@ def _service_gauge(name: str, documentation: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=SERVICE_LABELS)
 
 
-def _database_metrics(reading: _DatabaseReading) -> Iterator[Metric]:
+def _database_metrics(reading: Census) -> Iterator[Metric]:
     jobs = GaugeMetricFamily(
         "topchef_jobs", "Jobs by service and status.", labels=[*SERVICE_LABELS, "status"]
     )
@@ -229,7 +188,7 @@ def _database_metrics(reading: _DatabaseReading) -> Iterator[Metric]:
     yield from (jobs, available, timed_out, age)
 
 
-def _redis_metrics(reading: _RedisReading, services: Sequence[_Service]) -> Iterator[Metric]:
+def _redis_metrics(reading: _RedisReading, services: Sequence[ServiceReading]) -> Iterator[Metric]:
     depth = _service_gauge(
         "topchef_queue_depth",
         "Job messages waiting in the service's queue (a batch of jobs counts once).",

@@ -2,60 +2,53 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
+
 import redis
-import sqlalchemy as sa
 
 from broker.messaging import keys
 from broker.messaging.connections import redis_client
+from broker.models.lifecycle import Status
+from broker.ops.census import ServiceReading, take_census
 from broker.settings import Settings
-from broker.storage.tables import JobRow, ServiceRow, database_now, open_session
+from broker.storage.tables import open_session
 
 
 def render_status(settings: Settings) -> str:
     """Services (availability, timeout, last check-in, queue depth) and job counts."""
     with open_session(settings.database_url) as session:
-        now = database_now(session)
-        services = session.scalars(sa.select(ServiceRow).order_by(ServiceRow.name)).all()
-        counts = session.execute(
-            sa.select(JobRow.status, sa.func.count()).group_by(JobRow.status)
-        ).all()
-    depths = _queue_depths(settings, services)
+        census = take_census(session)
+    depths = _queue_depths(settings, census.services)
     lines = [
         f"{'service':<28} {'available':<9} {'timed out':<9} {'check-in':>10} {'queued':>7}",
     ]
-    for service in services:
-        age = (now - service.last_checked_in).total_seconds()
-        timed_out = age > service.timeout
-        depth = depths.get(str(service.id))
+    for service in census.services:
+        depth = depths.get(service.id)
         lines.append(
-            f"{service.name[:28]:<28} {'yes' if service.is_service_available else 'no':<9} "
-            f"{'yes' if timed_out else 'no':<9} {_age(age):>10} "
+            f"{service.name[:28]:<28} {'yes' if service.available else 'no':<9} "
+            f"{'yes' if service.timed_out else 'no':<9} {_age(service.seconds_since_check_in):>10} "
             f"{'?' if depth is None else depth:>7}"
         )
-    if not services:
+    if not census.services:
         lines.append("(no services yet: topchef services create ...)")
-    totals = dict(counts)
+    totals = census.totals()
     lines.append("")
     lines.append(
-        "jobs: "
-        + ", ".join(
-            f"{status} {totals.get(status, 0)}"
-            for status in ("REGISTERED", "WORKING", "COMPLETED", "ERROR", "CANCELLED")
-        )
+        "jobs: " + ", ".join(f"{status.value} {totals[status.value]}" for status in Status)
     )
     return "\n".join(lines)
 
 
-def _queue_depths(settings: Settings, services: object) -> dict[str, int]:
-    rows = list(services)  # type: ignore[call-overload]
+def _queue_depths(settings: Settings, services: Sequence[ServiceReading]) -> dict[uuid.UUID, int]:
     try:
         pipeline = redis_client(settings.broker_url).pipeline(transaction=False)
-        for service in rows:
+        for service in services:
             pipeline.llen(keys.service_queue(service.id))
         depths = pipeline.execute()
     except redis.RedisError:
         return {}  # shown as "?": the broker is unreachable
-    return {str(service.id): int(depth) for service, depth in zip(rows, depths, strict=True)}
+    return {service.id: int(depth) for service, depth in zip(services, depths, strict=True)}
 
 
 def _age(seconds: float) -> str:

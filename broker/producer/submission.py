@@ -24,7 +24,7 @@ from broker.contract import Contract
 from broker.messaging import outbox
 from broker.messaging.messages import JobMessage
 from broker.models import lifecycle
-from broker.models.service import Service, check_count
+from broker.models.service import Service, check_count, fill
 from broker.storage.tables import JobRow, JSONDocument, ServiceRow
 
 
@@ -38,20 +38,19 @@ class Destination:
 
     service_id: uuid.UUID
     name: str
-    requeue: bool
+    template: JobMessage
     contract: Contract
 
     @classmethod
     def of(cls, service: Service) -> Destination:
-        requeue = service.worker_loss_policy == "requeue"
-        return cls(service.id, service.name, requeue, service.registration_contract)
+        return cls(
+            service.id, service.name, service.message_template(), service.registration_contract
+        )
 
     def message(
         self, job_id: uuid.UUID, parameters: dict[str, Any], per_message: int = 1
     ) -> JobMessage:
-        return JobMessage(
-            job_id, self.service_id, self.name, parameters, self.requeue, per_message=per_message
-        )
+        return fill(self.template, job_id, parameters, per_message=per_message)
 
 
 #: The most jobs one Celery message may carry (``jobs_per_message``).

@@ -1,0 +1,83 @@
+"""What the database says about every service and its jobs, read in one place.
+
+``topchef status`` and the Prometheus metrics show the same facts, so they take
+the same two queries: job counts by service and status (one grouped COUNT,
+cheap at a million jobs thanks to ``ix_jobs_service_status_submitted``), then
+the services, judged on the database's clock by ``has_timed_out``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from broker.models.service import has_timed_out
+from broker.storage.tables import JobRow, ServiceRow, database_now
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceReading:
+    """One service as the census saw it."""
+
+    id: uuid.UUID
+    name: str
+    available: bool = False
+    timed_out: bool = False
+    seconds_since_check_in: float = 0.0
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.name, str(self.id)]
+
+
+@dataclass(frozen=True, slots=True)
+class Census:
+    """Every service, and how many jobs each has in each status."""
+
+    services: list[ServiceReading]
+    jobs: dict[tuple[uuid.UUID, str], int]
+    taken_at: datetime
+
+    def totals(self) -> Counter[str]:
+        """Jobs by status, over every service."""
+        totals: Counter[str] = Counter()
+        for (_service, status), count in self.jobs.items():
+            totals[status] += count
+        return totals
+
+
+def take_census(session: Session) -> Census:
+    """Read the census in ``session``; counts first, so every job counted has its service."""
+    counts = session.execute(
+        sa.select(JobRow.service_id, JobRow.status, sa.func.count()).group_by(
+            JobRow.service_id, JobRow.status
+        )
+    ).all()
+    rows = session.execute(
+        sa.select(
+            ServiceRow.id,
+            ServiceRow.name,
+            ServiceRow.is_service_available,
+            ServiceRow.timeout,
+            ServiceRow.last_checked_in,
+        ).order_by(ServiceRow.name)
+    ).all()
+    # After the services: no check-in read above can be later than now.
+    now = database_now(session)
+    services = [
+        ServiceReading(
+            service_id,
+            name,
+            available,
+            has_timed_out(last_checked_in, timeout, now),
+            (now - last_checked_in).total_seconds(),
+        )
+        for service_id, name, available, timeout, last_checked_in in rows
+    ]
+    jobs = {(service_id, status): int(count) for service_id, status, count in counts}
+    return Census(services, jobs, now)
