@@ -4,8 +4,8 @@ Every job has a claim hash (``keys.claim``) that one Lua script at a time may
 change. The publisher opens it with the job's registration — its service and
 the digest of its parameters (``register``), in the same round trip as the job's
 message — and from then on a worker's claim, a cancel, beat's recovery and the
-end of a run each change it in one step. This module is the only one that reads
-or writes a claim; its scripts are files of their own (``broker/messaging/lua``),
+end of a run each change it in one step. Claims are read and written here,
+through ``Claims``; its scripts are files of their own (``broker/messaging/lua``),
 each headed by the KEYS and ARGV it takes. That gives two guarantees:
 
 - **only registered work runs**: a delivery is refused, without running, unless
@@ -174,7 +174,7 @@ class Holder:
 
 
 class Claims:
-    """The Lua scripts above, bound to one Redis client; the only reader and writer of claims."""
+    """The Lua scripts above and the reads of claims beside them, bound to one Redis client."""
 
     def __init__(
         self,
