@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pathlib
+import re
 import uuid
 
 import pytest
 import redis
 from support import wait_for
 
+import broker
 from broker.messaging import keys
-from broker.messaging.claims import ClaimResult, Claims
+from broker.messaging.claims import LUA_SCRIPTS, ClaimResult, Claims
 from broker.messaging.connections import warn_unless_noeviction
 from broker.messaging.messages import StateMessage, parameters_digest
 
@@ -240,3 +244,144 @@ def test_an_evicting_redis_is_reported(tmp_path, caplog):
         assert warn_unless_noeviction(client) is True
     finally:
         server.shutdown()
+
+
+def test_the_holders_of_claims_are_read_in_their_order(claims):
+    untaken, running = _registered(claims), _registered(claims)
+    _claim(claims, running, worker="w1")
+    holders = claims.holders([running, untaken, uuid.uuid4()])
+    assert [(h.state, h.attempt, h.worker) for h in holders] == [
+        ("running", 1, "w1"),
+        (None, 0, None),
+        (None, 0, None),
+    ]
+    assert claims.holder(running) == holders[0]
+    assert claims.holders([]) == []
+
+
+def test_http_check_ins_renew_jobs_held_over_http_and_forget_the_rest(claims):
+    client = claims._client
+    held, by_celery, ended = _registered(claims), _registered(claims), _registered(claims)
+    claims.claim(held, 1, "http:rig", _working(held), trusted=True)
+    _claim(claims, by_celery, worker="celery@host")
+    claims.claim(ended, 1, "http:rig", _working(ended), trusted=True)
+    claims.finish(ended, 1, _final(ended))
+    ids = [str(held), str(by_celery), str(ended)]
+    client.sadd(keys.http_jobs(SERVICE), *ids)
+    leased = claims.leased(60)
+    assert leased.renew_http(SERVICE, ids, chunk=2) == 2
+    assert {m.decode() for m in client.smembers(keys.http_jobs(SERVICE))} == {str(held)}
+    assert 1000 < client.pttl(keys.lease(held)) <= 60_000  # the check-in's lease, not 0.2 s
+    assert client.get(keys.lease(held)) == b"http:rig"
+
+
+def test_claims_with_another_lease_keep_the_registered_scripts(claims):
+    leased = claims.leased(5)
+    assert (leased.lease_ms, claims.lease_ms) == (5000, 200)
+    assert leased._scripts is claims._scripts
+    assert leased.window_seconds == claims.window_seconds
+
+
+# -- the scripts' files --------------------------------------------------------
+
+_HEADER_ENTRY = re.compile(r"^--\s+(KEYS|ARGV)\[([^\]]+)\]\s+\S")
+_BODY_USE = re.compile(r"\b(KEYS|ARGV)\[([^\]]+)\]")
+
+
+def _lua_files() -> dict[str, str]:
+    return {
+        path.name: path.read_text(encoding="utf-8")
+        for path in LUA_SCRIPTS.iterdir()
+        if path.name.endswith(".lua")
+    }
+
+
+def _index(expression: str) -> str:
+    """``2 * i + 1`` and ``2i+1`` name the same entry."""
+    return re.sub(r"[\s*]", "", expression)
+
+
+def _header_and_body(source: str) -> tuple[list[str], list[str]]:
+    lines = source.splitlines()
+    end = next((n for n, line in enumerate(lines) if not line.startswith("--")), len(lines))
+    return lines[:end], lines[end:]
+
+
+def _mismatches(source: str) -> list[str]:
+    """How a script's header disagrees with the KEYS and ARGV its body uses."""
+    header, body = _header_and_body(source)
+    named: dict[str, list[str]] = {"KEYS": [], "ARGV": []}
+    for line in header:
+        if entry := _HEADER_ENTRY.match(line):
+            named[entry[1]].append(_index(entry[2]))
+    used: dict[str, set[str]] = {"KEYS": set(), "ARGV": set()}
+    for line in body:
+        code = line.split("--", 1)[0]  # no script has "--" inside a string
+        for use in _BODY_USE.finditer(code):
+            used[use[1]].add(_index(use[2]))
+    problems = []
+    if not any(line.lower().startswith("-- returns") for line in header):
+        problems.append("the header does not say what the script returns")
+    for table in ("KEYS", "ARGV"):
+        if len(named[table]) != len(set(named[table])):
+            problems.append(f"{table} entries named twice: {named[table]}")
+        if set(named[table]) != used[table]:
+            problems.append(
+                f"{table}: header names {sorted(named[table])}, body uses {sorted(used[table])}"
+            )
+        numbers = sorted(int(i) for i in named[table] if i.isdigit())
+        if numbers != list(range(1, len(numbers) + 1)):
+            problems.append(f"{table} numbered entries are not 1..n: {numbers}")
+    return problems
+
+
+def test_every_lua_file_is_loaded_by_a_script_and_every_script_by_a_file():
+    claims = Claims(redis.Redis())  # registering a script talks to no server
+    scripts = {
+        field.name: getattr(claims._scripts, field.name).script
+        for field in dataclasses.fields(claims._scripts)
+    }
+    files = _lua_files()
+    assert files, f"no scripts found in {LUA_SCRIPTS}"
+    orphans = {name for name, source in files.items() if source not in scripts.values()}
+    assert not orphans, f"{sorted(orphans)} are loaded by no script of Claims"
+    assert {f"{name}.lua" for name in scripts} == set(files)
+    for name, source in scripts.items():
+        assert source == files[f"{name}.lua"], name
+
+
+def test_no_python_module_carries_a_script_of_its_own():
+    package = pathlib.Path(broker.__file__).parent
+    offenders = [
+        str(path)
+        for path in package.rglob("*.py")
+        if "redis.call(" in path.read_text(encoding="utf-8")
+    ]
+    assert not offenders
+
+
+@pytest.mark.parametrize("name", sorted(_lua_files()))
+def test_each_script_header_names_the_keys_and_args_its_body_uses(name):
+    assert _mismatches(_lua_files()[name]) == []
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("-- KEYS[1] a\n-- Returns: 1\nreturn redis.call('GET', KEYS[1], ARGV[1])", "ARGV"),
+        ("-- KEYS[1] a\n-- KEYS[2] b\n-- Returns: 1\nreturn redis.call('GET', KEYS[1])", "KEYS"),
+        ("-- KEYS[i] a\n-- Returns: 1\nreturn redis.call('GET', KEYS[2 * i])", "KEYS"),
+        ("-- KEYS[2] a\n-- Returns: 1\nreturn redis.call('GET', KEYS[2])", "1..n"),
+        ("-- KEYS[1] a\nreturn redis.call('GET', KEYS[1])", "returns"),
+        ("-- KEYS[1]\n-- Returns: 1\nreturn redis.call('GET', KEYS[1])", "KEYS"),
+    ],
+)
+def test_the_header_check_catches_a_header_that_disagrees(source, problem):
+    assert any(problem in found for found in _mismatches(source))
+
+
+def test_the_http_renewal_knows_the_gateways_worker_prefix():
+    from broker.gateway.dispatch import HTTP_PREFIX
+
+    source = _lua_files()["renew_http.lua"]
+    assert f"string.sub(worker, 1, {len(HTTP_PREFIX)}) == '{HTTP_PREFIX}'" in source

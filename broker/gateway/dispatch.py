@@ -22,8 +22,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -32,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from broker.gateway.errors import ClaimConflictError
 from broker.messaging import keys, outbox
-from broker.messaging.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims
+from broker.messaging.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims, Holder
 from broker.messaging.connections import text
 from broker.messaging.messages import StateMessage
 from broker.models import lifecycle
@@ -54,43 +53,10 @@ CANDIDATES = 50
 #: Jobs whose leases one script call renews.
 RENEW_CHUNK = 500
 
-# KEYS: the service's set of HTTP-held jobs, then (claim, lease) for each job.
-# ARGV: lease ms, then the job ids. Renews the lease of each job still running
-# over HTTP and drops the others from the set, in one step, so a job claimed
-# again meanwhile cannot lose its membership.
-_RENEW = """
-local dropped = 0
-for i = 1, #ARGV - 1 do
-  local claim = KEYS[2 * i]
-  local state = redis.call('HGET', claim, 'state')
-  local worker = redis.call('HGET', claim, 'worker')
-  if state == 'running' and worker and string.sub(worker, 1, 5) == 'http:' then
-    redis.call('SET', KEYS[2 * i + 1], worker, 'PX', ARGV[1])
-  else
-    redis.call('SREM', KEYS[1], ARGV[i + 1])
-    dropped = dropped + 1
-  end
-end
-return dropped
-"""
-
 
 def lease_seconds(timeout: float) -> float:
     """An HTTP claim's lease: the service's timeout (bounded by the claim's own life)."""
     return min(float(timeout), float(CLAIM_TTL_SECONDS))
-
-
-@dataclass(frozen=True, slots=True)
-class Holder:
-    """A job's claim as Redis has it now."""
-
-    state: str | None
-    attempt: int
-    worker: str | None
-
-    @property
-    def over_http(self) -> bool:
-        return self.state == "running" and (self.worker or "").startswith(HTTP_PREFIX)
 
 
 class Dispatcher:
@@ -99,16 +65,13 @@ class Dispatcher:
     def __init__(self, client: redis.Redis, closing: threading.Event) -> None:
         self._client = client
         self._closing = closing
-        self._renew = client.register_script(_RENEW)
+        self._base = Claims(client)
 
     def _claims(self, timeout: float) -> Claims:
-        return Claims(self._client, lease_seconds(timeout))
+        return self._base.leased(lease_seconds(timeout))
 
     def holder(self, job_id: uuid.UUID) -> Holder:
-        state, attempt, worker = self._client.hmget(
-            keys.claim(job_id), ["state", "attempt", "worker"]
-        )
-        return Holder(_text(state), int(attempt or 0), _text(worker))
+        return self._base.holder(job_id)
 
     # -- finding and claiming --------------------------------------------------
 
@@ -132,11 +95,8 @@ class Dispatcher:
             rows = session.scalars(page).all()
             if not rows:
                 break
-            pipeline = self._client.pipeline(transaction=False)
-            for row in rows:
-                pipeline.hexists(keys.claim(row.id), "state")
-            taken = pipeline.execute()
-            found.extend(row for row, claimed in zip(rows, taken, strict=True) if not claimed)
+            free = self._base.unclaimed([row.id for row in rows])
+            found.extend(row for row in rows if row.id in free)
             if len(rows) < CANDIDATES:
                 break
             after = (rows[-1].date_submitted, rows[-1].id)
@@ -153,14 +113,11 @@ class Dispatcher:
             .order_by(JobRow.date_submitted, JobRow.id)
             .limit(CANDIDATES)
         ).all()
-        pipeline = self._client.pipeline(transaction=False)
-        for row in rows:
-            pipeline.hmget(keys.claim(row.id), ["state", "attempt"])
-        claims = pipeline.execute()
+        holders = self._base.holders([row.id for row in rows])
         return [
-            (row, int(attempt or 0) + 1)
-            for row, (state, attempt) in zip(rows, claims, strict=True)
-            if _text(state) == ClaimResult.REQUEUED.value
+            (row, holder.attempt + 1)
+            for row, holder in zip(rows, holders, strict=True)
+            if holder.state == ClaimResult.REQUEUED.value
         ]
 
     def claim(
@@ -341,17 +298,7 @@ class Dispatcher:
             if job_ids is not None
             else sorted(_text(member) or "" for member in self._client.smembers(held_key))
         )
-        lease_ms = max(1, int(lease_seconds(timeout) * 1000))
-        for chunk in _chunks(members, RENEW_CHUNK):
-            script_keys = [held_key]
-            for job_id in chunk:
-                script_keys += [keys.claim(job_id), keys.lease(job_id)]
-            self._renew(keys=script_keys, args=[lease_ms, *chunk])
-
-
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+        self._claims(timeout).renew_http(service_id, members, RENEW_CHUNK)
 
 
 def _text(value: object) -> str | None:

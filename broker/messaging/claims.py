@@ -4,7 +4,9 @@ Every job has a claim hash (``keys.claim``) that one Lua script at a time may
 change. The publisher opens it with the job's registration — its service and
 the digest of its parameters (``register``), in the same round trip as the job's
 message — and from then on a worker's claim, a cancel, beat's recovery and the
-end of a run each change it in one step. That gives two guarantees:
+end of a run each change it in one step. Claims are read and written here,
+through ``Claims``; its scripts are files of their own (``broker/messaging/lua``),
+each headed by the KEYS and ARGV it takes. That gives two guarantees:
 
 - **only registered work runs**: a delivery is refused, without running, unless
   it names a registered job, for that job's own service, with exactly the
@@ -32,12 +34,15 @@ duplicate that arrives later still finds no registration and is refused.
 
 from __future__ import annotations
 
+import copy
 import enum
+import importlib.resources
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import redis
+from redis.commands.core import Script
 
 from broker.messaging import keys
 from broker.messaging.connections import text
@@ -49,153 +54,70 @@ CLAIM_TTL_SECONDS = 7 * 24 * 3600
 #: Settle's default window when the caller has no settings at hand.
 DEFAULT_WINDOW_SECONDS = 120.0
 
-# KEYS: the claims of jobs of one service. ARGV: service id, then each job's digest.
+#: Where the scripts below live, one ``.lua`` file each, shipped as package data.
+#: Each file's header names its KEYS and ARGV, one per line, and what it returns.
+LUA_SCRIPTS = importlib.resources.files("broker.messaging") / "lua"
+
+
+def _lua(name: str) -> str:
+    """Read a script once, at import: a missing file fails the import, not a job's claim."""
+    return (LUA_SCRIPTS / f"{name}.lua").read_text(encoding="utf-8")
+
+
 # One call registers a whole chunk: a command per job costs the publisher more
 # than the rest of a bulk submit's Redis work.
-_REGISTER = """
-for i = 1, #KEYS do
-  redis.call('HSET', KEYS[i], 'service', ARGV[1], 'digest', ARGV[i + 1])
-end
-return #KEYS
-"""
-
-# KEYS: claim, lease, stream.
-# ARGV: attempt, worker, lease ms, WORKING entry, service id, parameters digest
-#       ('' when the caller read the job from SQL itself), trusted (1: the caller
-#       read the job from SQL and may register it), settle seconds.
-_CLAIM = """
-local service = redis.call('HGET', KEYS[1], 'service')
-if not service then
-  if ARGV[7] ~= '1' then
-    return 'unregistered'
-  end
-  redis.call('HSET', KEYS[1], 'service', ARGV[5])
-elseif service ~= ARGV[5] then
-  return 'misrouted'
-end
-local digest = redis.call('HGET', KEYS[1], 'digest')
-if ARGV[6] ~= '' and digest and digest ~= ARGV[6] then
-  return 'altered'
-end
-local state = redis.call('HGET', KEYS[1], 'state')
-local attempt = tonumber(ARGV[1])
-if state then
-  local current = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-  if not (state == 'requeued' and attempt == current + 1) then
-    if state == 'done' or state == 'cancelled' or state == 'lost' then
-      -- This delivery consumed a duplicate; later ones come within the window.
-      local ttl = redis.call('TTL', KEYS[1])
-      if ttl < 0 or ttl > tonumber(ARGV[8]) then
-        redis.call('EXPIRE', KEYS[1], ARGV[8])
-      end
-    end
-    return state
-  end
-end
-redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'worker', ARGV[2])
-redis.call('PERSIST', KEYS[1])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[4])
-return 'claimed'
-"""
-
-# KEYS: claim, lease, stream. ARGV: attempt, final entry, backstop ttl.
-# Returns {lateness, since}: lateness '' (on time), 'lost' or 'requeued' (beat
-# presumed the worker lost at ``since`` ms, and nothing ran again: this outcome
-# stands), 'superseded' (another attempt holds the job) or 'unknown' (the claim
-# is gone or already ended). The outcome is reported in every case.
-_FINISH = """
-local state = redis.call('HGET', KEYS[1], 'state')
-local mine = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') == tonumber(ARGV[1])
-if mine and state == 'running' then
-  redis.call('HSET', KEYS[1], 'state', 'done')
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('DEL', KEYS[2])
-  redis.call('XADD', KEYS[3], '*', 'm', ARGV[2])
-  return {'', ''}
-end
-if mine and (state == 'lost' or state == 'requeued') then
-  local since = redis.call('HGET', KEYS[1], state .. '_at') or ''
-  redis.call('HSET', KEYS[1], 'state', 'done')
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'late', state, 'since', since)
-  return {state, since}
-end
-local lateness = 'unknown'
-if state == 'running' or state == 'requeued' then
-  lateness = 'superseded'
-end
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'late', lateness, 'since', '')
-return {lateness, ''}
-"""
-
-# KEYS: claim. ARGV: claim ttl.
-_CANCEL = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'cancelled' then
-  return state
-end
-redis.call('HSET', KEYS[1], 'state', 'cancelled')
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 'cancelled'
-"""
-
-# KEYS: claim, lease. ARGV: requeue (1/0), max attempts, stale ms.
-# Returns {verdict, attempt}; verdict: alive | requeue | fail | exhausted | other.
-_RECOVER = """
-local state = redis.call('HGET', KEYS[1], 'state')
-local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if state == 'requeued' then
-  local since = tonumber(redis.call('HGET', KEYS[1], 'requeued_at') or '0')
-  if now_ms - since < tonumber(ARGV[3]) then
-    return {'alive', attempt}
-  end
-  redis.call('HSET', KEYS[1], 'requeued_at', now_ms)
-  return {'requeue', attempt + 1}
-end
-if state ~= 'running' then
-  return {state or 'unclaimed', attempt}
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {'alive', attempt}
-end
-if ARGV[1] == '1' and attempt < tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'state', 'requeued', 'requeued_at', now_ms)
-  return {'requeue', attempt + 1}
-end
-redis.call('HSET', KEYS[1], 'state', 'lost', 'lost_at', now_ms)
-if ARGV[1] == '1' then
-  return {'exhausted', attempt}
-end
-return {'fail', attempt}
-"""
-
-# KEYS: claim, lease, stream. ARGV: attempt, worker, release entry.
+_REGISTER = _lua("register")
+# A delivery's claim, checking in the same step that it is registered work:
+# another script could change the claim between a separate check and the take.
+_CLAIM = _lua("claim")
+# A run's end, on time or late: nothing a worker measured is dropped here, the
+# SQL record decides where a late outcome belongs.
+_FINISH = _lua("finish")
+# A cancel and a claim exclude each other only if both change the claim in one step.
+_CANCEL = _lua("cancel")
+# Beat's decision on a job whose lease may have lapsed, read and written at
+# once so that two beats cannot both re-queue it.
+_RECOVER = _lua("recover")
 # The holder gives a claim back: the job is registered work again, unclaimed.
-_RELEASE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'running'
-    or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2]
-    or tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') ~= tonumber(ARGV[1]) then
-  return 0
-end
-redis.call('HDEL', KEYS[1], 'state', 'attempt', 'worker')
-redis.call('DEL', KEYS[2])
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[3])
-return 1
-"""
+_RELEASE = _lua("release")
+# Shortens only claims that ended: a job running or re-queued since keeps its claim.
+_SETTLE = _lua("settle")
+# The HTTP gateway's check-ins renew the leases of the jobs still running over
+# HTTP and drop the others from the service's set, in one step, so a job claimed
+# again meanwhile cannot lose its membership. Its 'http:' is
+# ``broker.gateway.dispatch.HTTP_PREFIX``.
+_RENEW_HTTP = _lua("renew_http")
 
-# KEYS: claims whose job SQL has recorded as ended. ARGV: window seconds.
-_SETTLE = """
-for i = 1, #KEYS do
-  local state = redis.call('HGET', KEYS[i], 'state')
-  if state == 'done' or state == 'cancelled' or state == 'lost' then
-    redis.call('EXPIRE', KEYS[i], ARGV[1])
-  end
-end
-return #KEYS
-"""
+
+@dataclass(frozen=True, slots=True)
+class _Scripts:
+    """The scripts registered with one client, shared by every ``Claims`` derived from it.
+
+    Registering hashes the script; a gateway that needs a ``Claims`` per
+    service timeout should not do that on every request.
+    """
+
+    register: Script
+    claim: Script
+    finish: Script
+    cancel: Script
+    recover: Script
+    release: Script
+    settle: Script
+    renew_http: Script
+
+    @classmethod
+    def of(cls, client: redis.Redis) -> _Scripts:
+        return cls(
+            register=client.register_script(_REGISTER),
+            claim=client.register_script(_CLAIM),
+            finish=client.register_script(_FINISH),
+            cancel=client.register_script(_CANCEL),
+            recover=client.register_script(_RECOVER),
+            release=client.register_script(_RELEASE),
+            settle=client.register_script(_SETTLE),
+            renew_http=client.register_script(_RENEW_HTTP),
+        )
 
 
 class ClaimResult(enum.Enum):
@@ -242,8 +164,17 @@ class Finish:
         return not self.lateness
 
 
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A job's claim as Redis has it now: who runs which attempt, if anyone."""
+
+    state: str | None
+    attempt: int
+    worker: str | None
+
+
 class Claims:
-    """The Lua scripts above, bound to one Redis client."""
+    """The Lua scripts above and the reads of claims beside them, bound to one Redis client."""
 
     def __init__(
         self,
@@ -252,15 +183,18 @@ class Claims:
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
     ) -> None:
         self._client = client
-        self.lease_ms = max(1, int(lease_seconds * 1000))
+        self.lease_ms = _lease_ms(lease_seconds)
         self.window_seconds = max(1, int(window_seconds + 0.999))
-        self._claim = client.register_script(_CLAIM)
-        self._finish = client.register_script(_FINISH)
-        self._cancel = client.register_script(_CANCEL)
-        self._recover = client.register_script(_RECOVER)
-        self._settle = client.register_script(_SETTLE)
-        self._release = client.register_script(_RELEASE)
-        self._register = client.register_script(_REGISTER)
+        self._scripts = _Scripts.of(client)
+
+    def leased(self, lease_seconds: float) -> Claims:
+        """The same claims with another lease (an HTTP claim's is its service's timeout).
+
+        The scripts stay registered once, with this client.
+        """
+        leased = copy.copy(self)
+        leased.lease_ms = _lease_ms(lease_seconds)
+        return leased
 
     def register(
         self,
@@ -275,7 +209,7 @@ class Claims:
         claim taken since keeps its state.
         """
         if jobs:
-            self._register(
+            self._scripts.register(
                 keys=[keys.claim(job_id) for job_id, _ in jobs],
                 args=[str(service_id), *(digest for _, digest in jobs)],
                 client=pipeline,
@@ -297,7 +231,7 @@ class Claims:
         (the HTTP gateway, which read the job from SQL) passes none, and may
         register a job whose message has not been published yet.
         """
-        result = self._claim(
+        result = self._scripts.claim(
             keys=[keys.claim(job_id), keys.lease(job_id), keys.STATE_STREAM],
             args=[
                 attempt,
@@ -314,7 +248,7 @@ class Claims:
 
     def finish(self, job_id: uuid.UUID, attempt: int, final: StateMessage) -> Finish:
         """Report the run's outcome; say how late it is if beat gave the job up meanwhile."""
-        lateness, since = self._finish(
+        lateness, since = self._scripts.finish(
             keys=[keys.claim(job_id), keys.lease(job_id), keys.STATE_STREAM],
             args=[attempt, final.to_fields()["m"], CLAIM_TTL_SECONDS],
         )
@@ -323,7 +257,7 @@ class Claims:
 
     def release(self, job_id: uuid.UUID, attempt: int, worker: str, entry: StateMessage) -> bool:
         """Give back a claim ``worker`` holds but will not run; False if it holds none."""
-        released = self._release(
+        released = self._scripts.release(
             keys=[keys.claim(job_id), keys.lease(job_id), keys.STATE_STREAM],
             args=[attempt, worker, entry.to_fields()["m"]],
         )
@@ -340,11 +274,13 @@ class Claims:
 
     def cancel(self, job_id: uuid.UUID) -> ClaimResult:
         """Forbid every delivery of the job from running it, unless one already has."""
-        return ClaimResult(text(self._cancel(keys=[keys.claim(job_id)], args=[CLAIM_TTL_SECONDS])))
+        return ClaimResult(
+            text(self._scripts.cancel(keys=[keys.claim(job_id)], args=[CLAIM_TTL_SECONDS]))
+        )
 
     def recover(self, job_id: uuid.UUID, requeue: bool, max_attempts: int) -> Recovery:
         """Decide the fate of a WORKING job whose lease may have lapsed."""
-        verdict, attempt = self._recover(
+        verdict, attempt = self._scripts.recover(
             keys=[keys.claim(job_id), keys.lease(job_id)],
             args=["1" if requeue else "0", max_attempts, self.lease_ms],
         )
@@ -358,7 +294,7 @@ class Claims:
         """
         claim_keys = [keys.claim(job_id) for job_id in job_ids]
         for start in range(0, len(claim_keys), chunk):
-            self._settle(keys=claim_keys[start : start + chunk], args=[self.window_seconds])
+            self._scripts.settle(keys=claim_keys[start : start + chunk], args=[self.window_seconds])
 
     def unclaimed(self, job_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
         """Those of ``job_ids`` that no delivery has taken (registered, or not even that)."""
@@ -370,7 +306,44 @@ class Claims:
             pipeline.hexists(keys.claim(job_id), "state")
         return {job_id for job_id, taken in zip(ids, pipeline.execute(), strict=True) if not taken}
 
+    def holders(self, job_ids: Sequence[uuid.UUID]) -> list[Holder]:
+        """The claims of ``job_ids``, in their order, read in one round trip."""
+        pipeline = self._client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipeline.hmget(keys.claim(job_id), ["state", "attempt", "worker"])
+        return [
+            Holder(_text(state), int(attempt or 0), _text(worker))
+            for state, attempt, worker in (pipeline.execute() if job_ids else [])
+        ]
+
+    def holder(self, job_id: uuid.UUID) -> Holder:
+        """The job's claim now, for a caller that must be its holder to report on it."""
+        return self.holders([job_id])[0]
+
+    def renew_http(self, service_id: uuid.UUID, job_ids: Sequence[str], chunk: int = 500) -> int:
+        """Extend this lease for those of the service's HTTP-held ``job_ids`` still held over HTTP.
+
+        The others leave the service's set (``keys.http_jobs``); returns how many did.
+        """
+        held = keys.http_jobs(service_id)
+        dropped = 0
+        for start in range(0, len(job_ids), chunk):
+            ids = job_ids[start : start + chunk]
+            script_keys = [held]
+            for job_id in ids:
+                script_keys += [keys.claim(job_id), keys.lease(job_id)]
+            dropped += int(self._scripts.renew_http(keys=script_keys, args=[self.lease_ms, *ids]))
+        return dropped
+
     def state(self, job_id: uuid.UUID) -> str | None:
         """The claim's state, for inspection and tests."""
         value = self._client.hget(keys.claim(job_id), "state")
         return None if value is None else text(value)
+
+
+def _lease_ms(lease_seconds: float) -> int:
+    return max(1, int(lease_seconds * 1000))
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else text(value)

@@ -1,0 +1,34 @@
+-- Report a run's outcome, and say how late it is if beat gave the job up meanwhile.
+-- KEYS[1]  claim hash topchef:claim:<job>
+-- KEYS[2]  lease topchef:lease:<job>
+-- KEYS[3]  state stream topchef:state
+-- ARGV[1]  attempt
+-- ARGV[2]  final entry (the state message's "m" field)
+-- ARGV[3]  backstop ttl seconds of the ended claim
+-- Returns: {lateness, since}. lateness '' (on time), 'lost' or 'requeued' (beat
+--   presumed the worker lost at since ms, and nothing ran again: this outcome
+--   stands), 'superseded' (another attempt holds the job) or 'unknown' (the
+--   claim is gone or already ended); since is '' unless lost or requeued. The
+--   outcome goes on the stream in every case.
+local state = redis.call('HGET', KEYS[1], 'state')
+local mine = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') == tonumber(ARGV[1])
+if mine and state == 'running' then
+  redis.call('HSET', KEYS[1], 'state', 'done')
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('DEL', KEYS[2])
+  redis.call('XADD', KEYS[3], '*', 'm', ARGV[2])
+  return {'', ''}
+end
+if mine and (state == 'lost' or state == 'requeued') then
+  local since = redis.call('HGET', KEYS[1], state .. '_at') or ''
+  redis.call('HSET', KEYS[1], 'state', 'done')
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'late', state, 'since', since)
+  return {state, since}
+end
+local lateness = 'unknown'
+if state == 'running' or state == 'requeued' then
+  lateness = 'superseded'
+end
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'late', lateness, 'since', '')
+return {lateness, ''}

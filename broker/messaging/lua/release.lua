@@ -1,0 +1,17 @@
+-- The holder gives a claim back: the job is registered work again, unclaimed.
+-- KEYS[1]  claim hash topchef:claim:<job>
+-- KEYS[2]  lease topchef:lease:<job>
+-- KEYS[3]  state stream topchef:state
+-- ARGV[1]  attempt
+-- ARGV[2]  worker
+-- ARGV[3]  release entry (the state message's "m" field)
+-- Returns: 1 if released, 0 if this worker's attempt does not hold the claim.
+if redis.call('HGET', KEYS[1], 'state') ~= 'running'
+    or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2]
+    or tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') ~= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HDEL', KEYS[1], 'state', 'attempt', 'worker')
+redis.call('DEL', KEYS[2])
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[3])
+return 1
