@@ -141,7 +141,7 @@ def publish_outbox(session: Session, publisher: Publisher, now: datetime, grace:
 
 
 def requeue_abandoned_batches(
-    session: Session, batches: Batches, publisher: Publisher
+    session: Session, claims: Claims, batches: Batches, publisher: Publisher
 ) -> list[uuid.UUID]:
     """Send again, one by one, the jobs a dead worker's batches never started.
 
@@ -150,7 +150,9 @@ def requeue_abandoned_batches(
     claims let each job run once all the same.
     """
     abandoned = batches.abandoned()
-    job_ids = [job_id for ids in abandoned.values() for job_id in ids]
+    carried = [job_id for ids in abandoned.values() for job_id in ids]
+    unclaimed = claims.unclaimed(carried)
+    job_ids = [job_id for job_id in carried if job_id in unclaimed]
     messages: list[JobMessage] = []
     for start in range(0, len(job_ids), OUTBOX_CHUNK):
         rows = session.execute(
@@ -248,7 +250,7 @@ def tick(
     report.requeued, report.failed = recover_lost_jobs(session, claims, publisher, now)
     session.commit()
     claims.settle(report.failed)
-    report.requeued += requeue_abandoned_batches(session, batches, publisher)
+    report.requeued += requeue_abandoned_batches(session, claims, batches, publisher)
     session.commit()
     if overtaken_after is not None:
         report.republished = republish_overtaken(session, claims, publisher, now, overtaken_after)

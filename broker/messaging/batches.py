@@ -50,10 +50,10 @@ class Batches:
         self._client.delete(keys.batch_lease(batch_id))
 
     def abandoned(self) -> dict[str, list[uuid.UUID]]:
-        """Batches whose worker is gone, with their jobs that were never claimed.
+        """Batches whose worker is gone (their lease lapsed), with every job they carried.
 
-        A job's claim hash exists from its registration on; only its state says
-        a delivery took it.
+        Which of those jobs no delivery took is the claims' to say
+        (``Claims.unclaimed``): a batch record knows only what it carried.
         """
         records = {text(k): json.loads(v) for k, v in self._client.hgetall(keys.BATCHES).items()}
         if not records:
@@ -62,15 +62,10 @@ class Batches:
         for batch_id in records:
             pipeline.exists(keys.batch_lease(batch_id))
         alive = pipeline.execute()
-        lapsed = {b: ids for (b, ids), live in zip(records.items(), alive, strict=True) if not live}
-        pipeline = self._client.pipeline(transaction=False)
-        for job_ids in lapsed.values():
-            for job_id in job_ids:
-                pipeline.hexists(keys.claim(job_id), "state")
-        claimed = iter(pipeline.execute())
         return {
-            batch_id: [uuid.UUID(job_id) for job_id in job_ids if not next(claimed)]
-            for batch_id, job_ids in lapsed.items()
+            batch_id: [uuid.UUID(job_id) for job_id in job_ids]
+            for (batch_id, job_ids), live in zip(records.items(), alive, strict=True)
+            if not live
         }
 
     def forget(self, batch_ids: Sequence[str]) -> None:
