@@ -1,7 +1,7 @@
 """The state mirror: state messages from the broker, written into SQL in batches.
 
 Workers append state changes to a Redis stream; the mirror reads them as a
-consumer group, applies a whole batch in one transaction, commits, and only
+consumer group, applies a whole reading in one transaction, commits, and only
 then acknowledges (and deletes) the entries. A crash before the commit leaves
 the entries pending; a restarted mirror reads its own pending entries first
 and takes over those of a mirror that died elsewhere. Applying is idempotent:
@@ -16,7 +16,7 @@ applied; results are checked against the job's own service's schema.
 Every transition is stamped with when it happened: the stream entry's id is
 Redis's clock at the report, translated to the database's clock (the one clock
 check-ins and timeouts are judged by) with the offset between the two measured
-at each batch, never the time the mirror got round to applying it.
+at each reading, never the time the mirror got round to applying it.
 """
 
 from __future__ import annotations
@@ -27,10 +27,7 @@ import logging
 import socket
 import threading
 import uuid
-from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -44,6 +41,7 @@ from broker.messaging import keys
 from broker.messaging.claims import Claims
 from broker.messaging.connections import redis_client
 from broker.messaging.messages import StateMessage
+from broker.mirror.entries import Changes, Reading, Report, SourceClock
 from broker.models import attempts, lifecycle
 from broker.models.lifecycle import Move
 from broker.settings import Settings
@@ -52,10 +50,10 @@ from broker.storage.tables import JobRow, ServiceRow, database_now, engine_for
 log = logging.getLogger(__name__)
 Status = lifecycle.Status
 
-#: Errors that mean the database is unreachable, not that the batch is wrong.
+#: Errors that mean the database is unreachable, not that the reading is wrong.
 _OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError)
 
-#: A batch at least this big means load: the mirror then waits ``linger_ms`` for the next.
+#: A reading at least this big means load: the mirror then waits ``linger_ms`` for the next.
 LINGER_ABOVE = 10
 
 #: Entries idle this long in another consumer's pending list belong to a dead mirror.
@@ -63,113 +61,6 @@ ABANDONED_AFTER_MS = 30_000
 
 #: Lateness of a report whose attempt is still the job's own (``Claims.finish``).
 _SAME_ATTEMPT = frozenset({"lost", "requeued", "unknown"})
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """One state entry: the message, when Redis stamped it, and how late it came."""
-
-    entry_id: bytes
-    fields: dict[bytes, bytes]
-    message: StateMessage
-    #: Redis's clock at the report, in ms (the entry id's first part).
-    at_ms: int
-    #: ``Claims.finish``'s lateness: None for a report on time.
-    late: str | None = None
-    #: When beat presumed the worker lost (Redis ms), for a late report.
-    since_ms: int | None = None
-
-
-@dataclass
-class Batch:
-    """One read's worth of state entries: the job reports and the check-ins."""
-
-    ids: list[bytes] = field(default_factory=list)
-    reports: list[Report] = field(default_factory=list)
-    check_ins: dict[uuid.UUID, Report] = field(default_factory=dict)
-    #: Entries refused with their reason, for the dead-letter stream.
-    refused: list[tuple[Report, str]] = field(default_factory=list)
-    #: Jobs whose run ended in this batch and whose claims ended with it (set by ``apply``).
-    finished: list[uuid.UUID] = field(default_factory=list)
-    unreadable: int = 0
-
-    def add(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        self.ids.append(entry_id)
-        try:
-            message = StateMessage.from_fields(fields)
-            report = Report(entry_id, fields, message, _entry_ms(entry_id), *_lateness(fields))
-        except (ValueError, TypeError, KeyError, json.JSONDecodeError):
-            log.error("dropping unreadable state entry %r: %r", entry_id, fields)
-            self.unreadable += 1
-            return
-        if message.kind in ("status", "progress", "release") and message.job_id is not None:
-            self.reports.append(report)
-        elif message.kind == "checkin":
-            previous = self.check_ins.get(message.service_id)
-            # The last word on availability wins; a bare check-in keeps the earlier word.
-            if previous is not None and message.available is None:
-                kept = StateMessage(
-                    "checkin", message.service_id, available=previous.message.available
-                )
-                report = Report(entry_id, fields, kept, report.at_ms)
-            self.check_ins[message.service_id] = report
-
-
-@dataclass
-class Changes:
-    """A batch's verified job reports, sorted into what SQL needs."""
-
-    statuses: dict[Status, dict[uuid.UUID, Report]] = field(
-        default_factory=lambda: defaultdict(dict)
-    )
-    #: Reports that came after beat presumed their worker lost: each is kept.
-    late: list[Report] = field(default_factory=list)
-    progress: dict[uuid.UUID, Report] = field(default_factory=dict)
-    #: Claims their HTTP holders gave back, in the order given.
-    releases: list[Report] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, reports: Iterable[Report]) -> Changes:
-        changes = cls()
-        for report in reports:
-            message = report.message
-            job: uuid.UUID = message.job_id  # type: ignore[assignment]
-            if message.kind == "progress":
-                changes.progress[job] = report
-            elif message.kind == "release":
-                changes.releases.append(report)
-            elif not message.status:
-                continue
-            elif report.late is not None:
-                changes.late.append(report)
-            else:
-                status = Status(message.status)
-                current = changes.statuses[status].get(job)
-                if current is None or message.attempt >= current.message.attempt:
-                    changes.statuses[status][job] = report
-        return changes
-
-    @property
-    def finished(self) -> list[uuid.UUID]:
-        ended = [job for status in lifecycle.TERMINAL for job in self.statuses.get(status, {})]
-        ended += [r.message.job_id for r in self.late if r.late in ("lost", "requeued")]  # type: ignore[misc]
-        return ended
-
-
-class SourceClock:
-    """Translates Redis's clock (stream entry ids) to the database's.
-
-    The offset is measured at each batch, from Redis's ``TIME`` and the
-    database's clock read one after the other: its error is one round trip,
-    and the lifecycle never lets a later transition be stamped before an
-    earlier one of the same job.
-    """
-
-    def __init__(self, redis_now_ms: int, database_now: datetime) -> None:
-        self.offset = database_now - _from_ms(redis_now_ms)
-
-    def at(self, ms: int) -> datetime:
-        return _from_ms(ms) + self.offset
 
 
 class Mirror:
@@ -203,9 +94,9 @@ class Mirror:
             if "BUSYGROUP" not in str(error):
                 raise
 
-    def read(self) -> Batch:
-        """The next batch: this consumer's pending entries first, then abandoned, then new."""
-        batch = Batch()
+    def read(self) -> Reading:
+        """The next reading: this consumer's pending entries first, then abandoned, then new."""
+        reading = Reading()
         entries = []
         if self._pending_first:
             entries = self._read("0")
@@ -222,8 +113,8 @@ class Mirror:
         if not entries:
             entries = self._read(">")
         for entry_id, fields in entries:
-            batch.add(entry_id, fields)
-        return batch
+            reading.add(entry_id, fields)
+        return reading
 
     def _read(self, start: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
         response: Any = self._client.xreadgroup(
@@ -239,47 +130,47 @@ class Mirror:
         return [(entry_id, fields) for entry_id, fields in entries if fields]
 
     def step(self) -> int:
-        """Read, apply and acknowledge one batch; return how many entries it held.
+        """Read, apply and acknowledge one reading; return how many entries it held.
 
-        A database outage raises (the batch stays pending, to be read again);
-        any other database error is the batch's own fault, so its entries are
+        A database outage raises (the reading stays pending, to be read again);
+        any other database error is the reading's own fault, so its entries are
         applied one by one and those that still fail go to the dead-letter stream.
         """
-        batch = self.read()
-        if not batch.ids:
+        reading = self.read()
+        if not reading.ids:
             return 0
         try:
-            self._commit(batch)
+            self._commit(reading)
         except _OUTAGE:
             self._pending_first = True
             raise
         except sa.exc.SQLAlchemyError:
-            log.exception("a batch of %d entries failed; applying one by one", len(batch.ids))
-            batch = self._apply_singly(batch)
+            log.exception("a reading of %d entries failed; applying one by one", len(reading.ids))
+            reading = self._apply_singly(reading)
         pipeline = self._client.pipeline(transaction=False)
-        for report, reason in batch.refused:
+        for report, reason in reading.refused:
             log.error("state entry %r refused: %s", report.entry_id, reason)
             pipeline.xadd(keys.DEAD_STATE_STREAM, {**report.fields, b"error": reason[:2000]})  # type: ignore[dict-item]
-        pipeline.xack(keys.STATE_STREAM, keys.MIRROR_GROUP, *batch.ids)
-        pipeline.xdel(keys.STATE_STREAM, *batch.ids)
-        finished = batch.finished
+        pipeline.xack(keys.STATE_STREAM, keys.MIRROR_GROUP, *reading.ids)
+        pipeline.xdel(keys.STATE_STREAM, *reading.ids)
+        finished = reading.finished
         if finished:
             pipeline.publish(keys.FINISHED_CHANNEL, json.dumps([str(job) for job in finished]))
         pipeline.execute()
         if finished:
             self._claims.settle(finished)
-        self.applied += len(batch.ids)
-        return len(batch.ids)
+        self.applied += len(reading.ids)
+        return len(reading.ids)
 
-    def _commit(self, batch: Batch) -> None:
+    def _commit(self, reading: Reading) -> None:
         with Session(bind=self._engine) as session, session.begin():
-            self.apply(session, batch)
+            self.apply(session, reading)
 
-    def _apply_singly(self, batch: Batch) -> Batch:
-        """Apply a failed batch's entries one by one; return what was applied and refused."""
-        applied = Batch(ids=list(batch.ids))
-        for report in [*batch.reports, *batch.check_ins.values()]:
-            single = Batch()
+    def _apply_singly(self, reading: Reading) -> Reading:
+        """Apply a failed reading's entries one by one; return what was applied and refused."""
+        applied = Reading(ids=list(reading.ids))
+        for report in [*reading.reports, *reading.check_ins.values()]:
+            single = Reading()
             single.add(report.entry_id, report.fields)
             try:
                 self._commit(single)
@@ -293,12 +184,12 @@ class Mirror:
             applied.finished += single.finished
         return applied
 
-    def apply(self, session: Session, batch: Batch) -> None:
-        """Write one batch in ``session``'s transaction (the caller commits)."""
+    def apply(self, session: Session, reading: Reading) -> None:
+        """Write one reading in ``session``'s transaction (the caller commits)."""
         clock = SourceClock(_redis_ms(self._client), database_now(session))
-        self._apply_check_ins(session, batch, clock)
-        services = self._verify(session, batch)
-        changes = Changes.of(self._accepted(batch))
+        self._apply_check_ins(session, reading, clock)
+        services = self._verify(session, reading)
+        changes = Changes.of(self._accepted(reading))
         started_here = _started_and_ended(changes)
         working = [
             report
@@ -332,26 +223,26 @@ class Mirror:
             moves = [_final(r, clock, started_here.get(job)) for job, r in reports.items()]
             lifecycle.advance(session, status, moves)
         self._apply_late(session, changes, services, clock)
-        batch.finished = changes.finished
+        reading.finished = changes.finished
 
-    def _verify(self, session: Session, batch: Batch) -> dict[uuid.UUID, uuid.UUID]:
+    def _verify(self, session: Session, reading: Reading) -> dict[uuid.UUID, uuid.UUID]:
         """Each reported job's own service; refuse reports of unknown or misattributed jobs."""
-        job_ids = list({r.message.job_id for r in batch.reports})
+        job_ids = list({r.message.job_id for r in reading.reports})
         services = _services_of(session, job_ids) if job_ids else {}  # type: ignore[arg-type]
-        for report in batch.reports:
+        for report in reading.reports:
             job, claimed = report.message.job_id, report.message.service_id
             actual = services.get(job)  # type: ignore[arg-type]
             if actual is None:
-                batch.refused.append((report, f"no job {job} exists"))
+                reading.refused.append((report, f"no job {job} exists"))
             elif actual != claimed:
                 reason = f"job {job} belongs to service {actual}, not {claimed}"
-                batch.refused.append((report, reason))
+                reading.refused.append((report, reason))
         return services
 
     @staticmethod
-    def _accepted(batch: Batch) -> list[Report]:
-        refused = {id(report) for report, _reason in batch.refused}
-        return [report for report in batch.reports if id(report) not in refused]
+    def _accepted(reading: Reading) -> list[Report]:
+        refused = {id(report) for report, _reason in reading.refused}
+        return [report for report in reading.reports if id(report) not in refused]
 
     def _apply_progress(self, session: Session, changes: Changes) -> None:
         if not changes.progress:
@@ -411,8 +302,8 @@ class Mirror:
             else:
                 log.info("a late report of job %s changes nothing (a duplicate): %s", job, note)
 
-    def _apply_check_ins(self, session: Session, batch: Batch, clock: SourceClock) -> None:
-        for service, report in batch.check_ins.items():
+    def _apply_check_ins(self, session: Session, reading: Reading, clock: SourceClock) -> None:
+        for service, report in reading.check_ins.items():
             values: dict[str, Any] = {
                 "last_checked_in": clock.at(report.at_ms),
                 "timed_out_at": None,
@@ -473,12 +364,12 @@ class Mirror:
             try:
                 applied = self.step()
                 if LINGER_ABOVE <= applied < self.batch_size and self.linger_ms:
-                    # Busy but not saturated: let the next batch fill. A commit for
+                    # Busy but not saturated: let the next reading fill. A commit for
                     # every few entries costs ~1 ms of CPU a job; lingering delays each
                     # state change by at most ``linger_ms``, and only under load.
                     stop.wait(self.linger_ms / 1000)
             except _OUTAGE as error:
-                log.warning("database unavailable (%s); batch kept in the broker", error)
+                log.warning("database unavailable (%s); reading kept in the broker", error)
                 stop.wait(retry_seconds)
             except redis.RedisError as error:
                 log.warning("message broker unavailable (%s); retrying", error)
@@ -493,7 +384,7 @@ class Mirror:
 
 
 def _started_and_ended(changes: Changes) -> dict[uuid.UUID, Report]:
-    """Jobs whose first attempt both started and ended within this batch, with the start.
+    """Jobs whose first attempt both started and ended within this reading, with the start.
 
     Under load nearly every job is one of these (the mirror lingers for its
     batches to fill); each is then written by one UPDATE instead of two.
@@ -556,26 +447,6 @@ def _services_of(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, 
     return found
 
 
-def _entry_ms(entry_id: bytes | str) -> int:
-    """Redis's clock when the entry was added: the first part of its id."""
-    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(raw.split("-", 1)[0])
-
-
-def _lateness(fields: dict[bytes, bytes]) -> tuple[str | None, int | None]:
-    late = fields.get(b"late", fields.get("late"))  # type: ignore[call-overload]
-    if not late:
-        return None, None
-    since = fields.get(b"since", fields.get("since"))  # type: ignore[call-overload]
-    text = late.decode() if isinstance(late, bytes) else str(late)
-    since_text = since.decode() if isinstance(since, bytes) else (since or "")
-    return text, int(since_text) if since_text else None
-
-
 def _redis_ms(client: redis.Redis) -> int:
     seconds, microseconds = client.time()
     return int(seconds) * 1000 + int(microseconds) // 1000
-
-
-def _from_ms(ms: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
