@@ -49,7 +49,7 @@ def test_invalid_parameters_are_refused_with_nothing_queued(stack):
     with pytest.raises(DeserializationError) as refused:
         stack.producer.submit_many(lab.SQUARE, [{"x": 1}, {"x": "two"}])
     assert refused.value.path == ("x",)
-    assert "'two' is not of type 'integer'" in refused.value.detail
+    assert '"two" is not of type "integer"' in refused.value.detail
     assert stack.count_jobs() == 0
     assert stack.queue_length(lab.SQUARE) == 0
 
@@ -72,7 +72,7 @@ def test_handler_exception_and_invalid_results_end_in_error(stack):
         stack.producer.wait(failed, timeout=30)
     with pytest.raises(JobFailedError, match="invalid results") as error:
         stack.producer.wait(invalid, timeout=30)
-    assert "'not a number' is not of type 'integer'" in error.value.reason
+    assert '"not a number" is not of type "integer"' in error.value.reason
     assert stack.job(invalid)["results"] is None
 
 

@@ -65,7 +65,7 @@ def test_bad_json(run):
 def test_invalid_parameters_name_the_failing_path(run):
     _one_line_error(
         run("jobs", "submit", lab.SQUARE, '{"x": "a"}'),
-        "parameters.x: 'a' is not of type 'integer'",
+        'parameters.x: "a" is not of type "integer"',
     )
 
 
@@ -127,7 +127,7 @@ def test_a_list_of_parameter_sets_is_a_sweep_sent_in_batches(run, stack):
 
 
 def test_a_sweep_with_one_invalid_point_submits_nothing(run, stack):
-    _one_line_error(run("jobs", "submit", lab.SQUARE, '[{"x": 1}, {"x": "a"}]'), "'a' is not")
+    _one_line_error(run("jobs", "submit", lab.SQUARE, '[{"x": 1}, {"x": "a"}]'), '"a" is not')
     assert stack.count_jobs() == 0
 
 

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import http.server
+import socket
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from typing import ClassVar
 
 import jsonschema
+import jsonschema_rs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.contract import MAX_BYTES, MAX_DEPTH, Contract, compile_contract
+from broker.contract import MAX_BYTES, MAX_DEPTH, MAX_REFERENCES, Contract, compile_contract
+from broker.contract.schema import build_validator
 from broker.errors import DeserializationError, InvalidSchemaError
 
 
@@ -38,7 +45,7 @@ def test_failing_path_and_reason_are_reported():
     with pytest.raises(DeserializationError) as error:
         contract.validate({"a": [1, "two"]})
     assert error.value.path == ("a", 1)
-    assert "'two' is not of type 'integer'" in error.value.detail
+    assert '"two" is not of type "integer"' in error.value.detail
 
 
 def test_the_schema_cannot_be_mutated_through_the_contract():
@@ -80,6 +87,11 @@ def test_a_schema_error_names_where_the_problem_is():
 
 def test_dialects():
     draft7 = {"$schema": "http://json-schema.org/draft-07/schema#", "items": [{"type": "integer"}]}
+    for spelling in (
+        "http://json-schema.org/draft-07/schema",
+        "HTTP://json-schema.org/draft-07/schema#",
+    ):
+        assert Contract({**draft7, "$schema": spelling}).is_valid([1, "anything"])
     contract = Contract(draft7)  # a list of items is draft 7's tuple validation
     assert contract.is_valid([1, "anything"])
     assert not contract.is_valid(["x"])
@@ -91,6 +103,40 @@ def test_dialects():
     # 2020-12 by default: prefixItems is understood.
     contract = Contract({"prefixItems": [{"type": "integer"}]})
     assert not contract.is_valid(["x"])
+    draft4 = Contract({"$schema": "http://json-schema.org/draft-04/schema#", "maximum": 1})
+    assert draft4.is_valid(1)
+    draft4 = Contract(
+        {
+            "$schema": "http://json-schema.org/draft-04/schema#",
+            "maximum": 1,
+            "exclusiveMaximum": True,
+        }
+    )
+    assert not draft4.is_valid(1)  # draft 4's boolean exclusiveMaximum
+    draft6 = Contract({"$schema": "http://json-schema.org/draft-06/schema#", "const": 1})
+    assert not draft6.is_valid(2)
+    draft2019 = Contract(
+        {
+            "$schema": "https://json-schema.org/draft/2019-09/schema",
+            "dependentRequired": {"a": ["b"]},
+        }
+    )
+    assert not draft2019.is_valid({"a": 1})
+
+
+def test_draft_3_is_refused_with_a_reason():
+    with pytest.raises(InvalidSchemaError, match="draft 3 is not supported") as error:
+        Contract({"$schema": "http://json-schema.org/draft-03/schema#"})
+    assert error.value.path == ("$schema",)
+
+
+def test_a_nested_unknown_dialect_is_refused(recorder_url):
+    with pytest.raises(InvalidSchemaError, match="unknown \\$schema") as error:
+        Contract({"$defs": {"x": {"$id": f"{recorder_url}/x", "$schema": f"{recorder_url}/meta"}}})
+    assert error.value.path == ("$defs", "x", "$schema")
+    nested = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "integer"}
+    assert Contract({"$defs": {"x": nested}}).is_valid(1)
+    assert _Recorder.requests == []
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
@@ -158,10 +204,91 @@ def test_local_references_work():
     assert not contract.is_valid([1, "x"])
 
 
-def test_a_local_reference_to_nowhere_is_a_deserialization_error():
-    contract = Contract({"$ref": "#/$defs/missing"})
-    with pytest.raises(DeserializationError, match="cannot be validated"):
-        contract.validate(1)
+def test_a_local_reference_to_nowhere_is_refused_at_creation():
+    with pytest.raises(InvalidSchemaError, match=r"cannot be resolved.*/\$defs/missing"):
+        Contract({"$ref": "#/$defs/missing"})
+
+
+@pytest.fixture
+def silent_listener():
+    """A socket that listens and never accepts: a connection would wait in its backlog."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def connections(listener: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            accepted, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        accepted.close()
+        count += 1
+
+
+def test_the_validator_itself_is_offline(silent_listener, tmp_path):
+    """Below the reference check: what jsonschema-rs does with a reference that got past it."""
+    local_file = tmp_path / "integer.json"
+    local_file.write_text('{"type": "integer"}')
+    port = silent_listener.getsockname()[1]
+    dialect = jsonschema_rs.Draft202012Validator
+    for schema in (
+        {"$ref": f"http://127.0.0.1:{port}/schema.json"},
+        {"items": {"$ref": f"http://127.0.0.1:{port}/schema.json#/$defs/n"}},
+        {"$ref": local_file.as_uri()},
+    ):
+        with pytest.raises(jsonschema_rs.ValidationError, match="Retrieval is disabled"):
+            build_validator(schema, dialect)
+    time.sleep(0.1)  # a connection attempt would have reached the backlog by now
+    assert connections(silent_listener) == 0
+    # The control: the library's default would have read the file (and used it).
+    online = dialect({"$ref": local_file.as_uri()})
+    assert online.is_valid(1)
+    assert not online.is_valid("x")
+
+
+def test_http_options_would_turn_retrieval_back_on(silent_listener):
+    """Why ``build_validator`` never passes ``http_options``: it overrides ``offline``."""
+    port = silent_listener.getsockname()[1]
+    with pytest.raises(jsonschema_rs.ValidationError):
+        jsonschema_rs.Draft202012Validator(
+            {"$ref": f"http://127.0.0.1:{port}/x.json"},
+            offline=True,
+            http_options=jsonschema_rs.HttpOptions(timeout=0.3, connect_timeout=0.3),
+        )
+    assert connections(silent_listener) >= 1
+
+
+def test_contracts_reach_no_socket_and_no_file(silent_listener, tmp_path):
+    local_file = tmp_path / "integer.json"
+    local_file.write_text('{"type": "integer"}')
+    port = silent_listener.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    for schema in (
+        {"$ref": f"{base}/schema.json"},
+        {"$schema": f"{base}/meta"},  # validator_for would fetch an unknown meta-schema
+        {"$ref": local_file.as_uri()},
+    ):
+        with pytest.raises(InvalidSchemaError):
+            Contract(schema)
+    contract = Contract(
+        {
+            "$id": f"{base}/root.json",
+            "$defs": {"n": {"type": "integer"}, "other": {"$id": "other.json"}},
+            "items": {"$ref": "#/$defs/n"},
+        }
+    )
+    assert contract.is_valid([1])
+    assert not contract.is_valid(["x"])
+    time.sleep(0.1)
+    assert connections(silent_listener) == 0
 
 
 def test_formats_are_checked():
@@ -177,12 +304,17 @@ def test_the_regex_format_does_not_crash():
     contract = Contract({"type": "string", "format": "regex"})
     assert contract.is_valid("^[a-z]+$")
     assert not contract.is_valid("(")
-    assert not contract.is_valid("(" * 5000 + ")" * 5000)  # deeper than Python's parser recurses
+    assert not contract.is_valid("(" * 5000)
+    assert contract.is_valid("(" * 100_000 + ")" * 100_000)  # balanced: a regex, however deep
 
 
 def test_patterns_run_in_linear_time():
     contract = Contract({"type": "string", "pattern": "^(a+)+$"})
-    assert not contract.is_valid("a" * 5000 + "b")  # catastrophic for re; instant for RE2
+    started = time.monotonic()
+    assert not contract.is_valid("a" * 5000 + "b")  # catastrophic for a backtracking engine
+    with pytest.raises(DeserializationError, match="does not match"):
+        contract.validate("a" * 5000 + "b")
+    assert time.monotonic() - started < 5  # generous: backtracking would take forever
     assert contract.is_valid("aaaa")
     plain = Contract({"type": "string", "pattern": "^[a-z]+$"})
     assert plain.is_valid("abc")
@@ -192,10 +324,10 @@ def test_patterns_run_in_linear_time():
 
 
 EVIL = "^(a+)+$"
-EVIL_KEY = "a" * 5000 + "b"  # catastrophic for re: any keyword still on re would hang here
+EVIL_KEY = "a" * 5000 + "b"  # catastrophic for backtracking: any keyword on it would hang
 
 
-def test_pattern_properties_run_on_re2():
+def test_pattern_properties_run_in_linear_time():
     contract = Contract({"type": "object", "patternProperties": {"^x_": {"type": "integer"}}})
     assert contract.is_valid({"x_a": 1, "y": "anything"})
     assert not contract.is_valid({"x_a": "one"})
@@ -213,13 +345,13 @@ def test_pattern_properties_run_on_re2():
         "http://json-schema.org/draft-04/schema#",
     ],
 )
-def test_additional_properties_match_pattern_properties_on_re2(dialect):
+def test_additional_properties_match_pattern_properties_in_linear_time(dialect):
     contract = Contract(
         {"$schema": dialect, "patternProperties": {EVIL: {}}, "additionalProperties": False}
     )
     assert contract.is_valid({"aaa": 1})
     assert not contract.is_valid({EVIL_KEY: 1})
-    with pytest.raises(DeserializationError, match=r"do(es)? not match any of the regexes"):
+    with pytest.raises(DeserializationError, match=r"Additional properties are not allowed"):
         contract.validate({EVIL_KEY: 1, "b": 2})
 
 
@@ -230,7 +362,7 @@ def test_additional_properties_match_pattern_properties_on_re2(dialect):
         "https://json-schema.org/draft/2019-09/schema",
     ],
 )
-def test_unevaluated_properties_match_pattern_properties_on_re2(dialect):
+def test_unevaluated_properties_match_pattern_properties_in_linear_time(dialect):
     contract = Contract(
         {
             "$schema": dialect,
@@ -244,7 +376,7 @@ def test_unevaluated_properties_match_pattern_properties_on_re2(dialect):
         contract.validate({"x": 1, "y": 2})
 
 
-def test_property_names_patterns_run_on_re2():
+def test_property_names_patterns_run_in_linear_time():
     contract = Contract({"propertyNames": {"pattern": EVIL}})
     assert contract.is_valid({"aaa": 1})
     assert not contract.is_valid({EVIL_KEY: 1})
@@ -259,17 +391,25 @@ def test_property_names_patterns_run_on_re2():
         {"patternProperties": {"(?<=x)": {}}},
         {"properties": {"a": {"items": {"pattern": "(?!a)"}}}},
         {"type": "string", "pattern": "\ud800"},  # a lone surrogate: not even UTF-8
+        {"propertyNames": {"pattern": "(?=a)"}},
+        {"$schema": "http://json-schema.org/draft-07/schema#", "pattern": "(?=a)"},
     ],
 )
 def test_patterns_that_can_backtrack_or_do_not_compile_are_refused(schema):
     with pytest.raises(InvalidSchemaError):
         Contract(schema)
+    with pytest.raises(InvalidSchemaError):
+        compile_contract(schema)
 
 
 def test_a_refused_pattern_says_why():
     with pytest.raises(InvalidSchemaError, match="lookarounds and backreferences") as error:
         Contract({"properties": {"a": {"type": "string", "pattern": "(?=a)"}}})
     assert error.value.path == ("properties", "a", "pattern")
+    assert "'(?=a)'" in error.value.detail
+    with pytest.raises(InvalidSchemaError, match="linear-time regex engine") as error:
+        Contract({"patternProperties": {"(a)\\1": {}}})
+    assert error.value.path == ("patternProperties", "(a)\\1")
 
 
 def test_pathological_schemas_are_refused_not_crashed():
@@ -278,18 +418,69 @@ def test_pathological_schemas_are_refused_not_crashed():
         deep = {"not": deep}
     with pytest.raises(InvalidSchemaError, match="nested deeper"):
         Contract(deep)
-    with pytest.raises(InvalidSchemaError, match="nested too deeply"):
-        # Shallow as JSON, but the metaschema's regex format check recurses on it.
+    with pytest.raises(InvalidSchemaError, match="not supported") as error:
+        # Shallow as JSON, but deeper than the regex parser nests.
         Contract({"pattern": "(" * 5000 + ")" * 5000})
+    assert error.value.path == ("pattern",)
+    assert len(error.value.detail) < 400  # the pattern is clipped in the message
     for schema in (
         {"$ref": "#"},
         {"$defs": {"x": {"$ref": "#/$defs/x"}}, "$ref": "#/$defs/x"},
         {"$dynamicAnchor": "n", "$dynamicRef": "#n"},
     ):
+        # A reference to itself constrains nothing more: jsonschema-rs accepts, not loops.
         looping = Contract(schema)
-        with pytest.raises(DeserializationError, match="recurses without end"):
-            looping.validate({})
-        assert not looping.is_valid(1)
+        looping.validate({})
+        assert looping.is_valid(1)
+    looping = Contract({"$ref": "#", "type": "integer"})
+    assert looping.is_valid(1)
+    assert not looping.is_valid("x")
+
+
+def chain(links: int) -> dict:
+    """``links`` references in a row, the last back to the first one level down."""
+    defs: dict = {f"a{i}": {"$ref": f"#/$defs/a{i + 1}"} for i in range(links - 1)}
+    defs[f"a{links - 1}"] = {"type": "array", "items": {"$ref": "#/$defs/a0"}}
+    return {"$defs": defs, "$ref": "#/$defs/a0"}
+
+
+def test_references_are_bounded():
+    with pytest.raises(InvalidSchemaError, match=f"more than {MAX_REFERENCES} references"):
+        Contract(chain(MAX_REFERENCES))  # one more: the root's own $ref
+    contract = Contract(chain(MAX_REFERENCES - 1))
+    deep: object = 1
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+    assert not contract.is_valid(deep)  # every level through every reference, then 1
+    assert contract.is_valid([[[]]])
+
+
+def test_the_worst_reference_chain_fits_a_small_thread_stack():
+    """What ``MAX_REFERENCES`` is for: the validator overflows its stack in Rust, which
+    kills the process (SIGSEGV) rather than raising; a child process shows it safely."""
+    program = textwrap.dedent(
+        f"""
+        import sys, threading
+        sys.path[:0] = {sys.path!r}
+        from test_contract import chain
+        from broker.contract import MAX_DEPTH, MAX_REFERENCES, Contract
+        deep = 1
+        for _ in range(MAX_DEPTH):
+            deep = [deep]
+        def run():
+            contract = Contract(chain(MAX_REFERENCES - 1))
+            assert not contract.is_valid(deep)
+            print("ok")
+        threading.stack_size(2 * 1024 * 1024)
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
 
 
 def test_payloads_are_bounded_before_validation():
@@ -327,6 +518,8 @@ def test_payload_errors_name_their_source():
         (1, 2),
         b"bytes",
         "a\x00b",
+        "\ud800",  # a lone surrogate: PostgreSQL cannot store it, jsonschema-rs cannot read it
+        {"\udfff": 1},
         pytest.param(10**5000, id="huge-int"),
     ],
 )

@@ -291,7 +291,7 @@ def test_invalid_parameters_are_a_400_and_nothing_is_queued(api, stack):
     missing = api.post(f"/services/{service}/jobs", json={})
     not_object = api.post(f"/services/{service}/jobs", json={"parameters": [1]})
     assert wrong.status_code == 400
-    assert "parameters.x: 'two' is not of type 'integer'" in _errors(wrong)[0]["detail"]
+    assert 'parameters.x: "two" is not of type "integer"' in _errors(wrong)[0]["detail"]
     assert missing.status_code == 400
     assert not_object.status_code == 400
     assert stack.count_jobs() == 0

@@ -167,4 +167,4 @@ def test_results_are_checked_against_the_jobs_own_service(stack):
     _report(stack, StateMessage("status", service, job, "COMPLETED", results={"tag": "x"}))
     mirror.step()
     assert stack.status(job) == "ERROR"
-    assert "'square' is a required property" in stack.job(job)["detail"]
+    assert '"square" is a required property' in stack.job(job)["detail"]

@@ -52,7 +52,7 @@ def test_one_invalid_parameter_set_writes_nothing(session):
     schema = {"type": "object", "required": ["x"]}
     service = Service.new("strict", "", schema, {"type": "object"}, session)
     session.flush()
-    with pytest.raises(DeserializationError, match="'x' is a required property"):
+    with pytest.raises(DeserializationError, match='"x" is a required property'):
         add_jobs(session, service, database_now(session), [{"x": 1}, {"y": 2}])
     assert session.scalar(sa.select(sa.func.count()).select_from(JobRow)) == 0
 
@@ -104,7 +104,7 @@ def test_a_renamed_service_is_looked_up_again_and_its_old_name_refused(stack):
 def test_a_known_service_still_refuses_invalid_parameters_and_queues_nothing(stack):
     stack.create_lab_services()
     stack.producer.submit(lab.SQUARE, {"x": 1})
-    with pytest.raises(DeserializationError, match="'a' is not of type 'integer'"):
+    with pytest.raises(DeserializationError, match='"a" is not of type "integer"'):
         stack.producer.submit(lab.SQUARE, {"x": "a"})
     assert stack.count_jobs() == 1
     assert stack.queue_length(lab.SQUARE) == 1

@@ -1,8 +1,8 @@
-"""The contract's fast path: it may refuse a valid payload, never accept an invalid one."""
+"""The contract against jsonschema, the reference: the same verdicts on JSON, refusals only
+for what is not storable JSON, and the bounds exact to the byte."""
 
 from __future__ import annotations
 
-import copy
 import enum
 import math
 
@@ -30,7 +30,6 @@ PARAMETERS_SCHEMA = {
     "required": ["sample", "frequency_hz", "amplitude", "repetitions", "index"],
     "additionalProperties": False,
 }
-RESULTS_SCHEMA = {"type": "object"}
 
 
 def parameters(index: int) -> dict[str, object]:
@@ -43,13 +42,6 @@ def parameters(index: int) -> dict[str, object]:
     }
 
 
-def full_path(contract: Contract) -> Contract:
-    """The same contract without its precheck: what every payload went through before."""
-    slow = copy.copy(contract)
-    slow._precheck = None
-    return slow
-
-
 def outcome(contract: Contract, payload: object) -> tuple[str, tuple[object, ...]] | None:
     try:
         contract.validate(payload)
@@ -58,32 +50,25 @@ def outcome(contract: Contract, payload: object) -> tuple[str, tuple[object, ...
     return None
 
 
-def prechecked(schema: dict, payload: object) -> bool:
-    precheck = Contract(schema)._precheck
-    assert precheck is not None
-    return precheck(payload)
-
-
-# -- the benchmark's payloads take the fast path -------------------------------------
-
-
-def test_the_benchmark_payloads_are_accepted_by_the_precheck():
+def test_the_benchmark_payloads_are_valid():
+    contract = Contract(PARAMETERS_SCHEMA)
     for index in (0, 7, 10**6):
-        assert prechecked(PARAMETERS_SCHEMA, parameters(index))
-        assert prechecked(RESULTS_SCHEMA, parameters(index))
+        assert outcome(contract, parameters(index)) is None
+        assert contract.is_valid(parameters(index))
+    assert outcome(contract, {**parameters(7), "repetitions": 200.0}) is None  # integral
 
 
 @pytest.mark.parametrize(
     ("payload", "message", "path"),
     [
-        ({**parameters(7), "sample": ""}, "'' should be non-empty", ("sample",)),
+        ({**parameters(7), "sample": ""}, '"" is shorter than 1 character', ("sample",)),
         (
             {**parameters(7), "amplitude": 1.5},
             "1.5 is greater than the maximum of 1",
             ("amplitude",),
         ),
-        ({**parameters(7), "index": True}, "True is not of type 'integer'", ("index",)),
-        ({**parameters(7), "repetitions": 2.5}, "2.5 is not of type 'integer'", ("repetitions",)),
+        ({**parameters(7), "index": True}, 'true is not of type "integer"', ("index",)),
+        ({**parameters(7), "repetitions": 2.5}, '2.5 is not of type "integer"', ("repetitions",)),
         (
             {**parameters(7), "extra": 1},
             "Additional properties are not allowed ('extra' was unexpected)",
@@ -91,136 +76,42 @@ def test_the_benchmark_payloads_are_accepted_by_the_precheck():
         ),
         (
             {k: v for k, v in parameters(7).items() if k != "index"},
-            "'index' is a required property",
+            '"index" is a required property',
+            (),
+        ),
+        # The shallowest error wins, whatever order the validator finds them in.
+        (
+            {**parameters(7), "sample": 5, "extra": 1},
+            "Additional properties are not allowed ('extra' was unexpected)",
             (),
         ),
         ({**parameters(7), "frequency_hz": float("nan")}, "nan is not a JSON number", ()),
     ],
 )
-def test_error_messages_are_unchanged(payload, message, path):
+def test_error_messages_name_the_path_and_the_reason(payload, message, path):
     contract = Contract(PARAMETERS_SCHEMA)
-    assert contract._precheck is not None
-    assert not contract._precheck(payload)
     assert outcome(contract, payload) == (message, path)
-    assert outcome(full_path(contract), payload) == (message, path)
+    assert not contract.is_valid(payload)
 
 
-def test_an_integral_float_is_an_integer_on_both_paths():
-    payload = {**parameters(7), "repetitions": 200.0}
-    assert prechecked(PARAMETERS_SCHEMA, payload)
-    assert outcome(full_path(Contract(PARAMETERS_SCHEMA)), payload) is None
+def test_the_reported_error_does_not_depend_on_key_order():
+    contract = Contract(
+        {"properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["c"]}
+    )
+    first = outcome(contract, {"a": "x", "b": "y"})
+    assert first == ('"c" is a required property', ())
+    assert outcome(contract, {"b": "y", "a": "x"}) == first
+    nested = Contract({"properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}})
+    assert outcome(nested, {"b": "y", "a": "x"}) == outcome(nested, {"a": "x", "b": "y"})
 
 
-# -- which schemas get a precheck --------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "schema",
-    [
-        {"type": "string", "format": "ipv4"},
-        {"properties": {"a": {"format": "email"}}},  # anywhere, not only at the root
-        {"items": {"items": {"anyOf": [{"type": "integer"}]}}},
-        {"additionalProperties": {"not": {}}},
-        {"patternProperties": {"^x": {}}},
-        {"additionalProperties": False, "patternProperties": {"^x": {}}},
-        {"prefixItems": [{}], "items": False},
-        {"allOf": [{}]},
-        {"oneOf": [{}]},
-        {"if": {}, "then": {}},
-        {"contains": {}},
-        {"uniqueItems": True},
-        {"multipleOf": 2},
-        {"dependentRequired": {"a": ["b"]}},
-        {"propertyNames": {"maxLength": 1}},
-        {"unevaluatedProperties": False},
-        {"$defs": {"n": {"type": "integer"}}},
-        {"$defs": {"n": {}}, "$ref": "#/$defs/n"},
-        {"$id": "https://example.org/s.json"},
-        {"properties": {"a": {"$id": "a.json"}}},
-        {"$anchor": "here"},
-        {"contentMediaType": "application/json"},
-        {"x-unknown-keyword": 1},
-        {"$schema": "http://json-schema.org/draft-07/schema#"},
-        {"$schema": "https://json-schema.org/draft/2019-09/schema"},
-        {"properties": {"a": {"$schema": DRAFT_2020_12}}},  # a dialect only at the root
-    ],
-)
-def test_no_precheck_for_anything_outside_the_subset(schema):
-    assert Contract(schema)._precheck is None
-
-
-@pytest.mark.parametrize(
-    "schema",
-    [
-        {},
-        {"$schema": DRAFT_2020_12},
-        {"$schema": DRAFT_2020_12 + "#"},
-        {
-            "title": "t",
-            "description": "d",
-            "default": {"type": "integer", "format": "ipv4"},  # data, not a subschema
-            "examples": [1],
-            "$comment": "c",
-            "deprecated": True,
-            "readOnly": False,
-            "writeOnly": False,
-        },
-        {"type": ["integer", "null"], "minimum": 1.0, "exclusiveMaximum": 10**30},
-        {"minLength": 1.0, "maxLength": 3, "pattern": "^a"},
-        {"items": False, "minItems": 0, "maxItems": 3},
-        {"properties": {"a": True, "b": False}, "additionalProperties": {"enum": [1]}},
-        {"const": {"a": [1, None]}, "minProperties": 1, "maxProperties": 2, "required": ["a"]},
-    ],
-)
-def test_a_precheck_for_the_subset(schema):
-    assert Contract(schema)._precheck is not None
-
-
-# -- each keyword, both ways ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("schema", "good", "bad"),
-    [
-        ({"type": "string"}, "a", 1),
-        ({"type": ["null", "boolean"]}, False, 0),
-        ({"type": "array"}, [], {}),
-        ({"type": "object"}, {}, []),
-        ({"type": "number"}, 0.5, "0.5"),
-        ({"enum": ["a", 1, None]}, None, "b"),
-        ({"enum": [{"a": [1]}]}, {"a": [1]}, {"a": [2]}),
-        ({"const": [1, "x"]}, [1, "x"], [1, "y"]),
-        ({"minimum": 1}, 1, 0.99),
-        ({"maximum": 1}, 1, 1.01),
-        ({"exclusiveMinimum": 1}, 1.01, 1),
-        ({"exclusiveMaximum": 1}, 0.99, 1),
-        ({"minLength": 2}, "ab", "a"),
-        ({"maxLength": 2}, "ab", "abc"),
-        ({"pattern": "^a+$"}, "aa", "ab"),
-        ({"pattern": "b"}, "abc", "ac"),  # a search, not a match
-        ({"items": {"type": "integer"}}, [1, 2], [1, 2.5]),
-        ({"items": False}, [], [1]),
-        ({"minItems": 2}, [1, 2], [1]),
-        ({"maxItems": 1}, [1], [1, 2]),
-        ({"properties": {"a": {"type": "integer"}}}, {"a": 1, "b": "x"}, {"a": "x"}),
-        ({"properties": {"a": False}}, {"b": 1}, {"a": 1}),
-        ({"required": ["a", "b"]}, {"a": 1, "b": None}, {"a": 1}),
-        ({"additionalProperties": False, "properties": {"a": {}}}, {"a": 1}, {"a": 1, "b": 2}),
-        ({"additionalProperties": {"type": "string"}}, {"a": "x"}, {"a": 1}),
-        ({"minProperties": 1}, {"a": 1}, {}),
-        ({"maxProperties": 1}, {"a": 1}, {"a": 1, "b": 2}),
-        ({"properties": {"a": {"items": {"maximum": 3}}}}, {"a": [3]}, {"a": [1, 4]}),
-        ({"title": "anything"}, [[{"a": None}]], [[{"a": math.nan}]]),
-    ],
-)
-def test_each_keyword_is_enforced(schema, good, bad):
-    contract = Contract(schema)
-    assert contract._precheck is not None
-    assert contract._precheck(good)
-    assert not contract._precheck(bad)
-    assert outcome(full_path(contract), good) is None
-    assert outcome(full_path(contract), bad) is not None
-    assert outcome(contract, bad) == outcome(full_path(contract), bad)
+def test_an_any_of_error_is_reported_after_a_definite_one_at_the_same_depth():
+    contract = Contract({"anyOf": [{"type": "integer"}, {"type": "string"}], "minimum": 5})
+    assert outcome(contract, None) == (
+        "null is not valid under any of the schemas listed in the 'anyOf' keyword",
+        (),
+    )
+    assert outcome(contract, 3) == ("3 is less than the minimum of 5", ())
 
 
 # -- the tricky semantics ------------------------------------------------------------------
@@ -241,7 +132,7 @@ class Text(str):
         ({"type": "number"}, False, False),  # ... nor a number
         ({"type": "integer"}, 1.0, True),
         ({"type": "integer"}, 1.5, False),
-        ({"type": "integer"}, 2**1100, True),  # exact on the full path only
+        ({"type": "integer"}, 2**1100, True),
         ({"type": "boolean"}, 1, False),
         ({"minimum": 5}, True, True),  # a keyword ignores other types
         ({"maximum": 0}, "long string", True),
@@ -260,17 +151,20 @@ class Text(str):
         ({"enum": [[1, {"a": False}]]}, [1.0, {"a": False}], True),
         ({"enum": [[1, {"a": False}]]}, [1, {"a": 0}], False),
         ({"enum": [[1]]}, (1,), False),  # equal to jsonschema, but not JSON
-        ({"const": "a"}, Text("a"), True),
+        ({"const": "a"}, Text("a"), True),  # a subclass is validated as its plain copy
         ({"const": 0}, False, False),
         ({"const": {"a": 1}}, {"a": 1.0}, True),
         ({"enum": ["1", 1]}, "1", True),
         ({"maxLength": 1}, "\U0001f600", True),  # lengths count code points
         ({"minLength": 2}, "\U0001f600", False),
         ({"pattern": "^.$"}, "\U0001f600", True),
-        ({"pattern": "a"}, "\ud800a", False),  # RE2 cannot read a lone surrogate
+        ({"pattern": "a"}, "\ud800a", False),  # a lone surrogate is refused
+        ({}, "\ud800", False),
         ({"pattern": "a"}, 5, True),
-        ({"type": "integer"}, Colour.RED, True),  # subclasses: the full path decides
+        ({"type": "integer"}, Colour.RED, True),
+        ({"enum": [1]}, Colour.RED, True),
         ({"type": "string"}, Text("x"), True),
+        ({"properties": {"a": {"type": "integer"}}}, {Text("a"): "x"}, False),
         ({"items": {"type": "integer"}}, (1, "x"), False),
         ({}, {"a": (1,)}, False),
         ({}, {"a": {1, 2}}, False),
@@ -289,11 +183,8 @@ class Text(str):
 )
 def test_tricky_cases(schema, payload, valid):
     contract = Contract(schema)
-    assert contract._precheck is not None
-    assert (outcome(full_path(contract), payload) is None) is valid
+    assert (outcome(contract, payload) is None) is valid
     assert contract.is_valid(payload) is valid
-    if not valid:
-        assert not contract._precheck(payload)
 
 
 def nested(depth: int, leaf: object = 1) -> object:
@@ -305,12 +196,15 @@ def nested(depth: int, leaf: object = 1) -> object:
 @pytest.mark.parametrize("schema", [{}, {"type": "array"}, {"items": True}])
 def test_depth_is_bounded_exactly(schema):
     contract = Contract(schema)
-    assert contract._precheck is not None
-    assert contract._precheck(nested(MAX_DEPTH))
-    assert contract._precheck(nested(MAX_DEPTH, []))
-    assert contract._precheck(nested(MAX_DEPTH, {}))
+    for deep_enough in (nested(MAX_DEPTH), nested(MAX_DEPTH, []), nested(MAX_DEPTH, {})):
+        assert contract.is_valid(deep_enough)
+    objects: object = {}
+    for _ in range(MAX_DEPTH):
+        objects = {"a": objects}
+    assert Contract({}).is_valid(objects)
+    assert not Contract({}).is_valid({"a": objects})
     for too_deep in (nested(MAX_DEPTH + 1), nested(MAX_DEPTH, [1]), nested(MAX_DEPTH, {"a": 1})):
-        assert not contract._precheck(too_deep)
+        assert not contract.is_valid(too_deep)
         with pytest.raises(DeserializationError, match="nested deeper"):
             contract.validate(too_deep)
 
@@ -318,11 +212,8 @@ def test_depth_is_bounded_exactly(schema):
 def test_a_value_that_contains_itself_is_refused():
     looped: list[object] = []
     looped.append(looped)
-    contract = Contract({})
-    assert contract._precheck is not None
-    assert not contract._precheck(looped)
     with pytest.raises(DeserializationError, match="nested deeper"):
-        contract.validate(looped)
+        Contract({}).validate(looped)
 
 
 @pytest.mark.parametrize(
@@ -337,9 +228,7 @@ def test_a_value_that_contains_itself_is_refused():
     ids=["ascii", "latin", "astral", "ints", "floats"],
 )
 def test_payloads_up_to_the_size_limit_are_valid(payload):
-    contract = Contract({})
-    assert outcome(contract, payload) is None
-    assert outcome(full_path(contract), payload) is None
+    assert outcome(Contract({}), payload) is None
 
 
 @pytest.mark.parametrize(
@@ -352,26 +241,17 @@ def test_payloads_up_to_the_size_limit_are_valid(payload):
         [0] * (MAX_BYTES // 2),
         [2**1000] * (MAX_BYTES // 300),
         {str(i): 0.1 for i in range(MAX_BYTES // 8)},
+        [0] * (MAX_BYTES + 1),  # refused before it is serialized
     ],
-    ids=["ascii", "latin", "astral", "control", "ints", "big-ints", "floats"],
+    ids=["ascii", "latin", "astral", "control", "ints", "big-ints", "floats", "huge"],
 )
 def test_payloads_just_over_the_size_limit_are_refused(payload):
-    contract = Contract({})
-    assert contract._precheck is not None
-    assert not contract._precheck(payload)
-    assert outcome(contract, payload) == outcome(full_path(contract), payload)
-    assert "bytes of JSON" in outcome(contract, payload)[0]
+    result = outcome(Contract({}), payload)
+    assert result is not None
+    assert "bytes of JSON" in result[0]
 
 
-def test_large_payloads_within_the_bound_take_the_fast_path():
-    contract = Contract({"type": "array", "items": {"type": "string"}})
-    assert contract._precheck is not None
-    assert contract._precheck(["abcdefgh"] * 10_000)
-    assert not contract._precheck(["x" * (MAX_BYTES // 6 + 1)])  # might exceed: full path
-    assert contract.is_valid(["x" * (MAX_BYTES // 6 + 1)])
-
-
-# -- soundness on generated schemas and payloads -----------------------------------------
+# -- agreement on generated schemas and payloads --------------------------------------------
 
 TYPES = ["array", "boolean", "integer", "null", "number", "object", "string"]
 NAMES = st.sampled_from("abc")
@@ -443,7 +323,6 @@ payloads = json_values | st.recursive(
     max_leaves=10,
 )
 
-
 #: The type each keyword constrains; payloads of other types pass it untested.
 APPLIES_TO = {
     **dict.fromkeys(["minLength", "maxLength", "pattern"], "string"),
@@ -455,7 +334,7 @@ APPLIES_TO = {
 
 
 def lookalikes(value: object) -> list[object]:
-    """What jsonschema might confuse with ``value``, or tell apart only by its type."""
+    """What a validator might confuse with ``value``, or tell apart only by its type."""
     if isinstance(value, bool):
         return [value, int(value)]
     if isinstance(value, int | float):
@@ -500,25 +379,47 @@ def near(schema: object) -> st.SearchStrategy:
     return st.one_of(options)
 
 
-def assert_sound(schema: dict, payload: object) -> None:
+def storable(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` is JSON that the database can store: the only kind a contract may
+    accept. Subclasses of the JSON types count (they are validated as plain copies)."""
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, str):
+        return "\x00" not in value and not any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if value is None or isinstance(value, bool | int):
+        return True
+    if isinstance(value, list):
+        return all(storable(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(
+            isinstance(key, str) and storable(key) and storable(item, depth + 1)
+            for key, item in value.items()
+        )
+    return False
+
+
+def assert_agrees(schema: dict, payload: object) -> None:
     contract = Contract(schema)
-    assert contract._precheck is not None
-    before = outcome(full_path(contract), payload)
-    event("valid" if before is None else "invalid")
-    if contract._precheck(payload):
-        event("fast path")
-        assert before is None
-        assert jsonschema.Draft202012Validator(schema).is_valid(payload)
-    assert outcome(contract, payload) == before
+    verdict = outcome(contract, payload)
+    assert contract.is_valid(payload) is (verdict is None)
+    if not storable(payload):
+        event("not storable")
+        assert verdict is not None  # no false accept, whatever jsonschema says
+        return
+    expected = jsonschema.Draft202012Validator(schema).is_valid(payload)
+    event("valid" if expected else "invalid")
+    assert (verdict is None) is expected, verdict
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(schema=subset_schemas, data=st.data())
-def test_the_precheck_accepts_only_what_the_full_path_accepts(schema, data):
-    assert_sound(schema, data.draw(near(schema), label="payload"))
+def test_verdicts_agree_with_jsonschema_on_nested_schemas(schema, data):
+    assert_agrees(schema, data.draw(near(schema), label="payload"))
 
 
 @settings(max_examples=300, deadline=None)
 @given(schema=schema_of(keywords(st.booleans())), data=st.data())
-def test_the_precheck_accepts_only_what_the_full_path_accepts_at_one_level(schema, data):
-    assert_sound(schema, data.draw(near(schema), label="payload"))
+def test_verdicts_agree_with_jsonschema_at_one_level(schema, data):
+    assert_agrees(schema, data.draw(near(schema), label="payload"))

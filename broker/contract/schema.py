@@ -1,0 +1,251 @@
+"""A service's JSON-Schema contract, compiled once and evaluated safely.
+
+Schemas come from users, so compiling one must never reach the network or the
+file system, and evaluating one must take time linear in the payload. The
+validator is jsonschema-rs, built with:
+
+- ``offline=True``: without it, jsonschema-rs reads a ``file://`` reference from
+  disk and sends HTTP for an ``http://`` one (or for an unknown ``$schema``),
+  waiting up to 30 s for an answer. ``http_options`` must never be passed:
+  it turns retrieval back on even with ``offline=True``. Before that, every
+  ``$ref``/``$dynamicRef``/``$recursiveRef`` that does not start with ``#`` is
+  refused here, with its path, so that nothing depends on the library's default;
+- ``RegexOptions()``: the linear-time engine of Rust's ``regex`` crate for
+  ``pattern``, ``patternProperties`` and everything that consults them; it has no
+  lookaround or backreference, and a pattern it cannot compile is refused at
+  creation. (The default, fancy-regex, backtracks.)
+- ``validate_formats=True``: ``format`` is an assertion in every draft, as it was
+  with jsonschema's format checker.
+
+Schemas and payloads are bounded (``broker.contract.bounds``) before the validator
+sees them, and so is the number of references in a schema: a chain of references
+is recursion in Rust, which overflows the stack (killing the process) instead of
+raising. Checking a schema costs far more than a validation, so contracts are
+cached.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema_rs
+
+from broker.contract.bounds import canonical_json, check_payload
+from broker.errors import DeserializationError, InvalidSchemaError
+
+#: How many reference keywords a schema may hold. Each link of a chain of
+#: references costs the validator about 200 bytes of stack at each of up to
+#: ``MAX_DEPTH`` payload levels: 64 levels x 128 references fit in a 2 MiB thread
+#: stack (Linux gives 8 MiB); 64 x 256 overflow it.
+MAX_REFERENCES = 128
+_REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
+#: Errors considered when picking the one to report: a huge invalid payload must
+#: not cost one error object per item.
+_MAX_ERRORS = 256
+#: Errors that only say "no branch matched": any other error at the same depth
+#: says more.
+_WEAK = frozenset({"anyOf", "oneOf"})
+
+_Validator = jsonschema_rs.Validator
+_DEFAULT: type[_Validator] = jsonschema_rs.Draft202012Validator
+#: Each dialect jsonschema-rs implements, by its meta-schema URI (normalized as
+#: by ``_normalized``: an empty fragment dropped, the scheme in lower case).
+_DIALECTS: dict[str, type[_Validator]] = {
+    "http://json-schema.org/draft-04/schema": jsonschema_rs.Draft4Validator,
+    "http://json-schema.org/draft-06/schema": jsonschema_rs.Draft6Validator,
+    "http://json-schema.org/draft-07/schema": jsonschema_rs.Draft7Validator,
+    "https://json-schema.org/draft/2019-09/schema": jsonschema_rs.Draft201909Validator,
+    "https://json-schema.org/draft/2020-12/schema": _DEFAULT,
+}
+_DRAFT_3 = "http://json-schema.org/draft-03/schema"
+
+
+class Contract:
+    """A JSON Schema compiled once, validating payloads against it."""
+
+    def __init__(self, schema: Mapping[str, Any], *, source: str = "schema") -> None:
+        if not isinstance(schema, Mapping):
+            raise InvalidSchemaError(source, "a schema must be a JSON object")
+        plain = json.loads(canonical_json(dict(schema), source, InvalidSchemaError))
+        self._text = json.dumps(plain)  # insertion order kept; ``schema`` copies it
+        self._validator = _compile_validator(plain, source)
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """A copy: the compiled schema must not change under its validator."""
+        copy: dict[str, Any] = json.loads(self._text)
+        return copy
+
+    def validate(self, instance: object, *, source: str = "parameters") -> None:
+        """Raise ``DeserializationError`` naming the failing path and the reason."""
+        value = check_payload(instance, source)
+        try:
+            self._validator.validate(value)
+        except jsonschema_rs.ValidationError as first:
+            error = _most_relevant(self._validator.iter_errors(value), first)
+            raise DeserializationError(source, error.message, error.instance_path) from None
+        except ValueError as failure:  # the validator could not read the value
+            raise DeserializationError(source, f"cannot be validated: {failure}") from None
+
+    def is_valid(self, instance: object) -> bool:
+        try:
+            value = check_payload(instance, "parameters")
+        except DeserializationError:
+            return False
+        try:
+            return self._validator.is_valid(value)
+        except ValueError:
+            return False
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(canonical: str) -> Contract:
+    return Contract(json.loads(canonical))
+
+
+def compile_contract(schema: Mapping[str, Any], *, source: str = "schema") -> Contract:
+    """The cached ``Contract`` for ``schema``: compiled and checked once per process.
+
+    The cache is keyed by the schema alone, not by ``source``, so that the
+    registration and result schemas of many services share one compilation; a
+    refused schema is not cached, and its error is re-labelled with ``source``.
+    """
+    if not isinstance(schema, Mapping):
+        raise InvalidSchemaError(source, "a schema must be a JSON object")
+    canonical = canonical_json(dict(schema), source, InvalidSchemaError)
+    try:
+        return _compile(canonical)
+    except InvalidSchemaError as error:
+        raise InvalidSchemaError(source, error.validator_error_message, error.path) from None
+
+
+def build_validator(schema: dict[str, Any], dialect: type[_Validator]) -> _Validator:
+    """The one place a validator is constructed, so that every one is offline and linear.
+
+    It raises ``jsonschema_rs.ValidationError`` for a schema that fails its
+    meta-schema, a pattern the regex engine refuses, or a reference that cannot
+    be resolved inside the document.
+    """
+    return dialect(
+        schema,
+        validate_formats=True,
+        pattern_options=jsonschema_rs.RegexOptions(),
+        offline=True,
+    )
+
+
+# -- internals -------------------------------------------------------------------
+
+
+def _compile_validator(schema: dict[str, Any], source: str) -> _Validator:
+    dialect, canonical = _dialect(schema, source)
+    _check_document(schema, source)
+    if canonical is not None:  # say "HTTP://...#": jsonschema-rs knows the exact URI only
+        schema = {**schema, "$schema": canonical}
+    try:
+        return build_validator(schema, dialect)
+    except jsonschema_rs.ValidationError as error:
+        raise InvalidSchemaError(source, _schema_reason(error), error.instance_path) from None
+    except (ValueError, jsonschema_rs.ReferencingError) as failure:
+        raise InvalidSchemaError(source, f"cannot be compiled: {failure}") from None
+
+
+def _normalized(uri: str) -> str:
+    """A ``$schema`` as jsonschema's lookup compares it (an empty fragment is no fragment)."""
+    try:
+        return urlsplit(uri).geturl()
+    except ValueError:  # an invalid IPv6 literal, say
+        return uri
+
+
+def _dialect(schema: dict[str, Any], source: str) -> tuple[type[_Validator], str | None]:
+    """The validator class ``$schema`` names, and the URI to hand jsonschema-rs instead."""
+    dialect = schema.get("$schema")
+    if dialect is None:
+        return _DEFAULT, None
+    if not isinstance(dialect, str):
+        raise InvalidSchemaError(source, f"$schema must be a URI, not {dialect!r}", ["$schema"])
+    normal = _normalized(dialect)
+    if normal == _DRAFT_3:
+        message = f"$schema {dialect!r}: draft 3 is not supported; use draft 4 or later"
+        raise InvalidSchemaError(source, message, ["$schema"])
+    cls = _DIALECTS.get(normal)
+    if cls is None:
+        raise InvalidSchemaError(source, f"unknown $schema {dialect!r}", ["$schema"])
+    return cls, (None if normal == dialect else normal)
+
+
+def _check_document(schema: dict[str, Any], source: str) -> None:
+    """Refuse, anywhere in ``schema``, a reference outside it, a nested ``$schema`` that
+    names no known dialect, and more than ``MAX_REFERENCES`` references.
+
+    Iterative, and blind to which values are subschemas: a ``$ref`` inside an
+    ``enum`` is refused too, which costs nothing real and can miss nothing.
+    """
+    stack: list[tuple[object, tuple[object, ...]]] = [(schema, ())]
+    references = 0
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, list):
+            stack.extend((child, (*where, index)) for index, child in enumerate(item))
+        if not isinstance(item, dict):
+            continue
+        for key, value in item.items():
+            path = (*where, key)
+            stack.append((value, path))
+            if not isinstance(value, str):
+                continue
+            if key in _REFERENCES:
+                if not value.startswith("#"):
+                    message = f"{key} {value!r} points outside this schema; only '#...' is allowed"
+                    raise InvalidSchemaError(source, message, path)
+                references += 1
+                if references > MAX_REFERENCES:
+                    message = f"more than {MAX_REFERENCES} references; that is the limit"
+                    raise InvalidSchemaError(source, message, path)
+            if key == "$schema" and where and _normalized(value) not in _DIALECTS:
+                raise InvalidSchemaError(source, f"unknown $schema {value!r}", path)
+
+
+def _schema_reason(error: jsonschema_rs.ValidationError) -> str:
+    """Why a schema was refused, in words that say what to change."""
+    kind = error.kind
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Format) and kind.format == "regex":
+        return (
+            f"pattern {_clipped(error.instance)} is not supported by the linear-time regex "
+            "engine; lookarounds and backreferences are refused because they can take "
+            "exponential time"
+        )
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Referencing):
+        return f"a reference cannot be resolved: {kind.error}"
+    return error.message
+
+
+def _clipped(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _relevance(error: jsonschema_rs.ValidationError) -> tuple[object, ...]:
+    """Shallowest first, as jsonschema's ``best_match``: the error nearest the root
+    says what is wrong with the payload as a whole; then a definite error before
+    an ``anyOf``/``oneOf`` that only says no branch matched; then the schema's
+    order, so that the choice never depends on the order the errors came in.
+    """
+    return (
+        len(error.instance_path),
+        error.kind.name in _WEAK,
+        [str(part) for part in error.schema_path],
+        error.message,
+    )
+
+
+def _most_relevant(
+    errors: Iterable[jsonschema_rs.ValidationError], first: jsonschema_rs.ValidationError
+) -> jsonschema_rs.ValidationError:
+    return min(itertools.islice(errors, _MAX_ERRORS), key=_relevance, default=first)
