@@ -39,16 +39,18 @@ EVENT_LISTENERS_TTL = 2.0
 def fanout_topic(channel: Any, exchange: str, routing_key: str) -> str:
     """The pub/sub channel name kombu's Redis transport gives ``exchange``'s fanout messages.
 
-    Celery's events go to the fanout exchange ``celeryev`` and kombu sends a
-    fanout message with a PUBLISH to ``prefix + exchange``, followed by
-    ``"/" + routing_key`` when fanout patterns are on; Flower and ``celery
-    events`` subscribe to the same names, by pattern. Both pieces are public
-    attributes of kombu's Redis channel, set from its documented transport
-    options: ``keyprefix_fanout`` (``fanout_prefix``: by default ``/{db}.``,
-    formatted with the database the channel connected to, since pub/sub names
-    are shared by every database of a server; empty when ``fanout_prefix`` is
-    false) and ``fanout_patterns``. Reading them, rather than recomputing them
-    from the URL, keeps kombu's own reading of the URL and options.
+    Celery's events go to the exchange ``celeryev``, a fanout exchange on
+    Redis, and kombu sends a fanout message with one PUBLISH to ``prefix +
+    exchange``, followed by ``"/" + routing_key`` when fanout patterns are on;
+    Flower and ``celery events`` subscribe to the same names, by pattern. Both
+    pieces are public attributes of kombu's Redis channel, set from its
+    documented transport options: ``keyprefix_fanout`` (``fanout_prefix``: by
+    default ``/{db}.``, formatted with the database the channel connected to,
+    since pub/sub names are shared by every database of a server; empty when
+    ``fanout_prefix`` is false) and ``fanout_patterns``. Reading them, rather
+    than recomputing them from the URL, keeps kombu's own reading of the URL
+    and options. (Only Sentinel's ``sentinel_fanout_compat`` publishes to a
+    second topic, and ``connections.redis_url`` refuses Sentinel URLs.)
     ``tests/test_wire_celery.py`` subscribes Celery's own event receiver
     under each option and sees the events arrive.
     """

@@ -27,7 +27,12 @@ def threads_before() -> set[threading.Thread]:
 
 
 def _left_over(before: set[threading.Thread]) -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread not in before]
+    """The server threads (waitress's request threads, the loop's, the closer's) still alive."""
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread not in before and thread.name.startswith(("waitress", "topchef-api"))
+    ]
 
 
 def _refused(port: int) -> bool:
