@@ -10,6 +10,8 @@ from datetime import timedelta
 import lab
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import wait_for
 
 from broker.errors import DeserializationError, ServiceWithNameNotFound
@@ -46,6 +48,38 @@ def test_parameters_come_back_exactly_as_submitted_and_in_order(session):
     assert {(row.status, row.attempts, row.version, row.published_at) for row in rows} == {
         ("REGISTERED", 0, 1, None)
     }
+
+
+#: JSON values PostgreSQL's ``jsonb`` stores: text without NUL (``jsonb`` refuses
+#: ``\u0000``) or lone surrogates, integers, and floats with a fraction (``jsonb``
+#: keeps numbers as ``numeric``: 1e16 comes back as the integer it equals).
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer())
+    | _TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_TEXT, children, max_size=4),
+    max_leaves=12,
+)
+
+
+@pytest.mark.postgres
+@settings(max_examples=40, deadline=None)
+@given(sets=st.lists(st.dictionaries(_TEXT, _JSON, max_size=4), min_size=2, max_size=6))
+def test_any_json_parameters_survive_the_copy(postgres_url, sets):
+    """COPY's encoding is psycopg's: whatever JSON goes in (tabs, newlines, backslashes,
+    quotes, ``\\N``, any non-NUL text) comes back equal, in order."""
+    with open_session(postgres_url) as session:
+        service = Service.new("any", "", {"type": "object"}, {"type": "object"}, session)
+        session.flush()
+        ids = add_jobs(session, service, database_now(session), sets)
+        rows = session.execute(
+            sa.select(JobRow.id, JobRow.parameters).where(JobRow.service_id == service.id)
+        ).all()
+        session.rollback()
+    assert {row.id: row.parameters for row in rows} == dict(zip(ids, sets, strict=True))
 
 
 def test_one_invalid_parameter_set_writes_nothing(session):

@@ -6,7 +6,9 @@ of each message is the same for every job of a queue — the header names, the
 origin, the routing — so each shape is serialised once (``_Template``) and
 only what varies (ids, arguments, clock, timestamps) is encoded per message:
 ``json.dumps`` of the whole envelope, twice per job, was most of the cost of
-publishing a sweep.
+publishing a sweep. Being hand-built, the output is pinned to Celery's own:
+``tests/test_wire_celery.py`` compares it, field by field, with the message
+and event Celery puts on Redis for the same task.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ the message and another for its ``task-sent`` event. So job messages are
 built here (``broker.messaging.celery_wire``), in Celery's documented task protocol (version 2)
 and the envelope kombu's Redis transport stores, and pushed with their ``task-sent`` events
 (for Flower) through one Redis pipeline. Workers consume them with stock
-Celery; ``tests/test_broker_e2e.py`` and ``tests/test_flower.py`` run both ends.
+Celery; ``tests/test_broker_e2e.py`` and ``tests/test_flower.py`` run both ends,
+and ``tests/test_wire_celery.py`` compares each message and event, field by
+field, with what Celery's own ``send_task_message`` puts on Redis.
 """
 
 from __future__ import annotations
@@ -38,6 +40,30 @@ from broker.messaging.messages import (
 PIPELINE_CHUNK = 1000
 #: Seconds between checks for anyone listening to ``task-sent`` events.
 EVENT_LISTENERS_TTL = 2.0
+
+
+def fanout_topic(channel: Any, exchange: str, routing_key: str) -> str:
+    """The pub/sub channel name kombu's Redis transport gives ``exchange``'s fanout messages.
+
+    Celery's events go to the exchange ``celeryev``, a fanout exchange on
+    Redis, and kombu sends a fanout message with one PUBLISH to ``prefix +
+    exchange``, followed by ``"/" + routing_key`` when fanout patterns are on;
+    Flower and ``celery events`` subscribe to the same names, by pattern. Both
+    pieces are public attributes of kombu's Redis channel, set from its
+    documented transport options: ``keyprefix_fanout`` (``fanout_prefix``: by
+    default ``/{db}.``, formatted with the database the channel connected to,
+    since pub/sub names are shared by every database of a server; empty when
+    ``fanout_prefix`` is false) and ``fanout_patterns``. Reading them, rather
+    than recomputing them from the URL, keeps kombu's own reading of the URL
+    and options. (Only Sentinel's ``sentinel_fanout_compat`` publishes to a
+    second topic, and ``connections.redis_url`` refuses Sentinel URLs.)
+    ``tests/test_wire_celery.py`` subscribes Celery's own event receiver
+    under each option and sees the events arrive.
+    """
+    prefix = str(channel.keyprefix_fanout)
+    if routing_key and channel.fanout_patterns:
+        return f"{prefix}{exchange}/{routing_key}"
+    return f"{prefix}{exchange}"
 
 
 class CeleryPublisher:
@@ -129,8 +155,9 @@ class CeleryPublisher:
         """The pub/sub channel kombu publishes ``task-sent`` events on (it depends on the db)."""
         if self._sent_topic is None:
             with self._app.connection_for_write() as connection:
-                channel: Any = connection.default_channel
-                self._sent_topic = str(channel._get_publish_topic(EVENT_EXCHANGE, SENT_ROUTING_KEY))
+                self._sent_topic = fanout_topic(
+                    connection.default_channel, EVENT_EXCHANGE, SENT_ROUTING_KEY
+                )
         return self._sent_topic
 
     def publish_services(self, descriptors: Sequence[ServiceDescriptor]) -> None:

@@ -10,7 +10,6 @@ the caller commits, ``jobs_per_message`` to a Celery message.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
 from broker.contract import Contract
@@ -58,6 +58,20 @@ MAX_PER_MESSAGE = 1000
 
 _INSERT_JOBS = sa.insert(JobRow)
 _REGISTERED = lifecycle.Status.REGISTERED.value
+
+#: The columns ``_copy_rows`` fills, and their PostgreSQL types (binary COPY sends
+#: no type names: each value must be encoded as its column's type).
+_COPY_COLUMNS = {
+    "id": "uuid",
+    "service_id": "uuid",
+    "status": "varchar",
+    "attempts": "int4",
+    "date_submitted": "timestamptz",
+    "version": "int4",
+    "parameters": "jsonb",
+}
+_COPY_JOBS = f"COPY {JobRow.__tablename__} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = list(_COPY_COLUMNS.values())
 
 
 #: One job, inserted only if its service still has the name it was found by.
@@ -164,17 +178,18 @@ def _copy_rows(
 
     An ``executemany`` runs one INSERT per row on the server (~120 µs each, the
     job-count trigger firing for each); a COPY is one statement at ~15 µs a
-    row. The lines are written in COPY's text format directly: the values are
-    UUIDs, ISO timestamps, small integers and JSON, where only the backslashes
-    of the JSON need escaping (``json.dumps`` escapes every control character).
+    row. psycopg encodes each row (``Copy.write_row``), so no value is escaped
+    by hand. The binary format is used because it was the fastest measured
+    (10,000 rows: ~210 ms, against ~250 ms for ``write_row`` in text format and
+    ~280 ms for lines formatted by hand): the server parses no UUIDs, integers
+    or timestamps. Binary COPY needs each column's exact type, hence
+    ``_COPY_TYPES``; a mismatch is an error from the server, not a wrong row.
     """
     driver: Any = connection.connection.driver_connection
-    columns = "id, service_id, status, attempts, date_submitted, version, parameters"
-    head = f"\t{service_id}\t{_REGISTERED}\t0\t"
     with (
         driver.cursor() as cursor,
-        cursor.copy(f"COPY {JobRow.__tablename__} ({columns}) FROM STDIN") as copy,
+        cursor.copy(_COPY_JOBS) as copy,
     ):
+        copy.set_types(_COPY_TYPES)
         for job_id, stamp, parameters in zip(ids, stamps, parameter_sets, strict=True):
-            document = json.dumps(parameters).replace("\\", "\\\\")
-            copy.write(f"{job_id}{head}{stamp.isoformat()}\t1\t{document}\n")
+            copy.write_row((job_id, service_id, _REGISTERED, 0, stamp, 1, Jsonb(parameters)))
