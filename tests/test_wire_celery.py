@@ -1,6 +1,6 @@
 """What the publisher pushes is what Celery itself sends, and its events reach Celery's receivers.
 
-``broker.wire`` builds Celery's task message and kombu's Redis envelope by
+``broker.messaging.celery_wire`` builds Celery's task message and kombu's Redis envelope by
 hand, for speed. The golden tests here send the same task with Celery's own
 ``send_task`` on a real Redis, read both raw messages back from the list
 (and both ``task-sent`` events off pub/sub), and compare them field by
@@ -27,10 +27,10 @@ from celery import Celery
 from support import wait_for
 
 from broker.app import make_app
-from broker.messages import JobBatch, JobMessage, batched
-from broker.publisher import CeleryPublisher
+from broker.messaging.celery_wire import bounded_repr
+from broker.messaging.messages import JobBatch, JobMessage, batched
+from broker.messaging.publisher import CeleryPublisher
 from broker.settings import Settings
-from broker.wire import bounded_repr
 
 pytestmark = pytest.mark.redis
 
