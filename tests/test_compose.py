@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 COMPOSE = Path(__file__).parent.parent / "docker-compose.yml"
 
@@ -53,7 +54,19 @@ def test_redis_refuses_to_start_without_a_password():
     assert "REDIS_PASSWORD" in result.stderr
 
 
+def _options(command: list[str]) -> dict[str, str]:
+    """``["redis-server", "--a", "1", "--b", "2"]`` as ``{"--a": "1", "--b": "2"}``."""
+    assert command[0] == "redis-server", command
+    flags = command[1:]
+    assert len(flags) % 2 == 0, command
+    assert all(flag.startswith("--") for flag in flags[::2]), command
+    return dict(zip(flags[::2], flags[1::2], strict=True))
+
+
 def test_redis_persists_and_never_evicts():
-    text = COMPOSE.read_text()
-    assert '"--appendonly", "yes"' in text
-    assert '"--maxmemory-policy", "noeviction"' in text
+    """The server's own command line, parsed: a commented-out flag is no flag."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    options = _options(compose["services"]["redis"]["command"])
+    assert options["--appendonly"] == "yes"
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert options["--requirepass"].startswith("${REDIS_PASSWORD:?")

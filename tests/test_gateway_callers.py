@@ -73,6 +73,7 @@ def test_a_job_won_just_as_its_claimer_hung_up_is_given_back(gateway, stack):
     assert claimed.json()["data"]["id"] == str(job)
 
 
+@pytest.mark.slow  # waits out a lease
 def test_a_report_after_the_lease_lapsed_is_recorded_late(gateway, stack):
     api = gateway.api
     service = api.create_service(timeout=1)  # an HTTP claim's lease is the service's timeout

@@ -19,7 +19,7 @@ from schemathesis import GenerationMode
 from broker.gateway.openapi import document
 
 pytest_plugins = ["gateway_support"]  # the make_gateway fixture
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]  # ~25 s
 TOKEN = "fuzz-token"
 
 #: Examples per operation and generation mode: the whole run stays well under a minute.

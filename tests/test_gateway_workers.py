@@ -40,6 +40,7 @@ def _run_in_threads(*targets):
         raise failures[0]
 
 
+@pytest.mark.slow  # 500 jobs over HTTP: ~10 s
 def test_two_concurrent_claimers_over_500_jobs_get_disjoint_sets(gateway, stack):
     service = gateway.api.create_service()
     jobs = stack.producer.submit_many(lab.SQUARE, [{"x": i} for i in range(500)])
@@ -75,6 +76,7 @@ def test_two_concurrent_claimers_over_500_jobs_get_disjoint_sets(gateway, stack)
     assert stack.redis.scard(keys.http_jobs(uuid.UUID(service))) == 500
 
 
+@pytest.mark.slow  # > 1 s
 def test_topchef_style_workers_drive_jobs_to_completion(gateway, stack):
     """Two unchanged TopChef loops: check in, next job, WORKING (409: skip), results, COMPLETED."""
     service = gateway.api.create_service()
@@ -276,6 +278,7 @@ def test_http_and_celery_workers_never_run_the_same_job(gateway, stack):
     assert api.job(over_http)["meta"]["worker"] == "http:rig"
 
 
+@pytest.mark.slow  # starts `topchef api`
 def test_topchef_api_serves_until_sigterm(stack):
     process = stack.process("api", "--port", "0")
     url = wait_for(

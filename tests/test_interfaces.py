@@ -109,9 +109,9 @@ def test_every_member_the_seed_lists_is_abstract(interface):
     ids=lambda i: i.__name__,
 )
 def test_an_interface_cannot_be_instantiated_nor_an_incomplete_subclass(interface):
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="abstract"):
         interface()
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="abstract"):
         type("Incomplete", (interface,), {})()
 
 

@@ -54,25 +54,28 @@ def test_under_fail_the_real_outcome_replaces_the_presumed_loss(stack):
 def test_under_requeue_a_superseded_attempt_keeps_its_outcome_beside_the_job(stack):
     frozen, tag, job = _frozen_mid_run(stack, "requeue")
     _tick_until(stack, lambda: stack.claims.state(job) == "requeued", "beat to re-queue the job")
-    stack.worker()
+    second = stack.worker()
     wait_for(lambda: stack.runs(tag) == 2, 30, "the second attempt to start")
     wait_for(lambda: stack.job(job)["attempts"] == 2, 30, "SQL to show attempt 2")
-
-    stack.release(tag)
-    frozen.signal(signal.SIGCONT)
-    finished = stack.wait_status(job, "COMPLETED")
-    assert (finished["attempts"], finished["results"], finished["detail"]) == (
-        2,
-        {"tag": tag},
-        None,
-    )
 
     def first_attempt():
         with open_session(stack.settings.database_url) as session:
             rows = attempts.of_job(session, job)
             return rows and rows[0].status and rows[0]
 
+    # Attempt 1 reports while attempt 2 holds the job. Both wait for the same
+    # release: were attempt 2 to end first, nothing would hold the job any more.
+    second.signal(signal.SIGSTOP)
+    stack.release(tag)
+    frozen.signal(signal.SIGCONT)
     kept = wait_for(first_attempt, 30, "attempt 1's late outcome to be kept")
+    second.signal(signal.SIGCONT)
+    finished = stack.wait_status(job, "COMPLETED")
+    assert (finished["attempts"], finished["results"], finished["detail"]) == (
+        2,
+        {"tag": tag},
+        None,
+    )
     assert (kept.attempt, kept.status, kept.results) == (1, "COMPLETED", {"tag": tag})
     assert "later attempt" in kept.detail
     assert kept.superseded_at is not None

@@ -87,6 +87,7 @@ def test_jobs_by_status_and_queue_depth(stack, metrics):
     assert value(families, "topchef_scrape_errors", source="redis") == 0
 
 
+@pytest.mark.slow  # starts a worker
 def test_liveness_follows_check_ins_on_the_database_clock(stack, metrics):
     stack.create_lab_services(timeout=30)
     stack.producer.create_service("Brief", "times out", {}, {}, timeout=0.1)

@@ -173,6 +173,7 @@ def test_a_database_made_by_create_schema_is_stamped_and_keeps_its_rows(empty_ur
     assert names == ["Kept"]
 
 
+@pytest.mark.slow  # starts three processes
 def test_processes_starting_together_migrate_once(empty_url: str) -> None:
     """Mirror, beat and the API start at once and each upgrades: one migrates, none fails."""
     code = "import sys; from broker.storage.migrate import upgrade; upgrade(sys.argv[1])"
