@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from broker.errors import ConfigurationError
 from broker.settings import URL_FILE
@@ -41,6 +43,9 @@ class EmbeddedRedis:
             str(self.directory / "redis.db"),
             # Queued jobs must never be evicted; keep what was queued across restarts.
             serverconfig={"maxmemory-policy": "noeviction", "appendonly": "yes"},
+            # SHUTDOWN ends with the server hanging up; a retrying client would
+            # take that for an outage and retry with backoff for seconds.
+            retry=Retry(NoBackoff(), 0),
         )
         self._server = server
         self.url = f"redis+socket://{server.socket_file}"
