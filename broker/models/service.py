@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -58,8 +57,16 @@ def fill(
     per_message: int = 1,
 ) -> JobMessage:
     """A service's message template (``Service.message_template``) made one job's message."""
-    return dataclasses.replace(
-        template, job_id=job_id, parameters=parameters, attempt=attempt, per_message=per_message
+    # Built directly, not by ``dataclasses.replace``: this runs once per job of a
+    # bulk submit, and replace costs several times the constructor.
+    return JobMessage(
+        job_id=job_id,
+        service_id=template.service_id,
+        service_name=template.service_name,
+        parameters=parameters,
+        requeue=template.requeue,
+        attempt=attempt,
+        per_message=per_message,
     )
 
 
