@@ -177,3 +177,33 @@ def test_status_marks_a_service_whose_jobs_wait_with_no_worker(api, stack):
     assert (square["workers"], square["waiting"], square["mark"]) == ("0", "1", "no worker")
     assert (failing["workers"], failing["waiting"], failing["mark"]) == ("1", "1", "")
     assert (idle["workers"], idle["waiting"], idle["mark"]) == ("0", "0", "")
+
+
+def test_an_http_worker_that_claims_jobs_is_one_of_the_services_workers(api, stack):
+    service = api.create_service(timeout=30)
+    first, second = api.submit(service, {"x": 1}), api.submit(service, {"x": 2})
+    assert _status_row(stack.settings, lab.SQUARE)["mark"] == "no worker"
+
+    claim = api.post(f"/services/{service}/jobs/claim", headers={"X-TopChef-Worker": "rig-1"})
+    assert claim.json()["data"]["id"] == first
+    row = _status_row(stack.settings, lab.SQUARE)
+    assert (row["workers"], row["waiting"], row["mark"]) == ("1", "1", "")
+
+    # TopChef's own loop claims with PATCH to WORKING.
+    patch = api.patch(
+        f"/jobs/{second}", json={"status": "WORKING"}, headers={"X-TopChef-Worker": "rig-2"}
+    )
+    assert patch.status_code == 200, patch.text
+    row = _status_row(stack.settings, lab.SQUARE)
+    assert (row["workers"], row["waiting"], row["running"]) == ("2", "0", "2")
+    # Claiming says nothing of availability: only is_available does.
+    assert not stack.service(lab.SQUARE).is_service_available
+
+
+def test_a_claim_that_waits_for_a_job_in_vain_still_serves_the_service(api, stack):
+    service = api.create_service(timeout=30)
+    idle = api.post(f"/services/{service}/jobs/claim", headers={"X-TopChef-Worker": "rig-1"})
+    assert idle.status_code == 204
+    api.submit(service, {"x": 1})
+    row = _status_row(stack.settings, lab.SQUARE)
+    assert (row["workers"], row["waiting"], row["mark"]) == ("1", "1", "")

@@ -13,7 +13,6 @@ from broker.errors import JobWithUUIDNotFound, ServiceWithUUIDNotFound
 from broker.gateway.dispatch import HTTP_PREFIX, Dispatcher
 from broker.gateway.envelope import parse_id
 from broker.messaging.connections import redis_client
-from broker.messaging.presence import Presence
 from broker.models.service import Service
 from broker.producer import Producer
 from broker.settings import Settings
@@ -30,8 +29,6 @@ class Gateway:
         #: Set when the server shuts down, so that waiting claims return at once.
         self.closing = threading.Event()
         self.dispatcher = Dispatcher(self.redis, self.closing)
-        #: HTTP workers' presences, beside Celery workers' (``broker.messaging.presence``).
-        self.presence = Presence(self.redis)
 
     def writing(self) -> contextlib.AbstractContextManager[Session]:
         """A transaction that commits on success and publishes the jobs it added."""

@@ -88,8 +88,9 @@ def check_in(service_id: str) -> Response:
     A body that is not JSON changes nothing, not even the check-in.
     ``is_available`` is the caller's own word (``broker.messaging.presence``):
     ``true`` makes it one of the service's workers for one timeout, renewed by
-    its later check-ins; ``false`` withdraws it alone, and the service stays
-    available while another worker, HTTP or Celery, still serves it.
+    its later check-ins (as does a claim: ``Dispatcher.claim``); ``false``
+    withdraws it alone, and the service stays available while another worker,
+    HTTP or Celery, still serves it.
     """
     changes = json_body() if has_body() else {}
     available = _flag(changes)
@@ -119,7 +120,7 @@ def check_in(service_id: str) -> Response:
 def _presence(service: Service, available: bool | None) -> None:
     """Record the caller's presence on the service, and derive the service's availability."""
     worker, _named = http_worker()
-    presence, services = gateway().presence, [service.id]
+    presence, services = gateway().dispatcher.presence, [service.id]
     if available is None:
         presence.renew(worker, services, service.timeout)
     elif available:

@@ -10,8 +10,8 @@ whose score is when that presence lapses, on Redis's clock:
 - a Celery worker arrives at every check-in, for a few check-in intervals
   (``WorkerRuntime.presence_seconds``), and leaves on a clean shutdown;
 - an HTTP worker arrives with ``PATCH /services/<id>`` ``is_available: true``
-  (for its service's timeout), is renewed by its later check-ins, and leaves
-  with ``is_available: false``;
+  or by claiming the service's jobs (for its service's timeout), is renewed
+  by its later check-ins and claims, and leaves with ``is_available: false``;
 - a worker that dies without leaving lapses on its own.
 
 The SQL flag ``is_service_available`` is derived from what remains whenever a
