@@ -207,3 +207,21 @@ def test_a_claim_that_waits_for_a_job_in_vain_still_serves_the_service(api, stac
     api.submit(service, {"x": 1})
     row = _status_row(stack.settings, lab.SQUARE)
     assert (row["workers"], row["waiting"], row["mark"]) == ("1", "1", "")
+
+
+def test_a_job_running_with_no_live_worker_is_marked_too(api, stack):
+    service = api.create_service(timeout=30)
+    job = api.submit(service, {"x": 1})
+    claim = api.post(f"/services/{service}/jobs/claim", headers={"X-TopChef-Worker": "rig-1"})
+    assert claim.json()["data"]["id"] == job
+    assert _status_row(stack.settings, lab.SQUARE)["mark"] == ""
+
+    _patch(api, service, "rig-1", is_available=False)  # it went away, holding its job
+
+    row = _status_row(stack.settings, lab.SQUARE)
+    assert (row["workers"], row["waiting"], row["running"], row["mark"]) == (
+        "0",
+        "0",
+        "1",
+        "no worker",
+    )

@@ -46,8 +46,13 @@ class ServiceReading:
         return [self.name, str(self.id)]
 
     def unserved(self, workers: int) -> bool:
-        """Whether jobs wait with no live worker to run them (``workers``: live workers now)."""
-        return self.waiting > 0 and workers == 0
+        """Whether jobs need a worker and none is live (``workers``: live workers now).
+
+        Running jobs count too: with no live worker, a WORKING job's worker is
+        gone, and the job either waits for beat to apply its service's
+        worker-loss policy or, re-queued, waits for a worker like the rest.
+        """
+        return self.waiting + self.running > 0 and workers == 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,9 @@ from broker.storage.tables import open_session
 def render_status(settings: Settings) -> str:
     """Services (availability, live workers, timeout, last check-in, jobs waiting and running).
 
-    A service whose jobs wait with no live worker to run them is marked
-    ``no worker``: it looks healthy otherwise, and nothing will happen.
+    A service whose jobs need a worker while none is live is marked ``no
+    worker`` (``ServiceReading.unserved``): it looks healthy otherwise, and
+    nothing will happen.
     """
     with open_session(settings.database_url) as session:
         census = take_census(session)
