@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import uuid
+from datetime import datetime
 
 import jsonschema
 import lab
@@ -17,6 +20,8 @@ from broker.errors import (
     JobFailedError,
     ServiceWithNameNotFound,
 )
+from broker.messaging import keys
+from broker.messaging.presence import Presence
 from broker.storage.tables import JobRow, open_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -119,6 +124,52 @@ def test_worker_marks_its_services_available_then_unavailable_on_clean_shutdown(
     stack.wait_available(lab.SQUARE)
     worker.stop()
     stack.wait_available(lab.SQUARE, available=False)
+
+
+def test_a_service_stays_available_while_any_of_its_workers_serves_it(stack):
+    stack.create_lab_services(timeout=6)  # a check-in every 2 s
+    stack.start_mirror()
+    first, second = stack.worker(), stack.worker()
+    square = stack.service(lab.SQUARE).id
+    presence = Presence(stack.redis)
+    wait_for(lambda: presence.live([square]) == {square: 2}, 60, "both workers to be present")
+    stack.wait_available(lab.SQUARE)
+
+    unavailable: list[datetime] = []
+    watching = threading.Event()
+
+    def watch() -> None:
+        while not watching.is_set():
+            row = stack.service(lab.SQUARE)
+            if not row.is_service_available:
+                unavailable.append(row.last_checked_in)
+            watching.wait(0.02)  # the sampling rate, not a synchronisation
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        assert first.stop() == 0  # SIGTERM: a clean shutdown, which withdraws its presence
+        survivor = f"{socket.gethostname()}:{second.pid}"
+        members = stack.redis.zrange(keys.service_workers(square), 0, -1)
+        assert members == [survivor.encode()]
+        # Two check-ins applied after the first worker exited: the second of
+        # them came after its leave, which the mirror has therefore applied.
+        seen = stack.service(lab.SQUARE).last_checked_in
+        for _ in range(2):
+            seen = wait_for(
+                lambda since=seen: (at := stack.service(lab.SQUARE).last_checked_in) > since and at,
+                30,
+                "a check-in of the remaining worker",
+            )
+    finally:
+        watching.set()
+        watcher.join(10)
+    assert unavailable == []
+    assert stack.service(lab.SQUARE).is_service_available
+
+    assert second.stop() == 0
+    stack.wait_available(lab.SQUARE, available=False)
+    assert presence.live([square]) == {square: 0}
 
 
 def test_a_pickled_message_is_refused(stack):

@@ -16,6 +16,7 @@ from broker.messaging import keys
 from broker.messaging.claims import LUA_SCRIPTS, ClaimResult, Claims
 from broker.messaging.connections import warn_unless_noeviction
 from broker.messaging.messages import StateMessage, parameters_digest
+from broker.messaging.presence import Presence
 
 pytestmark = pytest.mark.redis
 
@@ -341,10 +342,12 @@ def test_every_lua_file_is_loaded_by_a_script_and_every_script_by_a_file():
         field.name: getattr(claims._scripts, field.name).script
         for field in dataclasses.fields(claims._scripts)
     }
+    # Workers' presences are no claim: their one script is Presence's.
+    scripts["presence"] = Presence(redis.Redis())._script.script
     files = _lua_files()
     assert files, f"no scripts found in {LUA_SCRIPTS}"
     orphans = {name for name, source in files.items() if source not in scripts.values()}
-    assert not orphans, f"{sorted(orphans)} are loaded by no script of Claims"
+    assert not orphans, f"{sorted(orphans)} are loaded by no script of Claims or Presence"
     assert {f"{name}.lua" for name in scripts} == set(files)
     for name, source in scripts.items():
         assert source == files[f"{name}.lua"], name

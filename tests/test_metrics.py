@@ -17,6 +17,7 @@ from support import wait_for
 from broker.errors import ConfigurationError
 from broker.messaging import keys
 from broker.messaging.messages import StateMessage
+from broker.messaging.presence import Presence
 from broker.mirror.process import Mirror
 from broker.ops.metrics import MetricsServer, serve
 from broker.settings import Settings
@@ -85,6 +86,36 @@ def test_jobs_by_status_and_queue_depth(stack, metrics):
     assert value(families, "topchef_source_up", source="database") == 1
     assert value(families, "topchef_source_up", source="redis") == 1
     assert value(families, "topchef_scrape_errors", source="redis") == 0
+
+
+def test_live_workers_per_service(stack, metrics):
+    stack.create_lab_services()
+    square, held = stack.service(lab.SQUARE).id, stack.service(lab.HELD).id
+    presence = Presence(stack.redis)
+    presence.arrive("pc-1:1", [square, held], 30)
+    presence.arrive("http:rig-1", [square], 30)
+    presence.arrive("pc-2:2", [held], 30)
+    presence.leave("pc-2:2", [held])
+
+    families = scrape(metrics)
+
+    workers = {
+        name: value(families, "topchef_service_workers", service=name)
+        for name in (lab.SQUARE, lab.HELD, lab.FAILING)
+    }
+    assert workers == {lab.SQUARE: 2, lab.HELD: 1, lab.FAILING: 0}
+
+
+def test_database_down_still_counts_workers_of_the_services_in_the_directory(stack):
+    stack.create_lab_services()
+    square = stack.service(lab.SQUARE).id
+    Presence(stack.redis).arrive("pc-1:1", [square], 30)
+    down = serve(dataclasses.replace(stack.settings, database_url=CLOSED_POSTGRES), 0)
+    try:
+        families = scrape(down)
+    finally:
+        down.close()
+    assert value(families, "topchef_service_workers", service=lab.SQUARE) == 1
 
 
 @pytest.mark.slow  # starts a worker
@@ -167,6 +198,7 @@ def test_redis_down_still_serves_the_database_metrics(stack, metrics, caplog):
     assert value(families, "topchef_scrape_errors", source="redis") == 1
     assert value(families, "topchef_jobs", service=lab.SQUARE, status="REGISTERED") == 1
     assert "topchef_queue_depth" not in families
+    assert "topchef_service_workers" not in families
     assert "topchef_mirror_lag_entries" not in families
     assert "cannot read the redis" in caplog.text
     # The healthy stack's own endpoint, on its own registry, is unaffected.

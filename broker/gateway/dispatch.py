@@ -34,6 +34,7 @@ from broker.messaging import keys, outbox
 from broker.messaging.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims, Holder
 from broker.messaging.connections import text
 from broker.messaging.messages import StateMessage
+from broker.messaging.presence import Presence
 from broker.models import lifecycle
 from broker.models.lifecycle import Move
 from broker.models.service import Service
@@ -66,6 +67,8 @@ class Dispatcher:
         self._client = client
         self._closing = closing
         self._base = Claims(client)
+        #: HTTP workers' presences, beside Celery workers' (``broker.messaging.presence``).
+        self.presence = Presence(client)
 
     def _claims(self, timeout: float) -> Claims:
         return self._base.leased(lease_seconds(timeout))
@@ -139,6 +142,8 @@ class Dispatcher:
         result = self._claims(timeout).claim(job.id, attempt, worker, working, trusted=True)
         if result is ClaimResult.CLAIMED:
             self._client.sadd(keys.http_jobs(job.service_id), str(job.id))
+            # A caller that runs the service's jobs serves it, whatever it said of availability.
+            self.presence.arrive(worker, [job.service_id], timeout)
             # A later attempt's row is WORKING already: the mirror records the new attempt.
             move = Move(job.id, database_now(session), {"worker": worker, "attempts": attempt})
             lifecycle.advance(session, Status.WORKING, [move])

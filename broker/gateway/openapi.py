@@ -272,7 +272,12 @@ def _schemas() -> dict[str, Any]:
         "ServicePatch": {
             "type": "object",
             "properties": {
-                "is_available": {"type": "boolean"},
+                "is_available": {
+                    "type": "boolean",
+                    "description": "The caller's own availability: true makes it one of the "
+                    "service's live workers for one timeout; false withdraws it, and the "
+                    "service stays available while another worker serves it.",
+                },
                 "name": {"type": "string", "minLength": 1, "maxLength": 200},
                 "description": {"type": "string"},
                 "timeout": {

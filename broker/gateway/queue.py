@@ -118,7 +118,9 @@ def claim_job(service_id: str) -> Response:
     shared = gateway()
     with shared.reading() as session:
         service = find_service(session, service_id)
-        key = service.id
+        key, timeout = service.id, service.timeout
+    # A caller waiting for the service's jobs serves it, though none may come.
+    shared.dispatcher.presence.arrive(worker, [key], timeout)
     gone = caller_gone()
     claimed = shared.dispatcher.claim_next(shared.writing, key, worker, wait, gone)
     if claimed is None:

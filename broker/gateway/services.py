@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, url_for
 
 from broker.errors import DeserializationError
-from broker.gateway.context import find_service, gateway
+from broker.gateway.context import find_service, gateway, http_worker
 from broker.gateway.envelope import envelope, field, has_body, json_body, require
 from broker.gateway.representation import service_detail, service_meta, service_overview
 from broker.models.service import Service
@@ -86,6 +86,11 @@ def check_in(service_id: str) -> Response:
     """Always a check-in; a body may also change the service (TopChef's PATCH).
 
     A body that is not JSON changes nothing, not even the check-in.
+    ``is_available`` is the caller's own word (``broker.messaging.presence``):
+    ``true`` makes it one of the service's workers for one timeout, renewed by
+    its later check-ins (as does a claim: ``Dispatcher.claim``); ``false``
+    withdraws it alone, and the service stays available while another worker,
+    HTTP or Celery, still serves it.
     """
     changes = json_body() if has_body() else {}
     available = _flag(changes)
@@ -103,14 +108,26 @@ def check_in(service_id: str) -> Response:
             service.description = description
         if timeout is not None:
             service.timeout = timeout
-        if available is not None:
-            service.is_service_available = available
+        _presence(service, available)
         service.check_in()
         data, meta = service_detail(service), service_meta(service)
         key, lease = service.id, service.timeout
     shared.dispatcher.renew(key, lease)
     meta["message"] = f"Service checked in at {meta['last_checked_in']}"
     return envelope(data, meta=meta, links=_links(key))
+
+
+def _presence(service: Service, available: bool | None) -> None:
+    """Record the caller's presence on the service, and derive the service's availability."""
+    worker, _named = http_worker()
+    presence, services = gateway().dispatcher.presence, [service.id]
+    if available is None:
+        presence.renew(worker, services, service.timeout)
+    elif available:
+        presence.arrive(worker, services, service.timeout)
+        service.is_service_available = True
+    else:
+        service.is_service_available = bool(presence.leave(worker, services)[service.id])
 
 
 def _flag(changes: dict[str, Any]) -> bool | None:

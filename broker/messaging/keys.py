@@ -65,3 +65,8 @@ def http_jobs(service_id: uuid.UUID | str) -> str:
 def batch_lease(batch_id: str) -> str:
     """Key that lives while a worker runs the batch; it lapses when the worker dies."""
     return f"{PREFIX}:lease:batch:{batch_id}"
+
+
+def service_workers(service_id: uuid.UUID | str) -> str:
+    """Sorted set of the workers serving a service now: worker → when its presence lapses (ms)."""
+    return f"{PREFIX}:workers:{service_id}"

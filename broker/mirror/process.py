@@ -41,6 +41,7 @@ from broker.messaging import keys
 from broker.messaging.claims import Claims
 from broker.messaging.connections import redis_client
 from broker.messaging.messages import StateMessage
+from broker.messaging.presence import Presence
 from broker.mirror.entries import Changes, Reading, Report, SourceClock
 from broker.models import attempts, lifecycle
 from broker.models.lifecycle import Move
@@ -82,6 +83,7 @@ class Mirror:
         self.consumer = consumer or f"mirror@{socket.gethostname()}"
         self._client = redis_client(settings.broker_url)
         self._claims = Claims(self._client, settings.lease_seconds, settings.duplicate_window)
+        self._presence = Presence(self._client)
         self._engine = engine_for(settings.database_url)
         self._contracts: dict[uuid.UUID, Contract] = {}
         self._pending_first = True
@@ -303,13 +305,24 @@ class Mirror:
                 log.info("a late report of job %s changes nothing (a duplicate): %s", job, note)
 
     def _apply_check_ins(self, session: Session, reading: Reading, clock: SourceClock) -> None:
+        """Reset each service's timeout; a leave keeps it available while another worker serves it.
+
+        A worker that arrives is live, so its word stands. A worker that
+        leaves speaks only for itself: whether the service stays available is
+        read from the presences left now (``broker.messaging.presence``), which
+        its leave withdrew from before its entry reached the stream.
+        """
+        leaving = [s for s, r in reading.check_ins.items() if r.message.available is False]
+        remaining = self._presence.live(leaving)
         for service, report in reading.check_ins.items():
             values: dict[str, Any] = {
                 "last_checked_in": clock.at(report.at_ms),
                 "timed_out_at": None,
             }
             if report.message.available is not None:
-                values["is_service_available"] = report.message.available
+                values["is_service_available"] = bool(
+                    report.message.available or remaining.get(service, 0)
+                )
             session.execute(sa.update(ServiceRow).where(ServiceRow.id == service).values(values))
 
     def _check_results(

@@ -4,6 +4,12 @@
 the same two queries: job counts by service and status (one grouped COUNT,
 cheap at a million jobs thanks to ``ix_jobs_service_status_submitted``), then
 the services, judged on the database's clock by ``has_timed_out``.
+
+A service's *waiting* jobs are its REGISTERED rows: the jobs that will run when
+a worker is free. Its Redis queue is no measure of that: it still holds the
+messages of jobs cancelled since, or claimed over HTTP (whose workers never
+read the queue), which workers discard when they come to them, and a batch's
+jobs share one message. Each job of a batch is a row, so batches count their jobs.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from broker.models.lifecycle import Status
 from broker.models.service import has_timed_out
 from broker.storage.tables import JobRow, ServiceRow, database_now
 
@@ -29,10 +36,23 @@ class ServiceReading:
     available: bool = False
     timed_out: bool = False
     seconds_since_check_in: float = 0.0
+    #: Jobs that will run when a worker is free (REGISTERED, so neither claimed nor cancelled).
+    waiting: int = 0
+    #: Jobs a worker has claimed and not finished (WORKING).
+    running: int = 0
 
     @property
     def labels(self) -> list[str]:
         return [self.name, str(self.id)]
+
+    def unserved(self, workers: int) -> bool:
+        """Whether jobs need a worker and none is live (``workers``: live workers now).
+
+        Running jobs count too: with no live worker, a WORKING job's worker is
+        gone, and the job either waits for beat to apply its service's
+        worker-loss policy or, re-queued, waits for a worker like the rest.
+        """
+        return self.waiting + self.running > 0 and workers == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +89,7 @@ def take_census(session: Session) -> Census:
     ).all()
     # After the services: no check-in read above can be later than now.
     now = database_now(session)
+    jobs = {(service_id, status): int(count) for service_id, status, count in counts}
     services = [
         ServiceReading(
             service_id,
@@ -76,8 +97,9 @@ def take_census(session: Session) -> Census:
             available,
             has_timed_out(last_checked_in, timeout, now),
             (now - last_checked_in).total_seconds(),
+            jobs.get((service_id, Status.REGISTERED.value), 0),
+            jobs.get((service_id, Status.WORKING.value), 0),
         )
         for service_id, name, available, timeout, last_checked_in in rows
     ]
-    jobs = {(service_id, status): int(count) for service_id, status, count in counts}
     return Census(services, jobs, now)

@@ -27,6 +27,7 @@ from redis.retry import Retry
 
 from broker.messaging import keys
 from broker.messaging.connections import redis_url, text
+from broker.messaging.presence import COUNT, Presence
 from broker.models.lifecycle import Status
 from broker.ops.census import Census, ServiceReading, take_census
 from broker.settings import Settings
@@ -50,6 +51,8 @@ SERVICE_LABELS = ("service", "service_id")
 @dataclass(frozen=True, slots=True)
 class _RedisReading:
     queue_depths: dict[uuid.UUID, int]
+    #: Live workers (Celery and HTTP) serving each service.
+    workers: dict[uuid.UUID, int]
     #: Entries in the state stream: the mirror deletes an entry once applied.
     mirror_lag: int
     #: Of those, entries a mirror has read but not yet committed and acknowledged.
@@ -73,6 +76,7 @@ class BrokerCollector(Collector):
             socket_connect_timeout=REDIS_TIMEOUT,
             retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection Redis closed
         )
+        self._presence = Presence(self._redis)
         self._errors = dict.fromkeys(SOURCES, 0)
         self._lock = threading.Lock()
 
@@ -117,16 +121,21 @@ class BrokerCollector(Collector):
             pipeline = self._redis.pipeline(transaction=False)
             for service in services:
                 pipeline.llen(keys.service_queue(service.id))
+            ids = [service.id for service in services]
+            if ids:
+                self._presence.queue(pipeline, "", COUNT, ids)
             pipeline.xlen(keys.STATE_STREAM)
             pipeline.xlen(keys.DEAD_STATE_STREAM)
             pipeline.xpending(keys.STATE_STREAM, keys.MIRROR_GROUP)
             pipeline.scard(keys.PUBLISHED)
             pipeline.hgetall(keys.REFUSED)
             replies = pipeline.execute(raise_on_error=False)
-            *depths, lag, dead, pending, unmarked, refused = replies
+            depths = replies[: len(ids)]
+            workers = replies[len(ids)] if ids else []
+            lag, dead, pending, unmarked, refused = replies[len(ids) + bool(ids) :]
             if isinstance(pending, redis.ResponseError) and "NOGROUP" in str(pending):
                 pending = {"pending": 0}  # no mirror has ever run: nothing is pending
-            for reply in (*depths, lag, dead, pending, unmarked, refused):
+            for reply in (*depths, workers, lag, dead, pending, unmarked, refused):
                 if isinstance(reply, Exception):
                     raise reply
         except redis.RedisError as error:
@@ -134,6 +143,7 @@ class BrokerCollector(Collector):
             return None
         return _RedisReading(
             {service.id: int(depth) for service, depth in zip(services, depths, strict=True)},
+            {service_id: int(count) for service_id, count in zip(ids, workers, strict=True)},
             int(lag),
             int(pending["pending"]),
             int(dead),
@@ -191,12 +201,22 @@ def _database_metrics(reading: Census) -> Iterator[Metric]:
 def _redis_metrics(reading: _RedisReading, services: Sequence[ServiceReading]) -> Iterator[Metric]:
     depth = _service_gauge(
         "topchef_queue_depth",
-        "Job messages waiting in the service's queue (a batch of jobs counts once).",
+        "Job messages in the service's Redis queue (a batch of jobs counts once; messages "
+        "of jobs cancelled or claimed over HTTP stay until a worker discards them). "
+        'Jobs waiting to run: topchef_jobs{status="REGISTERED"}.',
+    )
+    workers = _service_gauge(
+        "topchef_service_workers",
+        "Live workers (Celery and HTTP) serving the service; 0 with REGISTERED jobs "
+        "means nothing will run them.",
     )
     for service in services:
         if service.id in reading.queue_depths:
             depth.add_metric(service.labels, reading.queue_depths[service.id])
+        if service.id in reading.workers:
+            workers.add_metric(service.labels, reading.workers[service.id])
     yield depth
+    yield workers
     yield GaugeMetricFamily(
         "topchef_mirror_lag_entries",
         "State entries not yet applied to SQL by the mirror.",

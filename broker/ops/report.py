@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import redis
 
-from broker.messaging import keys
 from broker.messaging.connections import redis_client
+from broker.messaging.presence import Presence
 from broker.models.lifecycle import Status
 from broker.ops.census import ServiceReading, take_census
 from broker.settings import Settings
@@ -16,20 +16,29 @@ from broker.storage.tables import open_session
 
 
 def render_status(settings: Settings) -> str:
-    """Services (availability, timeout, last check-in, queue depth) and job counts."""
+    """Services (availability, live workers, timeout, last check-in, jobs waiting and running).
+
+    A service whose jobs need a worker while none is live is marked ``no
+    worker`` (``ServiceReading.unserved``): it looks healthy otherwise, and
+    nothing will happen.
+    """
     with open_session(settings.database_url) as session:
         census = take_census(session)
-    depths = _queue_depths(settings, census.services)
+    workers = _live_workers(settings, census.services)
     lines = [
-        f"{'service':<28} {'available':<9} {'timed out':<9} {'check-in':>10} {'queued':>7}",
+        f"{'service':<28} {'available':<9} {'workers':>7}  {'timed out':<9} {'check-in':>10} "
+        f"{'waiting':>7} {'running':>7}",
     ]
     for service in census.services:
-        depth = depths.get(service.id)
-        lines.append(
+        live = workers.get(service.id)
+        line = (
             f"{service.name[:28]:<28} {'yes' if service.available else 'no':<9} "
-            f"{'yes' if service.timed_out else 'no':<9} {_age(service.seconds_since_check_in):>10} "
-            f"{'?' if depth is None else depth:>7}"
+            f"{'?' if live is None else live:>7}  {'yes' if service.timed_out else 'no':<9} "
+            f"{_age(service.seconds_since_check_in):>10} {service.waiting:>7} {service.running:>7}"
         )
+        if live is not None and service.unserved(live):
+            line += "  no worker"
+        lines.append(line)
     if not census.services:
         lines.append("(no services yet: topchef services create ...)")
     totals = census.totals()
@@ -40,15 +49,11 @@ def render_status(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def _queue_depths(settings: Settings, services: Sequence[ServiceReading]) -> dict[uuid.UUID, int]:
+def _live_workers(settings: Settings, services: Sequence[ServiceReading]) -> dict[uuid.UUID, int]:
     try:
-        pipeline = redis_client(settings.broker_url).pipeline(transaction=False)
-        for service in services:
-            pipeline.llen(keys.service_queue(service.id))
-        depths = pipeline.execute()
+        return Presence(redis_client(settings.broker_url)).live([s.id for s in services])
     except redis.RedisError:
         return {}  # shown as "?": the broker is unreachable
-    return {service.id: int(depth) for service, depth in zip(services, depths, strict=True)}
 
 
 def _age(seconds: float) -> str:

@@ -33,6 +33,7 @@ from broker.messaging.batches import Batches
 from broker.messaging.claims import ClaimResult, Claims, Finish
 from broker.messaging.connections import redis_client, text
 from broker.messaging.messages import ServiceDescriptor, StateMessage, parameters_digest
+from broker.messaging.presence import ARRIVE, LEAVE, Presence
 from broker.models.interfaces.job import Job
 from broker.settings import Settings
 from broker.worker.handlers import (
@@ -66,6 +67,8 @@ REPORT_RETRY_FIRST = 0.1
 REPORT_RETRY_MOST = 5.0
 #: Refused deliveries kept in ``keys.REFUSED_LOG`` for an operator (approximately).
 REFUSED_LOG_LENGTH = 1000
+#: A worker's presence on its services lapses after this many check-ins missed.
+PRESENCE_CHECK_INS = 3
 
 
 class Refused(Exception):
@@ -111,6 +114,7 @@ class WorkerRuntime:
         self._client = redis_client(settings.broker_url)
         self._claims = Claims(self._client, settings.lease_seconds, settings.duplicate_window)
         self._batches = Batches(self._client, settings.lease_seconds)
+        self._presence = Presence(self._client)
         #: Lease key → holder, for every job and batch this process is running.
         self._leases: dict[str, str] = {}
         self._leases_lock = threading.Lock()
@@ -414,12 +418,28 @@ class WorkerRuntime:
                 log.warning("could not renew leases; retrying", exc_info=True)
 
     def check_in(self, available: bool = True) -> None:
-        """Tell the mirror every served service is alive (and available or not)."""
+        """Tell the mirror every served service is alive; ``available=False``: this worker leaves.
+
+        This worker's presence (``broker.messaging.presence``) changes first, in
+        the same round trip: the mirror, reading a leave, then finds only the
+        workers that remain, and keeps the service available if any does.
+        """
+        services = list(self.services)
+        worker = self.name()
         pipeline = self._client.pipeline(transaction=False)
-        for service in self.services:
-            entry = StateMessage("checkin", service, available=available, worker=self.name())
+        if available:
+            self._presence.queue(pipeline, worker, ARRIVE, services, self.presence_seconds)
+        else:
+            self._presence.queue(pipeline, worker, LEAVE, services)
+        for service in services:
+            entry = StateMessage("checkin", service, available=available, worker=worker)
             pipeline.xadd(keys.STATE_STREAM, entry.to_fields())  # type: ignore[arg-type]
         pipeline.execute()
+
+    @property
+    def presence_seconds(self) -> float:
+        """How long a check-in keeps this worker present: a few check-in intervals."""
+        return PRESENCE_CHECK_INS * self.check_in_interval
 
     @property
     def check_in_interval(self) -> float:
@@ -444,13 +464,13 @@ class WorkerRuntime:
         self._draining.set()
 
     def stop(self, clean: bool = True) -> None:
-        """Stop background work; on a clean shutdown, mark the services unavailable."""
+        """Stop background work; on a clean shutdown, withdraw this worker's presence."""
         self._stop.set()
         if clean:
             try:
                 self.check_in(available=False)
             except redis.RedisError:
-                log.warning("could not mark services unavailable", exc_info=True)
+                log.warning("could not withdraw this worker from its services", exc_info=True)
 
     def _ensure_thread(self, name: str, target: Any) -> None:
         # Keyed by pid too: a prefork child inherits the dict but not the threads.
