@@ -216,6 +216,23 @@ class DuplicateServiceNameError(ConflictError):
         super().__init__(f"A service named {name!r} already exists")
 
 
+class ServiceSchemaMismatchError(ConflictError):
+    """A service of that name exists with other schemas; schemas never change after creation.
+
+    Raised by ``Producer.ensure_service``, so that a program written for one
+    contract never submits to a service that has another.
+    """
+
+    title = "Service exists with other schemas"
+
+    def __init__(self, name: str, fields: Sequence[str]) -> None:
+        self.name = name
+        self.fields = tuple(fields)
+        super().__init__(
+            f"A service named {name!r} already exists with another {' and '.join(self.fields)}"
+        )
+
+
 class InvalidTransitionError(ConflictError):
     """A job's status only moves forward; this move would not."""
 

@@ -36,6 +36,7 @@ LAYERS = {
     "ops": 6,
     "tasks": 6,
     "cli": 7,
+    "celery": 7,
     "__main__": 8,
 }
 

@@ -6,6 +6,7 @@ the command that starts beat; no other app carries beat's schedule.
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,7 @@ def start(app: Celery, settings: Settings, loglevel: str = "INFO") -> None:
         beat=True,
         schedule_filename=str(schedule),
         loglevel=loglevel,
-        hostname="topchef-beat@%h",
+        # Celery's command line expands %h; a Worker made in code does not.
+        hostname=f"topchef-beat@{socket.gethostname()}",
     )
     worker.start()

@@ -1,9 +1,34 @@
 """Producers: submit jobs to services from any Python program.
 
 A producer talks to Redis and SQL only; importing it loads no worker runtime
-and no beat.
+and no beat. The errors its calls raise are importable from here too, so a
+producer program needs one import line.
 """
 
+from broker.errors import (
+    DeserializationError,
+    DuplicateServiceNameError,
+    InvalidTransitionError,
+    JobCancelledError,
+    JobFailedError,
+    JobWithUUIDNotFound,
+    ServiceSchemaMismatchError,
+    ServiceWithNameNotFound,
+    TopChefError,
+    WaitTimeoutError,
+)
 from broker.producer.client import Producer
 
-__all__ = ["Producer"]
+__all__ = [
+    "DeserializationError",
+    "DuplicateServiceNameError",
+    "InvalidTransitionError",
+    "JobCancelledError",
+    "JobFailedError",
+    "JobWithUUIDNotFound",
+    "Producer",
+    "ServiceSchemaMismatchError",
+    "ServiceWithNameNotFound",
+    "TopChefError",
+    "WaitTimeoutError",
+]

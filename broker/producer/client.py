@@ -25,10 +25,12 @@ from sqlalchemy.orm import Session
 
 from broker.app import make_app
 from broker.errors import (
+    DuplicateServiceNameError,
     InvalidTransitionError,
     JobCancelledError,
     JobFailedError,
     JobWithUUIDNotFound,
+    ServiceSchemaMismatchError,
     ServiceWithNameNotFound,
     WaitTimeoutError,
 )
@@ -87,6 +89,54 @@ class Producer:
                 name, description, registration_schema, result_schema, session, **options
             )
             return service.id
+
+    def ensure_service(
+        self,
+        name: str,
+        description: str,
+        registration_schema: dict[str, Any],
+        result_schema: dict[str, Any],
+        **options: Any,
+    ) -> uuid.UUID:
+        """The service ``name``, created as ``create_service`` would if it does not exist.
+
+        A program can then run again, or beside another one, without failing
+        on a name it created itself. Schemas never change after creation, so
+        an existing service with other schemas is an error
+        (``ServiceSchemaMismatchError``), never silently served; its
+        description and options are left as they are.
+        """
+        for _ in range(2):
+            existing = self._schemas_of(name)
+            if existing is not None:
+                service_id, registration, result = existing
+                differ = [
+                    field
+                    for field, theirs, ours in (
+                        ("job_registration_schema", registration, registration_schema),
+                        ("job_result_schema", result, result_schema),
+                    )
+                    if theirs != ours
+                ]
+                if differ:
+                    raise ServiceSchemaMismatchError(name, differ)
+                return service_id
+            try:
+                return self.create_service(
+                    name, description, registration_schema, result_schema, **options
+                )
+            except (DuplicateServiceNameError, sa.exc.IntegrityError):
+                continue  # created meanwhile by another producer: compare with that one
+        raise DuplicateServiceNameError(name)
+
+    def _schemas_of(self, name: str) -> tuple[uuid.UUID, Any, Any] | None:
+        with open_session(self.settings.database_url) as session:
+            row = session.execute(
+                sa.select(
+                    ServiceRow.id, ServiceRow.job_registration_schema, ServiceRow.job_result_schema
+                ).where(ServiceRow.name == name)
+            ).first()
+            return None if row is None else (row[0], row[1], row[2])
 
     # -- jobs ---------------------------------------------------------------
 
