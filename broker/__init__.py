@@ -18,8 +18,11 @@ runs — a producer loads no worker runtime and no beat:
  1    ``errors``
 ====  =====================================================================
 
-``cli`` (the ``topchef`` command) sits on top. Names are loaded on first use,
-so ``import broker`` alone costs nothing.
+``cli`` (the ``topchef`` command) sits on top, beside ``celery``, the app
+Celery's own ``celery -A broker`` finds (it looks for a submodule ``celery``
+when the package has no ``app`` or ``celery`` attribute; ``broker.app`` is the
+module that makes apps, not an app). Names are loaded on first use, so
+``import broker`` alone costs nothing.
 """
 
 from __future__ import annotations
