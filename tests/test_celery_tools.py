@@ -51,23 +51,28 @@ def _queue(stack, name: str) -> str:
 def test_inspect_and_status_answer_from_the_running_workers(stack):
     _serving(stack)
     # A worker answers control commands once its consumer is up, a moment after it checks in.
-    queues = wait_for(
-        lambda: (done := celery(stack, "inspect", "active_queues")).returncode == 0 and done,
-        60,
-        "the worker to answer `celery inspect active_queues`",
-    )
-    assert _queue(stack, lab.SQUARE) in queues.stdout
-    assert _queue(stack, lab.HELD) in queues.stdout
+    # A worker answers control commands once its consumer is up, a moment after
+    # it checks in; each reply is awaited 1 s (Celery's default), so ask again.
+    queues = _answered(stack, "inspect", "active_queues")
+    assert _queue(stack, lab.SQUARE) in queues
+    assert _queue(stack, lab.HELD) in queues
 
-    registered = celery(stack, "inspect", "registered")
-    assert registered.returncode == 0, registered.stderr
+    registered = _answered(stack, "inspect", "registered")
     for task in (keys.JOB_TASK, keys.REQUEUE_JOB_TASK, keys.JOB_BATCH_TASK):
-        assert f"* {task}\n" in registered.stdout
+        assert f"* {task}\n" in registered
 
-    status = celery(stack, "status")
-    assert status.returncode == 0, status.stderr
-    assert "1 node online." in status.stdout
-    assert "topchef-worker-" in status.stdout
+    status = _answered(stack, "status")
+    assert "1 node online." in status
+    assert "topchef-worker-" in status
+
+
+def _answered(stack, *command: str) -> str:
+    done = wait_for(
+        lambda: (result := celery(stack, *command)).returncode == 0 and result,
+        60,
+        f"the worker to answer `celery {' '.join(command)}`",
+    )
+    return str(done.stdout)
 
 
 def test_events_dump_shows_the_jobs_producers_send(stack):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
 import lab
 import pytest
 
 import broker.errors
 import broker.producer
-from broker.producer import ServiceSchemaMismatchError
+from broker.producer import Producer, ServiceSchemaMismatchError
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -55,3 +59,18 @@ def test_ensure_service_refuses_other_schemas_and_changes_nothing(stack):
 def test_the_errors_producer_calls_raise_are_importable_from_the_producer(name):
     assert getattr(broker.producer, name) is getattr(broker.errors, name)
     assert name in broker.producer.__all__
+
+
+def test_producers_ensuring_one_service_at_once_all_get_the_same_one(stack):
+    """Both may find no service and create it: the loser of the insert reads the winner's."""
+    producers = [Producer(stack.settings) for _ in range(6)]
+    start = threading.Barrier(len(producers))
+
+    def ensure(producer: Producer) -> uuid.UUID:
+        start.wait(10)
+        return producer.ensure_service(lab.SQUARE, "", lab.NUMBER_SCHEMA, lab.SQUARE_RESULTS)
+
+    with ThreadPoolExecutor(len(producers)) as pool:
+        ids = list(pool.map(ensure, producers))
+    assert len(set(ids)) == 1
+    assert stack.service(lab.SQUARE).id == ids[0]
