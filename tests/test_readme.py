@@ -13,7 +13,8 @@ blocks run here, top to bottom, in an empty directory where ``topchef up``
   one ending in ``&``) is started in the background, and stopped at the end;
   the output shown under it is waited for;
 - a ``console`` block's output lines are checked against the command's
-  output: spaces are ignored and ``…`` stands for anything;
+  output, and so is a Python value shown as printed (``print(x)  # {...}``):
+  spaces are ignored and ``…`` stands for anything;
 - ``timeout N cmd`` may end with 124 (the timeout, as the text says);
 - port 8080 becomes a free port, so that the page runs beside anything else.
 
@@ -44,6 +45,8 @@ RUNNABLE = {"python", "sh", "console"}
 #: Commands that run until stopped: started in the background.
 LONG_RUNNING = re.compile(r"^(topchef|python -m broker) (up|worker|api|mirror|beat|flower)\b")
 MARKER = "@@@"
+#: ``print(...)  # {'message': 'hello'}``: a value the README says a Python block prints.
+PRINTED = re.compile(r"^\s*print\(.*\)\s+#\s+([{\['\"\d].*)$")
 
 
 @dataclass
@@ -182,6 +185,15 @@ class Page:
                 f"({result.returncode}):\n{result.stdout}{result.stderr}",
                 pytrace=False,
             )
+        printed = result.stdout.splitlines()
+        for offset, line in enumerate(block.text.splitlines()):
+            shown = PRINTED.match(line)
+            if shown and not _shown_matches(shown.group(1), printed):
+                pytest.fail(
+                    f"README line {block.line + offset}: printed no {shown.group(1)!r}, but:\n"
+                    + result.stdout,
+                    pytrace=False,
+                )
 
     def _shell(self, block: Block) -> None:
         cmds = commands(block)
