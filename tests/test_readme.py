@@ -242,17 +242,49 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _running_in(directory: Path) -> list[int]:
+def _running_in(directory: Path) -> set[int]:
     """Processes whose working directory is ``directory`` (what the page started)."""
-    found = []
+    found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if Path(os.readlink(entry / "cwd")) == directory:
-                    found.append(int(entry.name))
+                    found.add(int(entry.name))
             except OSError:
                 continue
     return found
+
+
+def _descendants(root: int) -> set[int]:
+    """Every live process under ``root`` (``/proc``'s parent links)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            state, parent = stat.rsplit(")", 1)[1].split()[:2]
+            if state != "Z":
+                parents[int(entry.name)] = int(parent)
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
 
 
 def _stop_background(directory: Path) -> None:
@@ -320,6 +352,7 @@ def test_the_readme_runs_as_written_against_topchef_up(tmp_path):
                 page.run(block)
         assert page.ran >= 9
     finally:
+        started = _descendants(up.pid) | _running_in(directory)
         _stop_background(directory)
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGINT)  # Ctrl-C, as the README says to stop it
@@ -330,4 +363,9 @@ def test_the_readme_runs_as_written_against_topchef_up(tmp_path):
             up.wait(10)
         up_log.close()
     assert up.returncode == 0, (directory / "up.log").read_text()
-    wait_for(lambda: not _running_in(directory), 60, "every process the page started to end")
+    wait_for(
+        lambda: not _alive(started) and not _running_in(directory),
+        60,
+        "every process `topchef up` and the page started to end",
+    )
+    assert len(started) > 1  # `topchef up` and what it started: Redis, mirror, beat, workers
