@@ -25,6 +25,7 @@ __all__ = [
     "InvalidTransitionError",
     "JobCancelledError",
     "JobFailedError",
+    "JobReferenceError",
     "JobWithUUIDNotFound",
     "MethodNotAllowedError",
     "NotUUIDError",
@@ -186,6 +187,31 @@ class JobWithUUIDNotFound(TopChefError):
     def __init__(self, offending_uuid: uuid.UUID) -> None:
         self.offending_uuid = offending_uuid
         super().__init__(f"No job has the id {offending_uuid}")
+
+
+class JobReferenceError(TopChefError):
+    """A job named by the start of its id (as ``topchef demo`` prints it) that names no one job.
+
+    ``matches`` is how many jobs' ids start so (0 or several), or None when
+    ``reference`` is not the start of any id at all (too short, not hex).
+    """
+
+    status_code = 404
+    title = "Job not found"
+
+    def __init__(self, reference: str, matches: int | None, shortest: int) -> None:
+        self.reference = reference
+        self.matches = matches
+        if matches is None:
+            detail = (
+                f"{reference!r} is not a job id: give the whole id, "
+                f"or at least its first {shortest} hex digits"
+            )
+        elif matches == 0:
+            detail = f"No job has an id starting with {reference}"
+        else:
+            detail = f"{matches} jobs have an id starting with {reference}: give more of the id"
+        super().__init__(detail)
 
 
 class SQLAlchemyError(TopChefError):

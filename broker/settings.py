@@ -10,22 +10,23 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 from broker.errors import ConfigurationError
 
 PREFIX = "TOPCHEF_"
-DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
-
 
 #: Where an embedded stack (``broker.ops.embedded``) keeps its Redis data and
 #: announces its URL, for every command started in the same directory to find.
 STATE_DIR = ".topchef"
 URL_FILE = "broker.url"
+#: The SQLite file ``topchef up`` keeps its jobs in, in its working directory.
+DATABASE_FILE = "topchef.sqlite3"
 
 
 def announced_url(directory: Path | None = None) -> str | None:
@@ -49,9 +50,19 @@ def _package_version() -> str:
         return "0.0.0+unknown"
 
 
-def default_database_url() -> str:
-    """A SQLite file in the working directory: zero configuration for one PC."""
-    return f"sqlite:///{Path.cwd() / 'topchef.sqlite3'}"
+def stack_database_url(directory: Path) -> str:
+    """The SQLite file of a ``topchef up`` run in ``directory``."""
+    return f"sqlite:///{directory / DATABASE_FILE}"
+
+
+def masked(url: str) -> str:
+    """``url`` with its password hidden, fit to print or log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +70,13 @@ class Settings:
     """Everything a TopChef process may be configured with.
 
     ``database_url`` is only read by producers, the state mirror and beat;
-    lab workers need ``broker_url`` alone.
+    lab workers need ``broker_url`` alone. Neither has a default: an empty one
+    is not configured, and ``require`` says so rather than guessing a server
+    that may be someone else's (a Redis on localhost is not necessarily ours).
     """
 
-    database_url: str = field(default_factory=default_database_url)
-    broker_url: str = DEFAULT_BROKER_URL
+    database_url: str = ""
+    broker_url: str = ""
     maintainer_name: str = "TopChef maintainers"
     maintainer_email: str = "topchef@example.org"
     documentation_url: str = "https://github.com/TopChef/TopChef#readme"
@@ -117,18 +130,59 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read ``TOPCHEF_*`` variables; unset or empty ones keep their default."""
+        """Read ``TOPCHEF_*`` variables; unset or empty ones keep their default.
+
+        Reading the process's own environment (no ``environ``), a broker or
+        database left unset is taken from a ``topchef up`` in the working
+        directory (``with_stack_in``), as a user at that prompt expects.
+        """
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
-        if environ is None and not env.get(PREFIX + "BROKER_URL", "").strip():
-            embedded = announced_url()
-            if embedded:  # a `topchef up` running in this directory
-                values["broker_url"] = embedded
         for name, kind in _FIELDS.items():
             raw = env.get(PREFIX + name.upper(), "").strip()
             if raw:
                 values[name] = _parse(name, raw, kind)
-        return cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        return settings.with_stack_in(Path.cwd()) if environ is None else settings
+
+    def with_stack_in(self, directory: Path) -> Settings:
+        """Fill an unset broker and database from the ``topchef up`` stack in ``directory``.
+
+        Its broker only while it runs (the URL it announces answers); its
+        SQLite file whenever it exists, so that jobs stay readable after a stop.
+        """
+        broker_url, database_url = self.broker_url, self.database_url
+        if not broker_url:
+            broker_url = announced_url(directory) or ""
+        if not database_url and (directory / DATABASE_FILE).is_file():
+            database_url = stack_database_url(directory)
+        return replace(self, broker_url=broker_url, database_url=database_url)
+
+    def require(self, *, broker: bool = False, database: bool = False) -> Settings:
+        """These settings, if they name what a command needs; else say how to name it.
+
+        Raises one ``ConfigurationError`` naming every missing part, so that a
+        command never falls back on a server nobody chose.
+        """
+        missing = [
+            variable
+            for variable, needed, value in (
+                ("TOPCHEF_BROKER_URL", broker, self.broker_url),
+                ("TOPCHEF_DATABASE_URL", database, self.database_url),
+            )
+            if needed and not value
+        ]
+        if not missing:
+            return self
+        here = Path.cwd()
+        what = " and ".join(missing) + (" are" if len(missing) > 1 else " is")
+        if "TOPCHEF_BROKER_URL" in missing and (here / STATE_DIR).is_dir():
+            situation = f"the TopChef stack in {here} is not running, and {what} not set"
+        else:
+            situation = f"no TopChef stack in {here}, and {what} not set"
+        raise ConfigurationError(
+            f"{situation}: start one here with `topchef up`, or set {' and '.join(missing)}"
+        )
 
 
 _FIELDS: dict[str, type] = {

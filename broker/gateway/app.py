@@ -45,7 +45,7 @@ _DATABASE_DOWN = (sa.exc.OperationalError, sa.exc.InterfaceError)
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The WSGI application, configured by ``settings`` (default: ``TOPCHEF_*``)."""
-    settings = settings or Settings.from_env()
+    settings = (settings or Settings.from_env()).require(broker=True, database=True)
     app = Flask("broker.gateway", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.api_max_body_bytes
     app.extensions["topchef"] = Gateway(settings)

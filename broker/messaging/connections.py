@@ -22,6 +22,8 @@ SOCKET_TIMEOUT = 30.0
 
 def redis_url(url: str) -> str:
     """The URL in redis-py's spelling."""
+    if not url:
+        raise ConfigurationError("no message broker is configured: set TOPCHEF_BROKER_URL")
     if url.startswith("redis+socket://"):
         return "unix://" + url.removeprefix("redis+socket://")
     if url.startswith(("redis://", "rediss://", "unix://")):

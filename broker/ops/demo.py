@@ -20,7 +20,7 @@ from broker.errors import WaitTimeoutError
 from broker.models import lifecycle
 from broker.ops.supervisor import Supervisor, local_stack
 from broker.producer import Producer
-from broker.settings import Settings
+from broker.settings import Settings, masked
 from broker.storage.tables import JobRow, open_session
 
 RABI = "Rabi oscillation"
@@ -47,7 +47,9 @@ def run_demo(jobs: int = 12, timeout: float = 45.0, directory: Path | None = Non
         with local_stack(where) as (settings, supervisor):
             _wait_until_serving(settings, supervisor, timeout)
             producer = Producer(settings)
-            click.echo(f"Broker: {settings.broker_url}\nDatabase: {settings.database_url}")
+            click.echo(
+                f"Broker: {masked(settings.broker_url)}\nDatabase: {masked(settings.database_url)}"
+            )
             job_ids = producer.submit_many(RABI, sweep(jobs))
             click.echo(f"Submitted {len(job_ids)} Rabi jobs (validated, one transaction).")
             _follow(settings, supervisor, job_ids, timeout)

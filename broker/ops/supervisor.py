@@ -21,10 +21,10 @@ from typing import IO
 
 import redis
 
-from broker.errors import TopChefError
+from broker.errors import ConfigurationError, TopChefError
 from broker.messaging import keys
-from broker.ops.embedded import EmbeddedRedis, wants_embedded
-from broker.settings import PREFIX, STATE_DIR, Settings
+from broker.ops.embedded import EmbeddedRedis
+from broker.settings import PREFIX, STATE_DIR, Settings, announced_url, stack_database_url
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +140,21 @@ def local_stack(
     from broker.ops.examples import ensure_example_services
     from broker.storage.migrate import upgrade
 
-    settings = settings or Settings.from_env()
+    # The variables alone: a stack makes its own broker and database, it does
+    # not join another stack's (``from_env()`` would find one running here).
+    settings = settings or Settings.from_env(os.environ)
     state = directory / STATE_DIR
+    if not settings.broker_url and (running := announced_url(directory)):
+        raise ConfigurationError(
+            f"a TopChef stack is already running in {directory} (its Redis answers at "
+            f"{running}): stop it first, or use it"
+        )
     with contextlib.ExitStack() as cleanup:
-        if wants_embedded():
+        if not settings.broker_url:
             embedded = cleanup.enter_context(EmbeddedRedis(state))
             settings = _replace(settings, broker_url=embedded.url)
-        if not os.environ.get(PREFIX + "DATABASE_URL", "").strip():
-            settings = _replace(settings, database_url=f"sqlite:///{directory / 'topchef.sqlite3'}")
+        if not settings.database_url:
+            settings = _replace(settings, database_url=stack_database_url(directory))
         upgrade(settings.database_url)
         ensure_example_services(settings)
         supervisor = Supervisor(child_environment(settings), state / "logs")

@@ -13,7 +13,6 @@ Every call opens its own short transaction; jobs are published when it commits
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -27,22 +26,19 @@ from broker.app import make_app
 from broker.errors import (
     DuplicateServiceNameError,
     InvalidTransitionError,
-    JobCancelledError,
-    JobFailedError,
     JobWithUUIDNotFound,
     ServiceSchemaMismatchError,
     ServiceWithNameNotFound,
-    WaitTimeoutError,
 )
 from broker.messaging import outbox
 from broker.messaging.claims import ClaimResult, Claims
 from broker.messaging.connections import redis_client
 from broker.messaging.publisher import CeleryPublisher
 from broker.models import lifecycle
-from broker.models.job import Job
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
 from broker.producer import submission
+from broker.producer.reader import Outcome, Reader
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, database_now, engine_for, open_session
 
@@ -56,7 +52,8 @@ class Producer:
     """A producer bound to one database and one message broker."""
 
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
-        self.settings = settings or Settings.from_env()
+        self.settings = (settings or Settings.from_env()).require(broker=True, database=True)
+        self.reader = Reader(self.settings.database_url)
         self.app = app or make_app(self.settings)
         self._client = redis_client(self.settings.broker_url)
         self.publisher = CeleryPublisher(self.app, self._client)
@@ -185,18 +182,15 @@ class Producer:
 
     def job(self, job_id: uuid.UUID) -> dict[str, Any]:
         """A snapshot of the job as SQL has it now."""
-        with open_session(self.settings.database_url) as session:
-            row = session.get(JobRow, job_id)
-            if row is None:
-                raise JobWithUUIDNotFound(job_id)
-            return Job(row).as_dict()
+        return self.reader.job(job_id)
 
-    def cancel(self, job_id: uuid.UUID) -> None:
+    def cancel(self, job_id: uuid.UUID) -> bool:
         """Cancel a REGISTERED job: it becomes CANCELLED and never runs.
 
         The claim is taken first, in Redis: from then on no delivery of the
         job's message can start it, even one already queued. A job a worker
-        has already claimed cannot be cancelled.
+        has already claimed cannot be cancelled. Returns False if the job was
+        cancelled already (cancelling is idempotent, but a user wants to know).
         """
         with open_session(self.settings.database_url) as session, session.begin():
             row = session.get(JobRow, job_id)
@@ -204,7 +198,7 @@ class Producer:
                 raise JobWithUUIDNotFound(job_id)
             status = Status(row.status)
             if status is Status.CANCELLED:
-                return
+                return False
             lifecycle.check_move(job_id, status, Status.CANCELLED)
             claimed = self._claims.cancel(job_id)
             if claimed is not ClaimResult.CANCELLED:
@@ -213,6 +207,7 @@ class Producer:
             move = lifecycle.Move(job_id, database_now(session), detail)
             if not lifecycle.advance(session, Status.CANCELLED, [move]):
                 raise InvalidTransitionError(job_id, row.status, Status.CANCELLED.value)
+            return True
 
     def wait(self, job_id: uuid.UUID, timeout: float = 60.0) -> dict[str, Any]:
         """Wait for a job to finish and return its results.
@@ -224,55 +219,15 @@ class Producer:
 
     def wait_all(self, job_ids: Sequence[uuid.UUID], timeout: float = 60.0) -> list[dict[str, Any]]:
         """Wait for every job; return their results in order (see ``wait``)."""
-        deadline = time.monotonic() + timeout
-        interval = 0.005
-        remaining = set(job_ids)
-        self._require_known(remaining)
-        outcomes: dict[uuid.UUID, tuple[str, Any, str | None]] = {}
-        while True:
-            outcomes.update(self._finished(remaining))
-            remaining.difference_update(outcomes)
-            if not remaining:
-                break
-            if time.monotonic() >= deadline:
-                job = next(iter(remaining))
-                raise WaitTimeoutError(job, self.job(job)["status"], timeout)
-            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
-            interval = min(MAX_POLL_INTERVAL, interval * 2)
-        results = []
-        for job_id in job_ids:
-            status, result, detail = outcomes[job_id]
-            if status == Status.ERROR.value:
-                raise JobFailedError(job_id, detail or "no detail")
-            if status == Status.CANCELLED.value:
-                raise JobCancelledError(job_id)
-            results.append(result)
-        return results
+        return self.reader.wait_all(job_ids, timeout)
 
-    def _require_known(self, job_ids: set[uuid.UUID]) -> None:
-        ids = list(job_ids)
-        with open_session(self.settings.database_url) as session:
-            for start in range(0, len(ids), 1000):
-                chunk = ids[start : start + 1000]
-                known = set(session.scalars(sa.select(JobRow.id).where(JobRow.id.in_(chunk))))
-                for job_id in chunk:
-                    if job_id not in known:
-                        raise JobWithUUIDNotFound(job_id)
+    def outcomes(self, job_ids: Sequence[uuid.UUID], timeout: float = 60.0) -> list[Outcome]:
+        """Wait up to ``timeout`` s; every job's outcome, failures and all, in order."""
+        return self.reader.outcomes(job_ids, timeout)
 
-    def _finished(self, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, tuple[str, Any, str | None]]:
-        found: dict[uuid.UUID, tuple[str, Any, str | None]] = {}
-        ids = list(job_ids)
-        with open_session(self.settings.database_url) as session:
-            for start in range(0, len(ids), 1000):
-                rows = session.execute(
-                    sa.select(JobRow.id, JobRow.status, JobRow.results, JobRow.detail).where(
-                        JobRow.id.in_(ids[start : start + 1000]),
-                        JobRow.status.in_([s.value for s in lifecycle.TERMINAL]),
-                    )
-                )
-                for job_id, status, results, detail in rows:
-                    found[job_id] = (status, results, detail)
-        return found
+    def find_job(self, reference: str) -> uuid.UUID:
+        """The job whose id is, or uniquely starts with, ``reference`` (e.g. ``8a94d8b8``)."""
+        return self.reader.find(reference)
 
 
 def _service_and_clock(session: Session, name: str) -> tuple[Service, datetime]:

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection
 from broker.errors import ConfigurationError, SQLAlchemyError
 from broker.storage.tables import engine_for, metadata
 
-__all__ = ["alembic_config", "current", "head", "upgrade"]
+__all__ = ["alembic_config", "check_schema", "current", "head", "upgrade"]
 
 SCRIPTS = Path(__file__).parent / "migrations"
 
@@ -71,6 +71,39 @@ def current(url: str) -> str | None:
     """The database's revision; None for an empty database or one made by ``create_schema``."""
     with engine_for(url).connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def check_schema(url: str) -> None:
+    """Refuse, in words, a database that a reader cannot read: absent, empty or outdated.
+
+    Never creates anything: a SQLite file that does not exist is reported, not
+    made (connecting would make it), so that a mistyped URL or a command run in
+    the wrong directory leaves no empty database behind.
+    """
+    address = sa.engine.make_url(url)
+    shown = address.render_as_string(hide_password=True)
+    file = address.database if address.get_backend_name() == "sqlite" else None
+    if file not in (None, "", ":memory:") and not Path(str(file)).is_file():
+        raise ConfigurationError(
+            f"no database at {file}: check TOPCHEF_DATABASE_URL, "
+            "or create it with `topchef db upgrade`"
+        )
+    try:
+        with engine_for(url).connect() as connection:
+            existing = set(sa.inspect(connection).get_table_names())
+            revision = MigrationContext.configure(connection).get_current_revision()
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+        raise SQLAlchemyError(error) from error
+    if not set(BASELINE_TABLES) <= existing:
+        raise ConfigurationError(
+            f"the database {shown} has no TopChef schema: run `topchef db upgrade`"
+        )
+    if revision is not None and revision != head():
+        _check_known(revision)
+        raise ConfigurationError(
+            f"the database {shown} is at schema revision {revision}, this TopChef "
+            f"expects {head()}: run `topchef db upgrade`"
+        )
 
 
 def upgrade(url: str) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from broker.errors import ConfigurationError
 from broker.storage import job_counts
 
 __all__ = [
@@ -216,6 +217,8 @@ def engine_for(url: str) -> Engine:
     Engines are kept until ``forget_engine``: a cache that evicted one on its
     own would drop a pool whose connections are still checked out.
     """
+    if not url:
+        raise ConfigurationError("no database is configured: set TOPCHEF_DATABASE_URL")
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:

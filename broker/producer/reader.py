@@ -1,0 +1,158 @@
+"""Jobs read back from SQL: finding, showing and waiting for them.
+
+Apart from ``Producer`` because reading needs no message broker: ``topchef jobs
+show`` and ``wait`` still work on the database of a stack that has stopped.
+"""
+
+from __future__ import annotations
+
+import string
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from broker.errors import (
+    JobCancelledError,
+    JobFailedError,
+    JobReferenceError,
+    JobWithUUIDNotFound,
+    WaitTimeoutError,
+)
+from broker.models import lifecycle
+from broker.models.job import Job
+from broker.storage.tables import JobRow, open_session
+
+Status = lifecycle.Status
+
+#: Polling of SQL while waiting starts fast and backs off to this interval.
+MAX_POLL_INTERVAL = 0.25
+#: The fewest hex digits that name a job: fewer would match many jobs of any
+#: real lab, and reading them back is how a user mistypes someone else's job.
+SHORTEST_REFERENCE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where a waited-for job stands: finished (with results or a reason) or not yet."""
+
+    job_id: uuid.UUID
+    status: Status
+    results: Any = None
+    detail: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in lifecycle.TERMINAL
+
+
+class Reader:
+    """Reads jobs from the database at ``database_url``; writes nothing."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def job(self, job_id: uuid.UUID) -> dict[str, Any]:
+        """A snapshot of the job as SQL has it now."""
+        with open_session(self.database_url) as session:
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise JobWithUUIDNotFound(job_id)
+            return Job(row).as_dict()
+
+    def find(self, reference: str) -> uuid.UUID:
+        """The job whose id is ``reference``, or the one job whose id starts with it.
+
+        The prefix becomes a range of ids (``8a94`` → ``8a940000-…`` to
+        ``8a94ffff-…``), which the primary key's index answers on SQLite and
+        PostgreSQL alike, however many jobs there are.
+        """
+        digits = reference.strip().lower().replace("-", "")
+        if len(digits) < SHORTEST_REFERENCE or len(digits) > 32:
+            raise JobReferenceError(reference, None, SHORTEST_REFERENCE)
+        if set(digits) - set(string.hexdigits):
+            raise JobReferenceError(reference, None, SHORTEST_REFERENCE)
+        low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+        in_range = JobRow.id.between(low, high)
+        with open_session(self.database_url) as session:
+            found = list(session.scalars(sa.select(JobRow.id).where(in_range).limit(2)))
+            if len(found) == 1:
+                return found[0]
+            if not found:
+                if len(digits) == 32:
+                    raise JobWithUUIDNotFound(low)
+                raise JobReferenceError(reference, 0, SHORTEST_REFERENCE)
+            matches = session.scalar(sa.select(sa.func.count()).select_from(JobRow).where(in_range))
+        raise JobReferenceError(reference, int(matches or 0), SHORTEST_REFERENCE)
+
+    def outcomes(self, job_ids: Sequence[uuid.UUID], timeout: float) -> list[Outcome]:
+        """Wait up to ``timeout`` s for every job to finish; each one's outcome, in order.
+
+        Never raises for a job's fate (a failure, a cancel, a timeout): a sweep's
+        waiter wants every result, not only those before the first failure.
+        """
+        deadline = time.monotonic() + timeout
+        interval = 0.005
+        remaining = set(job_ids)
+        self._require_known(remaining)
+        finished: dict[uuid.UUID, Outcome] = {}
+        while True:
+            finished.update(self._finished(remaining))
+            remaining.difference_update(finished)
+            if not remaining or time.monotonic() >= deadline:
+                break
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            interval = min(MAX_POLL_INTERVAL, interval * 2)
+        unfinished = self._statuses(remaining)
+        return [finished.get(job_id) or unfinished[job_id] for job_id in job_ids]
+
+    def wait_all(self, job_ids: Sequence[uuid.UUID], timeout: float = 60.0) -> list[Any]:
+        """Every job's results, in order; raises for the first that has none.
+
+        ``WaitTimeoutError`` if any is still running after ``timeout`` s, else
+        ``JobFailedError`` (ERROR) or ``JobCancelledError`` (CANCELLED).
+        """
+        outcomes = self.outcomes(job_ids, timeout)
+        for outcome in outcomes:
+            if not outcome.finished:
+                raise WaitTimeoutError(outcome.job_id, outcome.status.value, timeout)
+        for outcome in outcomes:
+            if outcome.status is Status.ERROR:
+                raise JobFailedError(outcome.job_id, outcome.detail or "no detail")
+            if outcome.status is Status.CANCELLED:
+                raise JobCancelledError(outcome.job_id)
+        return [outcome.results for outcome in outcomes]
+
+    def _require_known(self, job_ids: set[uuid.UUID]) -> None:
+        ids = list(job_ids)
+        with open_session(self.database_url) as session:
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+                known = set(session.scalars(sa.select(JobRow.id).where(JobRow.id.in_(chunk))))
+                for job_id in chunk:
+                    if job_id not in known:
+                        raise JobWithUUIDNotFound(job_id)
+
+    def _finished(self, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, Outcome]:
+        return self._read(job_ids, JobRow.status.in_([s.value for s in lifecycle.TERMINAL]))
+
+    def _statuses(self, job_ids: set[uuid.UUID]) -> dict[uuid.UUID, Outcome]:
+        return self._read(job_ids, sa.true())
+
+    def _read(
+        self, job_ids: set[uuid.UUID], where: sa.ColumnElement[bool]
+    ) -> dict[uuid.UUID, Outcome]:
+        found: dict[uuid.UUID, Outcome] = {}
+        ids = list(job_ids)
+        columns = (JobRow.id, JobRow.status, JobRow.results, JobRow.detail)
+        with open_session(self.database_url) as session:
+            for start in range(0, len(ids), 1000):
+                chunk = JobRow.id.in_(ids[start : start + 1000])
+                for job_id, status, results, detail in session.execute(
+                    sa.select(*columns).where(chunk, where)
+                ):
+                    found[job_id] = Outcome(job_id, Status(status), results, detail)
+        return found

