@@ -74,6 +74,6 @@ def make_tools_app(settings: Settings) -> Celery:
 
 
 try:
-    app = make_tools_app(Settings.from_env())
+    app = make_tools_app(Settings.from_env().require(broker=True))
 except TopChefError as error:  # a setting is wrong: one line, as every topchef command says it
     raise SystemExit(f"Error: {error}") from None
