@@ -22,6 +22,7 @@ from support import wait_for
 
 from broker.app import make_app
 from broker.messaging import keys
+from broker.tasks.beat import TICK_TASK
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -247,3 +248,36 @@ def test_a_batch_row_names_its_jobs_and_their_outcomes(stack, flower):
     assert all(str(job) in failed["exception"] for job in failing), failed["exception"]
     assert "3 of 3 jobs ended ERROR" in failed["exception"], failed["exception"]
     assert "boom 2" in failed["exception"]
+
+
+def test_nodes_carry_the_host_name_and_beat_ticks_stay_out_of_the_task_list(
+    stack, flower, tmp_path, monkeypatch
+):
+    stack.create_lab_services()
+    stack.start_mirror()
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))  # where beat kept its schedule file
+    stack.process("beat", "--loglevel", "INFO")
+    _serving(stack, flower)
+    beat = f"topchef-beat@{socket.gethostname()}"
+    wait_for(lambda: beat in flower.nodes(), 60, f"Flower to see {beat}")
+    assert not any("%h" in name for name in flower.nodes()), flower.nodes()
+    _task_events_on(stack, beat)
+
+    inspect = make_app(stack.settings).control.inspect(destination=[beat], timeout=2)
+
+    def ticks() -> int:
+        stats = (inspect.stats() or {}).get(beat, {})
+        return int(stats.get("total", {}).get(TICK_TASK, 0))
+
+    first = wait_for(ticks, 30, "beat's first tick")
+    wait_for(lambda: ticks() >= first + 3, 30, "three more ticks, with Flower watching")
+    # A job sent after those ticks, seen to its end: Flower has read the events before it.
+    job = stack.producer.submit(lab.SQUARE, {"x": 3})
+    flower.wait_state(_task_id(job), "SUCCESS")
+
+    names = [task.get("name") for task in flower.tasks().values()]
+    assert TICK_TASK not in names, names
+    assert flower.counts()[beat].get("task-succeeded", 0) == 0
+    assert not [path.name for path in temporary.iterdir() if "schedule" in path.name]
