@@ -44,6 +44,7 @@ from broker.worker.handlers import (
     reporting_to,
     stop_reporting,
 )
+from broker.worker.outcomes import UNSTARTED, Outcome
 
 __all__ = [
     "Refused",
@@ -239,11 +240,12 @@ class WorkerRuntime:
         parameters: object = None,
         attempt: object = 1,
         **_ignored: Any,
-    ) -> str:
+    ) -> Outcome:
         """Run one delivery of a job, if it is registered work and wins the claim.
 
-        Returns what happened (the outcome, or why a duplicate did not run);
-        raises ``Refused`` for a delivery that is not registered work.
+        Returns what happened (the run's status and detail, or the claim state
+        that kept it from running: cancelled, or a duplicate); raises
+        ``Refused`` for a delivery that is not registered work.
         """
         try:
             job, service = uuid.UUID(str(job_id)), uuid.UUID(str(service_id))
@@ -270,7 +272,7 @@ class WorkerRuntime:
             raise self.refuse(claimed.value, job, _REFUSAL_DETAIL[claimed])
         if claimed is not ClaimResult.CLAIMED:
             log.info("not running job %s (attempt %d): it is %s", job, number, claimed.value)
-            return str(claimed.value)
+            return Outcome(str(job), str(claimed.value))
         self._hold(keys.lease(job), worker)
         try:
             final = self._execute(served, job, parameters, number, worker)
@@ -285,7 +287,7 @@ class WorkerRuntime:
                 number,
                 landed.lateness,
             )
-        return final.status or ""
+        return Outcome(str(job), final.status or "", final.detail)
 
     def _report(self, job: uuid.UUID, attempt: int, final: StateMessage) -> Finish:
         """Report a run's outcome, however long Redis takes to come back.
@@ -318,33 +320,32 @@ class WorkerRuntime:
 
     def run_batch(
         self, batch_id: str, service_id: str, jobs: list[dict[str, Any]], **_ignored: Any
-    ) -> dict[str, int]:
-        """Run a batch's jobs one after another; return how many ended how.
+    ) -> list[Outcome]:
+        """Run a batch's jobs one after another; return how each ended, in order.
 
         The batch is recorded (``broker.messaging.batches``) for as long as it runs, so
         that if this process dies, beat re-queues the jobs it had not started.
         A worker asked to shut down stops between jobs and leaves the rest to
         beat in the same way, rather than holding the shutdown for all of them.
-        A job of the batch that is refused (not registered work) is skipped.
+        A job of the batch that is refused (not registered work) is skipped, its
+        outcome ``refused:<reason>``; one left to beat is ``unstarted``.
         """
         worker = self.name()
         job_ids = [str(job.get("job_id")) for job in jobs if isinstance(job, dict)]
         self._batches.open(batch_id, job_ids, worker)
         lease = keys.batch_lease(batch_id)
         self._hold(lease, worker)
-        outcomes: dict[str, int] = {}
+        outcomes: list[Outcome] = []
         try:
-            for job in jobs:
+            for index, job in enumerate(jobs):
                 if self._draining.is_set():
                     log.info("shutting down: batch %s's unstarted jobs go back to beat", batch_id)
                     self._batches.abandon(batch_id)
-                    return outcomes
-                fields = job if isinstance(job, dict) else {}
+                    return outcomes + [Outcome(job_id, UNSTARTED) for job_id in job_ids[index:]]
                 try:
-                    outcome = self.run(**{**fields, "service_id": service_id})
+                    outcomes.append(self.run(**{**job, "service_id": service_id}))
                 except Refused as refusal:
-                    outcome = f"refused:{refusal.reason}"
-                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                    outcomes.append(Outcome(job_ids[index], f"refused:{refusal.reason}"))
             self._batches.close(batch_id)
             return outcomes
         finally:
