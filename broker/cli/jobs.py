@@ -1,0 +1,181 @@
+"""``topchef jobs``: submit, list, show, wait for and cancel jobs."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import click
+
+from broker.cli.options import (
+    SECONDS,
+    database_settings,
+    json_argument,
+    user_errors,
+)
+from broker.errors import DeserializationError
+from broker.models.interfaces.job import Job
+
+if TYPE_CHECKING:
+    from broker.producer.reader import Outcome
+
+
+@click.group()
+def jobs() -> None:
+    """Submit, inspect, wait for and cancel jobs."""
+
+
+@jobs.command("submit")
+@click.argument("service")
+@click.argument("parameters")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=SECONDS,
+    default=None,
+    help="Wait up to this many seconds and print the results.",
+)
+@click.option(
+    "--per-message",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="With a JSON list of parameter sets: jobs per Celery message, for short jobs "
+    "[default: 1].",
+)
+@user_errors
+def jobs_submit(
+    service: str, parameters: str, wait_seconds: float | None, per_message: int | None
+) -> None:
+    """Submit a job to SERVICE (by name) with PARAMETERS (JSON, or @file.json).
+
+    A JSON list of objects submits one job per object, all in one transaction
+    (a sweep), and prints one id per line; with --wait, every job's outcome
+    follows, then a summary, and the exit is non-zero unless all completed.
+    """
+    from broker.producer import Producer
+
+    value = json_argument(parameters, "parameters")
+    if isinstance(value, list) and not value:
+        raise DeserializationError("parameters", "an empty list submits no job")
+    if per_message is not None and not isinstance(value, list):
+        raise click.ClickException(
+            "--per-message applies to a sweep (a JSON list of parameter sets), not to one job"
+        )
+    producer = Producer(database_settings(broker=True))
+    sweep = value if isinstance(value, list) else [value]
+    job_ids = producer.submit_many(service, sweep, jobs_per_message=per_message or 1)
+    for job_id in job_ids:
+        click.echo(str(job_id))
+    if wait_seconds is None:
+        return
+    if not isinstance(value, list):
+        click.echo(json.dumps(producer.wait(job_ids[0], wait_seconds), indent=2))
+        return
+    outcomes = producer.outcomes(job_ids, wait_seconds)
+    for outcome in outcomes:
+        click.echo(_outcome_line(outcome))
+    summary, all_completed = _summary(outcomes, wait_seconds)
+    click.echo(summary)
+    if not all_completed:
+        raise SystemExit(1)
+
+
+def _outcome_line(outcome: Outcome) -> str:
+    if outcome.status.value == "COMPLETED":
+        shown = json.dumps(outcome.results)
+    elif outcome.finished:
+        shown = outcome.detail or ""
+    else:
+        shown = "not finished"
+    return f"{outcome.job_id}  {outcome.status.value:<10} {shown}"
+
+
+def _summary(outcomes: list[Outcome], waited: float) -> tuple[str, bool]:
+    """One line of counts, then each failed job with its reason; and whether all completed."""
+    counts = {status: 0 for status in ("COMPLETED", "ERROR", "CANCELLED")}
+    unfinished = 0
+    for outcome in outcomes:
+        if outcome.finished:
+            counts[outcome.status.value] += 1
+        else:
+            unfinished += 1
+    lines = [
+        f"{len(outcomes)} jobs: {counts['COMPLETED']} completed, {counts['ERROR']} failed, "
+        f"{counts['CANCELLED']} cancelled, {unfinished} not finished after {waited:g} s"
+    ]
+    lines += [
+        f"failed {outcome.job_id}: {outcome.detail or 'no detail'}"
+        for outcome in outcomes
+        if outcome.status.value == "ERROR"
+    ]
+    return "\n".join(lines), counts["COMPLETED"] == len(outcomes)
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@user_errors
+def jobs_show(job_id: str) -> None:
+    """Show a job (JOB_ID: its id, or the start of it, e.g. the 8 digits the demo prints)."""
+    from broker.producer.reader import Reader
+
+    reader = Reader(database_settings().database_url)
+    click.echo(json.dumps(reader.job(reader.find(job_id)), indent=2))
+
+
+@jobs.command("wait")
+@click.argument("job_id")
+@click.option("--timeout", type=SECONDS, default=60.0, show_default=True)
+@user_errors
+def jobs_wait(job_id: str, timeout: float) -> None:
+    """Wait for a job (JOB_ID: its id, or the start of it) and print its results."""
+    from broker.producer.reader import Reader
+
+    reader = Reader(database_settings().database_url)
+    click.echo(json.dumps(reader.wait_all([reader.find(job_id)], timeout)[0], indent=2))
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@user_errors
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a job that has not started (JOB_ID: its id, or the start of it)."""
+    from broker.errors import InvalidTransitionError
+    from broker.producer import Producer
+
+    producer = Producer(database_settings(broker=True))
+    found = producer.find_job(job_id)
+    try:
+        cancelled = producer.cancel(found)
+    except InvalidTransitionError as error:
+        if error.current == "WORKING":
+            raise click.ClickException(
+                f"job {found} is already running: only a job that has not started can be cancelled"
+            ) from None
+        raise click.ClickException(
+            f"job {found} already finished ({error.current}): there is nothing to cancel"
+        ) from None
+    click.echo(f"cancelled {found}" if cancelled else f"job {found} is already cancelled")
+
+
+@jobs.command("list")
+@click.option("--service", "service_name", default=None, help="Only this service's jobs.")
+@click.option("--status", type=click.Choice([s.value for s in Job.JobStatus]), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@user_errors
+def jobs_list(service_name: str | None, status: str | None, limit: int) -> None:
+    """List the newest jobs."""
+    from broker.models.job_list import JobList
+    from broker.models.service_list import ServiceList
+    from broker.storage.tables import open_session
+
+    with open_session(database_settings().database_url) as session:
+        directory = ServiceList(session)
+        listing = directory.by_name(service_name).jobs if service_name else JobList(session)
+        if status:
+            listing = listing.with_status(Job.JobStatus(status))
+        names = {service.id: service.name for service in directory}
+        for job in listing.page(0, limit):
+            click.echo(
+                f"{job.id}  {names.get(job.service_id, '?')[:24]:<24} {job.status.value:<10} "
+                f"{job.date_submitted:%Y-%m-%d %H:%M:%S}"
+            )

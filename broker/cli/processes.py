@@ -1,0 +1,207 @@
+"""The commands that run TopChef's processes.
+
+Each makes its own Celery app and registers only its own process's tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from broker.cli.options import (
+    SECONDS,
+    configure_logging,
+    required_settings,
+    user_errors,
+)
+from broker.settings import masked
+
+
+@click.command()
+@click.argument("modules", nargs=-1, required=True)
+@click.option(
+    "--pool",
+    type=click.Choice(["threads", "prefork", "solo"]),
+    default="threads",
+    show_default=True,
+    help="How jobs run: threads suit instruments, prefork CPU-bound work.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Jobs run at once by this worker.",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+@user_errors
+def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str) -> None:
+    """Serve every handler declared in MODULES (e.g. workers.echo workers.rabi).
+
+    Services that do not exist yet are waited for, and served as they appear.
+    """
+    from broker.app import make_app
+    from broker.tasks import job
+    from broker.worker.boot import serve
+
+    configure_logging(loglevel)
+    settings = required_settings(broker=True)
+    app = make_app(settings)
+    job.register(app)
+    sys.path.insert(0, os.getcwd())
+    serve(app, settings, modules, pool=pool, concurrency=concurrency, loglevel=loglevel)
+
+
+@click.command()
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True)
+@user_errors
+def mirror(batch_size: int, loglevel: str) -> None:
+    """Mirror job states from the message broker into SQL."""
+    from broker.mirror.process import Mirror
+    from broker.storage.migrate import upgrade
+
+    configure_logging(loglevel)
+    settings = required_settings(broker=True, database=True)
+    upgrade(settings.database_url)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    metrics = None
+    if settings.metrics_port:
+        from broker.ops.metrics import serve
+
+        metrics = serve(settings, settings.metrics_port, host=settings.metrics_host)
+        click.echo(f"metrics on http://{settings.metrics_host}:{metrics.port}/metrics", err=True)
+    click.echo("mirroring job states into SQL", err=True)
+    try:
+        Mirror(settings, batch_size=batch_size).run(stop)
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+@click.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+@user_errors
+def beat(loglevel: str) -> None:
+    """Run the periodic tasks: timeouts, lost workers' jobs, the outbox."""
+    from broker.app import make_app
+    from broker.beat import process as beat_process
+    from broker.storage.migrate import upgrade
+    from broker.tasks import beat as beat_tasks
+
+    configure_logging(loglevel)
+    settings = required_settings(broker=True, database=True)
+    upgrade(settings.database_url)
+    app = make_app(settings)
+    beat_tasks.register(app, settings)
+    beat_process.start(app, settings, loglevel)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Requests served at once; each waiting claim holds one.",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+@user_errors
+def api(host: str, port: int, threads: int, loglevel: str) -> None:
+    """Serve TopChef's REST API (the HTTP gateway) for non-Python clients.
+
+    Set TOPCHEF_API_TOKEN to require 'Authorization: Bearer <token>' (do, on
+    any shared network).
+    """
+    from broker.gateway import Server
+    from broker.storage.migrate import upgrade
+
+    configure_logging(loglevel)
+    settings = required_settings(broker=True, database=True)
+    upgrade(settings.database_url)
+    server = Server(settings, host, port, threads)
+    signal.signal(signal.SIGTERM, lambda *_: server.close())
+    auth = "bearer token required" if settings.api_token else "no token required"
+    click.echo(f"TopChef API on {server.url}/ ({auth})", err=True)
+    server.run()  # until Ctrl-C or SIGTERM
+    click.echo("stopped", err=True)
+
+
+@click.command()
+@click.option(
+    "--jobs",
+    "job_count",
+    type=click.IntRange(1, 500),
+    default=12,
+    show_default=True,
+    help="How many Rabi experiments to run.",
+)
+@click.option("--timeout", type=SECONDS, default=45.0, show_default=True)
+@user_errors
+def demo(job_count: int, timeout: float) -> None:
+    """Run the whole broker end to end: no configuration, nothing left behind."""
+    from broker.ops.demo import run_demo
+
+    run_demo(job_count, timeout)
+
+
+@click.command()
+@click.option(
+    "--worker",
+    "workers",
+    multiple=True,
+    default=("workers.echo", "workers.rabi"),
+    show_default=True,
+    help="Worker modules to serve (repeat for several).",
+)
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=4, show_default=True)
+@user_errors
+def up(workers: tuple[str, ...], concurrency: int) -> None:
+    """Run mirror, beat and workers in the foreground until Ctrl-C (a single-PC lab).
+
+    Unconfigured, it starts an embedded Redis and uses topchef.sqlite3 here;
+    other `topchef` commands run in this directory find it.
+    """
+    from broker.ops.supervisor import local_stack
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with local_stack(Path.cwd(), workers, concurrency) as (settings, supervisor):
+        click.echo(
+            f"TopChef is up. Broker: {masked(settings.broker_url)}  "
+            f"Database: {masked(settings.database_url)}"
+        )
+        click.echo("Logs: .topchef/logs/   Stop with Ctrl-C.")
+        while not stop.wait(0.5):
+            supervisor.check()
+    click.echo("stopped")
+
+
+@click.command()
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True)
+@user_errors
+def flower(port: int, address: str) -> None:
+    """Start the Flower dashboard on the configured broker.
+
+    Set FLOWER_BASIC_AUTH=user:password to require a login (do, on any shared network).
+    """
+    from broker.app import make_app
+
+    settings = required_settings(broker=True)
+    args = ["flower", f"--port={port}", f"--address={address}"]
+    basic_auth = os.environ.get("FLOWER_BASIC_AUTH", "").strip()
+    if basic_auth:
+        args.append(f"--basic-auth={basic_auth}")
+    make_app(settings).start(args)
