@@ -379,3 +379,32 @@ def test_two_python_listeners_never_run_one_job(gateway):
     # queue, which another listener may have taken meanwhile: its results may
     # then be another job's. Each job still ran once, and is COMPLETED.
     assert {python.json_get(f"/jobs/{job}")["data"]["status"] for job in jobs} == {"COMPLETED"}
+
+
+def test_a_second_python_listener_on_the_same_machine_never_runs_the_first_ones_job(gateway):
+    """Two copies of TopChefClient on one host are one caller: the second's claim is refused."""
+    python = PythonClient(gateway.url + "/legacy")
+    service = python.new_service("One host", NUMBER, SQUARE)
+    job = python.new_job(service, {"x": 2})
+    first = python.current_job(service)
+    assert python.put_job({**first, "status": "WORKING"}).status_code == 200
+
+    second = python.current_job(service)  # the copy sees the held job first, as its holder would
+    refused = python.put_job({**second, "status": "WORKING"})
+    named = {"X-TopChef-Worker": "rig-1"}
+    mine = gateway.api.post(f"/services/{service}/jobs/claim", headers=named)
+
+    assert second["id"] == job
+    assert refused.status_code == 409
+    assert python.put_job({**second, "result": {"y": 4}}).status_code == 200  # the holder goes on
+    assert python.put_job({**second, "result": {"y": 4}, "status": "COMPLETED"}).ok
+    assert python.result(job) == {"y": 4}
+    assert mine.status_code == 204
+    repeat = gateway.api.patch  # a named worker repeats its claim at / and /legacy alike
+    other = gateway.api.submit(service, {"x": 3})
+    for prefix in ("", "/legacy"):
+        answers = [
+            repeat(f"{prefix}/jobs/{other}", json={"status": "WORKING"}, headers=named)
+            for _ in range(2)
+        ]
+        assert [answer.status_code for answer in answers] == [200, 200]

@@ -14,7 +14,8 @@ goes through the job's claim (``broker.gateway.dispatch``):
   a status this way), so the job is anyone's to claim once more;
 - ``results`` sent to a REGISTERED job claim it for the sender first (the Java
   client reports without claiming); and a claim its holder repeats is granted
-  again, whether or not it named itself (``context.http_worker``).
+  again, whether or not it named itself (``context.http_worker``), but for
+  TopChefClient under ``/legacy``, which never repeats one.
 
 Other fields (``id``, ``parameters``, ``date_submitted``, which the Java client
 sends back) are ignored, as TopChef ignored them. Under ``/legacy``
@@ -115,7 +116,7 @@ def update_job(job_id: str) -> Response:
         if results is not None:
             raise DeserializationError("results", "a cancelled job has no results")
         return cancel_job(job_id)
-    worker, _chosen = http_worker()
+    worker, chosen = http_worker()
     with shared.writing() as session:
         row = find_job(session, job_id)
         service = session.get(ServiceRow, row.service_id)
@@ -123,7 +124,8 @@ def update_job(job_id: str) -> Response:
         contract = compile_contract(service.job_result_schema, source="job_result_schema")
         if results is not None:
             contract.validate(results, source="results")
-        _apply(session, row, service.timeout, contract, wanted, results, detail, worker)
+        repeatable = chosen or not legacy()
+        _apply(session, row, service.timeout, contract, wanted, results, detail, worker, repeatable)
         return _render(Job(row))
 
 
@@ -136,7 +138,14 @@ def _apply(
     results: dict[str, Any] | None,
     detail: str | None,
     worker: str,
+    repeatable: bool = True,
 ) -> None:
+    """Make one report's move, each through the job's claim.
+
+    ``repeatable`` says whether the caller may repeat its claim. TopChefClient
+    (``/legacy``) never does, so an anonymous repeat there is a second copy of
+    it on the same machine, which must not run the job again (409).
+    """
     dispatcher = gateway().dispatcher
     current = Status(row.status)
     if wanted in (Status.COMPLETED, Status.ERROR):
@@ -169,7 +178,9 @@ def _apply(
     elif wanted is not None and wanted is not current:
         raise InvalidTransitionError(row.id, current.value, wanted.value)
     elif wanted is Status.WORKING and results is None:
-        dispatcher.held(row, worker)  # a claim repeated by its holder is granted again
+        holder = dispatcher.held(row, worker)  # a claim repeated by its holder is granted again
+        if not repeatable:
+            raise ClaimConflictError(f"Job {row.id} is already WORKING (held by {holder.worker})")
     if results is not None:
         if current is not Status.WORKING:
             raise ClaimConflictError(f"Job {row.id} is {current.value}: claim it before reporting")
