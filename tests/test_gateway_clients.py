@@ -19,6 +19,7 @@ from typing import Any
 import requests
 from client_fixtures import JAVA_JOB_ID, JAVA_SERVICE_ID, seed_java_fixture
 
+from broker.messaging import keys
 from broker.messaging.messages import StateMessage
 
 pytest_plugins = ["gateway_support"]  # the gateway and api fixtures
@@ -408,3 +409,23 @@ def test_a_second_python_listener_on_the_same_machine_never_runs_the_first_ones_
             for _ in range(2)
         ]
         assert [answer.status_code for answer in answers] == [200, 200]
+
+
+def test_a_python_listener_never_reports_on_a_job_it_did_not_claim(gateway, stack):
+    """Its claim lapsed, the first of its queue is another job: that job is left alone."""
+    python = PythonClient(gateway.url + "/legacy")
+    service = python.new_service("Lapsed", NUMBER, SQUARE)
+    held, other = python.new_job(service, {"x": 2}), python.new_job(service, {"x": 3})
+    assert python.put_job({**python.current_job(service), "status": "WORKING"}).ok
+    stack.redis.delete(keys.lease(held))  # its lease lapsed: beat gives the job up
+    stack.tick()
+    assert python.json_get(f"/jobs/{held}")["data"]["status"] == "ERROR"
+
+    first = python.current_job(service)
+    result = python.put_job({**first, "result": {"y": 4}})
+    done = python.put_job({**python.current_job(service), "status": "COMPLETED"})
+
+    assert first["id"] == other
+    assert (result.status_code, done.status_code) == (409, 409)
+    untouched = python.json_get(f"/jobs/{other}")["data"]
+    assert (untouched["status"], untouched["result"]) == ("REGISTERED", None)

@@ -14,8 +14,9 @@ goes through the job's claim (``broker.gateway.dispatch``):
   a status this way), so the job is anyone's to claim once more;
 - ``results`` sent to a REGISTERED job claim it for the sender first (the Java
   client reports without claiming); and a claim its holder repeats is granted
-  again, whether or not it named itself (``context.http_worker``), but for
-  TopChefClient under ``/legacy``, which never repeats one.
+  again, whether or not it named itself (``context.http_worker``); but not
+  from TopChefClient under ``/legacy``, which claims before reporting and
+  never claims twice (``_apply``).
 
 Other fields (``id``, ``parameters``, ``date_submitted``, which the Java client
 sends back) are ignored, as TopChef ignored them. Under ``/legacy``
@@ -124,8 +125,8 @@ def update_job(job_id: str) -> Response:
         contract = compile_contract(service.job_result_schema, source="job_result_schema")
         if results is not None:
             contract.validate(results, source="results")
-        repeatable = chosen or not legacy()
-        _apply(session, row, service.timeout, contract, wanted, results, detail, worker, repeatable)
+        listener = legacy() and not chosen
+        _apply(session, row, service.timeout, contract, wanted, results, detail, worker, listener)
         return _render(Job(row))
 
 
@@ -138,16 +139,22 @@ def _apply(
     results: dict[str, Any] | None,
     detail: str | None,
     worker: str,
-    repeatable: bool = True,
+    listener: bool = False,
 ) -> None:
     """Make one report's move, each through the job's claim.
 
-    ``repeatable`` says whether the caller may repeat its claim. TopChefClient
-    (``/legacy``) never does, so an anonymous repeat there is a second copy of
-    it on the same machine, which must not run the job again (409).
+    ``listener``: the caller is TopChefClient's (``/legacy``, unnamed), which
+    claims each job with ``PUT`` WORKING before anything else, and never twice.
+    So from it a repeated claim is a second copy on the same machine, which
+    must not run the job again; and a report on a job it never claimed is one
+    meant for the job it held, whose claim lapsed while the first of its queue
+    became another: both are refused (409), never recorded on the wrong job.
     """
     dispatcher = gateway().dispatcher
     current = Status(row.status)
+    reporting = results is not None or wanted in (Status.COMPLETED, Status.ERROR)
+    if listener and reporting and current is Status.REGISTERED:
+        raise ClaimConflictError(f"Job {row.id} is REGISTERED: claim it before reporting")
     if wanted in (Status.COMPLETED, Status.ERROR):
         # A "worker lost" ERROR is a presumption: its holder's late report still counts.
         presumed = current is Status.ERROR and row.presumed_lost_at is not None
@@ -167,8 +174,8 @@ def _apply(
             raise ClaimConflictError(f"Job {row.id} runs a later attempt: it cannot be given back")
         session.expire(row)
         return
-    reporting = results is not None and wanted in (None, Status.REGISTERED)
-    if current is Status.REGISTERED and (wanted is Status.WORKING or reporting):
+    sending = results is not None and wanted in (None, Status.REGISTERED)
+    if current is Status.REGISTERED and (wanted is Status.WORKING or sending):
         claimed = dispatcher.claim(session, row, timeout, worker)
         if claimed is not ClaimResult.CLAIMED:
             raise ClaimConflictError(f"Job {row.id} is {claimed.value}: someone else claimed it")
@@ -179,7 +186,7 @@ def _apply(
         raise InvalidTransitionError(row.id, current.value, wanted.value)
     elif wanted is Status.WORKING and results is None:
         holder = dispatcher.held(row, worker)  # a claim repeated by its holder is granted again
-        if not repeatable:
+        if listener:
             raise ClaimConflictError(f"Job {row.id} is already WORKING (held by {holder.worker})")
     if results is not None:
         if current is not Status.WORKING:
