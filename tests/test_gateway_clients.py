@@ -21,6 +21,7 @@ from client_fixtures import JAVA_JOB_ID, JAVA_SERVICE_ID, seed_java_fixture
 
 from broker.messaging import keys
 from broker.messaging.messages import StateMessage
+from broker.mirror.process import Mirror
 
 pytest_plugins = ["gateway_support"]  # the gateway and api fixtures
 
@@ -277,6 +278,12 @@ def test_a_holder_gives_its_job_back_and_no_one_else_can(gateway, stack):
     assert claimed.json()["data"]["id"] == job
     assert claimed.json()["meta"]["worker"] == "http:rig-2"
     assert java.patch_job(job, {**java.job(job), "status": "REGISTERED"}).status_code == 409
+    # The mirror replays the claim, its release and the new claim in order.
+    mirror = Mirror(stack.settings, block_ms=10)
+    mirror.ensure_group()
+    assert mirror.step() == 3
+    assert stack.job(uuid.UUID(job))["status"] == "WORKING"
+    assert gateway.api.job(job)["meta"]["worker"] == "http:rig-2"
 
 
 def test_a_job_a_celery_worker_runs_is_never_given_back_over_http(gateway, stack):
