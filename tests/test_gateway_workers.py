@@ -92,6 +92,8 @@ def test_topchef_style_workers_drive_jobs_to_completion(gateway, stack):
 
         def run():
             client = gateway.client()
+            # Each is its own client program: known apart by User-Agent, as they name no worker.
+            client.session.headers["User-Agent"] = "Java/17.0.12" if java else "python-requests"
             while True:
                 assert patch(client, f"/services/{service}").status_code == 200  # check in
                 if java:

@@ -32,7 +32,7 @@ from broker.errors import (
 )
 from broker.gateway import jobs, metadata, openapi, queue, services, validator
 from broker.gateway.auth import check_token
-from broker.gateway.context import Gateway, gateway
+from broker.gateway.context import GENERATION_KEY, LEGACY_PREFIX, Gateway, gateway
 from broker.gateway.envelope import error_response
 from broker.gateway.errors import PayloadTooLargeError, RouteNotFoundError, ServerError
 from broker.settings import Settings
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(Exception, _error)
     for module in (metadata, services, queue, jobs, validator, openapi):
         module.register(app)
-    app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = Generations(MethodOverride(app.wsgi_app))  # type: ignore[method-assign]
     return app
 
 
@@ -122,5 +122,26 @@ class MethodOverride:
         wanted = str(environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", "")).strip().upper()
         if str(environ.get("REQUEST_METHOD", "")).upper() == "POST" and wanted in self.OVERRIDABLE:
             environ["REQUEST_METHOD"] = wanted
+        result: Iterable[bytes] = self.app(environ, start_response)
+        return result
+
+
+class Generations:
+    """Serve TopChefClient's older API under ``/legacy``, beside the current one at ``/``.
+
+    The prefix moves to ``SCRIPT_NAME``, so the same routes answer and every
+    link the gateway writes (``url_for``) stays under the prefix the client was
+    given; the handlers ask ``context.legacy()`` where the two APIs differ.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = str(environ.get("PATH_INFO", ""))
+        if path == LEGACY_PREFIX or path.startswith(LEGACY_PREFIX + "/"):
+            environ[GENERATION_KEY] = "legacy"
+            environ["SCRIPT_NAME"] = str(environ.get("SCRIPT_NAME", "")) + LEGACY_PREFIX
+            environ["PATH_INFO"] = path[len(LEGACY_PREFIX) :] or "/"
         result: Iterable[bytes] = self.app(environ, start_response)
         return result

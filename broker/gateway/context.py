@@ -51,17 +51,41 @@ def gateway() -> Gateway:
 WORKER_HEADER = "X-TopChef-Worker"
 
 
+#: The path under which the gateway speaks the API TopChefClient (Python, 2017-07) was written for.
+LEGACY_PREFIX = "/legacy"
+#: Where ``Generations`` records which of TopChef's APIs a request speaks.
+GENERATION_KEY = "topchef.api_generation"
+
+
+def _printable(value: str, limit: int) -> str:
+    return "".join(c for c in value if c.isprintable()).strip()[:limit]
+
+
 def http_worker() -> tuple[str, bool]:
     """The worker name of this request's claims, and whether the client chose it.
 
-    Without ``X-TopChef-Worker`` the name is the client's address, which two
-    workers on one machine share: they are then never taken for each other's
-    holder (a repeated claim is refused).
+    TopChef's own clients never name themselves, so a caller without
+    ``X-TopChef-Worker`` is known by its address and its ``User-Agent``: the
+    Java client and the Python client on one machine are two callers, and
+    each may repeat its own claim. Two copies of one client on one machine
+    cannot be told apart by anything they send; they are one caller.
     """
-    given = "".join(c for c in request.headers.get(WORKER_HEADER, "") if c.isprintable()).strip()
+    given = _printable(request.headers.get(WORKER_HEADER, ""), 200)
     if given:
-        return HTTP_PREFIX + given[:200], True
-    return HTTP_PREFIX + (request.remote_addr or "unknown"), False
+        return HTTP_PREFIX + given, True
+    address = request.remote_addr or "unknown"
+    agent = _printable(request.headers.get("User-Agent", ""), 100)
+    return HTTP_PREFIX + (f"{address} ({agent})" if agent else address), False
+
+
+def legacy() -> bool:
+    """Whether this request came under ``LEGACY_PREFIX``: TopChefClient's older API.
+
+    TopChef's two client generations read conflicting shapes (TopChefClient
+    reads ``result`` from a job; the Java client refuses any field it does not
+    know), so the base URL a client is given chooses which one it is answered in.
+    """
+    return bool(request.environ.get(GENERATION_KEY) == "legacy")
 
 
 def caller_gone() -> Callable[[], bool]:

@@ -105,6 +105,32 @@ class Dispatcher:
             after = (rows[-1].date_submitted, rows[-1].id)
         return found[:limit]
 
+    def holding(self, session: Session, service_id: uuid.UUID, worker: str) -> list[JobRow]:
+        """The service's jobs this caller holds over HTTP and runs still, oldest first.
+
+        TopChef's clients re-read ``next`` or ``queue`` before each step of a
+        job they run, so the job they hold must come first in what they see.
+        """
+        members = sorted(
+            _text(member) or "" for member in self._client.smembers(keys.http_jobs(service_id))
+        )
+        ids = [uuid.UUID(member) for member in members if member]
+        holders = self._base.holders(ids)
+        mine = [
+            job_id
+            for job_id, holder in zip(ids, holders, strict=True)
+            if holder.state == "running" and holder.worker == worker
+        ]
+        if not mine:
+            return []
+        return list(
+            session.scalars(
+                sa.select(JobRow)
+                .where(JobRow.id.in_(mine), JobRow.status == Status.WORKING.value)
+                .order_by(JobRow.date_submitted, JobRow.id)
+            ).all()
+        )
+
     def requeued(self, session: Session, service_id: uuid.UUID) -> list[tuple[JobRow, int]]:
         """WORKING jobs whose worker was lost and that beat handed back, with their next attempt.
 

@@ -8,10 +8,20 @@ goes through the job's claim (``broker.gateway.dispatch``):
 - ``results`` while WORKING (the Java client's ``setResult``) are validated and
   kept on the job, for its holder to complete it with;
 - to COMPLETED or ERROR, validated results end the claim and the job;
-- to CANCELLED, the same as ``DELETE``: only a job nobody has claimed.
+- to CANCELLED, the same as ``DELETE``: only a job nobody has claimed;
+- back to REGISTERED, only by the holder of its first attempt: the claim is
+  given back and the job's message published again (the Java client restores
+  a status this way), so the job is anyone's to claim once more;
+- ``results`` sent to a REGISTERED job claim it for the sender first (the Java
+  client reports without claiming); and a claim its holder repeats is granted
+  again, whether or not it named itself (``context.http_worker``); but not
+  from TopChefClient under ``/legacy``, which claims before reporting and
+  never claims twice (``_apply``).
 
 Other fields (``id``, ``parameters``, ``date_submitted``, which the Java client
-sends back) are ignored, as TopChef ignored them.
+sends back) are ignored, as TopChef ignored them. Under ``/legacy``
+TopChefClient's ``PUT`` of the whole job is the same update, its ``result``
+standing for ``results``.
 """
 
 from __future__ import annotations
@@ -22,8 +32,8 @@ from flask import Flask, Response, url_for
 from sqlalchemy.orm import Session
 
 from broker.contract import Contract, compile_contract
-from broker.errors import DeserializationError, InvalidTransitionError
-from broker.gateway.context import find_job, gateway, http_worker
+from broker.errors import DeserializationError, InvalidTransitionError, MethodNotAllowedError
+from broker.gateway.context import find_job, gateway, http_worker, legacy
 from broker.gateway.envelope import (
     DEFAULT_PAGE,
     MAX_PAGE,
@@ -47,13 +57,17 @@ def register(app: Flask) -> None:
     app.add_url_rule("/jobs", "jobs", list_jobs, methods=["GET"])
     app.add_url_rule("/jobs/<job_id>", "job", show_job, methods=["GET"])
     app.add_url_rule("/jobs/<job_id>", "update_job", update_job, methods=["PATCH"])
+    app.add_url_rule("/jobs/<job_id>", "replace_job", replace_job, methods=["PUT"])
     app.add_url_rule("/jobs/<job_id>", "cancel_job", cancel_job, methods=["DELETE"])
 
 
 def _render(job: Job, status: int = 200, **extra: Any) -> Response:
     service = url_for("service", service_id=str(job.service_id), _external=True)
     return envelope(
-        job_detail(job), status, meta={**job_meta(job), **extra}, links={"service": service}
+        job_detail(job, legacy=legacy()),
+        status,
+        meta={**job_meta(job), **extra},
+        links={"service": service},
     )
 
 
@@ -84,6 +98,13 @@ def cancel_job(job_id: str) -> Response:
         return _render(Job(find_job(session, job_id)))
 
 
+def replace_job(job_id: str) -> Response:
+    """TopChefClient's ``PUT`` of the whole job, under ``/legacy`` only: an update."""
+    if not legacy():
+        raise MethodNotAllowedError("PUT", ["DELETE", "GET", "PATCH"])
+    return update_job(job_id)
+
+
 def update_job(job_id: str) -> Response:
     body = json_body()
     wanted = _status(body)
@@ -104,7 +125,8 @@ def update_job(job_id: str) -> Response:
         contract = compile_contract(service.job_result_schema, source="job_result_schema")
         if results is not None:
             contract.validate(results, source="results")
-        _apply(session, row, service.timeout, contract, wanted, results, detail, worker, chosen)
+        listener = legacy() and not chosen
+        _apply(session, row, service.timeout, contract, wanted, results, detail, worker, listener)
         return _render(Job(row))
 
 
@@ -117,10 +139,22 @@ def _apply(
     results: dict[str, Any] | None,
     detail: str | None,
     worker: str,
-    chosen: bool,
+    listener: bool = False,
 ) -> None:
+    """Make one report's move, each through the job's claim.
+
+    ``listener``: the caller is TopChefClient's (``/legacy``, unnamed), which
+    claims each job with ``PUT`` WORKING before anything else, and never twice.
+    So from it a repeated claim is a second copy on the same machine, which
+    must not run the job again; and a report on a job it never claimed is one
+    meant for the job it held, whose claim lapsed while the first of its queue
+    became another: both are refused (409), never recorded on the wrong job.
+    """
     dispatcher = gateway().dispatcher
     current = Status(row.status)
+    reporting = results is not None or wanted in (Status.COMPLETED, Status.ERROR)
+    if listener and reporting and current is Status.REGISTERED:
+        raise ClaimConflictError(f"Job {row.id} is REGISTERED: claim it before reporting")
     if wanted in (Status.COMPLETED, Status.ERROR):
         # A "worker lost" ERROR is a presumption: its holder's late report still counts.
         presumed = current is Status.ERROR and row.presumed_lost_at is not None
@@ -133,7 +167,15 @@ def _apply(
             detail = f"reported as ERROR by {worker}"
         dispatcher.finish(session, row, timeout, wanted, final, detail, worker)
         return
-    if wanted is Status.WORKING and current is Status.REGISTERED:
+    if wanted is Status.REGISTERED and current is Status.WORKING:
+        # The one move back: its holder gives the claim up (any results it carries go too).
+        dispatcher.held(row, worker)
+        if not dispatcher.release(session, row, timeout, worker):
+            raise ClaimConflictError(f"Job {row.id} runs a later attempt: it cannot be given back")
+        session.expire(row)
+        return
+    sending = results is not None and wanted in (None, Status.REGISTERED)
+    if current is Status.REGISTERED and (wanted is Status.WORKING or sending):
         claimed = dispatcher.claim(session, row, timeout, worker)
         if claimed is not ClaimResult.CLAIMED:
             raise ClaimConflictError(f"Job {row.id} is {claimed.value}: someone else claimed it")
@@ -143,9 +185,8 @@ def _apply(
     elif wanted is not None and wanted is not current:
         raise InvalidTransitionError(row.id, current.value, wanted.value)
     elif wanted is Status.WORKING and results is None:
-        # A second claim. Only a worker that named itself can be told from another.
-        holder = dispatcher.held(row, worker)
-        if not chosen:
+        holder = dispatcher.held(row, worker)  # a claim repeated by its holder is granted again
+        if listener:
             raise ClaimConflictError(f"Job {row.id} is already WORKING (held by {holder.worker})")
     if results is not None:
         if current is not Status.WORKING:
@@ -170,7 +211,9 @@ def _status(body: dict[str, Any]) -> Status | None:
 
 
 def _results(body: dict[str, Any]) -> dict[str, Any] | None:
-    value = body.get("results")
+    # TopChefClient sends back the job it read, with its new results as ``result``.
+    name = "result" if legacy() and body.get("result") is not None else "results"
+    value = body.get(name)
     if value is not None and not isinstance(value, dict):
-        raise DeserializationError("results", "must be a JSON object")
+        raise DeserializationError(name, "must be a JSON object")
     return value

@@ -121,14 +121,15 @@ def _paths() -> dict[str, Any]:
         "/services/{service_id}/jobs/next": {
             "parameters": service,
             "get": _operation(
-                "The oldest unclaimed REGISTERED job (read only: claim it with PATCH)",
+                "The caller's first held job, else the oldest unclaimed REGISTERED one "
+                "(read only: claim it with PATCH)",
                 {**_ok("The next job", _ref("Job")), **_NO_JOB, **_errors(404)},
             ),
         },
         "/services/{service_id}/queue": {
             "parameters": service,
             "get": _operation(
-                "The 10 oldest unclaimed REGISTERED jobs, oldest first",
+                "The caller's held jobs, then the oldest unclaimed REGISTERED ones: 10",
                 {**_ok("The queue", job_list), **_NO_JOB, **_errors(404)},
             ),
         },
@@ -159,8 +160,9 @@ def _paths() -> dict[str, Any]:
             "parameters": job,
             "get": _operation("Read a job", {**_ok("The job", _ref("Job")), **_errors(404)}),
             "patch": _operation(
-                "Run a job: WORKING claims it (409 if someone else has), results are "
-                "validated, COMPLETED or ERROR end it",
+                "Run a job: WORKING claims it (409 if someone else has; its holder may "
+                "repeat it), results are validated (sent to a REGISTERED job, they claim "
+                "it first), COMPLETED or ERROR end it, REGISTERED gives the holder's claim back",
                 {**_ok("The job", _ref("Job")), **_errors(400, 404, 409, 413)},
                 requestBody=_body(_ref("JobPatch")),
                 parameters=[{"$ref": "#/components/parameters/worker"}],
@@ -364,7 +366,8 @@ def document(version: str) -> dict[str, Any]:
                 "worker": {
                     "name": "X-TopChef-Worker",
                     "in": "header",
-                    "description": "The calling worker's name; without it, its address",
+                    "description": "The calling worker's name; without it, its address "
+                    "and User-Agent",
                     "schema": {"type": "string"},
                 },
             },

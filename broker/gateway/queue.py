@@ -2,8 +2,11 @@
 
 ``next`` and ``queue`` are TopChef's read-only views: an HTTP worker reads
 them, then claims a job with ``PATCH /jobs/<id>`` to WORKING (a 409 tells it
-another worker was faster). ``POST .../jobs/claim`` does both in one atomic
-step and can wait for a job to arrive, so an HTTP worker need not spin.
+another worker was faster). Each shows the caller the jobs it holds first,
+then the oldest unclaimed ones: TopChef's clients re-read them before every
+step of the job they run, and must find that job again. ``POST .../jobs/claim``
+does both in one atomic step and can wait for a job to arrive, so an HTTP
+worker need not spin.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, Response, url_for
+from sqlalchemy.orm import Session
 
-from broker.gateway.context import caller_gone, find_service, gateway, http_worker
+from broker.gateway.context import caller_gone, find_service, gateway, http_worker, legacy
 from broker.gateway.dispatch import MAX_WAIT
 from broker.gateway.envelope import (
     DEFAULT_PAGE,
@@ -67,7 +71,8 @@ def list_jobs(service_id: str) -> Response:
         service = find_service(session, service_id)
         listing = service.jobs.with_status(*statuses) if statuses else service.jobs
         total = len(listing)
-        data = [job_detail(job) for job in listing.page(offset, limit, newest_first=False)]
+        page = listing.page(offset, limit, newest_first=False)
+        data = [job_detail(job, legacy=legacy()) for job in page]
         meta = {
             "total": total,
             "offset": offset,
@@ -84,31 +89,47 @@ def submit_job(service_id: str) -> Response:
     with gateway().writing() as session:
         service = find_service(session, service_id)
         job = service.new_job(parameters)
-        data, job_id = job_detail(job), job.id
+        data, job_id = job_detail(job, legacy=legacy()), job.id
     location = _job_url(job_id)
     meta = {"message": f"new job ID is {job_id}"}
+    if legacy():
+        data = {"job_details": data}  # where TopChefClient's new_job reads the id
     return envelope(data, 201, meta=meta, links={"job": location}, headers={"Location": location})
 
 
+def _visible(session: Session, service: Service, limit: int) -> list[JobRow]:
+    """What ``next`` and ``queue`` show this caller: the jobs it holds, then unclaimed ones."""
+    dispatcher = gateway().dispatcher
+    worker, _chosen = http_worker()
+    rows = dispatcher.holding(session, service.id, worker)[:limit]
+    if len(rows) < limit:
+        rows += dispatcher.unclaimed(session, service.id, limit - len(rows))
+    return rows
+
+
 def next_job(service_id: str) -> Response:
-    shared = gateway()
-    with shared.reading() as session:
+    with gateway().reading() as session:
         service = find_service(session, service_id)
-        rows = shared.dispatcher.unclaimed(session, service.id, 1)
+        rows = _visible(session, service, 1)
         if not rows:
             return no_content()
         job = Job(rows[0])
-        return envelope(job_detail(job), meta=job_meta(job), links={"job": _job_url(job.id)})
+        data = job_detail(job, legacy=legacy())
+        return envelope(data, meta=job_meta(job), links={"job": _job_url(job.id)})
 
 
 def queue(service_id: str) -> Response:
-    shared = gateway()
-    with shared.reading() as session:
+    """The first jobs this caller may run; empty is 204, but ``[]`` for TopChefClient.
+
+    TopChefClient's ``is_queue_empty`` reads ``data`` of a 200, and nothing else.
+    """
+    with gateway().reading() as session:
         service = find_service(session, service_id)
-        rows = shared.dispatcher.unclaimed(session, service.id, QUEUE_LENGTH)
-        if not rows:
+        rows = _visible(session, service, QUEUE_LENGTH)
+        if not rows and not legacy():
             return no_content()
-        return envelope([job_detail(Job(row)) for row in rows], meta={"count": len(rows)})
+        data = [job_detail(Job(row), legacy=legacy()) for row in rows]
+        return envelope(data, meta={"count": len(rows)})
 
 
 def claim_job(service_id: str) -> Response:
@@ -130,7 +151,9 @@ def claim_job(service_id: str) -> Response:
         assert row is not None, "a claimed job's row exists"
         job = Job(row)
         meta = {**job_meta(job), "message": f"job claimed by {worker}"}
-        answer = envelope(job_detail(job), meta=meta, links={"job": _job_url(job.id)})
+        answer = envelope(
+            job_detail(job, legacy=legacy()), meta=meta, links={"job": _job_url(job.id)}
+        )
     # The last moment before the answer leaves: a caller that hung up meanwhile
     # would never run the job, so it is given back rather than lost to the policy.
     # One that hangs up as the answer is written cannot be told from one that got

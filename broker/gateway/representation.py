@@ -3,6 +3,9 @@
 The Java client maps ``data`` with Jackson, which refuses fields it does not
 know; so ``data`` holds exactly TopChef's fields, and what this broker knows
 beyond them (progress, attempts, the worker, why a job failed) goes in ``meta``.
+
+TopChefClient (the Python client, under ``/legacy``) reads a job's results as
+``result``; its answers carry both names (``job_detail(job, legacy=True)``).
 """
 
 from __future__ import annotations
@@ -46,14 +49,17 @@ def service_meta(service: Service) -> dict[str, Any]:
     }
 
 
-def job_detail(job: Job) -> dict[str, Any]:
-    return {
+def job_detail(job: Job, *, legacy: bool = False) -> dict[str, Any]:
+    detail = {
         "id": str(job.id),
         "status": job.status.value,
         "parameters": job.parameters,
         "results": job.results,
         "date_submitted": _time(job.date_submitted),
     }
+    if legacy:
+        detail["result"] = detail["results"]
+    return detail
 
 
 def job_overview(job: Job) -> dict[str, Any]:

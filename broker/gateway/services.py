@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, url_for
 
 from broker.errors import DeserializationError
-from broker.gateway.context import find_service, gateway, http_worker
+from broker.gateway.context import find_service, gateway, http_worker, legacy
 from broker.gateway.envelope import envelope, field, has_body, json_body, require
 from broker.gateway.representation import service_detail, service_meta, service_overview
 from broker.models.service import Service
@@ -79,6 +79,8 @@ def create_service() -> Response:
         data, meta, service_id = service_detail(service), service_meta(service), service.id
     location = url_for("service", service_id=str(service_id), _external=True)
     meta["message"] = "service successfully created"
+    if legacy():
+        data = {"service_details": data}  # where TopChefClient's new_service reads the id
     return envelope(data, 201, meta=meta, links=_links(service_id), headers={"Location": location})
 
 

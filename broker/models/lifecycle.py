@@ -204,9 +204,11 @@ def release(session: Session, moves: Sequence[Move]) -> int:
     """Give a claimed job back: WORKING → REGISTERED, by its claim's holder only.
 
     The one move backwards, and only in its safe form: the first attempt, held
-    by the worker named in the move (``columns["worker"]``), which never ran it
-    (a long-polling HTTP claimer that went away before it got the job). A job
-    anyone else holds, or that a later attempt runs, is left alone.
+    by the worker named in the move (``columns["worker"]``), which gives it up
+    (a long-polling HTTP claimer that went away before it got the job, or a
+    TopChef client that sets its job REGISTERED again); results it had kept on
+    the job go with it. A job anyone else holds, or that a later attempt runs,
+    is left alone.
     """
     if not moves:
         return 0
@@ -221,6 +223,7 @@ def release(session: Session, moves: Sequence[Move]) -> int:
             worker=None,
             attempts=0,
             date_started=None,
+            results=None,
             progress=None,
             progress_message=None,
             version=JobRow.version + 1,

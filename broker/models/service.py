@@ -105,8 +105,12 @@ class Service(ServiceInterface):
         timeout: float = DEFAULT_TIMEOUT,
         worker_loss_policy: str = "fail",
         max_attempts: int = 3,
+        service_id: uuid.UUID | None = None,
     ) -> Service:
         """Create a service; its schemas are checked now, so a bad one changes nothing.
+
+        ``service_id`` is for fixtures that must have a known id (a client's
+        integration tests); a new service's id is otherwise random.
 
         ``worker_loss_policy`` says what becomes of a job whose worker dies
         mid-run: ``"fail"`` (the default, for physical actions that must not
@@ -126,7 +130,7 @@ class Service(ServiceInterface):
         check_count("max_attempts", max_attempts, MAX_ATTEMPTS)
         now = database_now(database_session)
         row = ServiceRow(
-            id=uuid.uuid4(),
+            id=service_id or uuid.uuid4(),
             name=name,
             description=description,
             job_registration_schema=registration_schema,
@@ -244,8 +248,10 @@ class Service(ServiceInterface):
     def jobs(self) -> JobList:
         return JobList.of_service(self._session, self._row.id)
 
-    def new_job(self, parameters: dict[str, JSON]) -> Job:
+    def new_job(self, parameters: dict[str, JSON], *, job_id: uuid.UUID | None = None) -> Job:
         """Validate ``parameters`` and add a REGISTERED job; nothing is added if invalid.
+
+        ``job_id``, like ``new``'s ``service_id``, is for fixtures with known ids.
 
         The job's message is published to the service's queue when the
         session commits (see ``broker.messaging.outbox``), never before.
@@ -256,7 +262,7 @@ class Service(ServiceInterface):
             # flush to insert a new service before the job that refers to it.
             self._session.flush()
         row = JobRow(
-            id=uuid.uuid4(),
+            id=job_id or uuid.uuid4(),
             service_id=self._row.id,
             status=JobInterface.JobStatus.REGISTERED.value,
             parameters=parameters,
