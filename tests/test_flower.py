@@ -18,7 +18,7 @@ from typing import Any
 
 import lab
 import pytest
-from support import wait_for
+from support import free_port, wait_for
 
 from broker.app import make_app
 from broker.messaging import keys
@@ -27,12 +27,6 @@ from broker.tasks.beat import TICK_TASK
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 AUTH = "lab:secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _get(url: str, auth: str | None = None) -> tuple[int | None, bytes]:
@@ -52,7 +46,7 @@ class Flower:
     """A running ``topchef flower`` (behind basic auth) and the parts of its API we read."""
 
     def __init__(self, stack: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-        port = _free_port()
+        port = free_port()
         monkeypatch.setenv("FLOWER_BASIC_AUTH", AUTH)
         self.process = stack.process("flower", "--port", str(port))
         self.base = f"http://127.0.0.1:{port}"

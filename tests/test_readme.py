@@ -29,14 +29,13 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import wait_for
+from support import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -236,12 +235,6 @@ class Page:
                     )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _running_in(directory: Path) -> set[int]:
     """Processes whose working directory is ``directory`` (what the page started)."""
     found = set()
@@ -339,7 +332,7 @@ def test_the_readme_runs_as_written_against_topchef_up(tmp_path):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    page = Page(directory, env, _free_port())
+    page = Page(directory, env, free_port())
     try:
         wait_for(
             lambda: up.poll() is not None or _services_available(directory / "topchef.sqlite3"),
