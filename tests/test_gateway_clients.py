@@ -11,13 +11,14 @@ the clients' sources; the README says how to run the clients themselves.
 
 from __future__ import annotations
 
+import functools
 import json
-import threading
 import uuid
 from typing import Any
 
 import requests
 from client_fixtures import JAVA_JOB_ID, JAVA_SERVICE_ID, seed_java_fixture
+from support import run_in_threads
 
 from broker.messaging import keys
 from broker.messaging.messages import StateMessage
@@ -356,32 +357,21 @@ def test_two_python_listeners_never_run_one_job(gateway):
     service = python.new_service("Raced", NUMBER, SQUARE)
     jobs = [python.new_job(service, {"x": x}) for x in range(20)]
     runs: dict[str, list[str]] = {"rig-a": [], "rig-b": []}
-    failures: list[BaseException] = []
 
     def listener(name: str) -> None:
         # Two machines: two callers (on one host, told apart here by User-Agent).
         mine = PythonClient(python.address, agent=f"{PYTHON_AGENT} {name}")
-        try:
-            while not mine.is_queue_empty(service):
-                try:
-                    job, codes = mine.run_iteration(service, _square)
-                except IndexError:
-                    continue  # the queue emptied between two of its reads
-                if codes[0] == 409:
-                    continue  # the other listener claimed it first (the client would stop)
-                assert codes == [200, 200, 200], codes
-                runs[name].append(job)
-        except BaseException as error:  # reported below
-            failures.append(error)
+        while not mine.is_queue_empty(service):
+            try:
+                job, codes = mine.run_iteration(service, _square)
+            except IndexError:
+                continue  # the queue emptied between two of its reads
+            if codes[0] == 409:
+                continue  # the other listener claimed it first (the client would stop)
+            assert codes == [200, 200, 200], codes
+            runs[name].append(job)
 
-    threads = [threading.Thread(target=listener, args=(name,)) for name in runs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-
-    assert not any(thread.is_alive() for thread in threads)
-    assert not failures, failures
+    run_in_threads(*(functools.partial(listener, name) for name in runs))
     assert sorted(runs["rig-a"] + runs["rig-b"]) == sorted(jobs)  # each once, none twice
     # TopChefClient reads a job's parameters before it claims the first of its
     # queue, which another listener may have taken meanwhile: its results may

@@ -12,32 +12,12 @@ import uuid
 import lab
 import pytest
 import requests
-from support import wait_for
+from support import run_in_threads, wait_for
 
 from broker.messaging import keys
 
 pytest_plugins = ["gateway_support"]  # the gateway and api fixtures
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
-
-
-def _run_in_threads(*targets):
-    """Run each target in its own thread; re-raise the first failure here."""
-    failures = []
-
-    def guarded(target):
-        try:
-            target()
-        except BaseException as error:  # reported to the test below
-            failures.append(error)
-
-    threads = [threading.Thread(target=guarded, args=(target,)) for target in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not any(thread.is_alive() for thread in threads), "a worker thread hung"
-    if failures:
-        raise failures[0]
 
 
 @pytest.mark.slow  # 500 jobs over HTTP: ~10 s
@@ -63,7 +43,7 @@ def test_two_concurrent_claimers_over_500_jobs_get_disjoint_sets(gateway, stack)
 
         return run
 
-    _run_in_threads(claimer("a"), claimer("b"))
+    run_in_threads(claimer("a"), claimer("b"))
 
     a, b = set(taken["a"]), set(taken["b"])
     assert len(a) == len(taken["a"])  # nobody got one twice
@@ -125,7 +105,7 @@ def test_topchef_style_workers_drive_jobs_to_completion(gateway, stack):
 
         return run
 
-    _run_in_threads(topchef_worker("java", True), topchef_worker("python", False))
+    run_in_threads(topchef_worker("java", True), topchef_worker("python", False))
 
     assert sorted(completed["java"] + completed["python"]) == sorted(jobs)
     for index, job in enumerate(jobs):
