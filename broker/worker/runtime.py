@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from typing import Any
 
 import redis
 
+from broker import actors
 from broker.contract import Contract, compile_contract
 from broker.errors import DeserializationError
 from broker.messaging import keys
@@ -142,7 +142,7 @@ class WorkerRuntime:
     @staticmethod
     def name() -> str:
         """This process, as the jobs it runs record it."""
-        return f"{socket.gethostname()}:{os.getpid()}"
+        return actors.machine()
 
     # -- finding services ---------------------------------------------------
 
