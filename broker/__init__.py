@@ -15,7 +15,7 @@ runs — a producer loads no worker runtime and no beat:
  4    ``models/`` (the seed's models, the job lifecycle)  ``app`` (Celery app)
  3    ``messaging/`` (Redis keys, messages, claims, publisher, outbox)
  2    ``storage/`` (tables, migrations)  ``contract/`` (JSON Schema)  ``settings``
- 1    ``errors``
+ 1    ``errors``  ``actors`` (who did it)
 ====  =====================================================================
 
 ``cli`` (the ``topchef`` command) sits on top, beside ``celery``, the app
