@@ -5,6 +5,10 @@ another worker. The attempt it gave up may not be dead: a frozen worker can
 wake up and report what it measured. Such an outcome belongs to its own
 attempt and never to the job, whose current attempt owns the job's outcome;
 it is kept here, so that nothing a worker measured disappears.
+
+An attempt that asked for a retry (``broker.worker.Retry``) is kept here too,
+ended ERROR with the reason it gave, before ``lifecycle.retry`` sends the job
+back to wait for the next one.
 """
 
 from __future__ import annotations
@@ -85,6 +89,49 @@ def restart(session: Session, restarts: Sequence[Restart]) -> None:
         [
             {"r_id": r.job_id, "r_attempt": r.attempt, "r_worker": r.worker, "r_at": r.at}
             for r in restarts
+        ],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """An attempt that ended asking for another one."""
+
+    job_id: uuid.UUID
+    attempt: int
+    detail: str
+    at: datetime
+
+
+def keep_retried(session: Session, retried: Sequence[Retried]) -> None:
+    """Record each attempt that asked for a retry, from the job's row, while it is WORKING."""
+    if not retried:
+        return
+    connection = session.connection()
+    insert = _insert(connection.dialect.name)
+    at = sa.bindparam("k_at", type_=UTCDateTime())
+    attempt = sa.select(
+        JobRow.id,
+        JobRow.attempts,
+        JobRow.worker,
+        JobRow.date_started,
+        sa.literal(Status.ERROR.value),
+        sa.bindparam("k_detail", type_=sa.Text()),
+        at,
+    ).where(
+        JobRow.id == sa.bindparam("k_id"),
+        JobRow.status == Status.WORKING.value,
+        JobRow.attempts == sa.bindparam("k_attempt"),
+    )
+    keep = insert.from_select(
+        ["job_id", "attempt", "worker", "date_started", "status", "detail", "date_finished"],
+        attempt,
+    ).on_conflict_do_nothing()
+    connection.execute(
+        keep,
+        [
+            {"k_id": r.job_id, "k_attempt": r.attempt, "k_detail": r.detail, "k_at": r.at}
+            for r in retried
         ],
     )
 

@@ -118,6 +118,11 @@ class Job(JobInterface):
         return self._row.worker
 
     @property
+    def not_before(self) -> datetime | None:
+        """The job waits until then (a producer's ``not_before``, or a retry's backoff)."""
+        return self._row.not_before
+
+    @property
     def date_submitted(self) -> datetime:
         return self._row.date_submitted
 
@@ -143,4 +148,5 @@ class Job(JobInterface):
             "date_submitted": self.date_submitted.isoformat(),
             "date_started": self.date_started.isoformat() if self.date_started else None,
             "date_finished": self.date_finished.isoformat() if self.date_finished else None,
+            "not_before": self.not_before.isoformat() if self.not_before else None,
         }

@@ -17,6 +17,13 @@ touches the job at all (``broker.models.attempts`` keeps it with its own attempt
 
 The one move backwards is ``release``: the holder of a first attempt that never
 ran it gives it back (WORKING → REGISTERED), so that another worker can take it.
+
+Two moves belong to the job controls, each in a function of its own so that no
+other writer can make them: ``abort_run`` ends a running job CANCELLED (only
+the run's own report that it saw an abort request), and ``retry`` sends a
+running job back to wait for its next attempt (only the run's own report that
+it asked for one, on a service that allows retries): WORKING → REGISTERED with
+``not_before`` set, its attempt kept in ``job_attempts`` first.
 """
 
 from __future__ import annotations
@@ -241,3 +248,88 @@ def _later(dialect: str, first: Any, second: Any) -> sa.ColumnElement[Any]:
         return sa.func.greatest(first, second, type_=UTCDateTime())
     # SQLite's two-argument max() is a scalar; its datetimes are ISO text of one width.
     return sa.func.max(first, second, type_=UTCDateTime())
+
+
+def abort_run(session: Session, moves: Sequence[Move]) -> int:
+    """End aborted runs: WORKING → CANCELLED, for the attempt that saw the abort only.
+
+    A plain cancel never moves a WORKING job (``PREDECESSORS``); this is the
+    one way a running job becomes CANCELLED, and only its own attempt's
+    report makes it, with whatever results the handler chose to return.
+    """
+    if not moves:
+        return 0
+    dialect = session.get_bind().dialect.name
+    at = sa.bindparam("a_at", type_=UTCDateTime())
+    statement = (
+        sa.update(JobRow)
+        .where(JobRow.id == sa.bindparam("a_id"))
+        .where(JobRow.status == Status.WORKING.value)
+        .where(JobRow.attempts == sa.bindparam("a_attempt"))
+        .values(
+            status=Status.CANCELLED.value,
+            results=sa.bindparam("a_results"),
+            detail=sa.bindparam("a_detail"),
+            date_finished=_later(
+                dialect, at, sa.func.coalesce(JobRow.date_started, JobRow.date_submitted)
+            ),
+            version=JobRow.version + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    rows = [
+        {
+            "a_id": move.job_id,
+            "a_at": move.at,
+            "a_attempt": move.attempt,
+            "a_results": move.columns.get("results"),
+            "a_detail": move.columns.get("detail"),
+        }
+        for move in moves
+    ]
+    result = session.connection().execute(statement, rows)
+    return result.rowcount if result.rowcount >= 0 else 0
+
+
+def retry(session: Session, moves: Sequence[Move]) -> int:
+    """Send running jobs back to wait for their next attempt: WORKING → REGISTERED.
+
+    The documented move backwards of a retry: only the attempt that asked for
+    it (``attempts`` equal to the move's), and only while it is still WORKING.
+    The job goes back into the outbox (``published_at`` NULL) with
+    ``not_before`` (``columns["not_before"]``) set, and beat publishes attempt
+    n+1 once due. Keep the attempt first (``broker.models.attempts.keep_retried``):
+    this clears the run's worker, start and progress from the job's row.
+    """
+    if not moves:
+        return 0
+    statement = (
+        sa.update(JobRow)
+        .where(JobRow.id == sa.bindparam("t_id"))
+        .where(JobRow.status == Status.WORKING.value)
+        .where(JobRow.attempts == sa.bindparam("t_attempt"))
+        .values(
+            status=Status.REGISTERED.value,
+            not_before=sa.bindparam("t_not_before", type_=UTCDateTime()),
+            detail=sa.bindparam("t_detail"),
+            published_at=None,
+            worker=None,
+            date_started=None,
+            results=None,
+            progress=None,
+            progress_message=None,
+            version=JobRow.version + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    rows = [
+        {
+            "t_id": move.job_id,
+            "t_attempt": move.attempt,
+            "t_not_before": move.columns["not_before"],
+            "t_detail": move.columns.get("detail"),
+        }
+        for move in moves
+    ]
+    result = session.connection().execute(statement, rows)
+    return result.rowcount if result.rowcount >= 0 else 0

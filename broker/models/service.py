@@ -106,6 +106,9 @@ class Service(ServiceInterface):
         worker_loss_policy: str = "fail",
         max_attempts: int = 3,
         service_id: uuid.UUID | None = None,
+        retries: bool = False,
+        retry_on: list[str] | tuple[str, ...] = (),
+        retry_backoff: float = 1.0,
     ) -> Service:
         """Create a service; its schemas are checked now, so a bad one changes nothing.
 
@@ -116,6 +119,12 @@ class Service(ServiceInterface):
         mid-run: ``"fail"`` (the default, for physical actions that must not
         repeat) marks it ERROR; ``"requeue"`` runs it again, at most
         ``max_attempts`` times in all.
+
+        ``retries=True`` lets a handler ask for its job to run again
+        (``broker.worker.Retry``), and makes the exception types named in
+        ``retry_on`` ask for it too, waiting ``retry_backoff`` seconds before
+        the second attempt and twice as long before each next one, up to
+        ``max_attempts`` runs in all. Off (the default), nothing retries.
         """
         _check_name(name, database_session)
         _check_description(description)
@@ -128,6 +137,7 @@ class Service(ServiceInterface):
                 f"must be one of {', '.join(WORKER_LOSS_POLICIES)}, got {worker_loss_policy!r}",
             )
         check_count("max_attempts", max_attempts, MAX_ATTEMPTS)
+        names = check_retries(retries, retry_on, retry_backoff)
         now = database_now(database_session)
         row = ServiceRow(
             id=service_id or uuid.uuid4(),
@@ -140,6 +150,9 @@ class Service(ServiceInterface):
             last_checked_in=now,
             worker_loss_policy=worker_loss_policy,
             max_attempts=max_attempts,
+            retries=retries,
+            retry_on=names,
+            retry_backoff=float(retry_backoff),
             created_at=now,
         )
         database_session.add(row)
@@ -306,7 +319,44 @@ class Service(ServiceInterface):
             "last_checked_in": self._row.last_checked_in.isoformat(),
             "worker_loss_policy": self.worker_loss_policy,
             "max_attempts": self.max_attempts,
+            "retries": self._row.retries,
+            "retry_on": list(self._row.retry_on or []),
+            "retry_backoff": self._row.retry_backoff,
         }
+
+
+#: The longest first wait a service's retries may declare (an hour).
+MAX_RETRY_BACKOFF = 3600.0
+
+
+def check_retries(retries: object, retry_on: object, retry_backoff: object) -> list[str]:
+    """Refuse retry options that say nothing clear; return ``retry_on`` as a list of names."""
+    if not isinstance(retries, bool):
+        raise DeserializationError("retries", "must be true or false")
+    if isinstance(retry_on, str) or not isinstance(retry_on, list | tuple):
+        raise DeserializationError("retry_on", "must be a list of exception type names")
+    names = list(retry_on)
+    for name in names:
+        if (
+            not isinstance(name, str)
+            or not name
+            or not all(part.isidentifier() for part in name.split("."))
+        ):
+            raise DeserializationError(
+                "retry_on", f"must be exception type names like 'TimeoutError', got {name!r}"
+            )
+    if names and not retries:
+        raise DeserializationError("retry_on", "needs retries=True: the service must allow retries")
+    if (
+        isinstance(retry_backoff, bool)
+        or not isinstance(retry_backoff, int | float)
+        or not 0 <= retry_backoff <= MAX_RETRY_BACKOFF
+    ):
+        raise DeserializationError(
+            "retry_backoff",
+            f"must be a number of seconds from 0 to {MAX_RETRY_BACKOFF:g}, got {retry_backoff!r}",
+        )
+    return names
 
 
 def _check_description(description: object) -> None:
