@@ -90,15 +90,12 @@ class ServiceRow(Base):
     max_attempts: Mapped[int] = mapped_column(sa.Integer, default=3)
     #: Whether a handler may ask for its job to run again (``broker.worker.Retry``),
     #: up to ``max_attempts`` runs in all; off, a retry asked for ends the job ERROR.
-    retries: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
+    retries: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
     #: Names of exception types that ask for a retry when a handler raises them.
-    retry_on: Mapped[list[str]] = mapped_column(
-        JSONDocument, default=list, server_default=sa.text("'[]'")
-    )
+    retry_on: Mapped[list[str]] = mapped_column(JSONDocument, server_default=sa.text("'[]'"))
     #: The first retry's wait (s) when the handler names none; it doubles each attempt.
-    retry_backoff: Mapped[float] = mapped_column(
-        sa.Float, default=1.0, server_default=sa.text("1.0")
-    )
+    #: (These three have server defaults only, so rows written without them get them.)
+    retry_backoff: Mapped[float] = mapped_column(sa.Float, server_default=sa.text("1.0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
