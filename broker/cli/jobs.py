@@ -1,8 +1,9 @@
-"""``topchef jobs``: submit, list, show, wait for and cancel jobs."""
+"""``topchef jobs``: submit, list, show, wait for, cancel and abort jobs."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import click
@@ -42,9 +43,20 @@ def jobs() -> None:
     help="With a JSON list of parameter sets: jobs per Celery message, for short jobs "
     "[default: 1].",
 )
+@click.option(
+    "--not-before",
+    "not_before",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]),
+    default=None,
+    help="Hold the job until this time, with its zone (e.g. 2026-12-24T08:00:00Z).",
+)
 @user_errors
 def jobs_submit(
-    service: str, parameters: str, wait_seconds: float | None, per_message: int | None
+    service: str,
+    parameters: str,
+    wait_seconds: float | None,
+    per_message: int | None,
+    not_before: datetime | None,
 ) -> None:
     """Submit a job to SERVICE (by name) with PARAMETERS (JSON, or @file.json).
 
@@ -63,7 +75,9 @@ def jobs_submit(
         )
     producer = Producer(database_settings(broker=True))
     sweep = value if isinstance(value, list) else [value]
-    job_ids = producer.submit_many(service, sweep, jobs_per_message=per_message or 1)
+    job_ids = producer.submit_many(
+        service, sweep, jobs_per_message=per_message or 1, not_before=not_before
+    )
     for job_id in job_ids:
         click.echo(str(job_id))
     if wait_seconds is None:
@@ -119,7 +133,10 @@ def jobs_show(job_id: str) -> None:
     from broker.producer.reader import Reader
 
     reader = Reader(database_settings().database_url)
-    click.echo(json.dumps(reader.job(reader.find(job_id)), indent=2))
+    found = reader.find(job_id)
+    shown = reader.job(found)
+    shown["earlier_attempts"] = reader.earlier_attempts(found)
+    click.echo(json.dumps(shown, indent=2))
 
 
 @jobs.command("wait")
@@ -155,6 +172,32 @@ def jobs_cancel(job_id: str) -> None:
             f"job {found} already finished ({error.current}): there is nothing to cancel"
         ) from None
     click.echo(f"cancelled {found}" if cancelled else f"job {found} is already cancelled")
+
+
+@jobs.command("abort")
+@click.argument("job_id")
+@click.option("--reason", default="", help="Why, for the job's record.")
+@user_errors
+def jobs_abort(job_id: str, reason: str) -> None:
+    """Abort a job (JOB_ID: its id, or the start of it): cancel it, or stop its run.
+
+    A job that has not started is cancelled. A running job's handler learns of
+    the abort at its next progress() or aborted() call, and the job ends
+    CANCELLED, with whatever partial results the handler returns. A finished
+    job cannot be aborted (exit status 1).
+    """
+    from broker.producer import Producer
+
+    producer = Producer(database_settings(broker=True))
+    found = producer.find_job(job_id)
+    outcome = producer.abort(found, reason)
+    click.echo(
+        {
+            "cancelled": f"cancelled {found} (it had not started)",
+            "requested": f"abort requested: job {found}'s handler stops at its next check",
+            "already": f"an abort of job {found} was already requested",
+        }[outcome]
+    )
 
 
 @jobs.command("list")

@@ -38,6 +38,7 @@ from broker.gateway.envelope import (
     DEFAULT_PAGE,
     MAX_PAGE,
     envelope,
+    has_body,
     json_body,
     page_links,
     parse_id,
@@ -59,6 +60,7 @@ def register(app: Flask) -> None:
     app.add_url_rule("/jobs/<job_id>", "update_job", update_job, methods=["PATCH"])
     app.add_url_rule("/jobs/<job_id>", "replace_job", replace_job, methods=["PUT"])
     app.add_url_rule("/jobs/<job_id>", "cancel_job", cancel_job, methods=["DELETE"])
+    app.add_url_rule("/jobs/<job_id>/abort", "abort_job", abort_job, methods=["POST"])
 
 
 def _render(job: Job, status: int = 200, **extra: Any) -> Response:
@@ -96,6 +98,27 @@ def cancel_job(job_id: str) -> Response:
     shared.producer.cancel(parse_id(job_id))
     with shared.reading() as session:
         return _render(Job(find_job(session, job_id)))
+
+
+def abort_job(job_id: str) -> Response:
+    """Abort a job: a cancel if nobody started it, else a request its handler reads.
+
+    The caller is named as its claims would name it (``http_worker``): the
+    record says which HTTP caller aborted the run.
+    """
+    body = json_body() if has_body() else {}
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise DeserializationError("reason", f"must be a string of at most {MAX_REASON} characters")
+    shared = gateway()
+    caller, _chosen = http_worker()
+    outcome = shared.producer.abort(parse_id(job_id), reason, by=caller)
+    with shared.reading() as session:
+        return _render(Job(find_job(session, job_id)), abort=outcome)
+
+
+#: The longest reason an abort may give.
+MAX_REASON = 2000
 
 
 def replace_job(job_id: str) -> Response:

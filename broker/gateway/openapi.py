@@ -11,6 +11,7 @@ from broker.gateway.dispatch import MAX_WAIT
 from broker.gateway.envelope import MAX_PAGE
 from broker.gateway.services import MAX_ATTEMPTS, MAX_TIMEOUT
 from broker.models.lifecycle import Status
+from broker.models.service import MAX_RETRY_BACKOFF
 
 JSON = "application/json"
 STATUSES = [status.value for status in Status]
@@ -172,6 +173,15 @@ def _paths() -> dict[str, Any]:
                 {**_ok("Cancelled", _ref("Job")), **_errors(404, 409)},
             ),
         },
+        "/jobs/{job_id}/abort": {
+            "parameters": job,
+            "post": _operation(
+                "Abort a job: cancel it if it has not started, else ask its running handler "
+                "to stop (it ends CANCELLED); meta.abort says which. 409 if it has finished",
+                {**_ok("The job", _ref("Job")), **_errors(400, 404, 409, 413)},
+                requestBody=_body(_ref("JobAbort"), required=False),
+            ),
+        },
         "/validator": {
             "get": _operation("How to use the validator", _ok("Usage", {"type": "object"})),
             "post": _operation(
@@ -269,6 +279,9 @@ def _schemas() -> dict[str, Any]:
                 },
                 "worker_loss_policy": {"type": "string", "enum": ["fail", "requeue"]},
                 "max_attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS},
+                "retries": {"type": "boolean"},
+                "retry_on": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "retry_backoff": {"type": "number", "minimum": 0, "maximum": MAX_RETRY_BACKOFF},
             },
         },
         "ServicePatch": {
@@ -314,7 +327,17 @@ def _schemas() -> dict[str, Any]:
         "NewJob": {
             "type": "object",
             "required": ["parameters"],
-            "properties": {"parameters": {"type": "object"}},
+            "properties": {
+                "parameters": {"type": "object"},
+                "not_before": {
+                    **time,
+                    "description": "Hold the job until this time (with its zone)",
+                },
+            },
+        },
+        "JobAbort": {
+            "type": "object",
+            "properties": {"reason": {"type": "string", "maxLength": 2000}},
         },
         "JobPatch": {
             "type": "object",

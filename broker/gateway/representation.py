@@ -81,4 +81,5 @@ def job_meta(job: Job) -> dict[str, Any]:
         "worker": job.worker,
         "date_started": _time(job.date_started),
         "date_finished": _time(job.date_finished),
+        "not_before": _time(job.not_before),
     }

@@ -261,15 +261,26 @@ class Service(ServiceInterface):
     def jobs(self) -> JobList:
         return JobList.of_service(self._session, self._row.id)
 
-    def new_job(self, parameters: dict[str, JSON], *, job_id: uuid.UUID | None = None) -> Job:
+    def new_job(
+        self,
+        parameters: dict[str, JSON],
+        *,
+        job_id: uuid.UUID | None = None,
+        not_before: datetime | None = None,
+    ) -> Job:
         """Validate ``parameters`` and add a REGISTERED job; nothing is added if invalid.
 
         ``job_id``, like ``new``'s ``service_id``, is for fixtures with known ids.
 
         The job's message is published to the service's queue when the
-        session commits (see ``broker.messaging.outbox``), never before.
+        session commits (see ``broker.messaging.outbox``), never before; a job
+        ``not_before`` a time waits in the outbox until beat publishes it then.
         """
         self.registration_contract.validate(parameters, source="parameters")
+        if not_before is not None and (
+            not isinstance(not_before, datetime) or not_before.utcoffset() is None
+        ):
+            raise DeserializationError("not_before", "must be a time with its zone")
         if sa.inspect(self._row).pending:
             # The tables share no ORM relationship, so nothing else tells one
             # flush to insert a new service before the job that refers to it.
@@ -281,9 +292,11 @@ class Service(ServiceInterface):
             parameters=parameters,
             attempts=0,
             date_submitted=database_now(self._session),
+            not_before=not_before,
         )
         self._session.add(row)
-        outbox.record_job(self._session, self.message_for(row))
+        if not_before is None:
+            outbox.record_job(self._session, self.message_for(row))
         return Job(row)
 
     def message_template(self) -> JobMessage:

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,7 +23,7 @@ from broker.errors import (
     JobWithUUIDNotFound,
     WaitTimeoutError,
 )
-from broker.models import lifecycle
+from broker.models import attempts, lifecycle
 from broker.models.job import Job
 from broker.storage.tables import JobRow, open_session
 
@@ -62,6 +63,21 @@ class Reader:
             if row is None:
                 raise JobWithUUIDNotFound(job_id)
             return Job(row).as_dict()
+
+    def earlier_attempts(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+        """The job's attempts before its current one (retried, or superseded), oldest first."""
+        with open_session(self.database_url) as session:
+            return [
+                {
+                    "attempt": row.attempt,
+                    "status": row.status,
+                    "worker": row.worker,
+                    "detail": row.detail,
+                    "date_started": _iso(row.date_started),
+                    "date_finished": _iso(row.date_finished or row.superseded_at),
+                }
+                for row in attempts.of_job(session, job_id)
+            ]
 
     def find(self, reference: str) -> uuid.UUID:
         """The job whose id is ``reference``, or the one job whose id starts with it.
@@ -156,3 +172,7 @@ class Reader:
                 ):
                     found[job_id] = Outcome(job_id, Status(status), results, detail)
         return found
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
