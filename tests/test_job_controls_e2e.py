@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -269,4 +270,22 @@ def test_a_job_waiting_for_its_retry_can_be_cancelled_and_never_runs_again(stack
 
     assert stack.status(job) == "CANCELLED"
     assert stack.claims.state(job) == "cancelled"
+    assert stack.runs(tag) == 1
+
+
+def test_an_aborted_run_of_a_frozen_worker_presumed_lost_is_recorded_when_it_wakes(stack):
+    _services(stack)
+    stack.start_mirror()
+    worker = stack.worker(module="lab_controls")
+    tag, job = _running(stack, lc.ABORTABLE)
+    worker.signal(signal.SIGSTOP)  # a laptop asleep mid-run
+    stack.producer.abort(job, reason="asleep")
+    _ticking(stack, job, "ERROR")  # its lease lapsed: presumed lost
+
+    worker.signal(signal.SIGCONT)
+    ended = stack.wait_status(job, "CANCELLED")
+
+    assert "aborted while running" in ended["detail"]
+    assert "presumed lost" in ended["detail"]
+    assert ended["results"]["done"] >= 0
     assert stack.runs(tag) == 1

@@ -314,9 +314,12 @@ class Mirror:
             detail = f"{message.detail}; {note}" if message.detail else note
             columns = {"results": message.results, "detail": detail, "worker": message.worker}
             move = Move(job, at, columns, attempt=message.attempt)
+            # Only a run that saw its abort may end CANCELLED once it had started.
+            may_end = status is not Status.CANCELLED or _aborted(report)
             if report.late in _SAME_ATTEMPT and (
                 lifecycle.advance(session, status, [move])
-                or lifecycle.correct_presumed_loss(session, status, [move])
+                or (may_end and status is Status.CANCELLED and lifecycle.abort_run(session, [move]))
+                or (may_end and lifecycle.correct_presumed_loss(session, status, [move]))
             ):
                 log.warning("recorded a late outcome as job %s's own: %s", job, note)
                 continue

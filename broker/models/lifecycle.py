@@ -170,9 +170,10 @@ def correct_presumed_loss(session: Session, new: Status, moves: Sequence[Move]) 
     ``presumed_lost_at`` set) and only for the attempt that was presumed lost
     (``attempts`` equal to the reporting attempt): under the ``fail`` policy
     nothing ran again, so this outcome is the job's real one. A job a later
-    attempt took over is never corrected by an earlier one.
+    attempt took over is never corrected by an earlier one. CANCELLED is the
+    real outcome of a run that saw its abort (the worker reports no other).
     """
-    if new not in (Status.COMPLETED, Status.ERROR) or not moves:
+    if new not in (Status.COMPLETED, Status.ERROR, Status.CANCELLED) or not moves:
         return 0
     dialect = session.get_bind().dialect.name
     at = sa.bindparam("c_at", type_=UTCDateTime())
