@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from broker.messaging import outbox
 from broker.messaging.batches import Batches
-from broker.messaging.claims import Claims
+from broker.messaging.claims import ClaimResult, Claims
 from broker.messaging.messages import JobMessage
 from broker.messaging.outbox import Publisher
 from broker.models import lifecycle
@@ -272,8 +272,13 @@ def republish_overtaken(
                 JobRow.id.in_(oldest), JobRow.published_at.is_not(None), overtaken
             )
         ).all()
-        unclaimed = claims.unclaimed([row.id for row in rows])
-        messages += [Service(service).message_for(row) for row in rows if row.id in unclaimed]
+        # Unclaimed, or a retry's next attempt that no delivery took ('retrying').
+        holders = claims.holders([row.id for row in rows])
+        messages += [
+            Service(service).message_for(row, row.attempts + 1)
+            for row, holder in zip(rows, holders, strict=True)
+            if holder.state in (None, ClaimResult.RETRYING.value)
+        ]
     if messages:
         publisher.publish_jobs(messages)
         log.warning(
