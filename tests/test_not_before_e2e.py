@@ -156,6 +156,10 @@ def test_the_cli_submits_held_jobs_aborts_them_and_creates_retrying_services(sta
     show = runner.invoke(main, ["jobs", "show", job[:8]], env=env)
     assert '"not_before": "2099-12-24T08:00:00+00:00"' in show.output
     assert '"earlier_attempts": []' in show.output
+    listed = runner.invoke(main, ["jobs", "list", "--service", "CLI flaky"], env=env)
+    assert f"{job}  CLI flaky" in listed.output
+    assert "REGISTERED" in listed.output
+    assert "not before 2099-12-24 08:00:00Z" in listed.output
 
     aborted = runner.invoke(main, ["jobs", "abort", job, "--reason", "not needed"], env=env)
     assert aborted.exit_code == 0, aborted.output

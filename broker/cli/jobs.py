@@ -218,7 +218,16 @@ def jobs_list(service_name: str | None, status: str | None, limit: int) -> None:
             listing = listing.with_status(Job.JobStatus(status))
         names = {service.id: service.name for service in directory}
         for job in listing.page(0, limit):
+            waits = _waits(job)
             click.echo(
                 f"{job.id}  {names.get(job.service_id, '?')[:24]:<24} {job.status.value:<10} "
-                f"{job.date_submitted:%Y-%m-%d %H:%M:%S}"
+                f"{job.date_submitted:%Y-%m-%d %H:%M:%S}{waits}"
             )
+
+
+def _waits(job: Job) -> str:
+    """``  not before <time>`` for a REGISTERED job held until a time (or a retry's backoff)."""
+    held = getattr(job, "not_before", None)
+    if held is None or job.status is not Job.JobStatus.REGISTERED:
+        return ""
+    return f"  not before {held:%Y-%m-%d %H:%M:%S}Z"
