@@ -172,6 +172,14 @@ def _paths() -> dict[str, Any]:
                 {**_ok("Cancelled", _ref("Job")), **_errors(404, 409)},
             ),
         },
+        "/jobs/{job_id}/resubmit": {
+            "parameters": job,
+            "post": _operation(
+                "Submit a new job with this job's parameters, validated against the "
+                "service's contract as it is now, and linked to this one both ways",
+                {**_ok("Created", _ref("Job"), "201"), **_errors(400, 404)},
+            ),
+        },
         "/validator": {
             "get": _operation("How to use the validator", _ok("Usage", {"type": "object"})),
             "post": _operation(

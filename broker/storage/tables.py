@@ -119,6 +119,9 @@ class JobRow(Base):
     #: ERROR is a presumption, the one terminal state that a late report of the
     #: same attempt may still correct (``lifecycle.correct_presumed_loss``).
     presumed_lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The job this one was resubmitted from (``Producer.resubmit``), if any.
+    #: A record of where the job came from, not a constraint on deleting the original.
+    resubmitted_from: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
     #: Optimistic-concurrency counter: every write checks it, so two writers
     #: racing on one job cannot both win.
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
@@ -129,6 +132,13 @@ class JobRow(Base):
         sa.Index("ix_jobs_service_status_submitted", "service_id", "status", "date_submitted"),
         sa.Index("ix_jobs_status_submitted", "status", "date_submitted"),
         sa.Index("ix_jobs_submitted", "date_submitted"),
+        # An original's resubmissions; only resubmitted jobs are in it.
+        sa.Index(
+            "ix_jobs_resubmitted_from",
+            "resubmitted_from",
+            postgresql_where=sa.text("resubmitted_from IS NOT NULL"),
+            sqlite_where=sa.text("resubmitted_from IS NOT NULL"),
+        ),
         # The outbox: committed jobs whose message has not left yet.
         sa.Index(
             "ix_jobs_unpublished",
