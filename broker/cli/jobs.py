@@ -200,6 +200,30 @@ def jobs_abort(job_id: str, reason: str) -> None:
     )
 
 
+@jobs.command("resubmit")
+@click.argument("job_id")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=SECONDS,
+    default=None,
+    help="Wait up to this many seconds and print the new job's results.",
+)
+@user_errors
+def jobs_resubmit(job_id: str, wait_seconds: float | None) -> None:
+    """Submit JOB_ID's parameters again, as a new job linked to it; print the new id.
+
+    The parameters are validated against the service's contract as it is now.
+    """
+    from broker.producer import Producer
+
+    producer = Producer(database_settings(broker=True))
+    new_id = producer.resubmit(producer.find_job(job_id))
+    click.echo(str(new_id))
+    if wait_seconds is not None:
+        click.echo(json.dumps(producer.wait(new_id, wait_seconds), indent=2))
+
+
 @jobs.command("list")
 @click.option("--service", "service_name", default=None, help="Only this service's jobs.")
 @click.option("--status", type=click.Choice([s.value for s in Job.JobStatus]), default=None)

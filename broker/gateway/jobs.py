@@ -1,4 +1,4 @@
-"""``/jobs`` and ``/jobs/<id>``: list, read, report on and cancel jobs.
+"""``/jobs`` and ``/jobs/<id>``: list, read, report on, cancel and resubmit jobs.
 
 ``PATCH /jobs/<id>`` is how TopChef's clients run a job, and each of its moves
 goes through the job's claim (``broker.gateway.dispatch``):
@@ -61,6 +61,7 @@ def register(app: Flask) -> None:
     app.add_url_rule("/jobs/<job_id>", "replace_job", replace_job, methods=["PUT"])
     app.add_url_rule("/jobs/<job_id>", "cancel_job", cancel_job, methods=["DELETE"])
     app.add_url_rule("/jobs/<job_id>/abort", "abort_job", abort_job, methods=["POST"])
+    app.add_url_rule("/jobs/<job_id>/resubmit", "resubmit_job", resubmit_job, methods=["POST"])
 
 
 def _render(job: Job, status: int = 200, **extra: Any) -> Response:
@@ -119,6 +120,16 @@ def abort_job(job_id: str) -> Response:
 
 #: The longest reason an abort may give.
 MAX_REASON = 2000
+
+
+def resubmit_job(job_id: str) -> Response:
+    """A new job with this one's parameters, validated again and linked to it (201)."""
+    shared = gateway()
+    new_id = shared.producer.resubmit(parse_id(job_id))
+    with shared.reading() as session:
+        response = _render(Job(find_job(session, str(new_id))), 201)
+    response.headers["Location"] = url_for("job", job_id=str(new_id), _external=True)
+    return response
 
 
 def replace_job(job_id: str) -> Response:

@@ -182,6 +182,14 @@ def _paths() -> dict[str, Any]:
                 requestBody=_body(_ref("JobAbort"), required=False),
             ),
         },
+        "/jobs/{job_id}/resubmit": {
+            "parameters": job,
+            "post": _operation(
+                "Submit a new job with this job's parameters, validated against the "
+                "service's contract as it is now, and linked to this one both ways",
+                {**_ok("Created", _ref("Job"), "201"), **_errors(400, 404)},
+            ),
+        },
         "/validator": {
             "get": _operation("How to use the validator", _ok("Usage", {"type": "object"})),
             "post": _operation(

@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from broker.contract import compile_contract
@@ -134,6 +135,22 @@ class Job(JobInterface):
     def date_finished(self) -> datetime | None:
         return self._row.date_finished
 
+    @property
+    def resubmitted_from(self) -> uuid.UUID | None:
+        """The job this one repeats, if it was resubmitted from another."""
+        return self._row.resubmitted_from
+
+    @property
+    def resubmissions(self) -> list[uuid.UUID]:
+        """The jobs resubmitted from this one, oldest first: the other half of the link."""
+        return list(
+            self._session.scalars(
+                sa.select(JobRow.id)
+                .where(JobRow.resubmitted_from == self.id)
+                .order_by(JobRow.date_submitted)
+            )
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """The job as JSON-ready data (the gateway's and the CLI's view)."""
         return {
@@ -149,4 +166,10 @@ class Job(JobInterface):
             "date_started": self.date_started.isoformat() if self.date_started else None,
             "date_finished": self.date_finished.isoformat() if self.date_finished else None,
             "not_before": self.not_before.isoformat() if self.not_before else None,
+            "resubmitted_from": _text(self.resubmitted_from),
+            "resubmissions": [str(job_id) for job_id in self.resubmissions],
         }
+
+
+def _text(job_id: uuid.UUID | None) -> str | None:
+    return None if job_id is None else str(job_id)

@@ -198,6 +198,33 @@ class Producer:
                 session, service, now, list(parameter_sets), jobs_per_message, not_before
             )
 
+    def resubmit(self, job_id: uuid.UUID) -> uuid.UUID:
+        """Submit a new job with another job's parameters; returns the new job's id.
+
+        The parameters are validated again, against the service's contract as
+        it is now: what runs is always what the contract accepts today, not
+        what it accepted when the original was submitted. The new job names
+        its original (``resubmitted_from``) and the original lists it among its
+        ``resubmissions``; the original itself is left exactly as it was.
+        """
+        with self.session() as session:
+            original = session.get(JobRow, job_id)
+            if original is None:
+                raise JobWithUUIDNotFound(job_id)
+            service_row = session.get(ServiceRow, original.service_id)
+            assert service_row is not None, "jobs.service_id is a foreign key"
+            service = Service(service_row)
+            [new_id] = submission.add_jobs(
+                session, service, database_now(session), [original.parameters]
+            )
+            session.execute(
+                sa.update(JobRow)
+                .where(JobRow.id == new_id)
+                .values(resubmitted_from=job_id)
+                .execution_options(synchronize_session=False)
+            )
+            return new_id
+
     def job(self, job_id: uuid.UUID) -> dict[str, Any]:
         """A snapshot of the job as SQL has it now."""
         return self.reader.job(job_id)

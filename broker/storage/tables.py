@@ -130,6 +130,9 @@ class JobRow(Base):
     #: The job waits in the outbox until then (a producer's ``not_before``, or a
     #: retry's backoff); beat publishes it once due (``broker.beat.recovery``).
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The job this one was resubmitted from (``Producer.resubmit``), if any.
+    #: A record of where the job came from, not a constraint on deleting the original.
+    resubmitted_from: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
     #: Optimistic-concurrency counter: every write checks it, so two writers
     #: racing on one job cannot both win.
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
@@ -140,6 +143,13 @@ class JobRow(Base):
         sa.Index("ix_jobs_service_status_submitted", "service_id", "status", "date_submitted"),
         sa.Index("ix_jobs_status_submitted", "status", "date_submitted"),
         sa.Index("ix_jobs_submitted", "date_submitted"),
+        # An original's resubmissions; only resubmitted jobs are in it.
+        sa.Index(
+            "ix_jobs_resubmitted_from",
+            "resubmitted_from",
+            postgresql_where=sa.text("resubmitted_from IS NOT NULL"),
+            sqlite_where=sa.text("resubmitted_from IS NOT NULL"),
+        ),
         # The outbox: committed jobs whose message has not left yet, and may now.
         sa.Index(
             "ix_jobs_unpublished",
