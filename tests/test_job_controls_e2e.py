@@ -17,6 +17,7 @@ from broker.mirror.process import Mirror
 from broker.storage.tables import JobAttemptRow, open_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
+pytest_plugins = ["gateway_support"]  # the api fixture
 
 
 def _services(stack, **flaky_options):
@@ -181,7 +182,7 @@ def test_an_abort_survives_a_mirror_restart(stack):
 # -- retries ------------------------------------------------------------------------
 
 
-def test_a_handler_that_asks_twice_for_a_retry_completes_on_its_third_attempt(stack):
+def test_a_handler_that_asks_twice_for_a_retry_completes_on_its_third_attempt(stack, api):
     _services(stack)
     stack.start_mirror()
     stack.worker(module="lab_controls")
@@ -196,6 +197,12 @@ def test_a_handler_that_asks_twice_for_a_retry_completes_on_its_third_attempt(st
     kept = _attempts(stack, job)
     assert [(attempt, status) for attempt, status, _ in kept] == [(1, "ERROR"), (2, "ERROR")]
     assert all("Retry: instrument busy; retrying in 0.2 s" in detail for _, _, detail in kept)
+    shown = api.job(str(job))["meta"]["earlier_attempts"]
+    assert [(a["attempt"], a["status"]) for a in shown] == [(1, "ERROR"), (2, "ERROR")]
+    for shown_attempt in shown:
+        assert shown_attempt["worker"]
+        started = datetime.fromisoformat(shown_attempt["date_started"])
+        assert started <= datetime.fromisoformat(shown_attempt["date_finished"])
 
 
 def test_retryable_exception_types_retry_with_backoff_until_max_attempts(stack):

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from broker.models.lifecycle import Status
+from broker.models.lifecycle import Status, not_before_start
 from broker.storage.tables import JobAttemptRow, JobRow, UTCDateTime
 
 
@@ -110,6 +110,7 @@ def keep_retried(session: Session, retried: Sequence[Retried]) -> None:
     connection = session.connection()
     insert = _insert(connection.dialect.name)
     at = sa.bindparam("k_at", type_=UTCDateTime())
+    ended = not_before_start(connection.dialect.name, at, JobRow.date_started)
     attempt = sa.select(
         JobRow.id,
         JobRow.attempts,
@@ -117,7 +118,7 @@ def keep_retried(session: Session, retried: Sequence[Retried]) -> None:
         JobRow.date_started,
         sa.literal(Status.ERROR.value),
         sa.bindparam("k_detail", type_=sa.Text()),
-        at,
+        ended,
     ).where(
         JobRow.id == sa.bindparam("k_id"),
         JobRow.status == Status.WORKING.value,
@@ -174,6 +175,25 @@ def of_job(session: Session, job_id: uuid.UUID) -> list[JobAttemptRow]:
             .order_by(JobAttemptRow.attempt)
         )
     )
+
+
+def shown(session: Session, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """A job's earlier attempts as JSON-ready data: what ``jobs show`` and HTTP list."""
+    return [
+        {
+            "attempt": row.attempt,
+            "status": row.status,
+            "worker": row.worker,
+            "detail": row.detail,
+            "date_started": _iso(row.date_started),
+            "date_finished": _iso(row.date_finished or row.superseded_at),
+        }
+        for row in of_job(session, job_id)
+    ]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def _insert(dialect: str) -> Any:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from broker.contract import compile_contract
-from broker.models import lifecycle
+from broker.models import attempts, lifecycle
 from broker.models.interfaces.job import JSON
 from broker.models.interfaces.job import Job as JobInterface
 from broker.storage.tables import JobRow, ServiceRow, database_now
@@ -150,6 +150,11 @@ class Job(JobInterface):
                 .order_by(JobRow.date_submitted)
             )
         )
+
+    @property
+    def earlier_attempts(self) -> list[dict[str, Any]]:
+        """Attempts before the current one (each retry's, each superseded), oldest first."""
+        return attempts.shown(self._session, self.id)
 
     def as_dict(self) -> dict[str, Any]:
         """The job as JSON-ready data (the gateway's and the CLI's view)."""

@@ -334,3 +334,12 @@ def retry(session: Session, moves: Sequence[Move]) -> int:
     ]
     result = session.connection().execute(statement, rows)
     return result.rowcount if result.rowcount >= 0 else 0
+
+
+def not_before_start(dialect: str, at: Any, start: Any) -> sa.ColumnElement[Any]:
+    """``at``, or ``start`` if that is later: an end is never stamped before its start.
+
+    For the attempts kept beside a job (``broker.models.attempts``), whose
+    ends are stamped by the same rule as the job's own.
+    """
+    return _later(dialect, at, sa.func.coalesce(start, at))

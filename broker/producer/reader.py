@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,17 +66,7 @@ class Reader:
     def earlier_attempts(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
         """The job's attempts before its current one (retried, or superseded), oldest first."""
         with open_session(self.database_url) as session:
-            return [
-                {
-                    "attempt": row.attempt,
-                    "status": row.status,
-                    "worker": row.worker,
-                    "detail": row.detail,
-                    "date_started": _iso(row.date_started),
-                    "date_finished": _iso(row.date_finished or row.superseded_at),
-                }
-                for row in attempts.of_job(session, job_id)
-            ]
+            return attempts.shown(session, job_id)
 
     def find(self, reference: str) -> uuid.UUID:
         """The job whose id is ``reference``, or the one job whose id starts with it.
@@ -172,7 +161,3 @@ class Reader:
                 ):
                     found[job_id] = Outcome(job_id, Status(status), results, detail)
         return found
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
