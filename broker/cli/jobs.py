@@ -42,9 +42,20 @@ def jobs() -> None:
     help="With a JSON list of parameter sets: jobs per Celery message, for short jobs "
     "[default: 1].",
 )
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    default=5,
+    show_default=True,
+    help="0 to 9, higher first: the service's workers start its highest-priority job first.",
+)
 @user_errors
 def jobs_submit(
-    service: str, parameters: str, wait_seconds: float | None, per_message: int | None
+    service: str,
+    parameters: str,
+    wait_seconds: float | None,
+    per_message: int | None,
+    priority: int,
 ) -> None:
     """Submit a job to SERVICE (by name) with PARAMETERS (JSON, or @file.json).
 
@@ -63,7 +74,9 @@ def jobs_submit(
         )
     producer = Producer(database_settings(broker=True))
     sweep = value if isinstance(value, list) else [value]
-    job_ids = producer.submit_many(service, sweep, jobs_per_message=per_message or 1)
+    job_ids = producer.submit_many(
+        service, sweep, jobs_per_message=per_message or 1, priority=priority
+    )
     for job_id in job_ids:
         click.echo(str(job_id))
     if wait_seconds is None:

@@ -1,8 +1,9 @@
-"""``topchef services``: create, list and show services."""
+"""``topchef services``: create, list, show, hold, resume and limit services."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -11,6 +12,27 @@ from broker.cli.options import (
     json_argument,
     user_errors,
 )
+
+
+class MaxRunning(click.ParamType[int | None]):
+    """A whole number of jobs, or ``0`` / ``none`` for no limit (None)."""
+
+    name = "N|none"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | None:
+        if value is None or isinstance(value, int):
+            return value or None
+        if str(value).strip().lower() in ("none", "0", "unlimited"):
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number nor 'none'", param, ctx)
+
+
+MAX_RUNNING = MaxRunning()
 
 
 @click.group()
@@ -43,6 +65,13 @@ def services() -> None:
     help="What happens to a job whose worker dies mid-run.",
 )
 @click.option("--max-attempts", type=int, default=3, show_default=True)
+@click.option(
+    "--max-running",
+    type=MAX_RUNNING,
+    default=None,
+    help="At most this many of its jobs running at once, however many workers serve it "
+    "(1: an exclusive instrument) [default: no limit].",
+)
 @user_errors
 def services_create(
     name: str,
@@ -52,6 +81,7 @@ def services_create(
     timeout: float,
     worker_loss: str,
     max_attempts: int,
+    max_running: int | None,
 ) -> None:
     """Create the service NAME."""
     from broker.producer import Producer
@@ -64,6 +94,7 @@ def services_create(
         timeout=timeout,
         worker_loss_policy=worker_loss,
         max_attempts=max_attempts,
+        max_running=max_running,
     )
     click.echo(str(service_id))
 
@@ -92,3 +123,51 @@ def services_show(name: str) -> None:
 
     with open_session(database_settings().database_url) as session:
         click.echo(json.dumps(ServiceList(session).by_name(name).as_dict(), indent=2))
+
+
+@services.command("hold")
+@click.argument("name")
+@click.option("--reason", default=None, help="Why, for whoever reads `topchef status`.")
+@user_errors
+def services_hold(name: str, reason: str | None) -> None:
+    """Start no job of the service NAME until it is resumed.
+
+    Jobs are still accepted and queued; one already running finishes.
+    """
+    from broker.producer import Producer
+
+    if Producer(database_settings(broker=True)).hold_service(name, reason):
+        click.echo(f"{name} held: no job starts until `topchef services resume {name}`")
+    else:
+        click.echo(f"{name} was held already (its hold is unchanged)")
+
+
+@services.command("resume")
+@click.argument("name")
+@user_errors
+def services_resume(name: str) -> None:
+    """End the hold of the service NAME: its waiting jobs start, in their order."""
+    from broker.producer import Producer
+
+    if Producer(database_settings(broker=True)).resume_service(name):
+        click.echo(f"{name} resumed")
+    else:
+        click.echo(f"{name} was not held")
+
+
+@services.command("set")
+@click.argument("name")
+@click.option(
+    "--max-running",
+    type=MAX_RUNNING,
+    required=True,
+    help="At most this many of its jobs running at once; 0 or 'none' for no limit.",
+)
+@user_errors
+def services_set(name: str, max_running: int | None) -> None:
+    """Change an option of the service NAME (its max_running)."""
+    from broker.producer import Producer
+
+    Producer(database_settings(broker=True)).set_max_running(name, max_running)
+    limit = "no limit" if max_running is None else f"at most {max_running}"
+    click.echo(f"{name}: {limit} running at once")

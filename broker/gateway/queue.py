@@ -86,9 +86,10 @@ def submit_job(service_id: str) -> Response:
     body = json_body()
     require(body, ["parameters"])
     parameters = field(body, "parameters", dict, "a JSON object")
+    options = {"priority": field(body, "priority", int, "an integer")} if "priority" in body else {}
     with gateway().writing() as session:
         service = find_service(session, service_id)
-        job = service.new_job(parameters)
+        job = service.new_job(parameters, **options)
         data, job_id = job_detail(job, legacy=legacy()), job.id
     location = _job_url(job_id)
     meta = {"message": f"new job ID is {job_id}"}

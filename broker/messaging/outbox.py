@@ -71,6 +71,8 @@ def descriptor_of(row: ServiceRow) -> ServiceDescriptor:
         worker_loss_policy=row.worker_loss_policy,
         max_attempts=row.max_attempts,
         job_registration_schema=row.job_registration_schema,
+        held=row.held_at is not None,
+        max_running=row.max_running,
     )
 
 
