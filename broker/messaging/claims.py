@@ -285,6 +285,7 @@ class Claims:
                 keys.lease(job_id),
                 keys.STATE_STREAM,
                 *keys.slots(working.service_id),
+                keys.parked_arrivals(working.service_id),
             ],
             args=[
                 attempt,

@@ -87,6 +87,11 @@ def parked_jobs(service_id: uuid.UUID | str) -> str:
     return f"{PREFIX}:parked:{service_id}"
 
 
+def parked_arrivals(service_id: uuid.UUID | str) -> str:
+    """Counter of the deliveries a service has parked: their order of arrival."""
+    return f"{PREFIX}:parked-arrivals:{service_id}"
+
+
 def slots(service_id: uuid.UUID | str) -> list[str]:
     """A service's running set, parked set and control hash: the keys ``slots.lua`` takes."""
     return [running_jobs(service_id), parked_jobs(service_id), service_control(service_id)]

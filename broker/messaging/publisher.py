@@ -201,10 +201,7 @@ class CeleryPublisher:
 
 
 def _control(pipeline: redis.client.Pipeline, descriptor: ServiceDescriptor) -> None:
-    """Write a service's hold and ``max_running`` where its claims read them.
-
-    Field by field: the hash also keeps the parked jobs' arrival counter.
-    """
+    """Write a service's hold and ``max_running`` where its claims read them (from SQL)."""
     control = keys.service_control(descriptor.id)
     if descriptor.held:
         pipeline.hset(control, "held", "1")

@@ -6,6 +6,7 @@
 -- KEYS[4]  the service's running set (slots.lua)
 -- KEYS[5]  the service's parked set
 -- KEYS[6]  the service's control hash
+-- KEYS[7]  the service's parked-arrivals counter
 -- ARGV[1]  attempt
 -- ARGV[2]  worker
 -- ARGV[3]  lease ms
@@ -62,7 +63,7 @@ if free_slots(KEYS[4], KEYS[6]) == 0 then
   -- A job parked again keeps its place: its first arrival orders it.
   local seq = redis.call('HGET', KEYS[1], 'parked_seq')
   if not seq then
-    seq = redis.call('HINCRBY', KEYS[6], 'parked_seq', 1)
+    seq = redis.call('INCR', KEYS[7])
   end
   redis.call('HSET', KEYS[1], 'parked', attempt, 'parked_seq', seq, 'parked_to', ARGV[10],
     'parked_message', ARGV[9], 'parked_in', KEYS[5])

@@ -6,8 +6,7 @@
 --   running  set of the claim keys of the service's jobs running now
 --   parked   sorted set of the claim keys of its parked jobs, by (priority, arrival)
 --   control  hash written from SQL by producers and beat: 'held' (present while
---            held), 'max_running' (absent: no limit); and 'parked_seq', the
---            arrival counter of parked jobs
+--            held), 'max_running' (absent: no limit)
 -- Returns: nothing; it defines the functions below for the script that follows it.
 
 -- How many more of the service's jobs may start now: 0 while held, -1 for no limit.
