@@ -36,6 +36,16 @@ def starts_key() -> str:
     return "test:slots:starts"
 
 
+def active_key() -> str:
+    """How many runs are inside the handler now, counted atomically by Redis."""
+    return "test:slots:active"
+
+
+def most_active_key() -> str:
+    """The largest value ``active_key`` reached: the most runs ever at once."""
+    return "test:slots:most-active"
+
+
 def release_key(tag: str) -> str:
     return f"test:slots:release:{tag}"
 
@@ -46,10 +56,23 @@ def measure(parameters: dict[str, Any]) -> dict[str, Any]:
     client = _redis()
     tag = parameters["tag"]
     client.rpush(starts_key(), tag)
-    if parameters.get("hold"):
-        deadline = time.monotonic() + 120
-        while not client.exists(release_key(tag)) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    else:
-        time.sleep(RUN_SECONDS)  # the instrument's own time, not a wait on another thread
+    active = int(client.incr(active_key()))
+    client.eval(_KEEP_MOST, 1, most_active_key(), active)
+    try:
+        if parameters.get("hold"):
+            deadline = time.monotonic() + 120
+            while not client.exists(release_key(tag)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        else:
+            time.sleep(RUN_SECONDS)  # the instrument's own time, not a wait on another thread
+    finally:
+        client.decr(active_key())
     return {"tag": tag}
+
+
+# Keeps the larger of the stored value and ARGV[1], in one step.
+_KEEP_MOST = """
+local most = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > most then redis.call('SET', KEYS[1], ARGV[1]) end
+return most
+"""
