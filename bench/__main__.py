@@ -377,14 +377,18 @@ class Run:
         assert self.ours is not None
         n = self.plan.exclusive_jobs
         note = f"max_running=1, 3 worker processes x 2 threads, {n} jobs of 5 ms"
-        most = self.figure("exclusive", "most jobs WORKING at once (handlers' count)", "jobs", note)
+        most = self.figure("exclusive", "most jobs WORKING at once (claims)", "jobs", note)
+        handlers = self.figure("exclusive", "most runs at once (handlers' count)", "jobs", note)
         in_sql = self.figure("exclusive", "most jobs WORKING at once (SQL intervals)", "jobs", note)
+        overlap = self.figure("exclusive", "longest overlap of two runs in SQL", "ms", note)
         done = self.figure("exclusive", "jobs completed", "jobs", note)
         rate = self.figure("exclusive", "throughput", "jobs/s", note)
         for _ in range(self.plan.repeat):
             found = controls.exclusive(self.ours, n)
             most.values.append(found.most_at_once)
+            handlers.values.append(found.most_in_handlers)
             in_sql.values.append(found.most_at_once_in_sql)
+            overlap.values.append(found.overlap_in_sql_ms)
             done.values.append(found.completed)
             rate.values.append(found.completed / found.seconds)
         say(f"exclusive: at most {fmt(most.median)} at once; {fmt(done.median)} of {n} completed")
@@ -469,7 +473,7 @@ class Run:
                 f"{fmt(jumped.high)} (worst of {len(jumped.values)})",
                 jumped.high <= 1,
             )
-        most = self._find("exclusive", "most jobs WORKING at once (handlers'")
+        most = self._find("exclusive", "most jobs WORKING at once (claims)")
         completed = self._find("exclusive", "jobs completed")
         if most and completed:
             target(

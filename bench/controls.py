@@ -9,15 +9,18 @@ when the urgent one arrived.
 
 ``exclusive``: a service with ``max_running=1`` served by three worker
 processes of two threads each runs ``jobs`` jobs; the figure is the largest
-number of its jobs inside their handler at once, counted atomically in Redis by
-the handlers (the rule: 1), and the same read from SQL's ``date_started`` /
-``date_finished`` record, whose clock translation differs by a millisecond or
-so between mirror batches (so it may show 2 where runs a millisecond apart
-were recorded by different batches).
+number of its jobs WORKING at once, from the claims' own reports (each
+WORKING and each end on the state stream, ordered by entry id; the rule: 1),
+from the handlers' count of runs inside them (atomic, in Redis), and from SQL's
+``date_started`` / ``date_finished``, where each mirror batch translates
+Redis's clock to the database's with an offset measured to within a round
+trip: a run that started a millisecond after another ended can appear there
+to overlap it, by as much as that error (shown as the longest overlap).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +31,8 @@ import sqlalchemy as sa
 from bench.jobs import INSTRUMENT_ACTIVE, INSTRUMENT_MOST, INSTRUMENT_STARTED
 from bench.ours import OurStack
 from bench.payload import EXCLUSIVE_SERVICE, INSTRUMENT_SCHEMA, INSTRUMENT_SERVICE, RESULTS_SCHEMA
+from broker.messaging import keys
+from broker.messaging.messages import StateMessage
 from broker.storage.tables import JobRow, open_session
 
 #: Seconds a low-priority job runs: long enough that the submit of the urgent
@@ -50,8 +55,13 @@ class Jump:
 
 @dataclass(frozen=True)
 class Exclusive:
+    #: From the state stream: every WORKING and final report, in entry-id order.
     most_at_once: int
+    #: From the handlers' own count, atomically in Redis.
+    most_in_handlers: int
     most_at_once_in_sql: int
+    #: The longest time two runs overlap in SQL's record (clock translation: ~1 ms).
+    overlap_in_sql_ms: float
     completed: int
     seconds: float
 
@@ -101,23 +111,45 @@ def priority_jump(ours: OurStack, low_jobs: int) -> Jump:
 
 
 def exclusive(ours: OurStack, jobs: int) -> Exclusive:
+    """Run ``jobs`` jobs of the limited service; count how many ran at once, three ways.
+
+    The mirror is stopped while they run, so every WORKING and final report is
+    still on the state stream afterwards, in the exact order of its entry ids;
+    then it records them in SQL.
+    """
     service_id = _service(ours, EXCLUSIVE_SERVICE, max_running=1)
     ours.producer.set_max_running(EXCLUSIVE_SERVICE, 1)  # an existing service keeps its options
+    if ours.mirror is not None:
+        ours.mirror.stop()
+        ours.mirror = None
     ours.purge()
+    ours.redis.delete(keys.STATE_STREAM)
     _reset_ledger(ours)
-    if ours.mirror is None:
-        ours.start_mirror()
+    ours.start_mirror()  # for the workers' start-up probe
     ours.start_workers(3, "threads", 2)
+    ours.mirror.stop()
+    ours.mirror = None
     try:
         started = time.perf_counter()
         points = [{"index": index, "seconds": EXCLUSIVE_SECONDS} for index in range(jobs)]
         job_ids = ours.producer.submit_many(EXCLUSIVE_SERVICE, points)
-        outcomes = ours.producer.outcomes(job_ids, timeout=max(120.0, jobs * 0.2))
+        wanted = {str(job_id) for job_id in job_ids}
+        deadline = time.monotonic() + max(120.0, jobs * 0.2)
+        while len(ended := _ended(ours, wanted)) < jobs:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"exclusive: {len(ended)} of {jobs} jobs ended")
+            time.sleep(0.05)
         seconds = time.perf_counter() - started
+        on_stream = _most_at_once_on_the_stream(ours, wanted)
+        ours.start_mirror()
+        outcomes = ours.producer.outcomes(job_ids, timeout=120)
         completed = sum(outcome.status == "COMPLETED" for outcome in outcomes)
+        runs = _runs_in_sql(ours, service_id)
         return Exclusive(
+            on_stream,
             int(ours.redis.get(INSTRUMENT_MOST) or 0),
-            _most_at_once_in_sql(ours, service_id),
+            most_at_once(runs),
+            longest_overlap(runs) * 1000,
             completed,
             seconds,
         )
@@ -126,14 +158,40 @@ def exclusive(ours: OurStack, jobs: int) -> Exclusive:
         ours.purge()
 
 
-def _most_at_once_in_sql(ours: OurStack, service_id: uuid.UUID) -> int:
+def _reports(ours: OurStack, wanted: set[str]) -> list[StateMessage]:
+    reports = (
+        StateMessage.from_fields(fields) for _id, fields in ours.redis.xrange(keys.STATE_STREAM)
+    )
+    return [r for r in reports if r.kind == "status" and str(r.job_id) in wanted]
+
+
+def _ended(ours: OurStack, wanted: set[str]) -> list[StateMessage]:
+    return [r for r in _reports(ours, wanted) if r.status in ("COMPLETED", "ERROR")]
+
+
+def _most_at_once_on_the_stream(ours: OurStack, wanted: set[str]) -> int:
+    most = running = 0
+    for report in _reports(ours, wanted):
+        running += 1 if report.status == "WORKING" else -1
+        most = max(most, running)
+    return most
+
+
+def _runs_in_sql(ours: OurStack, service_id: uuid.UUID) -> list[tuple[datetime, datetime]]:
     with open_session(ours.settings.database_url) as session:
         runs = session.execute(
             sa.select(JobRow.date_started, JobRow.date_finished).where(
                 JobRow.service_id == service_id, JobRow.date_finished.is_not(None)
             )
         ).all()
-    return most_at_once([(start, end) for start, end in runs])
+    return [(start, end) for start, end in runs]
+
+
+def longest_overlap(runs: list[tuple[datetime, datetime]]) -> float:
+    """Seconds of the longest overlap between a run and the one that started next."""
+    ordered = sorted(runs)
+    gaps = [(end - later).total_seconds() for (_, end), (later, _) in itertools.pairwise(ordered)]
+    return max([0.0, *gaps])
 
 
 def most_at_once(runs: list[tuple[datetime, datetime]]) -> int:

@@ -2,10 +2,13 @@
 
 Each run writes itself into a ledger of its own (``lab_slots``), so what ran,
 how often, in which order and how many at once is counted apart from SQL: the
-handler counts the runs inside it in Redis, atomically. (SQL's ``date_started``
-and ``date_finished`` are stamped at the source, but each mirror batch
-translates Redis's clock to the database's with its own measured offset, so two
-runs a millisecond apart in different batches may appear to overlap there.)
+handler counts the runs inside it in Redis, atomically; and how many were
+WORKING at once is read off the state stream, whose entry ids order every
+start and end exactly. (SQL's ``date_started`` and ``date_finished`` are
+stamped at the source too, but each mirror batch translates Redis's clock to
+the database's with an offset it measures itself, to within a round trip, so
+a run that started a millisecond after another ended may, when the two were
+applied by different batches, appear to overlap it there.)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import sqlalchemy as sa
 from support import wait_for
 
 from broker.messaging import keys
+from broker.messaging.messages import StateMessage
 from broker.storage.tables import JobRow, open_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -100,18 +104,45 @@ def test_a_held_service_starts_nothing_until_resumed_across_restarts_then_all_in
 
 
 def test_three_workers_never_run_two_jobs_of_a_max_running_1_service_at_once(stack):
+    """Counted from the claims: every WORKING and final report on the state stream, in order.
+
+    The mirror starts only once all have run, so every report is still on the
+    stream, and entry ids give the exact order of each start and end.
+    """
     service_id = _instrument(stack, max_running=1)
-    stack.start_mirror()
     for _ in range(3):
         stack.worker("--pool", "threads", "--concurrency", "2", module="lab_slots")
     jobs = stack.producer.submit_many(INSTRUMENT, [{"tag": f"j{i}"} for i in range(200)])
+    wait_for(lambda: len(_ends(stack)) == 200, 180, "200 runs to end")
 
-    outcomes = stack.producer.outcomes(jobs, timeout=180)
-
-    assert [outcome.status for outcome in outcomes] == ["COMPLETED"] * 200
+    assert most_at_once_on_the_stream(stack) == 1
+    assert int(stack.redis.get(lab_slots.most_active_key()) or 0) == 1  # the handlers' own count
     assert sorted(_starts(stack)) == sorted(f"j{i}" for i in range(200))  # each ran once
-    assert int(stack.redis.get(lab_slots.most_active_key()) or 0) == 1  # the instrument's count
+    stack.start_mirror()
+    outcomes = stack.producer.outcomes(jobs, timeout=60)
+    assert [outcome.status for outcome in outcomes] == ["COMPLETED"] * 200
     assert len(_runs(stack, service_id)) == 200
+
+
+def _reports(stack) -> list[StateMessage]:
+    entries = stack.redis.xrange(keys.STATE_STREAM)
+    return [StateMessage.from_fields(fields) for _id, fields in entries]
+
+
+def _ends(stack) -> list[StateMessage]:
+    ended = ("COMPLETED", "ERROR")
+    return [r for r in _reports(stack) if r.kind == "status" and r.status in ended]
+
+
+def most_at_once_on_the_stream(stack) -> int:
+    """The most jobs between their WORKING report and their end, in the stream's own order."""
+    most = running = 0
+    for report in _reports(stack):
+        if report.kind != "status":
+            continue
+        running += 1 if report.status == "WORKING" else -1
+        most = max(most, running)
+    return most
 
 
 def test_a_worker_killed_holding_the_only_slot_loses_its_job_and_the_parked_jobs_still_run(
