@@ -10,14 +10,16 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from datetime import datetime, timedelta
 
 import lab
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 from sqlalchemy.orm import Session
 
 from broker import actors
-from broker.beat.recovery import sync_directory
+from broker.beat.recovery import republish_overtaken, sync_directory
 from broker.cli import main
 from broker.errors import DeserializationError, ServiceWithNameNotFound
 from broker.messaging import keys, priorities
@@ -25,7 +27,7 @@ from broker.messaging.connections import redis_client, text
 from broker.models.service_list import ServiceList
 from broker.producer import Producer
 from broker.settings import Settings
-from broker.storage.tables import JobRow, open_session
+from broker.storage.tables import JobRow, database_now, open_session
 
 pytest_plugins = ["gateway_support"]  # the gateway and api fixtures
 
@@ -175,6 +177,8 @@ def test_the_cli_holds_resumes_limits_and_submits_with_a_priority(stack, monkeyp
     assert " 0/1" in status  # Oven: none of its one slot running
     job = uuid.UUID(run("jobs", "submit", "Magnet", '{"x": 2}', "--priority", "8").strip())
     assert json.loads(run("jobs", "show", str(job)))["priority"] == 8
+    shown = json.loads(run("services", "show", "Magnet"))
+    assert (shown["jobs_waiting"], shown["jobs_running"], shown["jobs_parked"]) == (1, 0, 0)
     assert "resumed" in run("services", "resume", "Magnet")
     assert "not held" in run("services", "resume", "Magnet")
     run("services", "set", "Oven", "--max-running", "none")
@@ -230,3 +234,57 @@ def test_http_holds_resumes_limits_and_submits_with_a_priority(api, stack):
     paths = api.get("/openapi.json").json()["paths"]
     assert "/services/{service_id}/hold" in paths
     assert "/services/{service_id}/resume" in paths
+
+
+@pytest.mark.redis
+def test_a_later_job_of_a_higher_priority_does_not_count_as_overtaking(producer):
+    """Beat sends again a job whose message vanished only if a job it should precede ran."""
+    low = producer.submit(lab.SQUARE, {"x": 1}, priority=1)
+    urgent = producer.submit(lab.SQUARE, {"x": 2}, priority=9)
+    with open_session(producer.settings.database_url) as session:
+        now = database_now(session)
+        session.execute(sa.update(JobRow).values(published_at=now))
+        _started(session, urgent, now - timedelta(seconds=60))
+        assert republish_overtaken(session, producer._claims, producer.publisher, now, 1.0) == []
+        later_low = producer.submit(lab.SQUARE, {"x": 3}, priority=1)
+        session.execute(sa.update(JobRow).where(JobRow.id == later_low).values(published_at=now))
+        _started(session, later_low, now - timedelta(seconds=60))
+        resent = republish_overtaken(session, producer._claims, producer.publisher, now, 1.0)
+    assert resent == [low]
+
+
+def _started(session: Session, job: uuid.UUID, when: datetime) -> None:
+    session.execute(
+        sa.update(JobRow).where(JobRow.id == job).values(status="WORKING", date_started=when)
+    )
+    session.commit()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_metrics_show_holds_and_parked_jobs_and_count_every_priority_list(stack):
+    from test_metrics import scrape, value
+
+    from broker.messaging.claims import ClaimResult, Parking
+    from broker.messaging.messages import StateMessage, parameters_digest
+    from broker.ops.metrics import serve
+
+    stack.create_lab_services()
+    stack.producer.hold_service(lab.SQUARE, "maintenance")
+    parked = stack.producer.submit(lab.SQUARE, {"x": 1}, priority=9)
+    stack.producer.submit(lab.SQUARE, {"x": 2}, priority=1)
+    service_id = stack.service(lab.SQUARE).id
+    working = StateMessage("status", service_id, parked, "WORKING", worker="w")
+    parking = Parking("{}", "unused", 9)  # a delivery a worker took, parked as it would be
+    digest = parameters_digest({"x": 1})
+    claimed = stack.claims.claim(parked, 1, "w", working, digest, parking=parking)
+    assert claimed is ClaimResult.PARKED
+    server = serve(stack.settings, 0)
+    try:
+        families = scrape(server)
+    finally:
+        server.close()
+    assert value(families, "topchef_service_held", service=lab.SQUARE) == 1
+    assert value(families, "topchef_service_held", service=lab.FAILING) == 0
+    assert value(families, "topchef_parked_jobs", service=lab.SQUARE) == 1
+    assert value(families, "topchef_queue_depth", service=lab.SQUARE) == 2  # lists 9 and 1

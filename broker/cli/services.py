@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import click
+import redis
 
 from broker.cli.options import (
     database_settings,
@@ -117,12 +119,35 @@ def services_list() -> None:
 @click.argument("name")
 @user_errors
 def services_show(name: str) -> None:
-    """Show the service NAME, with its schemas."""
+    """Show the service NAME: its schemas, options, hold, and jobs running and waiting."""
+    from broker.models.lifecycle import Status
     from broker.models.service_list import ServiceList
+    from broker.ops.census import take_census
     from broker.storage.tables import open_session
 
-    with open_session(database_settings().database_url) as session:
-        click.echo(json.dumps(ServiceList(session).by_name(name).as_dict(), indent=2))
+    settings = database_settings()
+    with open_session(settings.database_url) as session:
+        service = ServiceList(session).by_name(name)
+        shown = service.as_dict()
+        counts = take_census(session).jobs
+        shown["jobs_running"] = counts.get((service.id, Status.WORKING.value), 0)
+        # Queued or parked: every REGISTERED job waits for a worker, or for its service.
+        shown["jobs_waiting"] = counts.get((service.id, Status.REGISTERED.value), 0)
+    shown["jobs_parked"] = _parked(settings.broker_url, service.id)
+    click.echo(json.dumps(shown, indent=2))
+
+
+def _parked(broker_url: str, service_id: uuid.UUID) -> int | None:
+    """How many of the service's waiting jobs are parked; None when Redis cannot say."""
+    if not broker_url:
+        return None
+    from broker.messaging.claims import Claims
+    from broker.messaging.connections import redis_client
+
+    try:
+        return Claims(redis_client(broker_url)).parked([service_id])[0]
+    except redis.RedisError:
+        return None
 
 
 @services.command("hold")
