@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import footprint, report, sql
+from bench import controls, footprint, report, sql
 from bench import not_before as held
 from bench.ours import OurStack
 from bench.payload import SERVICE
@@ -30,7 +30,17 @@ from bench.rivals import RQ, Dramatiq, Peer, RawCelery, WorkerSetup
 from bench.servers import PostgresSchema, RedisServer
 from bench.stats import Figure, fmt
 
-WORKLOADS = ("enqueue", "drain", "latency", "footprint", "sql", "memory", "not_before")
+WORKLOADS = (
+    "enqueue",
+    "drain",
+    "latency",
+    "footprint",
+    "sql",
+    "memory",
+    "not_before",
+    "priority",
+    "exclusive",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,10 @@ class Plan:
     processes: int = 2
     #: Jobs per Celery message recommended for sweeps of short jobs (``jobs_per_message``).
     per_message: int = 50
+    #: Low-priority jobs queued ahead of the urgent one (``bench.controls``).
+    priority_low_jobs: int = 1_000
+    #: Jobs through the ``max_running=1`` service.
+    exclusive_jobs: int = 200
 
 
 SMOKE = Plan(
@@ -65,6 +79,8 @@ SMOKE = Plan(
     held_jobs=20,
     sql_jobs=2_000,
     sql_calls=3,
+    priority_low_jobs=100,
+    exclusive_jobs=30,
 )
 
 
@@ -173,6 +189,10 @@ class Run:
         if "memory" in self.only:
             say("== memory, few jobs in SQL")
             self.memory(many=False)
+        for workload in ("priority", "exclusive"):
+            if workload in self.only:
+                say(f"== {workload}")
+                getattr(self, workload)()
         if "sql" in self.only:
             say("== sql")
             self.sql()
@@ -373,6 +393,47 @@ class Run:
                     ours.mirror = None
         say(f"memory: mirror {fmt(mirror.median)} MiB, worker {fmt(worker.median)} MiB ({label})")
 
+    # -- 7. service controls (``bench.controls``) ------------------------------------
+
+    def priority(self) -> None:
+        assert self.ours is not None
+        n = self.plan.priority_low_jobs
+        note = f"{n:,} queued jobs of priority 1, one worker thread; then one of priority 9"
+        jumped = self.figure(
+            "priority", "low jobs started after the urgent one, before it", "jobs", note
+        )
+        waited = self.figure("priority", "urgent job: submit → start", "ms", note)
+        if self.ours.mirror is None:
+            self.ours.start_mirror()
+        for _ in range(self.plan.repeat):
+            jump = controls.priority_jump(self.ours, n)
+            jumped.values.append(jump.overtaken_by)
+            waited.values.append(jump.wait_seconds * 1000)
+        say(
+            f"priority: {fmt(jumped.median)} low jobs started in between; "
+            f"waited {fmt(waited.median)} ms"
+        )
+
+    def exclusive(self) -> None:
+        assert self.ours is not None
+        n = self.plan.exclusive_jobs
+        note = f"max_running=1, 3 worker processes x 2 threads, {n} jobs of 5 ms"
+        most = self.figure("exclusive", "most jobs WORKING at once (claims)", "jobs", note)
+        handlers = self.figure("exclusive", "most runs at once (handlers' count)", "jobs", note)
+        in_sql = self.figure("exclusive", "most jobs WORKING at once (SQL intervals)", "jobs", note)
+        overlap = self.figure("exclusive", "longest overlap of two runs in SQL", "ms", note)
+        done = self.figure("exclusive", "jobs completed", "jobs", note)
+        rate = self.figure("exclusive", "throughput", "jobs/s", note)
+        for _ in range(self.plan.repeat):
+            found = controls.exclusive(self.ours, n)
+            most.values.append(found.most_at_once)
+            handlers.values.append(found.most_in_handlers)
+            in_sql.values.append(found.most_at_once_in_sql)
+            overlap.values.append(found.overlap_in_sql_ms)
+            done.values.append(found.completed)
+            rate.values.append(found.completed / found.seconds)
+        say(f"exclusive: at most {fmt(most.median)} at once; {fmt(done.median)} of {n} completed")
+
     # -- targets ---------------------------------------------------------------------
 
     def _find(self, workload: str, startswith: str) -> Figure | None:
@@ -445,6 +506,22 @@ class Run:
                 "Redis bytes per finished job, after the duplicate window, ≈ 0 (≤ 1 B)",
                 f"{fmt(finished.median)} B",
                 finished.median <= 1.0,
+            )
+        jumped = self._find("priority", "low jobs started after")
+        if jumped:
+            target(
+                "a priority-9 job after 1,000 of priority 1: ≤ 1 low job (the one in hand) first",
+                f"{fmt(jumped.high)} (worst of {len(jumped.values)})",
+                jumped.high <= 1,
+            )
+        most = self._find("exclusive", "most jobs WORKING at once (claims)")
+        completed = self._find("exclusive", "jobs completed")
+        if most and completed:
+            target(
+                "max_running=1 with three workers: never two at once, every job completes",
+                f"at most {fmt(most.high)} at once; {fmt(completed.low)} of "
+                f"{self.plan.exclusive_jobs} completed",
+                most.high == 1 and completed.low == self.plan.exclusive_jobs,
             )
         mirrors = [f for f in self.figures if f.name.startswith("mirror peak RSS")]
         if len(mirrors) == 2:

@@ -14,7 +14,7 @@ from bench.jobs import STARTED
 from bench.payload import PARAMETERS_SCHEMA, PROBE_SERVICE, RESULTS_SCHEMA, SERVICE, parameters
 from bench.servers import PYTHON, Child, PostgresSchema, python_env
 from bench.stats import percentile
-from broker.messaging import keys, outbox
+from broker.messaging import keys, outbox, priorities
 from broker.producer import Producer
 from broker.settings import Settings
 from broker.storage.tables import JobRow, engine_for, open_session
@@ -85,13 +85,17 @@ class OurStack:
 
     def purge(self) -> None:
         """Empty the queues, the jobs' claims and the jobs table between repetitions."""
-        for service_id in self.service_ids.values():
-            self.redis.delete(keys.service_queue(service_id))
+        self.delete_queues()
         self.redis.delete(keys.PUBLISHED)  # no beat runs here to take these records
         stale = list(self.redis.scan_iter(match=keys.claim("*"), count=1000))
         for start in range(0, len(stale), 1000):
             self.redis.delete(*stale[start : start + 1000])
         self.schema.truncate_jobs()
+
+    def delete_queues(self) -> None:
+        """Every queue's messages, on all its priority lists."""
+        for service_id in self.service_ids.values():
+            self.redis.delete(*priorities.queue_lists(keys.service_queue(service_id)))
 
     def enqueue_single(self, n: int) -> float:
         """Jobs per second submitted one ``submit`` call at a time."""
@@ -127,8 +131,7 @@ class OurStack:
         drains beside a million rows).
         """
         if keep:
-            for service_id in self.service_ids.values():
-                self.redis.delete(keys.service_queue(service_id))
+            self.delete_queues()
         else:
             self.purge()
         submitted: list[uuid.UUID] = []

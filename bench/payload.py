@@ -6,6 +6,15 @@ from typing import Any
 
 SERVICE = "BenchNoop"
 PROBE_SERVICE = "BenchProbe"
+#: The service-control workloads' instruments (``bench.controls``): one
+#: without a limit, one with ``max_running=1``.
+INSTRUMENT_SERVICE = "BenchInstrument"
+EXCLUSIVE_SERVICE = "BenchExclusive"
+INSTRUMENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"index": {"type": "integer"}, "seconds": {"type": "number", "minimum": 0}},
+    "required": ["index", "seconds"],
+}
 
 #: What a sweep point of a pulsed-measurement instrument might look like.
 PARAMETERS_SCHEMA: dict[str, Any] = {

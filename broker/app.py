@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 
+from broker.messaging import priorities
 from broker.messaging.connections import celery_url
 from broker.settings import Settings
 
@@ -20,6 +21,10 @@ def make_app(settings: Settings, **overrides: Any) -> Celery:
     The Redis visibility timeout is short (a duplicate delivery is refused by
     the job's claim), and unacknowledged messages of dead workers are swept
     back to their queue every few seconds rather than every 100.
+
+    Every process names the same priority steps, one Redis list per priority
+    (``broker.messaging.priorities``): a worker's BRPOP reads the lists the
+    publisher pushes to.
     """
     app = Celery("topchef", set_as_current=False)
     app.config_from_object("celeryconfig")
@@ -28,6 +33,8 @@ def make_app(settings: Settings, **overrides: Any) -> Celery:
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": settings.unacked_restore_interval,
         "unacked_restore_throttle": 1,
+        "priority_steps": priorities.STEPS,
+        "sep": priorities.SEPARATOR,
     }
     app.conf.update(overrides)
     return app

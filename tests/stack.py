@@ -20,7 +20,7 @@ from redis.retry import Retry
 from support import Process, wait_for
 
 from broker.beat.recovery import TickReport, tick
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 from broker.messaging.batches import Batches
 from broker.messaging.claims import Claims
 from broker.messaging.connections import redis_client
@@ -128,7 +128,9 @@ class Stack:
         )
 
     def queue_length(self, name: str) -> int:
-        return int(self.redis.llen(keys.service_queue(self.service(name).id)))
+        """Messages in the service's queue, on all its priority lists."""
+        queue = keys.service_queue(self.service(name).id)
+        return sum(int(self.redis.llen(name)) for name in priorities.queue_lists(queue))
 
     def count_jobs(self, **where: Any) -> int:
         with open_session(self.settings.database_url) as session:

@@ -56,7 +56,12 @@ def test_a_batch_carries_each_job_with_its_own_id_parameters_and_attempt():
     assert kwargs["batch_id"] == batch.batch_id
     assert kwargs["service_id"] == str(SERVICE)
     assert [job["job_id"] for job in kwargs["jobs"]] == [str(first.job_id), str(second.job_id)]
-    assert kwargs["jobs"][0] == {"job_id": str(first.job_id), "parameters": {"x": 1}, "attempt": 1}
+    assert kwargs["jobs"][0] == {
+        "job_id": str(first.job_id),
+        "parameters": {"x": 1},
+        "attempt": 1,
+        "priority": 5,
+    }
 
 
 # -- end to end --------------------------------------------------------------------

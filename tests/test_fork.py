@@ -11,7 +11,7 @@ import multiprocessing
 import pytest
 import sqlalchemy as sa
 
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 from broker.messaging.connections import redis_client
 from broker.producer import Producer
 from broker.settings import Settings
@@ -54,5 +54,5 @@ def test_children_of_a_forked_producer_submit_with_pools_of_their_own(
         numbers = sorted(session.scalars(sa.select(JobRow.parameters["n"].as_integer())))
     assert numbers == sorted([-3, -2, -1, *range(8), *range(1000, 1008)])
     assert len(set(children)) == 8
-    queue = keys.service_queue(service)
+    queue = priorities.queue_list(keys.service_queue(service), priorities.DEFAULT)
     assert redis_client(settings.broker_url).llen(queue) == 19

@@ -11,7 +11,7 @@ import pytest
 from support import wait_for
 
 from broker.gateway.dispatch import Dispatcher
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 from broker.mirror.process import Mirror
 
 pytest_plugins = ["gateway_support"]
@@ -50,7 +50,7 @@ def test_a_job_won_just_as_its_claimer_hung_up_is_given_back(gateway, stack):
     api = gateway.api
     service = api.create_service()
     job = uuid.UUID(api.submit(service, {"x": 2}))
-    queue = keys.service_queue(uuid.UUID(service))
+    queue = priorities.queue_list(keys.service_queue(uuid.UUID(service)), priorities.DEFAULT)
     queued = stack.redis.llen(queue)
     shared = gateway.server.app.extensions["topchef"]
     dispatcher = Dispatcher(stack.redis, shared.closing)

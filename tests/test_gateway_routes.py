@@ -12,7 +12,7 @@ import uuid
 import lab
 import pytest
 
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 
 pytest_plugins = ["gateway_support"]  # the gateway and api fixtures
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -278,7 +278,8 @@ def test_a_job_posted_over_http_is_the_same_job_as_one_from_python(api, stack):
     }
     # The same row the producer reads, and the same Celery message on the service's queue.
     assert stack.producer.job(uuid.UUID(job_id))["parameters"] == {"x": 4}
-    messages = stack.redis.lrange(keys.service_queue(uuid.UUID(service)), 0, -1)
+    queue = priorities.queue_list(keys.service_queue(uuid.UUID(service)), priorities.DEFAULT)
+    messages = stack.redis.lrange(queue, 0, -1)
     assert len(messages) == 1
     message = json.loads(messages[0])
     assert message["headers"]["id"] == f"{job_id}.1"

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from support import wait_for
 
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 from broker.models.service_list import ServiceList
 from broker.storage.tables import JobRow, open_session
 
@@ -148,6 +148,7 @@ def test_a_job_whose_message_vanished_is_sent_again_once_later_jobs_have_run(sta
     stack.start_mirror()
     vanished, later = (stack.producer.submit(lab.SQUARE, {"x": x}) for x in (3, 4))
     queue = keys.service_queue(stack.service(lab.SQUARE).id)
+    queue = priorities.queue_list(queue, priorities.DEFAULT)
     assert stack.redis.rpop(queue)  # the oldest message: what the next delivery takes
     stack.worker()
     assert stack.producer.wait(later, timeout=30) == {"square": 16}

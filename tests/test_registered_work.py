@@ -14,7 +14,7 @@ import pytest
 from celery import Celery
 from support import wait_for
 
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 from broker.messaging.connections import celery_url, text
 from broker.models.service import Service
 from broker.storage.tables import JobRow, ServiceRow, open_session
@@ -34,7 +34,7 @@ def _refused(stack) -> dict[str, int]:
 def _queued_then_taken_off(stack, service: str, parameters: dict) -> uuid.UUID:
     """A registered job whose genuine message is no longer queued (it stays REGISTERED)."""
     job = stack.producer.submit(service, parameters)
-    stack.redis.delete(keys.service_queue(stack.service(service).id))
+    stack.redis.delete(*priorities.queue_lists(keys.service_queue(stack.service(service).id)))
     return job
 
 

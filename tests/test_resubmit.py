@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from broker.cli import main
 from broker.errors import DeserializationError, JobWithUUIDNotFound
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 from broker.messaging.connections import redis_client
 from broker.producer import Producer
 from broker.settings import Settings
@@ -38,7 +38,8 @@ def producer(database_url: str, redis_url: str) -> Producer:
 def _queued(producer: Producer, service_id: uuid.UUID) -> list[str]:
     """The ids of the jobs waiting on the service's queue, oldest first."""
     client = redis_client(producer.settings.broker_url)
-    messages = client.lrange(keys.service_queue(service_id), 0, -1)
+    queue = priorities.queue_list(keys.service_queue(service_id), priorities.DEFAULT)
+    messages = client.lrange(queue, 0, -1)
     bodies = [json.loads(base64.b64decode(json.loads(m)["body"])) for m in reversed(messages)]
     return [kwargs["job_id"] for _args, kwargs, _embed in bodies]
 

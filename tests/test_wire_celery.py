@@ -27,6 +27,7 @@ from celery import Celery
 from support import wait_for
 
 from broker.app import make_app
+from broker.messaging import priorities
 from broker.messaging.celery_wire import bounded_repr
 from broker.messaging.messages import JobBatch, JobMessage, batched
 from broker.messaging.publisher import CeleryPublisher
@@ -59,13 +60,19 @@ def _app(redis_url: str, **transport_options: Any) -> Celery:
     return app
 
 
-def _job(index: int, per_message: int = 1, service_id: uuid.UUID | None = None) -> JobMessage:
+def _job(
+    index: int,
+    per_message: int = 1,
+    service_id: uuid.UUID | None = None,
+    priority: int = priorities.DEFAULT,
+) -> JobMessage:
     return JobMessage(
         uuid.uuid4(),
         service_id or uuid.uuid4(),
         'Rabi "7 T"',
         {**AWKWARD, "index": index},
         per_message=per_message,
+        priority=priority,
     )
 
 
@@ -98,7 +105,13 @@ def _celery_send(app: Celery, message: JobMessage | JobBatch) -> None:
         kwargsrepr=bounded_repr(kwargs),
     )
     with app.producer_or_acquire() as producer:
-        app.amqp.send_task_message(producer, task_name, task_message, queue=message.queue)
+        app.amqp.send_task_message(
+            producer,
+            task_name,
+            task_message,
+            queue=message.queue,
+            priority=priorities.kombu_priority(message.priority),
+        )
 
 
 def _decode(raw: bytes | str) -> tuple[dict[str, Any], Any]:
@@ -144,14 +157,19 @@ def _task_id(message: JobMessage | JobBatch) -> str:
     return f"{message.job_id}.{message.attempt}"
 
 
-@pytest.mark.parametrize("per_message", [1, 3], ids=["one job", "a batch of 3"])
+@pytest.mark.parametrize(
+    ("per_message", "priority"),
+    [(1, priorities.DEFAULT), (3, priorities.DEFAULT), (1, priorities.HIGHEST), (3, 0)],
+    ids=["one job", "a batch of 3", "one job of the highest priority", "a batch of the lowest"],
+)
 def test_the_published_message_and_event_are_those_celery_sends(
-    client: redis.Redis, redis_url: str, per_message: int
+    client: redis.Redis, redis_url: str, per_message: int, priority: int
 ) -> None:
+    """The same message, on the same Redis list: Celery's for ``send_task(priority=…)``."""
     app = _app(redis_url)
     service_id = uuid.uuid4()
-    jobs = [_job(index, per_message, service_id) for index in range(per_message)]
-    queue = jobs[0].queue
+    jobs = [_job(index, per_message, service_id, priority) for index in range(per_message)]
+    queue = priorities.queue_list(jobs[0].queue, priority)
     events = _Events(client)
     try:
         wait_for(lambda: client.pubsub_numpat() > 0, 10, "the pattern subscription")
@@ -168,6 +186,9 @@ def test_the_published_message_and_event_are_those_celery_sends(
         _celery_send(app, message)
         theirs = client.lrange(queue, 0, -1)
         (their_event,) = events.of(_task_id(message))
+        # Celery put it on no other list of the queue.
+        lists = priorities.queue_lists(jobs[0].queue)
+        assert sum(client.llen(name) for name in lists) == 1
     finally:
         events.close()
     assert len(theirs) == 1

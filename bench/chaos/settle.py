@@ -19,7 +19,7 @@ from bench.chaos.audit import Snapshot, Verdict, judge
 from bench.chaos.load import Feeder
 from bench.chaos.plan import Plan
 from bench.chaos.stack import Stack, poll_until
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 
 
 def hold(stack: Stack, seconds: float, revive: bool = True) -> None:
@@ -103,7 +103,11 @@ def _explain_lost(stack: Stack, snapshot: Snapshot, verdict: Verdict) -> None:
     if not shown:
         return
     jobs = {job.id: job for job in snapshot.jobs}
-    queues = [keys.service_queue(service_id) for service_id in stack.service_ids.values()]
+    queues = [
+        queue_list
+        for service_id in stack.service_ids.values()
+        for queue_list in priorities.queue_lists(keys.service_queue(service_id))
+    ]
     try:
         with stack.redis.client() as client:
             places = forensics.whereabouts(client, shown, queues)

@@ -20,11 +20,11 @@ from sqlalchemy.orm import Session
 from broker.messaging import outbox
 from broker.messaging.batches import Batches
 from broker.messaging.claims import ClaimResult, Claims
-from broker.messaging.messages import JobMessage
+from broker.messaging.messages import JobMessage, requeues_lost_work
 from broker.messaging.outbox import Publisher
 from broker.models import lifecycle
 from broker.models.lifecycle import Move
-from broker.models.service import Service, has_timed_out, requeues_lost_work
+from broker.models.service import Service, has_timed_out
 from broker.storage.tables import JobRow, ServiceRow, UTCDateTime, database_now
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def recover_lost_jobs(
     failures: list[Move] = []
     for job, service in rows:
         requeue = requeues_lost_work(service.worker_loss_policy)
-        recovery = claims.recover(job.id, requeue, service.max_attempts)
+        recovery = claims.recover(job.id, requeue, service.max_attempts, service.id)
         if recovery.verdict == "requeue":
             requeue_messages.append(Service(service).message_for(job, recovery.attempt))
         elif recovery.verdict in ("fail", "exhausted", "lost"):
@@ -238,7 +238,9 @@ def republish_overtaken(
 ) -> list[uuid.UUID]:
     """Send again the jobs whose message vanished: later jobs of their queue have run.
 
-    A queue is first in, first out. A worker killed just after it took a
+    A queue is first in, first out within a priority: a later job of a higher
+    priority starts before an earlier one by rule, so only a later job of the
+    same or a lower priority overtakes. A worker killed just after it took a
     message, before kombu recorded it as unacknowledged, takes the message
     with it for good, and its job would stay REGISTERED with nothing to
     deliver it. So a published REGISTERED job, unclaimed in Redis, while a job
@@ -254,6 +256,7 @@ def republish_overtaken(
         .where(
             later.service_id == JobRow.service_id,
             later.date_submitted > JobRow.date_submitted,
+            later.priority <= JobRow.priority,
             later.date_started < cutoff,
         )
         .correlate(JobRow)
@@ -288,10 +291,29 @@ def republish_overtaken(
     return [message.job_id for message in messages]
 
 
-def sync_directory(session: Session, publisher: Publisher) -> None:
-    """Re-publish every service's descriptor, healing a directory Redis lost."""
+def sync_directory(session: Session, publisher: Publisher) -> list[uuid.UUID]:
+    """Re-publish every service's descriptor, healing a directory Redis lost.
+
+    That includes each service's hold and ``max_running`` (``keys.service_control``):
+    a Redis restarted without its data forgets no hold for longer than a tick.
+    Returns the ids of the services.
+    """
     rows = session.scalars(sa.select(ServiceRow)).all()
     publisher.publish_services([outbox.descriptor_of(row) for row in rows])
+    return [row.id for row in rows]
+
+
+def release_parked(claims: Claims, service_ids: list[uuid.UUID]) -> int:
+    """Let parked jobs go as far as their services' slots allow; returns how many went.
+
+    A safety net: a resume and the end of each run release them already. This
+    catches a raised ``max_running``, a resume whose release failed, and a slot
+    that a path ending a run left taken (pruned here).
+    """
+    released = sum(claims.release_parked(service_id, prune=True) for service_id in service_ids)
+    if released:
+        log.info("released %d parked job(s)", released)
+    return released
 
 
 def tick(
@@ -308,8 +330,9 @@ def tick(
     (``republish_overtaken``); beat does so once per redelivery window.
     """
     report = TickReport()
-    sync_directory(session, publisher)
+    services = sync_directory(session, publisher)
     session.commit()
+    release_parked(claims, services)
     now = database_now(session)
     report.timed_out = evaluate_timeouts(session, now)
     session.commit()

@@ -50,6 +50,13 @@ def jobs() -> None:
     default=None,
     help="Hold the job until this time, with its zone (e.g. 2026-12-24T08:00:00Z).",
 )
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    default=5,
+    show_default=True,
+    help="0 to 9, higher first: the service's workers start its highest-priority job first.",
+)
 @user_errors
 def jobs_submit(
     service: str,
@@ -57,6 +64,7 @@ def jobs_submit(
     wait_seconds: float | None,
     per_message: int | None,
     not_before: datetime | None,
+    priority: int,
 ) -> None:
     """Submit a job to SERVICE (by name) with PARAMETERS (JSON, or @file.json).
 
@@ -76,7 +84,11 @@ def jobs_submit(
     producer = Producer(database_settings(broker=True))
     sweep = value if isinstance(value, list) else [value]
     job_ids = producer.submit_many(
-        service, sweep, jobs_per_message=per_message or 1, not_before=not_before
+        service,
+        sweep,
+        jobs_per_message=per_message or 1,
+        not_before=not_before,
+        priority=priority,
     )
     for job_id in job_ids:
         click.echo(str(job_id))

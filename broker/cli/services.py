@@ -1,16 +1,40 @@
-"""``topchef services``: create, list and show services."""
+"""``topchef services``: create, list, show, hold, resume and limit services."""
 
 from __future__ import annotations
 
 import json
+import uuid
+from typing import Any
 
 import click
+import redis
 
 from broker.cli.options import (
     database_settings,
     json_argument,
     user_errors,
 )
+
+
+class MaxRunning(click.ParamType[int | None]):
+    """A whole number of jobs, or ``0`` / ``none`` for no limit (None)."""
+
+    name = "N|none"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | None:
+        if value is None or isinstance(value, int):
+            return value or None
+        if str(value).strip().lower() in ("none", "0", "unlimited"):
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number nor 'none'", param, ctx)
+
+
+MAX_RUNNING = MaxRunning()
 
 
 @click.group()
@@ -61,6 +85,13 @@ def services() -> None:
     show_default=True,
     help="Seconds before the second attempt, doubling for each next one (capped at an hour).",
 )
+@click.option(
+    "--max-running",
+    type=MAX_RUNNING,
+    default=None,
+    help="At most this many of its jobs running at once, however many workers serve it "
+    "(1: an exclusive instrument) [default: no limit].",
+)
 @user_errors
 def services_create(
     name: str,
@@ -73,6 +104,7 @@ def services_create(
     retries: bool,
     retry_on: tuple[str, ...],
     retry_backoff: float,
+    max_running: int | None,
 ) -> None:
     """Create the service NAME."""
     from broker.producer import Producer
@@ -88,6 +120,7 @@ def services_create(
         retries=retries,
         retry_on=list(retry_on),
         retry_backoff=retry_backoff,
+        max_running=max_running,
     )
     click.echo(str(service_id))
 
@@ -110,9 +143,80 @@ def services_list() -> None:
 @click.argument("name")
 @user_errors
 def services_show(name: str) -> None:
-    """Show the service NAME, with its schemas."""
+    """Show the service NAME: its schemas, options, hold, and jobs running and waiting."""
+    from broker.models.lifecycle import Status
     from broker.models.service_list import ServiceList
+    from broker.ops.census import take_census
     from broker.storage.tables import open_session
 
-    with open_session(database_settings().database_url) as session:
-        click.echo(json.dumps(ServiceList(session).by_name(name).as_dict(), indent=2))
+    settings = database_settings()
+    with open_session(settings.database_url) as session:
+        service = ServiceList(session).by_name(name)
+        shown = service.as_dict()
+        counts = take_census(session).jobs
+        shown["jobs_running"] = counts.get((service.id, Status.WORKING.value), 0)
+        # Queued or parked: every REGISTERED job waits for a worker, or for its service.
+        shown["jobs_waiting"] = counts.get((service.id, Status.REGISTERED.value), 0)
+    shown["jobs_parked"] = _parked(settings.broker_url, service.id)
+    click.echo(json.dumps(shown, indent=2))
+
+
+def _parked(broker_url: str, service_id: uuid.UUID) -> int | None:
+    """How many of the service's waiting jobs are parked; None when Redis cannot say."""
+    if not broker_url:
+        return None
+    from broker.messaging.claims import Claims
+    from broker.messaging.connections import redis_client
+
+    try:
+        return Claims(redis_client(broker_url)).parked([service_id])[0]
+    except redis.RedisError:
+        return None
+
+
+@services.command("hold")
+@click.argument("name")
+@click.option("--reason", default=None, help="Why, for whoever reads `topchef status`.")
+@user_errors
+def services_hold(name: str, reason: str | None) -> None:
+    """Start no job of the service NAME until it is resumed.
+
+    Jobs are still accepted and queued; one already running finishes.
+    """
+    from broker.producer import Producer
+
+    if Producer(database_settings(broker=True)).hold_service(name, reason):
+        click.echo(f"{name} held: no job starts until `topchef services resume {name}`")
+    else:
+        click.echo(f"{name} was held already (its hold is unchanged)")
+
+
+@services.command("resume")
+@click.argument("name")
+@user_errors
+def services_resume(name: str) -> None:
+    """End the hold of the service NAME: its waiting jobs start, in their order."""
+    from broker.producer import Producer
+
+    if Producer(database_settings(broker=True)).resume_service(name):
+        click.echo(f"{name} resumed")
+    else:
+        click.echo(f"{name} was not held")
+
+
+@services.command("set")
+@click.argument("name")
+@click.option(
+    "--max-running",
+    type=MAX_RUNNING,
+    required=True,
+    help="At most this many of its jobs running at once; 0 or 'none' for no limit.",
+)
+@user_errors
+def services_set(name: str, max_running: int | None) -> None:
+    """Change an option of the service NAME (its max_running)."""
+    from broker.producer import Producer
+
+    Producer(database_settings(broker=True)).set_max_running(name, max_running)
+    limit = "no limit" if max_running is None else f"at most {max_running}"
+    click.echo(f"{name}: {limit} running at once")

@@ -211,6 +211,11 @@ def _apply(
     sending = results is not None and wanted in (None, Status.REGISTERED)
     if current is Status.REGISTERED and (wanted is Status.WORKING or sending):
         claimed = dispatcher.claim(session, row, timeout, worker)
+        if claimed is ClaimResult.DEFERRED:
+            raise ClaimConflictError(
+                f"Job {row.id} cannot start now: its service is held, or runs as many jobs "
+                "as its max_running allows"
+            )
         if claimed is not ClaimResult.CLAIMED:
             raise ClaimConflictError(f"Job {row.id} is {claimed.value}: someone else claimed it")
         current = Status.WORKING

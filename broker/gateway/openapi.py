@@ -10,8 +10,9 @@ from broker.gateway.context import gateway
 from broker.gateway.dispatch import MAX_WAIT
 from broker.gateway.envelope import MAX_PAGE
 from broker.gateway.services import MAX_ATTEMPTS, MAX_TIMEOUT
+from broker.messaging import priorities
 from broker.models.lifecycle import Status
-from broker.models.service import MAX_RETRY_BACKOFF
+from broker.models.service import MAX_RETRY_BACKOFF, MAX_RUNNING
 
 JSON = "application/json"
 STATUSES = [status.value for status in Status]
@@ -72,6 +73,16 @@ _PAGING = [
 _NO_JOB = {"204": {"description": "No job is waiting"}}
 
 
+#: A service's cap on its jobs running at once; null (or 0) for none.
+_MAX_RUNNING = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": MAX_RUNNING,
+    "nullable": True,
+    "description": "At most this many of its jobs WORKING at once; null or 0: no limit",
+}
+
+
 def _paths() -> dict[str, Any]:
     service = [{"name": "service_id", "in": "path", "required": True, "schema": _ID}]
     job = [{"name": "job_id", "in": "path", "required": True, "schema": _ID}]
@@ -104,6 +115,28 @@ def _paths() -> dict[str, Any]:
                 "Check in (always), and change what the body gives; no body: a pure check-in",
                 {**_ok("Checked in", _ref("Service")), **_errors(400, 404, 409, 413)},
                 requestBody=_body(_ref("ServicePatch"), required=False),
+            ),
+        },
+        "/services/{service_id}/hold": {
+            "parameters": service,
+            "post": _operation(
+                "Hold the service: its jobs are still accepted and queued, none starts (one "
+                "running finishes) until it is resumed; the hold names the caller",
+                {
+                    **_ok("Held (meta.changed: false if it was held already)", _ref("Service")),
+                    **_errors(400, 404),
+                },
+                requestBody=_body(_ref("Hold"), required=False),
+            ),
+        },
+        "/services/{service_id}/resume": {
+            "parameters": service,
+            "post": _operation(
+                "End the service's hold: its waiting jobs start, in their order",
+                {
+                    **_ok("Resumed (meta.changed: false if it was not held)", _ref("Service")),
+                    **_errors(404),
+                },
             ),
         },
         "/services/{service_id}/jobs": {
@@ -290,7 +323,12 @@ def _schemas() -> dict[str, Any]:
                 "retries": {"type": "boolean"},
                 "retry_on": {"type": "array", "items": {"type": "string", "minLength": 1}},
                 "retry_backoff": {"type": "number", "minimum": 0, "maximum": MAX_RETRY_BACKOFF},
+                "max_running": _MAX_RUNNING,
             },
+        },
+        "Hold": {
+            "type": "object",
+            "properties": {"reason": {"type": "string", "nullable": True}},
         },
         "ServicePatch": {
             "type": "object",
@@ -309,6 +347,7 @@ def _schemas() -> dict[str, Any]:
                     "minimum": 0,
                     "maximum": MAX_TIMEOUT,
                 },
+                "max_running": _MAX_RUNNING,
             },
         },
         "Job": {
@@ -340,6 +379,13 @@ def _schemas() -> dict[str, Any]:
                 "not_before": {
                     **time,
                     "description": "Hold the job until this time (with its zone)",
+                },
+                "priority": {
+                    "type": "integer",
+                    "minimum": priorities.LOWEST,
+                    "maximum": priorities.HIGHEST,
+                    "default": priorities.DEFAULT,
+                    "description": "Higher starts first; FIFO within a priority",
                 },
             },
         },

@@ -89,9 +89,10 @@ def submit_job(service_id: str) -> Response:
     require(body, ["parameters"])
     parameters = field(body, "parameters", dict, "a JSON object")
     not_before = _time(body, "not_before") if body.get("not_before") is not None else None
+    options = {"priority": field(body, "priority", int, "an integer")} if "priority" in body else {}
     with gateway().writing() as session:
         service = find_service(session, service_id)
-        job = service.new_job(parameters, not_before=not_before)
+        job = service.new_job(parameters, not_before=not_before, **options)
         data, job_id = job_detail(job, legacy=legacy()), job.id
     location = _job_url(job_id)
     meta = {"message": f"new job ID is {job_id}"}

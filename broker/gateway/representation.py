@@ -46,6 +46,8 @@ def service_meta(service: Service) -> dict[str, Any]:
         "last_checked_in": _time(service.last_checked_in),
         "worker_loss_policy": service.worker_loss_policy,
         "max_attempts": service.max_attempts,
+        "max_running": service.max_running,
+        **service.hold_record(),
     }
 
 
@@ -85,4 +87,5 @@ def job_meta(job: Job) -> dict[str, Any]:
         "earlier_attempts": job.earlier_attempts,
         "resubmitted_from": str(job.resubmitted_from) if job.resubmitted_from else None,
         "resubmissions": [str(job_id) for job_id in job.resubmissions],
+        "priority": job.priority,
     }

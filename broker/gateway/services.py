@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask, Response, url_for
@@ -26,6 +27,8 @@ def register(app: Flask) -> None:
     app.add_url_rule("/services", "create_service", create_service, methods=["POST"])
     app.add_url_rule("/services/<service_id>", "service", show_service, methods=["GET"])
     app.add_url_rule("/services/<service_id>", "check_in", check_in, methods=["PATCH"])
+    app.add_url_rule("/services/<service_id>/hold", "hold", hold_service, methods=["POST"])
+    app.add_url_rule("/services/<service_id>/resume", "resume", resume_service, methods=["POST"])
 
 
 def _links(service_id: object) -> dict[str, str]:
@@ -70,6 +73,8 @@ def create_service() -> Response:
     for name in ("retries", "retry_on", "retry_backoff"):  # checked by Service.new
         if name in body:
             options[name] = body[name]
+    if "max_running" in body:
+        options["max_running"] = _max_running(body)
     with gateway().writing() as session:
         service = Service.new(
             body["name"],
@@ -104,6 +109,8 @@ def check_in(service_id: str) -> Response:
         field(changes, "description", str, "a string") if "description" in changes else None
     )
     timeout = _seconds(changes, "timeout") if "timeout" in changes else None
+    limit = "max_running" in changes
+    max_running = _max_running(changes) if limit else None
     shared = gateway()
     with shared.writing() as session:
         service = find_service(session, service_id)
@@ -113,13 +120,57 @@ def check_in(service_id: str) -> Response:
             service.description = description
         if timeout is not None:
             service.timeout = timeout
+        if limit:
+            service.max_running = max_running
         _presence(service, available)
         service.check_in()
         data, meta = service_detail(service), service_meta(service)
         key, lease = service.id, service.timeout
     shared.dispatcher.renew(key, lease)
+    if limit:
+        shared.producer.release_parked(key)  # a raised limit frees slots now
     meta["message"] = f"Service checked in at {meta['last_checked_in']}"
     return envelope(data, meta=meta, links=_links(key))
+
+
+def hold_service(service_id: str) -> Response:
+    """Hold the service: jobs are still accepted and queued, none starts (``reason`` optional).
+
+    The hold names its caller as the gateway knows it (``http_worker``).
+    """
+    body = json_body() if has_body() else {}
+    reason = field(body, "reason", str, "a string") if body.get("reason") is not None else None
+    caller = _caller()
+    return _held(service_id, lambda name: gateway().producer.hold_service(name, reason, by=caller))
+
+
+def resume_service(service_id: str) -> Response:
+    """End the service's hold: its waiting jobs start, in their order."""
+    return _held(service_id, lambda name: gateway().producer.resume_service(name))
+
+
+def _held(service_id: str, change: Callable[[str], bool]) -> Response:
+    with gateway().reading() as session:
+        name = find_service(session, service_id).name
+    changed = change(name)
+    with gateway().reading() as session:
+        service = find_service(session, service_id)
+        data, meta = service_detail(service), service_meta(service)
+    meta["changed"] = changed
+    return envelope(data, meta=meta, links=_links(service.id))
+
+
+def _caller() -> str:
+    worker, _named = http_worker()
+    return worker
+
+
+def _max_running(body: dict[str, Any]) -> int | None:
+    """``max_running``: a whole number of jobs, or null (or 0) for no limit."""
+    if body["max_running"] is None:
+        return None
+    most: int = field(body, "max_running", int, "a whole number or null")
+    return most or None
 
 
 def _presence(service: Service, available: bool | None) -> None:

@@ -64,7 +64,7 @@ class TaskEncoder:
         self._origin = origin
         self._utcoffset = utcoffset
         self._clock = clock
-        self._shapes: dict[tuple[str, str, str], _Shape] = {}
+        self._shapes: dict[tuple[str, str, str, int], _Shape] = {}
         # The same for every message this process sends.
         self._envelope = _Template(_ENVELOPE, ["body", "headers", "properties"])
         self._event_envelope = _Template(
@@ -86,11 +86,17 @@ class TaskEncoder:
         queue: str,
         kwargs: dict[str, Any],
         event: bool = True,
+        priority: int = 0,
     ) -> tuple[str, str | None]:
-        """The task message for ``kwargs``, and its ``task-sent`` event if ``event``."""
-        shape = self._shapes.get((task_name, shadow, queue))
+        """The task message for ``kwargs``, and its ``task-sent`` event if ``event``.
+
+        ``priority`` is kombu's (0 is taken first), as Celery's
+        ``send_task(priority=…)`` takes it.
+        """
+        key = (task_name, shadow, queue, priority)
+        shape = self._shapes.get(key)
         if shape is None:
-            shape = self._shapes[task_name, shadow, queue] = self._shape(task_name, shadow, queue)
+            shape = self._shapes[key] = self._shape(task_name, shadow, queue, priority)
         task = json.dumps(task_id)
         kwargs_repr = json.dumps(bounded_repr(kwargs))
         body = f"[[], {json.dumps(kwargs)}, {_EMBED}]"
@@ -107,7 +113,7 @@ class TaskEncoder:
         properties = self._event_properties.fill(_tag())
         return message, self._event_envelope.fill(_base64(event_body), properties)
 
-    def _shape(self, task_name: str, shadow: str, queue: str) -> _Shape:
+    def _shape(self, task_name: str, shadow: str, queue: str, priority: int) -> _Shape:
         headers: dict[str, Any] = {
             "lang": "py",
             "task": task_name,
@@ -131,7 +137,7 @@ class TaskEncoder:
             "reply_to": "",
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
+            "priority": priority,
             "body_encoding": "base64",
         }
         event: dict[str, Any] = {

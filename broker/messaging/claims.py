@@ -24,8 +24,20 @@ Claim states: none yet (registered only), ``running`` (attempt n, by worker w),
 ``done``, ``cancelled``, ``requeued`` (beat handed attempt n+1 to the queue),
 ``retrying`` (the run asked for attempt n+1, which waits for its time),
 ``lost`` (failed by beat). A running claim may also carry an abort request
-(``abort_at``/``abort_by``/``abort_reason``), which its worker reads. A run
-that ends after beat presumed its worker lost still reports its outcome
+(``abort_at``/``abort_by``/``abort_reason``), which its worker reads.
+
+A service may not start a job now while it is held, or while as many of its
+jobs run as its ``max_running`` allows: the claim then *parks* the delivery
+(the claim's ``parked`` field, beside its state, which stays what it was)
+instead of taking it. The delivery's message is kept in the service's parked
+set, ordered by priority then arrival, and its Celery message acknowledged, so
+nothing waits in a worker and nothing polls. Whatever ends a run frees its slot
+and sends the next parked job back to the end of its queue that workers take
+from first, in the same script (``lua/slots.lua``, prepended to each script
+that starts, ends or gives back a run); a resume, and beat every tick, let go
+as many as the service's slots allow (``release_parked``).
+
+A run that ends after beat presumed its worker lost still reports its outcome
 (``finish`` says how late it is); nothing a worker measured is dropped here,
 the SQL record decides where it belongs.
 
@@ -67,26 +79,38 @@ def _lua(name: str) -> str:
     return (LUA_SCRIPTS / f"{name}.lua").read_text(encoding="utf-8")
 
 
+def lua_with_slots(name: str) -> str:
+    """A script that starts, ends or gives back a run, with ``slots.lua``'s functions before it.
+
+    A script that ends a run another way calls ``free_slot(running, parked,
+    control, claim)`` with the service's ``keys.slots`` as it ends, so that the
+    next parked job of the service may start.
+    """
+    return _lua("slots") + "\n" + _lua(name)
+
+
 # One call registers a whole chunk: a command per job costs the publisher more
 # than the rest of a bulk submit's Redis work.
 _REGISTER = _lua("register")
 # A delivery's claim, checking in the same step that it is registered work:
 # another script could change the claim between a separate check and the take.
-_CLAIM = _lua("claim")
+_CLAIM = lua_with_slots("claim")
 # A run's end, on time or late: nothing a worker measured is dropped here, the
 # SQL record decides where a late outcome belongs.
-_FINISH = _lua("finish")
+_FINISH = lua_with_slots("finish")
 # A cancel and a claim exclude each other only if both change the claim in one step.
 _CANCEL = _lua("cancel")
 # Beat's decision on a job whose lease may have lapsed, read and written at
 # once so that two beats cannot both re-queue it.
-_RECOVER = _lua("recover")
+_RECOVER = lua_with_slots("recover")
 # The holder gives a claim back: the job is registered work again, unclaimed.
-_RELEASE = _lua("release")
+_RELEASE = lua_with_slots("release")
+# Parked jobs let go as far as the service's slots allow (resume, beat).
+_RELEASE_PARKED = lua_with_slots("release_parked")
 # An abort request lands on a running claim only, once, stamped on Redis's clock.
 _ABORT = _lua("abort")
-# A run that asked for a retry ends, and its claim waits for the next attempt.
-_RETRY = _lua("retry")
+# A run that asked for a retry ends (freeing its slot), and its claim waits for the next attempt.
+_RETRY = lua_with_slots("retry")
 # Shortens only claims that ended: a job running or re-queued since keeps its claim.
 _SETTLE = _lua("settle")
 # The HTTP gateway's check-ins renew the leases of the jobs still running over
@@ -114,6 +138,7 @@ class _Scripts:
     renew_http: Script
     abort: Script
     retry: Script
+    release_parked: Script
 
     @classmethod
     def of(cls, client: redis.Redis) -> _Scripts:
@@ -128,6 +153,7 @@ class _Scripts:
             renew_http=client.register_script(_RENEW_HTTP),
             abort=client.register_script(_ABORT),
             retry=client.register_script(_RETRY),
+            release_parked=client.register_script(_RELEASE_PARKED),
         )
 
 
@@ -141,6 +167,13 @@ class ClaimResult(enum.Enum):
     REQUEUED = "requeued"
     RETRYING = "retrying"
     LOST = "lost"
+    #: The service may not start a job now (held, or at its ``max_running``):
+    #: the delivery's message waits in the parked set; its Celery message is done.
+    PARKED = "parked"
+    #: The same, but the caller must first hand the delivery's message over (``Parking``).
+    MUST_PARK = "must_park"
+    #: The same, for a caller that read the job from SQL (HTTP): nothing changed.
+    DEFERRED = "deferred"
     #: Refusals: the delivery does not match what a producer registered.
     UNREGISTERED = "unregistered"
     MISROUTED = "misrouted"
@@ -153,6 +186,15 @@ class ClaimResult(enum.Enum):
 
 
 REFUSALS = frozenset({ClaimResult.UNREGISTERED, ClaimResult.MISROUTED, ClaimResult.ALTERED})
+
+
+@dataclass(frozen=True, slots=True)
+class Parking:
+    """A delivery's message as it would go back to its queue, should its claim park it."""
+
+    message: str
+    queue_list: str
+    priority: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,15 +287,26 @@ class Claims:
         digest: str = "",
         *,
         trusted: bool = False,
+        parking: Parking | None = None,
     ) -> ClaimResult:
         """Take the job for this delivery and report it WORKING, or say why not.
 
         ``digest`` is that of the delivery's parameters; a ``trusted`` caller
         (the HTTP gateway, which read the job from SQL) passes none, and may
         register a job whose message has not been published yet.
+
+        A delivery the service may not start now is ``MUST_PARK`` without
+        ``parking``: the caller encodes its message only then, so the common
+        path pays nothing, and calls again with it (``PARKED``).
         """
         result = self._scripts.claim(
-            keys=[keys.claim(job_id), keys.lease(job_id), keys.STATE_STREAM],
+            keys=[
+                keys.claim(job_id),
+                keys.lease(job_id),
+                keys.STATE_STREAM,
+                *keys.slots(working.service_id),
+                keys.parked_arrivals(working.service_id),
+            ],
             args=[
                 attempt,
                 worker,
@@ -263,6 +316,9 @@ class Claims:
                 digest,
                 "1" if trusted else "0",
                 self.window_seconds,
+                parking.message if parking else "",
+                parking.queue_list if parking else "",
+                parking.priority if parking else 0,
             ],
         )
         return ClaimResult(text(result))
@@ -270,7 +326,12 @@ class Claims:
     def finish(self, job_id: uuid.UUID, attempt: int, final: StateMessage) -> Finish:
         """Report the run's outcome; say how late it is if beat gave the job up meanwhile."""
         lateness, since = self._scripts.finish(
-            keys=[keys.claim(job_id), keys.lease(job_id), keys.STATE_STREAM],
+            keys=[
+                keys.claim(job_id),
+                keys.lease(job_id),
+                keys.STATE_STREAM,
+                *keys.slots(final.service_id),
+            ],
             args=[attempt, final.to_fields()["m"], CLAIM_TTL_SECONDS],
         )
         since_text = text(since)
@@ -279,7 +340,12 @@ class Claims:
     def release(self, job_id: uuid.UUID, attempt: int, worker: str, entry: StateMessage) -> bool:
         """Give back a claim ``worker`` holds but will not run; False if it holds none."""
         released = self._scripts.release(
-            keys=[keys.claim(job_id), keys.lease(job_id), keys.STATE_STREAM],
+            keys=[
+                keys.claim(job_id),
+                keys.lease(job_id),
+                keys.STATE_STREAM,
+                *keys.slots(entry.service_id),
+            ],
             args=[attempt, worker, entry.to_fields()["m"]],
         )
         return bool(released)
@@ -303,7 +369,12 @@ class Claims:
         """End a run that asked for a retry; 'retrying', or the state of a claim it lost."""
         return text(
             self._scripts.retry(
-                keys=[keys.claim(job_id), keys.lease(job_id), keys.STATE_STREAM],
+                keys=[
+                    keys.claim(job_id),
+                    keys.lease(job_id),
+                    keys.STATE_STREAM,
+                    *keys.slots(entry.service_id),
+                ],
                 args=[attempt, entry.to_fields()["m"]],
             )
         )
@@ -323,13 +394,43 @@ class Claims:
             text(self._scripts.cancel(keys=[keys.claim(job_id)], args=[CLAIM_TTL_SECONDS]))
         )
 
-    def recover(self, job_id: uuid.UUID, requeue: bool, max_attempts: int) -> Recovery:
-        """Decide the fate of a WORKING job whose lease may have lapsed."""
+    def recover(
+        self,
+        job_id: uuid.UUID,
+        requeue: bool,
+        max_attempts: int,
+        service_id: uuid.UUID | str | None = None,
+    ) -> Recovery:
+        """Decide the fate of a WORKING job whose lease may have lapsed.
+
+        A run given up frees its slot in its service (``service_id``; read from
+        the claim when the caller does not know it).
+        """
+        if service_id is None:
+            service_id = _text(self._client.hget(keys.claim(job_id), "service")) or ""
         verdict, attempt = self._scripts.recover(
-            keys=[keys.claim(job_id), keys.lease(job_id)],
+            keys=[keys.claim(job_id), keys.lease(job_id), *keys.slots(service_id)],
             args=["1" if requeue else "0", max_attempts, self.lease_ms],
         )
         return Recovery(text(verdict), int(attempt))
+
+    def release_parked(self, service_id: uuid.UUID, prune: bool = False) -> int:
+        """Let the service's parked jobs go as far as its slots allow; returns how many went.
+
+        ``prune`` first frees the slots of runs that ended without freeing
+        theirs (beat's safety net, each tick).
+        """
+        released, _pruned = self._scripts.release_parked(
+            keys=keys.slots(service_id), args=["1" if prune else "0"]
+        )
+        return int(released)
+
+    def parked(self, service_ids: Sequence[uuid.UUID]) -> list[int]:
+        """How many jobs of each service wait parked, in one round trip."""
+        pipeline = self._client.pipeline(transaction=False)
+        for service_id in service_ids:
+            pipeline.zcard(keys.parked_jobs(service_id))
+        return [int(count) for count in (pipeline.execute() if service_ids else [])]
 
     def settle(self, job_ids: Iterable[uuid.UUID | str], chunk: int = 1000) -> None:
         """SQL has recorded these jobs' ends: keep their claims one duplicate window more.

@@ -70,3 +70,28 @@ def batch_lease(batch_id: str) -> str:
 def service_workers(service_id: uuid.UUID | str) -> str:
     """Sorted set of the workers serving a service now: worker → when its presence lapses (ms)."""
     return f"{PREFIX}:workers:{service_id}"
+
+
+def service_control(service_id: uuid.UUID | str) -> str:
+    """Hash of what SQL says limits a service's starts (a hold, ``max_running``), for claims."""
+    return f"{PREFIX}:control:{service_id}"
+
+
+def running_jobs(service_id: uuid.UUID | str) -> str:
+    """Set of the claim keys of a service's jobs running now: its slots taken."""
+    return f"{PREFIX}:running:{service_id}"
+
+
+def parked_jobs(service_id: uuid.UUID | str) -> str:
+    """Sorted set of the claim keys of a service's parked jobs, by priority then arrival."""
+    return f"{PREFIX}:parked:{service_id}"
+
+
+def parked_arrivals(service_id: uuid.UUID | str) -> str:
+    """Counter of the deliveries a service has parked: their order of arrival."""
+    return f"{PREFIX}:parked-arrivals:{service_id}"
+
+
+def slots(service_id: uuid.UUID | str) -> list[str]:
+    """A service's running set, parked set and control hash: the keys ``slots.lua`` takes."""
+    return [running_jobs(service_id), parked_jobs(service_id), service_control(service_id)]

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 
 
 def parameters_digest(parameters: object) -> str:
@@ -30,6 +30,11 @@ def parameters_digest(parameters: object) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+def requeues_lost_work(worker_loss_policy: str) -> bool:
+    """Whether a service's policy runs a job again after its worker was lost (else: ERROR)."""
+    return worker_loss_policy == "requeue"
+
+
 @dataclass(frozen=True, slots=True)
 class JobMessage:
     """One job, as its service's worker receives it."""
@@ -42,6 +47,8 @@ class JobMessage:
     attempt: int = 1
     #: How many jobs of a submission may share one Celery message (see ``JobBatch``).
     per_message: int = 1
+    #: Higher starts first (``broker.messaging.priorities``).
+    priority: int = priorities.DEFAULT
 
     @property
     def task_name(self) -> str:
@@ -59,6 +66,9 @@ class JobMessage:
             "service_name": self.service_name,
             "parameters": self.parameters,
             "attempt": self.attempt,
+            # The message's priority is kombu's; a worker that must park the
+            # job (``broker.worker.parking``) sends it again with this one.
+            "priority": self.priority,
         }
 
 
@@ -85,6 +95,10 @@ class JobBatch:
     def queue(self) -> str:
         return self.first.queue
 
+    @property
+    def priority(self) -> int:
+        return self.first.priority
+
     def task_kwargs(self) -> dict[str, Any]:
         """The batch task's keyword arguments (JSON-serialisable)."""
         return {
@@ -92,7 +106,12 @@ class JobBatch:
             "service_id": str(self.first.service_id),
             "service_name": self.first.service_name,
             "jobs": [
-                {"job_id": str(job.job_id), "parameters": job.parameters, "attempt": job.attempt}
+                {
+                    "job_id": str(job.job_id),
+                    "parameters": job.parameters,
+                    "attempt": job.attempt,
+                    "priority": job.priority,
+                }
                 for job in self.jobs
             ],
         }
@@ -101,15 +120,16 @@ class JobBatch:
 def batched(messages: Sequence[JobMessage]) -> Iterator[JobMessage | JobBatch]:
     """The Celery messages that carry ``messages``, in order.
 
-    Consecutive jobs of one queue and attempt whose ``per_message`` allows it
-    share a batch of at most that many jobs; every other job travels alone.
+    Consecutive jobs of one queue, attempt and priority whose ``per_message``
+    allows it share a batch of at most that many jobs; every other job travels
+    alone.
     """
     run: list[JobMessage] = []
     for message in messages:
         if run and (
             len(run) >= run[0].per_message
-            or (message.queue, message.attempt, message.per_message)
-            != (run[0].queue, run[0].attempt, run[0].per_message)
+            or (message.queue, message.attempt, message.per_message, message.priority)
+            != (run[0].queue, run[0].attempt, run[0].per_message, run[0].priority)
         ):
             yield from _flush(run)
             run = []
@@ -142,6 +162,10 @@ class ServiceDescriptor:
     retries: bool = False
     retry_on: list[str] = field(default_factory=list)
     retry_backoff: float = 1.0
+    #: No job of the service starts while it is held (its claims park them).
+    held: bool = False
+    #: At most this many of its jobs run at once (None: no limit).
+    max_running: int | None = None
 
     @property
     def queue(self) -> str:

@@ -74,6 +74,8 @@ def descriptor_of(row: ServiceRow) -> ServiceDescriptor:
         retries=row.retries,
         retry_on=list(row.retry_on or []),
         retry_backoff=row.retry_backoff,
+        held=row.held_at is not None,
+        max_running=row.max_running,
     )
 
 

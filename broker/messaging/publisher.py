@@ -24,7 +24,7 @@ import redis
 from celery import Celery
 from celery.utils.time import utcoffset
 
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 from broker.messaging.celery_wire import EVENT_EXCHANGE, SENT_ROUTING_KEY, TaskEncoder
 from broker.messaging.claims import Claims
 from broker.messaging.connections import text
@@ -66,6 +66,30 @@ def fanout_topic(channel: Any, exchange: str, routing_key: str) -> str:
     return f"{prefix}{exchange}"
 
 
+def message_list(message: JobMessage | JobBatch) -> str:
+    """The Redis list a job message goes to: its queue's, for its priority."""
+    return priorities.queue_list(message.queue, message.priority)
+
+
+def encode(
+    encoder: TaskEncoder, message: JobMessage | JobBatch, event: bool = False
+) -> tuple[str, str | None]:
+    """The kombu envelope of the task message, and that of its ``task-sent`` event.
+
+    The one way a job message is encoded: the publisher's, and a worker's
+    that parks a delivery and must be able to send it again as it was.
+    """
+    if isinstance(message, JobBatch):
+        task_id, task_name = message.batch_id, keys.JOB_BATCH_TASK
+        shadow = f"{message.first.service_name} ({len(message.jobs)} jobs)"
+    else:
+        task_id, task_name = f"{message.job_id}.{message.attempt}", message.task_name
+        shadow = f"{message.service_name} (job)"
+    kwargs = message.task_kwargs()
+    priority = priorities.kombu_priority(message.priority)
+    return encoder.encode(task_id, task_name, shadow, message.queue, kwargs, event, priority)
+
+
 class CeleryPublisher:
     """The outbox's publisher: jobs through Celery, services into the Redis directory."""
 
@@ -90,9 +114,10 @@ class CeleryPublisher:
         round trip, so no worker can see a message before what it must match.
 
         Jobs travel alone, or in batches where their ``per_message`` allows
-        (``messages.batched``). Each chunk's messages go to their queue in one
-        multi-value ``LPUSH``, which queues them in the order given, as one
-        ``LPUSH`` each would.
+        (``messages.batched``). Each chunk's messages go to their queue's list
+        for their priority (``priorities.queue_list``, the one kombu's own
+        publish would use) in one multi-value ``LPUSH``, which queues them in
+        the order given, as one ``LPUSH`` each would.
         """
         if not messages:
             return
@@ -109,8 +134,8 @@ class CeleryPublisher:
                 self._claims.register(pipeline, service_id, registrations)
             by_queue: dict[str, list[str]] = {}
             for message in batched(chunk):
-                task_message, event = self._encode(message, sent_events)
-                by_queue.setdefault(message.queue, []).append(task_message)
+                task_message, event = encode(self._encoder, message, sent_events)
+                by_queue.setdefault(message_list(message), []).append(task_message)
                 if event is not None:
                     pipeline.publish(topic, event)
             for queue, task_messages in by_queue.items():
@@ -140,17 +165,6 @@ class CeleryPublisher:
             self._listeners_checked_at = now
         return self._listeners
 
-    def _encode(self, message: JobMessage | JobBatch, event: bool) -> tuple[str, str | None]:
-        """The kombu envelope of the task message, and that of its ``task-sent`` event."""
-        if isinstance(message, JobBatch):
-            task_id, task_name = message.batch_id, keys.JOB_BATCH_TASK
-            shadow = f"{message.first.service_name} ({len(message.jobs)} jobs)"
-        else:
-            task_id, task_name = f"{message.job_id}.{message.attempt}", message.task_name
-            shadow = f"{message.service_name} (job)"
-        kwargs = message.task_kwargs()
-        return self._encoder.encode(task_id, task_name, shadow, message.queue, kwargs, event)
-
     def _event_topic(self) -> str:
         """The pub/sub channel kombu publishes ``task-sent`` events on (it depends on the db)."""
         if self._sent_topic is None:
@@ -161,7 +175,13 @@ class CeleryPublisher:
         return self._sent_topic
 
     def publish_services(self, descriptors: Sequence[ServiceDescriptor]) -> None:
-        """Write descriptors to the directory, dropping names a renamed service left."""
+        """Write descriptors to the directory, dropping names a renamed service left.
+
+        The same round trip writes what claims read of a service's hold and
+        ``max_running`` (``keys.service_control``): from SQL, by the producer
+        that changed them and by beat on every tick, so a Redis that lost them
+        learns them again within a tick.
+        """
         if not descriptors:
             return
         by_id = {str(descriptor.id): descriptor for descriptor in descriptors}
@@ -176,4 +196,18 @@ class CeleryPublisher:
         for service_id, descriptor in by_id.items():
             pipeline.hset(keys.SERVICE_IDS, descriptor.name, service_id)
             pipeline.hset(keys.SERVICE_DESCRIPTORS, service_id, descriptor.to_json())
+            _control(pipeline, descriptor)
         pipeline.execute()
+
+
+def _control(pipeline: redis.client.Pipeline, descriptor: ServiceDescriptor) -> None:
+    """Write a service's hold and ``max_running`` where its claims read them (from SQL)."""
+    control = keys.service_control(descriptor.id)
+    if descriptor.held:
+        pipeline.hset(control, "held", "1")
+    else:
+        pipeline.hdel(control, "held")
+    if descriptor.max_running:
+        pipeline.hset(control, "max_running", descriptor.max_running)
+    else:
+        pipeline.hdel(control, "max_running")

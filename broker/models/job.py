@@ -141,6 +141,11 @@ class Job(JobInterface):
         return self._row.resubmitted_from
 
     @property
+    def priority(self) -> int:
+        """Higher starts first (``broker.messaging.priorities``)."""
+        return self._row.priority
+
+    @property
     def resubmissions(self) -> list[uuid.UUID]:
         """The jobs resubmitted from this one, oldest first: the other half of the link."""
         return list(
@@ -173,6 +178,7 @@ class Job(JobInterface):
             "not_before": self.not_before.isoformat() if self.not_before else None,
             "resubmitted_from": _text(self.resubmitted_from),
             "resubmissions": [str(job_id) for job_id in self.resubmissions],
+            "priority": self.priority,
         }
 
 

@@ -16,8 +16,8 @@ from broker.errors import (
     DuplicateServiceNameError,
     ImmutableFieldError,
 )
-from broker.messaging import outbox
-from broker.messaging.messages import JobMessage
+from broker.messaging import outbox, priorities
+from broker.messaging.messages import JobMessage, requeues_lost_work
 from broker.models.interfaces.job import JSON
 from broker.models.interfaces.job import Job as JobInterface
 from broker.models.interfaces.service import Service as ServiceInterface
@@ -32,6 +32,8 @@ DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 1e9
 MAX_ATTEMPTS = 1000
 MAX_NAME_LENGTH = 200
+#: The most a ``max_running`` may say; beyond it, say no limit (None).
+MAX_RUNNING = 10_000
 
 
 def has_timed_out(last_checked_in: datetime, timeout: float, now: datetime) -> bool:
@@ -55,6 +57,7 @@ def fill(
     *,
     attempt: int = 1,
     per_message: int = 1,
+    priority: int = priorities.DEFAULT,
 ) -> JobMessage:
     """A service's message template (``Service.message_template``) made one job's message."""
     # Built directly, not by ``dataclasses.replace``: this runs once per job of a
@@ -67,12 +70,8 @@ def fill(
         requeue=template.requeue,
         attempt=attempt,
         per_message=per_message,
+        priority=priority,
     )
-
-
-def requeues_lost_work(worker_loss_policy: str) -> bool:
-    """Whether a service's policy runs a job again after its worker was lost (else: ERROR)."""
-    return worker_loss_policy == "requeue"
 
 
 class Service(ServiceInterface):
@@ -105,6 +104,7 @@ class Service(ServiceInterface):
         timeout: float = DEFAULT_TIMEOUT,
         worker_loss_policy: str = "fail",
         max_attempts: int = 3,
+        max_running: int | None = None,
         service_id: uuid.UUID | None = None,
         retries: bool = False,
         retry_on: list[str] | tuple[str, ...] = (),
@@ -118,7 +118,8 @@ class Service(ServiceInterface):
         ``worker_loss_policy`` says what becomes of a job whose worker dies
         mid-run: ``"fail"`` (the default, for physical actions that must not
         repeat) marks it ERROR; ``"requeue"`` runs it again, at most
-        ``max_attempts`` times in all.
+        ``max_attempts`` times in all. ``max_running`` caps how many of its
+        jobs are WORKING at once (an exclusive instrument: 1); None, no limit.
 
         ``retries=True`` lets a handler ask for its job to run again
         (``broker.worker.Retry``), and makes the exception types named in
@@ -138,6 +139,8 @@ class Service(ServiceInterface):
             )
         check_count("max_attempts", max_attempts, MAX_ATTEMPTS)
         names = check_retries(retries, retry_on, retry_backoff)
+        if max_running is not None:
+            check_count("max_running", max_running, MAX_RUNNING)
         now = database_now(database_session)
         row = ServiceRow(
             id=service_id or uuid.uuid4(),
@@ -153,6 +156,7 @@ class Service(ServiceInterface):
             retries=retries,
             retry_on=names,
             retry_backoff=float(retry_backoff),
+            max_running=max_running,
             created_at=now,
         )
         database_session.add(row)
@@ -235,6 +239,56 @@ class Service(ServiceInterface):
         return self._row.max_attempts
 
     @property
+    def max_running(self) -> int | None:
+        """At most this many of the service's jobs WORKING at once; None: no limit."""
+        return self._row.max_running
+
+    @max_running.setter
+    def max_running(self, most: int | None) -> None:
+        if most is not None:
+            check_count("max_running", most, MAX_RUNNING)
+        self._row.max_running = most
+        outbox.record_service(self._session, self._row)
+
+    @property
+    def held(self) -> bool:
+        return self._row.held_at is not None
+
+    def hold_record(self) -> dict[str, Any]:
+        """Whether the service is held, since when, by whom and why (JSON-ready)."""
+        held_at = self._row.held_at
+        return {
+            "held": held_at is not None,
+            "held_at": held_at.isoformat() if held_at is not None else None,
+            "held_by": self._row.held_by,
+            "held_reason": self._row.held_reason,
+        }
+
+    def hold(self, by: str, reason: str | None = None) -> bool:
+        """Start no more of the service's jobs until ``resume``; False if it was held already.
+
+        Jobs are still accepted and queued meanwhile; one already running
+        finishes. ``by`` names who held it (``broker.actors``), for the record.
+        """
+        if reason is not None:
+            _check_description(reason, "reason")
+        if self.held:
+            return False
+        self._row.held_at = database_now(self._session)
+        self._row.held_by = by
+        self._row.held_reason = reason
+        outbox.record_service(self._session, self._row)
+        return True
+
+    def resume(self) -> bool:
+        """End a hold; False if the service was not held. Its parked jobs go on in order."""
+        if not self.held:
+            return False
+        self._row.held_at = self._row.held_by = self._row.held_reason = None
+        outbox.record_service(self._session, self._row)
+        return True
+
+    @property
     def is_service_available(self) -> bool:
         return self._row.is_service_available
 
@@ -267,10 +321,12 @@ class Service(ServiceInterface):
         *,
         job_id: uuid.UUID | None = None,
         not_before: datetime | None = None,
+        priority: int = priorities.DEFAULT,
     ) -> Job:
         """Validate ``parameters`` and add a REGISTERED job; nothing is added if invalid.
 
-        ``job_id``, like ``new``'s ``service_id``, is for fixtures with known ids.
+        ``job_id``, like ``new``'s ``service_id``, is for fixtures with known ids;
+        ``priority``: higher starts first (``broker.messaging.priorities``).
 
         The job's message is published to the service's queue when the
         session commits (see ``broker.messaging.outbox``), never before; a job
@@ -281,6 +337,7 @@ class Service(ServiceInterface):
             not isinstance(not_before, datetime) or not_before.utcoffset() is None
         ):
             raise DeserializationError("not_before", "must be a time with its zone")
+        priorities.check(priority)
         if sa.inspect(self._row).pending:
             # The tables share no ORM relationship, so nothing else tells one
             # flush to insert a new service before the job that refers to it.
@@ -293,6 +350,7 @@ class Service(ServiceInterface):
             attempts=0,
             date_submitted=database_now(self._session),
             not_before=not_before,
+            priority=priority,
         )
         self._session.add(row)
         if not_before is None:
@@ -316,7 +374,9 @@ class Service(ServiceInterface):
 
     def message_for(self, row: JobRow, attempt: int = 1) -> JobMessage:
         """The queue message of one of this service's jobs."""
-        return fill(self.message_template(), row.id, row.parameters, attempt=attempt)
+        return fill(
+            self.message_template(), row.id, row.parameters, attempt=attempt, priority=row.priority
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The service as JSON-ready data."""
@@ -335,6 +395,8 @@ class Service(ServiceInterface):
             "retries": self._row.retries,
             "retry_on": list(self._row.retry_on or []),
             "retry_backoff": self._row.retry_backoff,
+            "max_running": self.max_running,
+            **self.hold_record(),
         }
 
 
@@ -372,11 +434,11 @@ def check_retries(retries: object, retry_on: object, retry_backoff: object) -> l
     return names
 
 
-def _check_description(description: object) -> None:
+def _check_description(description: object, field: str = "description") -> None:
     if not isinstance(description, str):
-        raise DeserializationError("description", "must be a string")
+        raise DeserializationError(field, "must be a string")
     if "\x00" in description:
-        raise DeserializationError("description", "may not contain NUL characters (\\u0000)")
+        raise DeserializationError(field, "may not contain NUL characters (\\u0000)")
 
 
 def _check_name(name: object, session: Session) -> None:

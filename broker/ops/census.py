@@ -40,6 +40,12 @@ class ServiceReading:
     waiting: int = 0
     #: Jobs a worker has claimed and not finished (WORKING).
     running: int = 0
+    #: While the service is held: since when, by whom and why.
+    held_at: datetime | None = None
+    held_by: str | None = None
+    held_reason: str | None = None
+    #: At most this many of its jobs WORKING at once (None: no limit).
+    max_running: int | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -85,6 +91,10 @@ def take_census(session: Session) -> Census:
             ServiceRow.is_service_available,
             ServiceRow.timeout,
             ServiceRow.last_checked_in,
+            ServiceRow.held_at,
+            ServiceRow.held_by,
+            ServiceRow.held_reason,
+            ServiceRow.max_running,
         ).order_by(ServiceRow.name)
     ).all()
     # After the services: no check-in read above can be later than now.
@@ -99,7 +109,21 @@ def take_census(session: Session) -> Census:
             (now - last_checked_in).total_seconds(),
             jobs.get((service_id, Status.REGISTERED.value), 0),
             jobs.get((service_id, Status.WORKING.value), 0),
+            held_at,
+            held_by,
+            held_reason,
+            max_running,
         )
-        for service_id, name, available, timeout, last_checked_in in rows
+        for (
+            service_id,
+            name,
+            available,
+            timeout,
+            last_checked_in,
+            held_at,
+            held_by,
+            held_reason,
+            max_running,
+        ) in rows
     ]
     return Census(services, jobs, now)

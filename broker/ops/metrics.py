@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 from broker.messaging.connections import redis_url, text
 from broker.messaging.presence import COUNT, Presence
 from broker.models.lifecycle import Status
@@ -51,6 +51,8 @@ SERVICE_LABELS = ("service", "service_id")
 @dataclass(frozen=True, slots=True)
 class _RedisReading:
     queue_depths: dict[uuid.UUID, int]
+    #: Jobs parked until their service may start them (held, or at its max_running).
+    parked: dict[uuid.UUID, int]
     #: Live workers (Celery and HTTP) serving each service.
     workers: dict[uuid.UUID, int]
     #: Entries in the state stream: the mirror deletes an entry once applied.
@@ -119,8 +121,11 @@ class BrokerCollector(Collector):
     def _read_redis(self, services: Sequence[ServiceReading]) -> _RedisReading | None:
         try:
             pipeline = self._redis.pipeline(transaction=False)
+            lists = len(priorities.STEPS)
             for service in services:
-                pipeline.llen(keys.service_queue(service.id))
+                for queue_list in priorities.queue_lists(keys.service_queue(service.id)):
+                    pipeline.llen(queue_list)
+                pipeline.zcard(keys.parked_jobs(service.id))
             ids = [service.id for service in services]
             if ids:
                 self._presence.queue(pipeline, "", COUNT, ids)
@@ -130,12 +135,17 @@ class BrokerCollector(Collector):
             pipeline.scard(keys.PUBLISHED)
             pipeline.hgetall(keys.REFUSED)
             replies = pipeline.execute(raise_on_error=False)
-            depths = replies[: len(ids)]
-            workers = replies[len(ids)] if ids else []
-            lag, dead, pending, unmarked, refused = replies[len(ids) + bool(ids) :]
+            per_service = lists + 1
+            queues = replies[: len(ids) * per_service]
+            depths = [
+                sum(queues[start : start + lists]) for start in range(0, len(queues), per_service)
+            ]
+            parked = queues[lists::per_service]
+            workers = replies[len(queues)] if ids else []
+            lag, dead, pending, unmarked, refused = replies[len(queues) + bool(ids) :]
             if isinstance(pending, redis.ResponseError) and "NOGROUP" in str(pending):
                 pending = {"pending": 0}  # no mirror has ever run: nothing is pending
-            for reply in (*depths, workers, lag, dead, pending, unmarked, refused):
+            for reply in (*queues, workers, lag, dead, pending, unmarked, refused):
                 if isinstance(reply, Exception):
                     raise reply
         except redis.RedisError as error:
@@ -143,6 +153,7 @@ class BrokerCollector(Collector):
             return None
         return _RedisReading(
             {service.id: int(depth) for service, depth in zip(services, depths, strict=True)},
+            {service.id: int(count) for service, count in zip(services, parked, strict=True)},
             {service_id: int(count) for service_id, count in zip(ids, workers, strict=True)},
             int(lag),
             int(pending["pending"]),
@@ -188,6 +199,7 @@ def _database_metrics(reading: Census) -> Iterator[Metric]:
     age = _service_gauge(
         "topchef_seconds_since_check_in", "Seconds since the service last checked in (DB clock)."
     )
+    held = _service_gauge("topchef_service_held", "1 while the service is held, else 0.")
     for service in reading.services:
         for status in Status:
             count = reading.jobs.get((service.id, status.value), 0)
@@ -195,13 +207,15 @@ def _database_metrics(reading: Census) -> Iterator[Metric]:
         available.add_metric(service.labels, float(service.available))
         timed_out.add_metric(service.labels, float(service.timed_out))
         age.add_metric(service.labels, service.seconds_since_check_in)
-    yield from (jobs, available, timed_out, age)
+        held.add_metric(service.labels, float(service.held_at is not None))
+    yield from (jobs, available, timed_out, age, held)
 
 
 def _redis_metrics(reading: _RedisReading, services: Sequence[ServiceReading]) -> Iterator[Metric]:
     depth = _service_gauge(
         "topchef_queue_depth",
-        "Job messages in the service's Redis queue (a batch of jobs counts once; messages "
+        "Job messages in the service's Redis queue, all priorities (a batch of jobs counts "
+        "once; messages "
         "of jobs cancelled or claimed over HTTP stay until a worker discards them). "
         'Jobs waiting to run: topchef_jobs{status="REGISTERED"}.',
     )
@@ -210,13 +224,21 @@ def _redis_metrics(reading: _RedisReading, services: Sequence[ServiceReading]) -
         "Live workers (Celery and HTTP) serving the service; 0 with REGISTERED jobs "
         "means nothing will run them.",
     )
+    parked = _service_gauge(
+        "topchef_parked_jobs",
+        "Jobs delivered but parked until their service may start them (held, or at its "
+        "max_running).",
+    )
     for service in services:
         if service.id in reading.queue_depths:
             depth.add_metric(service.labels, reading.queue_depths[service.id])
         if service.id in reading.workers:
             workers.add_metric(service.labels, reading.workers[service.id])
+        if service.id in reading.parked:
+            parked.add_metric(service.labels, reading.parked[service.id])
     yield depth
     yield workers
+    yield parked
     yield GaugeMetricFamily(
         "topchef_mirror_lag_entries",
         "State entries not yet applied to SQL by the mirror.",

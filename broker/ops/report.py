@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import redis
 
+from broker.messaging.claims import Claims
 from broker.messaging.connections import redis_client
 from broker.messaging.presence import Presence
 from broker.models.lifecycle import Status
@@ -20,11 +21,15 @@ def render_status(settings: Settings) -> str:
 
     A service whose jobs need a worker while none is live is marked ``no
     worker`` (``ServiceReading.unserved``): it looks healthy otherwise, and
-    nothing will happen.
+    nothing will happen. A held service says so, by whom, since when and why,
+    on the line below it; ``running`` reads ``1/1`` for a service with a
+    ``max_running``, and ``waiting`` (every REGISTERED job, queued or parked)
+    says how many of them are parked.
     """
     with open_session(settings.database_url) as session:
         census = take_census(session)
     workers = _live_workers(settings, census.services)
+    parked = _parked(settings, census.services)
     lines = [
         f"{'service':<28} {'available':<9} {'workers':>7}  {'timed out':<9} {'check-in':>10} "
         f"{'waiting':>7} {'running':>7}",
@@ -34,11 +39,19 @@ def render_status(settings: Settings) -> str:
         line = (
             f"{service.name[:28]:<28} {'yes' if service.available else 'no':<9} "
             f"{'?' if live is None else live:>7}  {'yes' if service.timed_out else 'no':<9} "
-            f"{_age(service.seconds_since_check_in):>10} {service.waiting:>7} {service.running:>7}"
+            f"{_age(service.seconds_since_check_in):>10} {service.waiting:>7} "
+            f"{_running(service):>7}"
         )
-        if live is not None and service.unserved(live):
+        if live is not None and service.unserved(live) and service.held_at is None:
             line += "  no worker"
+        if parked.get(service.id):
+            line += f"  ({parked[service.id]} parked)"
         lines.append(line)
+        if service.held_at is not None:
+            reason = f": {service.held_reason}" if service.held_reason else ""
+            lines.append(
+                f"  held by {service.held_by} since {service.held_at:%Y-%m-%d %H:%M:%S} UTC{reason}"
+            )
     if not census.services:
         lines.append("(no services yet: topchef services create ...)")
     totals = census.totals()
@@ -47,6 +60,21 @@ def render_status(settings: Settings) -> str:
         "jobs: " + ", ".join(f"{status.value} {totals[status.value]}" for status in Status)
     )
     return "\n".join(lines)
+
+
+def _running(service: ServiceReading) -> str:
+    if service.max_running is None:
+        return str(service.running)
+    return f"{service.running}/{service.max_running}"
+
+
+def _parked(settings: Settings, services: Sequence[ServiceReading]) -> dict[uuid.UUID, int]:
+    ids = [service.id for service in services]
+    try:
+        counts = Claims(redis_client(settings.broker_url)).parked(ids)
+    except redis.RedisError:
+        return {}
+    return dict(zip(ids, counts, strict=True))
 
 
 def _live_workers(settings: Settings, services: Sequence[ServiceReading]) -> dict[uuid.UUID, int]:

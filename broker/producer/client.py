@@ -32,7 +32,7 @@ from broker.errors import (
     ServiceSchemaMismatchError,
     ServiceWithNameNotFound,
 )
-from broker.messaging import outbox
+from broker.messaging import outbox, priorities
 from broker.messaging.claims import ClaimResult, Claims
 from broker.messaging.connections import redis_client
 from broker.messaging.publisher import CeleryPublisher
@@ -82,7 +82,8 @@ class Producer:
         result_schema: dict[str, Any],
         **options: Any,
     ) -> uuid.UUID:
-        """Create a service (``timeout``, ``worker_loss_policy``, ``max_attempts``)."""
+        """Create a service (options: ``timeout``, ``worker_loss_policy``, ``max_attempts``,
+        ``max_running``)."""
         with self.session() as session:
             service = Service.new(
                 name, description, registration_schema, result_schema, session, **options
@@ -128,6 +129,40 @@ class Producer:
                 continue  # created meanwhile by another producer: compare with that one
         raise DuplicateServiceNameError(name)
 
+    def hold_service(self, name: str, reason: str | None = None, *, by: str | None = None) -> bool:
+        """Start none of the service's jobs until ``resume_service``; False if held already.
+
+        Jobs are still accepted and queued while it is held; one already
+        running finishes. The hold is in SQL, with who held it (``by``; this
+        process, ``user@host:pid``, by default) and ``reason``; beat keeps
+        Redis in step with it.
+        """
+        with self.session() as session:
+            return ServiceList(session).by_name(name).hold(by or actors.person(), reason)
+
+    def resume_service(self, name: str) -> bool:
+        """End the service's hold: its waiting jobs start, in their order. False if not held."""
+        with self.session() as session:
+            service = ServiceList(session).by_name(name)
+            resumed, service_id = service.resume(), service.id
+        if resumed:
+            # The hold is gone from Redis since the commit; the parked jobs go back now
+            # (beat would within a tick).
+            self.release_parked(service_id)
+        return resumed
+
+    def set_max_running(self, name: str, max_running: int | None) -> None:
+        """Let at most ``max_running`` of the service's jobs be WORKING at once (None: no limit)."""
+        with self.session() as session:
+            service = ServiceList(session).by_name(name)
+            service.max_running = max_running
+            service_id = service.id
+        self.release_parked(service_id)  # a raised limit frees slots now
+
+    def release_parked(self, service_id: uuid.UUID) -> int:
+        """Let the service's parked jobs go as far as its slots allow (beat does each tick)."""
+        return self._claims.release_parked(service_id)
+
     def _schemas_of(self, name: str) -> tuple[uuid.UUID, Any, Any] | None:
         with open_session(self.settings.database_url) as session:
             row = session.execute(
@@ -145,8 +180,12 @@ class Producer:
         parameters: dict[str, Any],
         *,
         not_before: datetime | None = None,
+        priority: int = priorities.DEFAULT,
     ) -> uuid.UUID:
         """Validate and submit one job; returns its id.
+
+        ``priority`` (0 to 9, higher first; default 5): a service's workers start
+        its highest-priority waiting job first (``broker.messaging.priorities``).
 
         After the first submit to a service, PostgreSQL takes the job in one
         autocommitted statement (``submission.add_job_at_once``).
@@ -155,18 +194,21 @@ class Producer:
         REGISTERED, cancellable, and beat publishes it when due, so it starts
         within about a second of that time (``Settings.due_interval``).
         """
+        priorities.check(priority)
         destination = self._destinations.get(service_name)
         if not_before is not None:
-            return self.submit_many(service_name, [parameters], not_before=not_before)[0]
+            return self.submit_many(
+                service_name, [parameters], not_before=not_before, priority=priority
+            )[0]
         if destination is not None:
             engine = engine_for(self.settings.database_url)
-            job_id = submission.add_job_at_once(engine, destination, parameters)
+            job_id = submission.add_job_at_once(engine, destination, parameters, priority)
             if job_id is not None:
-                message = destination.message(job_id, parameters)
+                message = destination.message(job_id, parameters, priority=priority)
                 outbox.publish_committed(self.publisher, engine, [message])
                 return job_id
             del self._destinations[service_name]  # renamed or deleted: look it up again
-        return self.submit_many(service_name, [parameters])[0]
+        return self.submit_many(service_name, [parameters], priority=priority)[0]
 
     def submit_many(
         self,
@@ -175,6 +217,7 @@ class Producer:
         *,
         jobs_per_message: int = 1,
         not_before: datetime | None = None,
+        priority: int = priorities.DEFAULT,
     ) -> list[uuid.UUID]:
         """Validate every parameter set, then add all jobs in one transaction.
 
@@ -186,16 +229,24 @@ class Producer:
         (about a millisecond of worker CPU) would otherwise dominate. Keep the
         default for long jobs, so that each can go to whichever worker is free.
 
-        ``not_before`` holds every job back until then (see ``submit``).
+        ``not_before`` holds every job back until then (see ``submit``);
+        ``priority`` is every job's (see ``submit``).
         """
         submission.check_jobs_per_message(jobs_per_message)
         submission.check_not_before(not_before)
+        priorities.check(priority)
         with self.session() as session:
             service, now = _service_and_clock(session, service_name)
             if session.get_bind().dialect.name == "postgresql":
                 self._destinations[service_name] = submission.Destination.of(service)
             return submission.add_jobs(
-                session, service, now, list(parameter_sets), jobs_per_message, not_before
+                session,
+                service,
+                now,
+                list(parameter_sets),
+                jobs_per_message,
+                not_before,
+                priority,
             )
 
     def resubmit(self, job_id: uuid.UUID) -> uuid.UUID:
@@ -215,7 +266,11 @@ class Producer:
             assert service_row is not None, "jobs.service_id is a foreign key"
             service = Service(service_row)
             [new_id] = submission.add_jobs(
-                session, service, database_now(session), [original.parameters]
+                session,
+                service,
+                database_now(session),
+                [original.parameters],
+                priority=original.priority,  # the same place in the queue's order
             )
             session.execute(
                 sa.update(JobRow)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from broker.contract import Contract
 from broker.errors import DeserializationError
-from broker.messaging import outbox
+from broker.messaging import outbox, priorities
 from broker.messaging.messages import JobMessage
 from broker.models import lifecycle
 from broker.models.service import Service, check_count, fill
@@ -49,9 +49,13 @@ class Destination:
         )
 
     def message(
-        self, job_id: uuid.UUID, parameters: dict[str, Any], per_message: int = 1
+        self,
+        job_id: uuid.UUID,
+        parameters: dict[str, Any],
+        per_message: int = 1,
+        priority: int = priorities.DEFAULT,
     ) -> JobMessage:
-        return fill(self.template, job_id, parameters, per_message=per_message)
+        return fill(self.template, job_id, parameters, per_message=per_message, priority=priority)
 
 
 #: The most jobs one Celery message may carry (``jobs_per_message``).
@@ -70,6 +74,7 @@ _COPY_COLUMNS = {
     "date_submitted": "timestamptz",
     "version": "int4",
     "parameters": "jsonb",
+    "priority": "int4",
 }
 _COPY_JOBS = f"COPY {JobRow.__tablename__} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = list(_COPY_COLUMNS.values())
@@ -79,7 +84,16 @@ _COPY_TYPES = list(_COPY_COLUMNS.values())
 _INSERT_ONE = (
     sa.insert(JobRow)
     .from_select(
-        ["id", "service_id", "status", "parameters", "attempts", "date_submitted", "version"],
+        [
+            "id",
+            "service_id",
+            "status",
+            "parameters",
+            "attempts",
+            "date_submitted",
+            "version",
+            "priority",
+        ],
         sa.select(
             sa.bindparam("job_id", type_=sa.Uuid),
             ServiceRow.id,
@@ -88,6 +102,7 @@ _INSERT_ONE = (
             sa.literal(0),
             sa.func.clock_timestamp(),
             sa.literal(1),
+            sa.bindparam("priority", type_=sa.Integer),
         ).where(
             ServiceRow.id == sa.bindparam("service_id"), ServiceRow.name == sa.bindparam("name")
         ),
@@ -97,7 +112,10 @@ _INSERT_ONE = (
 
 
 def add_job_at_once(
-    engine: sa.Engine, destination: Destination, parameters: dict[str, Any]
+    engine: sa.Engine,
+    destination: Destination,
+    parameters: dict[str, Any],
+    priority: int = priorities.DEFAULT,
 ) -> uuid.UUID | None:
     """Validate and commit one job in one statement (PostgreSQL).
 
@@ -116,6 +134,7 @@ def add_job_at_once(
         "parameters": parameters,
         "service_id": destination.service_id,
         "name": destination.name,
+        "priority": priority,
     }
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         inserted = connection.execute(_INSERT_ONE, values).scalar()
@@ -144,6 +163,7 @@ def add_jobs(
     parameter_sets: Sequence[dict[str, Any]],
     per_message: int = 1,
     not_before: datetime | None = None,
+    priority: int = priorities.DEFAULT,
 ) -> list[uuid.UUID]:
     """``Service.new_job`` for many jobs at once: the same rows and messages, in bulk.
 
@@ -152,6 +172,7 @@ def add_jobs(
     and beat publishes them when due (``broker.beat.recovery.publish_due``).
     """
     check_not_before(not_before)
+    priorities.check(priority)
     destination = Destination.of(service)
     for parameters in parameter_sets:
         destination.contract.validate(parameters, source="parameters")
@@ -161,7 +182,7 @@ def add_jobs(
     stamps = [now + timedelta(microseconds=index) for index in range(len(ids))]
     connection = session.connection()
     if connection.dialect.name == "postgresql" and len(ids) > 1 and not_before is None:
-        _copy_rows(connection, service.id, ids, stamps, parameter_sets)
+        _copy_rows(connection, service.id, ids, stamps, parameter_sets, priority)
     else:
         rows = [
             {
@@ -173,6 +194,7 @@ def add_jobs(
                 "date_submitted": stamp,
                 "version": 1,
                 "not_before": not_before,
+                "priority": priority,
             }
             for job_id, stamp, parameters in zip(ids, stamps, parameter_sets, strict=True)
         ]
@@ -181,7 +203,8 @@ def add_jobs(
     if not_before is not None:
         return ids
     for job_id, parameters in zip(ids, parameter_sets, strict=True):
-        outbox.record_job(session, destination.message(job_id, parameters, per_message))
+        message = destination.message(job_id, parameters, per_message, priority)
+        outbox.record_job(session, message)
     return ids
 
 
@@ -191,6 +214,7 @@ def _copy_rows(
     ids: list[uuid.UUID],
     stamps: list[datetime],
     parameter_sets: Sequence[dict[str, Any]],
+    priority: int,
 ) -> None:
     """Insert the rows with one ``COPY`` inside the caller's transaction (PostgreSQL).
 
@@ -210,4 +234,5 @@ def _copy_rows(
     ):
         copy.set_types(_COPY_TYPES)
         for job_id, stamp, parameters in zip(ids, stamps, parameter_sets, strict=True):
-            copy.write_row((job_id, service_id, _REGISTERED, 0, stamp, 1, Jsonb(parameters)))
+            row = (job_id, service_id, _REGISTERED, 0, stamp, 1, Jsonb(parameters), priority)
+            copy.write_row(row)

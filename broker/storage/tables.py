@@ -97,6 +97,13 @@ class ServiceRow(Base):
     #: (These three have server defaults only, so rows written without them get them.)
     retry_backoff: Mapped[float] = mapped_column(sa.Float, server_default=sa.text("1.0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: A hold (``Producer.hold_service``): while ``held_at`` is set, no job of the
+    #: service starts; who held it and why, for ``topchef status``.
+    held_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    held_by: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    held_reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    #: At most this many of the service's jobs WORKING at once (NULL: no limit).
+    max_running: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
 
 
 class JobRow(Base):
@@ -115,6 +122,9 @@ class JobRow(Base):
     detail: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     progress: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
     progress_message: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    #: Higher starts first (``broker.messaging.priorities``); kept so that a
+    #: re-publish goes to the same priority list as the first publish.
+    priority: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("5"))
     #: Which delivery of the job is (or was last) running; > 1 after a requeue.
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     worker: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)

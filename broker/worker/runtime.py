@@ -30,7 +30,7 @@ import redis
 from broker import actors
 from broker.contract import Contract, compile_contract
 from broker.errors import DeserializationError
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 from broker.messaging.batches import Batches
 from broker.messaging.claims import ClaimResult, Claims, Finish
 from broker.messaging.connections import redis_client, text
@@ -51,6 +51,7 @@ from broker.worker.handlers import (
     watching,
 )
 from broker.worker.outcomes import RETRYING, UNSTARTED, Outcome
+from broker.worker.parking import Parker
 
 __all__ = [
     "Refused",
@@ -122,6 +123,7 @@ class WorkerRuntime:
         self._claims = Claims(self._client, settings.lease_seconds, settings.duplicate_window)
         self._batches = Batches(self._client, settings.lease_seconds)
         self._presence = Presence(self._client)
+        self._parker = Parker()
         #: Lease key → holder, for every job and batch this process is running.
         self._leases: dict[str, str] = {}
         self._leases_lock = threading.Lock()
@@ -245,6 +247,7 @@ class WorkerRuntime:
         service_id: object = None,
         parameters: object = None,
         attempt: object = 1,
+        priority: object = priorities.DEFAULT,
         **_ignored: Any,
     ) -> Outcome:
         """Run one delivery of a job, if it is registered work and wins the claim.
@@ -260,7 +263,8 @@ class WorkerRuntime:
             if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
                 raise ValueError(f"attempt must be a positive integer, got {attempt!r}")
             number = attempt
-        except (TypeError, ValueError) as error:
+            rank = priorities.check(priority)
+        except (TypeError, ValueError, DeserializationError) as error:
             raise self.refuse("malformed", None, f"unreadable job message: {error}") from None
         served = self._served_for(service)
         if served is None:
@@ -273,7 +277,11 @@ class WorkerRuntime:
         working = StateMessage(
             "status", service, job, status=Status.WORKING.value, attempt=number, worker=worker
         )
-        claimed = self._claims.claim(job, number, worker, working, parameters_digest(parameters))
+        digest = parameters_digest(parameters)
+        claimed = self._claims.claim(job, number, worker, working, digest)
+        if claimed is ClaimResult.MUST_PARK:
+            parking = self._parker.parking(served.descriptor, job, parameters, number, rank)
+            claimed = self._claims.claim(job, number, worker, working, digest, parking=parking)
         if claimed.refused:
             raise self.refuse(claimed.value, job, _REFUSAL_DETAIL[claimed])
         if claimed is not ClaimResult.CLAIMED:

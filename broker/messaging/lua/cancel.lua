@@ -7,6 +7,12 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state and state ~= 'cancelled' and state ~= 'retrying' then
   return state
 end
+local parked_in = redis.call('HGET', KEYS[1], 'parked_in')
+if parked_in then
+  -- A parked job waits for its service; cancelled, it leaves the parked set.
+  redis.call('ZREM', parked_in, KEYS[1])
+  redis.call('HDEL', KEYS[1], 'parked', 'parked_message')
+end
 redis.call('HSET', KEYS[1], 'state', 'cancelled')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 'cancelled'

@@ -1,7 +1,12 @@
 -- Take a job for one delivery and report it WORKING, or say why not.
+-- (slots.lua is prepended: free_slots)
 -- KEYS[1]  claim hash topchef:claim:<job>
 -- KEYS[2]  lease topchef:lease:<job>
 -- KEYS[3]  state stream topchef:state
+-- KEYS[4]  the service's running set (slots.lua)
+-- KEYS[5]  the service's parked set
+-- KEYS[6]  the service's control hash
+-- KEYS[7]  the service's parked-arrivals counter
 -- ARGV[1]  attempt
 -- ARGV[2]  worker
 -- ARGV[3]  lease ms
@@ -10,9 +15,15 @@
 -- ARGV[6]  parameters digest ('' when the caller read the job from SQL itself)
 -- ARGV[7]  trusted: '1' when the caller read the job from SQL and may register it
 -- ARGV[8]  settle seconds (the duplicate window)
+-- ARGV[9]  the delivery's message, to park it with ('' if the caller has not encoded it)
+-- ARGV[10] the queue list a parked message goes back to
+-- ARGV[11] the job's priority (0-9, higher first)
 -- Returns: 'claimed'; or the claim's state that makes this delivery a duplicate
 --   ('running', 'done', 'cancelled', 'requeued', 'retrying', 'lost'); or a refusal
---   ('unregistered', 'misrouted', 'altered').
+--   ('unregistered', 'misrouted', 'altered'); or, when the service may not
+--   start a job now (held, or at its max_running): 'parked' (the message is kept
+--   in the parked set until a slot frees or the service resumes), 'must_park'
+--   (call again with ARGV[9]), 'deferred' (a trusted caller: nothing changed).
 local service = redis.call('HGET', KEYS[1], 'service')
 if not service then
   if ARGV[7] ~= '1' then
@@ -41,8 +52,32 @@ if state then
     return state
   end
 end
+-- The job may run; may the service start one now?
+if free_slots(KEYS[4], KEYS[6]) == 0 then
+  if ARGV[7] == '1' then
+    return 'deferred'
+  end
+  if ARGV[9] == '' then
+    return 'must_park'
+  end
+  -- A job parked again keeps its place: its first arrival orders it.
+  local seq = redis.call('HGET', KEYS[1], 'parked_seq')
+  if not seq then
+    seq = redis.call('INCR', KEYS[7])
+  end
+  redis.call('HSET', KEYS[1], 'parked', attempt, 'parked_seq', seq, 'parked_to', ARGV[10],
+    'parked_message', ARGV[9], 'parked_in', KEYS[5])
+  redis.call('ZADD', KEYS[5], (9 - tonumber(ARGV[11])) * 1e12 + tonumber(seq), KEYS[1])
+  return 'parked'
+end
+if redis.call('HEXISTS', KEYS[1], 'parked') == 1 then
+  -- A duplicate of a parked delivery came when it could start: the parked one is not needed.
+  redis.call('ZREM', KEYS[5], KEYS[1])
+  redis.call('HDEL', KEYS[1], 'parked', 'parked_message')
+end
 redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'worker', ARGV[2])
 redis.call('PERSIST', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[4], KEYS[1])
 redis.call('XADD', KEYS[3], '*', 'm', ARGV[4])
 return 'claimed'

@@ -1,7 +1,11 @@
 -- Report a run's outcome, and say how late it is if beat gave the job up meanwhile.
+-- (slots.lua is prepended: free_slot)
 -- KEYS[1]  claim hash topchef:claim:<job>
 -- KEYS[2]  lease topchef:lease:<job>
 -- KEYS[3]  state stream topchef:state
+-- KEYS[4]  the service's running set (slots.lua)
+-- KEYS[5]  the service's parked set
+-- KEYS[6]  the service's control hash
 -- ARGV[1]  attempt
 -- ARGV[2]  final entry (the state message's "m" field)
 -- ARGV[3]  backstop ttl seconds of the ended claim
@@ -9,7 +13,8 @@
 --   presumed the worker lost at since ms, and nothing ran again: this outcome
 --   stands), 'superseded' (another attempt holds the job) or 'unknown' (the
 --   claim is gone or already ended); since is '' unless lost or requeued. The
---   outcome goes on the stream in every case.
+--   outcome goes on the stream in every case. Only an on-time end frees the
+--   run's slot: beat freed a lost or re-queued one when it gave the run up.
 local state = redis.call('HGET', KEYS[1], 'state')
 local mine = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') == tonumber(ARGV[1])
 if mine and state == 'running' then
@@ -17,6 +22,7 @@ if mine and state == 'running' then
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('DEL', KEYS[2])
   redis.call('XADD', KEYS[3], '*', 'm', ARGV[2])
+  free_slot(KEYS[4], KEYS[5], KEYS[6], KEYS[1])
   return {'', ''}
 end
 if mine and (state == 'lost' or state == 'requeued') then

@@ -1,7 +1,11 @@
 -- The holder gives a claim back: the job is registered work again, unclaimed.
+-- (slots.lua is prepended: free_slot)
 -- KEYS[1]  claim hash topchef:claim:<job>
 -- KEYS[2]  lease topchef:lease:<job>
 -- KEYS[3]  state stream topchef:state
+-- KEYS[4]  the service's running set (slots.lua)
+-- KEYS[5]  the service's parked set
+-- KEYS[6]  the service's control hash
 -- ARGV[1]  attempt
 -- ARGV[2]  worker
 -- ARGV[3]  release entry (the state message's "m" field)
@@ -14,4 +18,5 @@ end
 redis.call('HDEL', KEYS[1], 'state', 'attempt', 'worker')
 redis.call('DEL', KEYS[2])
 redis.call('XADD', KEYS[3], '*', 'm', ARGV[3])
+free_slot(KEYS[4], KEYS[5], KEYS[6], KEYS[1])
 return 1

@@ -1,7 +1,11 @@
 -- End a run that asked for another attempt: the claim waits for attempt n+1.
+-- (slots.lua is prepended: free_slot)
 -- KEYS[1]  claim hash topchef:claim:<job>
 -- KEYS[2]  lease topchef:lease:<job>
 -- KEYS[3]  state stream topchef:state
+-- KEYS[4]  the service's running set (slots.lua)
+-- KEYS[5]  the service's parked set
+-- KEYS[6]  the service's control hash
 -- ARGV[1]  attempt
 -- ARGV[2]  retry entry (the state message's "m" field)
 -- Returns: 'retrying', or the claim's state when this attempt does not hold it
@@ -16,5 +20,7 @@ if not (mine and state == 'running') then
 end
 redis.call('HSET', KEYS[1], 'state', 'retrying')
 redis.call('DEL', KEYS[2])
+-- The run ended: its slot frees, and the next parked job may start meanwhile.
+free_slot(KEYS[4], KEYS[5], KEYS[6], KEYS[1])
 redis.call('XADD', KEYS[3], '*', 'm', ARGV[2])
 return 'retrying'
