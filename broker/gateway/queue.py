@@ -88,7 +88,7 @@ def submit_job(service_id: str) -> Response:
     parameters = field(body, "parameters", dict, "a JSON object")
     with gateway().writing() as session:
         service = find_service(session, service_id)
-        job = service.new_job(parameters)
+        job = service.new_job(parameters, submitted_by=http_worker()[0])
         data, job_id = job_detail(job, legacy=legacy()), job.id
     location = _job_url(job_id)
     meta = {"message": f"new job ID is {job_id}"}

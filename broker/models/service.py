@@ -10,7 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from broker.contract import Contract, compile_contract
+from broker import actors
+from broker.contract import Contract, compile_contract, schema_fingerprint
 from broker.errors import (
     DeserializationError,
     DuplicateServiceNameError,
@@ -141,6 +142,7 @@ class Service(ServiceInterface):
             worker_loss_policy=worker_loss_policy,
             max_attempts=max_attempts,
             created_at=now,
+            schema_fingerprint=schema_fingerprint(registration_schema, result_schema),
         )
         database_session.add(row)
         outbox.record_service(database_session, row)
@@ -248,10 +250,18 @@ class Service(ServiceInterface):
     def jobs(self) -> JobList:
         return JobList.of_service(self._session, self._row.id)
 
-    def new_job(self, parameters: dict[str, JSON], *, job_id: uuid.UUID | None = None) -> Job:
+    def new_job(
+        self,
+        parameters: dict[str, JSON],
+        *,
+        job_id: uuid.UUID | None = None,
+        submitted_by: str | None = None,
+    ) -> Job:
         """Validate ``parameters`` and add a REGISTERED job; nothing is added if invalid.
 
         ``job_id``, like ``new``'s ``service_id``, is for fixtures with known ids.
+        ``submitted_by`` names who submits it (an HTTP caller); this process's
+        person (``actors.person``) by default.
 
         The job's message is published to the service's queue when the
         session commits (see ``broker.messaging.outbox``), never before.
@@ -268,6 +278,7 @@ class Service(ServiceInterface):
             parameters=parameters,
             attempts=0,
             date_submitted=database_now(self._session),
+            submitted_by=submitted_by or actors.person(),
         )
         self._session.add(row)
         outbox.record_job(self._session, self.message_for(row))

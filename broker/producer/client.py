@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session
 
+from broker import actors
 from broker.app import make_app
 from broker.errors import (
     DuplicateServiceNameError,
@@ -146,7 +147,7 @@ class Producer:
         destination = self._destinations.get(service_name)
         if destination is not None:
             engine = engine_for(self.settings.database_url)
-            job_id = submission.add_job_at_once(engine, destination, parameters)
+            job_id = submission.add_job_at_once(engine, destination, parameters, actors.person())
             if job_id is not None:
                 message = destination.message(job_id, parameters)
                 outbox.publish_committed(self.publisher, engine, [message])
@@ -184,8 +185,22 @@ class Producer:
         """A snapshot of the job as SQL has it now."""
         return self.reader.job(job_id)
 
-    def cancel(self, job_id: uuid.UUID) -> bool:
+    def history(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+        """Every move of the job, oldest first: at, from, to, by, attempt, detail.
+
+        The first is its submission (``from`` None, ``by`` who submitted it).
+        """
+        return self.reader.history(job_id)
+
+    def provenance(self, job_id: uuid.UUID) -> dict[str, Any]:
+        """Who submitted the job, its schemas' fingerprint, and what ran it (``run``)."""
+        return self.reader.provenance(job_id)
+
+    def cancel(self, job_id: uuid.UUID, *, by: str | None = None) -> bool:
         """Cancel a REGISTERED job: it becomes CANCELLED and never runs.
+
+        ``by`` is who cancels, as the job's history records it: this process's
+        person (``user@host:pid``) unless told (the HTTP gateway names its caller).
 
         The claim is taken first, in Redis: from then on no delivery of the
         job's message can start it, even one already queued. A job a worker
@@ -204,7 +219,8 @@ class Producer:
             if claimed is not ClaimResult.CANCELLED:
                 raise InvalidTransitionError(job_id, Status.WORKING.value, Status.CANCELLED.value)
             detail = {"detail": "cancelled before it ran"}
-            move = lifecycle.Move(job_id, database_now(session), detail)
+            who = by or actors.person()
+            move = lifecycle.Move(job_id, database_now(session), detail, by=who)
             if not lifecycle.advance(session, Status.CANCELLED, [move]):
                 raise InvalidTransitionError(job_id, row.status, Status.CANCELLED.value)
             return True

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
+from broker import actors
 from broker.contract import Contract
 from broker.messaging import outbox
 from broker.messaging.messages import JobMessage
@@ -69,6 +70,7 @@ _COPY_COLUMNS = {
     "date_submitted": "timestamptz",
     "version": "int4",
     "parameters": "jsonb",
+    "submitted_by": "varchar",
 }
 _COPY_JOBS = f"COPY {JobRow.__tablename__} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = list(_COPY_COLUMNS.values())
@@ -78,7 +80,16 @@ _COPY_TYPES = list(_COPY_COLUMNS.values())
 _INSERT_ONE = (
     sa.insert(JobRow)
     .from_select(
-        ["id", "service_id", "status", "parameters", "attempts", "date_submitted", "version"],
+        [
+            "id",
+            "service_id",
+            "status",
+            "parameters",
+            "attempts",
+            "date_submitted",
+            "version",
+            "submitted_by",
+        ],
         sa.select(
             sa.bindparam("job_id", type_=sa.Uuid),
             ServiceRow.id,
@@ -87,6 +98,7 @@ _INSERT_ONE = (
             sa.literal(0),
             sa.func.clock_timestamp(),
             sa.literal(1),
+            sa.bindparam("submitted_by", type_=sa.String),
         ).where(
             ServiceRow.id == sa.bindparam("service_id"), ServiceRow.name == sa.bindparam("name")
         ),
@@ -96,7 +108,7 @@ _INSERT_ONE = (
 
 
 def add_job_at_once(
-    engine: sa.Engine, destination: Destination, parameters: dict[str, Any]
+    engine: sa.Engine, destination: Destination, parameters: dict[str, Any], submitted_by: str
 ) -> uuid.UUID | None:
     """Validate and commit one job in one statement (PostgreSQL).
 
@@ -115,6 +127,7 @@ def add_job_at_once(
         "parameters": parameters,
         "service_id": destination.service_id,
         "name": destination.name,
+        "submitted_by": submitted_by,
     }
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         inserted = connection.execute(_INSERT_ONE, values).scalar()
@@ -132,11 +145,14 @@ def add_jobs(
     now: datetime,
     parameter_sets: Sequence[dict[str, Any]],
     per_message: int = 1,
+    submitted_by: str | None = None,
 ) -> list[uuid.UUID]:
     """``Service.new_job`` for many jobs at once: the same rows and messages, in bulk.
 
     One invalid parameter set refuses them all, before anything is written.
+    ``submitted_by`` is recorded on every job (``actors.person`` by default).
     """
+    submitted_by = submitted_by or actors.person()
     destination = Destination.of(service)
     for parameters in parameter_sets:
         destination.contract.validate(parameters, source="parameters")
@@ -146,7 +162,7 @@ def add_jobs(
     stamps = [now + timedelta(microseconds=index) for index in range(len(ids))]
     connection = session.connection()
     if connection.dialect.name == "postgresql" and len(ids) > 1:
-        _copy_rows(connection, service.id, ids, stamps, parameter_sets)
+        _copy_rows(connection, service.id, ids, stamps, parameter_sets, submitted_by)
     else:
         rows = [
             {
@@ -157,6 +173,7 @@ def add_jobs(
                 "attempts": 0,
                 "date_submitted": stamp,
                 "version": 1,
+                "submitted_by": submitted_by,
             }
             for job_id, stamp, parameters in zip(ids, stamps, parameter_sets, strict=True)
         ]
@@ -173,6 +190,7 @@ def _copy_rows(
     ids: list[uuid.UUID],
     stamps: list[datetime],
     parameter_sets: Sequence[dict[str, Any]],
+    submitted_by: str,
 ) -> None:
     """Insert the rows with one ``COPY`` inside the caller's transaction (PostgreSQL).
 
@@ -192,4 +210,6 @@ def _copy_rows(
     ):
         copy.set_types(_COPY_TYPES)
         for job_id, stamp, parameters in zip(ids, stamps, parameter_sets, strict=True):
-            copy.write_row((job_id, service_id, _REGISTERED, 0, stamp, 1, Jsonb(parameters)))
+            copy.write_row(
+                (job_id, service_id, _REGISTERED, 0, stamp, 1, Jsonb(parameters), submitted_by)
+            )
