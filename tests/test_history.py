@@ -7,12 +7,14 @@ own status setter; then the history and provenance as read back.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from support import wait_for
 
 from broker import actors
 from broker.contract import schema_fingerprint
@@ -21,7 +23,13 @@ from broker.models import attempts, history, lifecycle
 from broker.models.job import Job
 from broker.models.lifecycle import Move, Status
 from broker.models.service import Service
-from broker.storage.tables import JobRow, JobTransitionRow, RunProvenanceRow, database_now
+from broker.storage.tables import (
+    JobRow,
+    JobTransitionRow,
+    RunProvenanceRow,
+    database_now,
+    open_session,
+)
 
 SCHEMA = {"type": "object"}
 
@@ -216,3 +224,38 @@ def test_the_fingerprint_is_the_same_whatever_the_key_order():
     )
     assert one == two
     assert one != schema_fingerprint({"type": "object"}, {"type": "object"})
+
+
+# SQLite has one writer at a time: there is no race to lose.
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_two_writers_racing_on_one_job_leave_one_row(database_url, jobs, session):
+    """The batch statement locks the job: the loser sees the winner's move and records none."""
+    start(session, [jobs[0]])
+    session.commit()
+    first, second = open_session(database_url), open_session(database_url)
+    now = database_now(first)
+    done = Move(jobs[0], now, {"results": {}}, attempt=1, by="lab:1")
+    lost = Move(jobs[0], now, {"detail": "worker lost"}, attempt=1, by=actors.BEAT)
+    assert lifecycle.advance(first, Status.COMPLETED, [done]) == 1  # holds the row's lock
+    moved: list[int] = []
+    loser = threading.Thread(
+        target=lambda: moved.append(lifecycle.advance(second, Status.ERROR, [lost]))
+    )
+    loser.start()
+    wait_for(lambda: _waiting_for_a_lock(session), 10, "the second writer to wait for the lock")
+    first.commit()
+    loser.join(10)
+    second.commit()
+    first.close()
+    second.close()
+    assert moved == [0]
+    assert [r[2] for r in rows(session, jobs[0])] == ["WORKING", "COMPLETED"]
+
+
+def _waiting_for_a_lock(session: Session) -> bool:
+    waiting = session.scalar(
+        sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+    )
+    session.rollback()
+    return bool(waiting)
