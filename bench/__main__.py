@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import footprint, report, sql
+from bench import not_before as held
 from bench.ours import OurStack
 from bench.payload import SERVICE
 from bench.rivals import RQ, Dramatiq, Peer, RawCelery, WorkerSetup
 from bench.servers import PostgresSchema, RedisServer
 from bench.stats import Figure, fmt
 
-WORKLOADS = ("enqueue", "drain", "latency", "footprint", "sql", "memory")
+WORKLOADS = ("enqueue", "drain", "latency", "footprint", "sql", "memory", "not_before")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Plan:
     #: RQ's forking worker runs ~60 jobs/s: its drain is measured over fewer jobs.
     forking_jobs: int = 1_000
     latency_jobs: int = 500
+    #: Jobs held until scattered times a few seconds ahead (``bench.not_before``).
+    held_jobs: int = 200
     sql_jobs: int = 1_000_000
     sql_calls: int = 21
     #: TopChef's worker pool, concurrency and processes, recommended for 2 cores.
@@ -59,6 +62,7 @@ SMOKE = Plan(
     single_jobs=50,
     forking_jobs=30,
     latency_jobs=20,
+    held_jobs=20,
     sql_jobs=2_000,
     sql_calls=3,
 )
@@ -163,6 +167,9 @@ class Run:
             if workload in self.only:
                 say(f"== {workload}")
                 getattr(self, workload)()
+        if "not_before" in self.only:
+            say("== not_before")
+            self.not_before()
         if "memory" in self.only:
             say("== memory, few jobs in SQL")
             self.memory(many=False)
@@ -249,6 +256,30 @@ class Run:
             )
         finally:
             peer.stop_workers()
+
+    # -- held jobs: how late after their not_before they start -----------------------
+
+    def not_before(self) -> None:
+        assert self.ours is not None
+        ours, plan = self.ours, self.plan
+        if ours.mirror is None:
+            ours.start_mirror()
+        beat = ours.start_beat()
+        ours.start_workers(plan.processes, plan.pool, plan.concurrency)
+        try:
+            samples = [held.lateness(ours, plan.held_jobs) for _ in range(plan.repeat)]
+        finally:
+            ours.stop_workers()
+            beat.stop()
+        note = f"{plan.held_jobs} jobs due at scattered times 2-10 s ahead; beat, mirror, workers"
+        for key, name in [
+            ("p50", "not_before → handler starts (date_started), p50"),
+            ("p99", "not_before → handler starts (date_started), p99"),
+            ("early", "jobs started before their time"),
+        ]:
+            figure = self.figure("not_before", name, "jobs" if key == "early" else "ms", note)
+            figure.values = [sample[key] for sample in samples]
+            say(f"not_before: {name}: {fmt(figure.median)} {figure.unit}")
 
     # -- 3. latency ----------------------------------------------------------------
 

@@ -60,6 +60,9 @@ class OurStack:
         self.mirror = self._start("ours-mirror", "mirror", "--loglevel", "WARNING")
         return self.mirror
 
+    def start_beat(self) -> Child:
+        return self._start("ours-beat", "beat", "--loglevel", "WARNING")
+
     def start_workers(self, processes: int, pool: str, concurrency: int) -> list[Child]:
         label = f"ours-worker-{pool}{concurrency}"
         args = ["worker", "bench.jobs", "--pool", pool, "--concurrency", str(concurrency)]

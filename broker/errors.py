@@ -25,6 +25,7 @@ __all__ = [
     "InvalidTransitionError",
     "JobCancelledError",
     "JobFailedError",
+    "JobNotAbortableError",
     "JobReferenceError",
     "JobWithUUIDNotFound",
     "MethodNotAllowedError",
@@ -269,6 +270,17 @@ class InvalidTransitionError(ConflictError):
         self.current = current
         self.requested = requested
         super().__init__(f"Job {job_id} is {current}; it cannot become {requested}")
+
+
+class JobNotAbortableError(ConflictError):
+    """An abort asked of a job that has finished, or is between two attempts."""
+
+    title = "Job cannot be aborted"
+
+    def __init__(self, job_id: uuid.UUID, status: str, why: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"Job {job_id} is {status}: {why}")
 
 
 class JobFailedError(TopChefError):

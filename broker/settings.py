@@ -106,6 +106,14 @@ class Settings:
     api_max_body_bytes: int = 1024 * 1024
 
     @property
+    def due_interval(self) -> float:
+        """How often beat publishes jobs whose ``not_before`` came: a second, or a tick if sooner.
+
+        A job held until a time starts within about this long after it.
+        """
+        return min(1.0, self.beat_interval)
+
+    @property
     def unacked_restore_interval(self) -> float:
         """How often Redis hands dead consumers' unacknowledged messages back (kombu)."""
         return max(1.0, self.visibility_timeout / 10)

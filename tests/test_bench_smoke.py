@@ -42,7 +42,7 @@ def test_smoke_run_measures_every_workload(postgres_url, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(output.read_text())
     workloads = {figure["workload"] for figure in result["figures"]}
-    assert workloads == {"enqueue", "drain", "latency", "footprint", "sql", "memory"}
+    assert workloads == {"enqueue", "drain", "latency", "footprint", "sql", "memory", "not_before"}
     names = " ".join(figure["name"] for figure in result["figures"])
     for peer in ("celery", "rq", "dramatiq", "topchef"):
         assert peer in names

@@ -65,7 +65,16 @@ def test_help_lists_every_command(run):
     jobs = run("jobs", "--help")
     assert jobs.exit_code == 0
     assert jobs.output.startswith("Usage: main jobs [OPTIONS] COMMAND [ARGS]...")
-    assert _commands(jobs.output) == {"cancel", "history", "list", "show", "submit", "wait"}
+    assert _commands(jobs.output) == {
+        "abort",
+        "cancel",
+        "history",
+        "list",
+        "resubmit",
+        "show",
+        "submit",
+        "wait",
+    }
 
 
 def test_unknown_service(run):

@@ -32,6 +32,7 @@ EXAMPLES: list[tuple[e.TopChefError, int]] = [
     (e.ConflictError("taken"), 409),
     (e.DuplicateServiceNameError("oven"), 409),
     (e.InvalidTransitionError(SOME_ID, "COMPLETED", "WORKING"), 409),
+    (e.JobNotAbortableError(SOME_ID, "COMPLETED", "it has finished"), 409),
     (e.JobFailedError(SOME_ID, "boom"), 500),
     (e.JobCancelledError(SOME_ID), 409),
     (e.WaitTimeoutError(SOME_ID, "WORKING", 1.5), 504),

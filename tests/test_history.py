@@ -259,3 +259,24 @@ def _waiting_for_a_lock(session: Session) -> bool:
     )
     session.rollback()
     return bool(waiting)
+
+
+def test_an_abort_and_a_retry_record_their_moves_once(session, jobs):
+    start(session, jobs[:2])
+    now = database_now(session)
+    aborted = Move(jobs[0], now, {"detail": "aborted while running"}, attempt=1, by="lab:1")
+    assert lifecycle.abort_run(session, [aborted]) == 1
+    assert lifecycle.abort_run(session, [aborted]) == 0  # redelivered: no second row
+    due = now + timedelta(seconds=5)
+    again = Move(jobs[1], now, {"not_before": due, "detail": "busy"}, attempt=1, by="lab:1")
+    assert lifecycle.retry(session, [again]) == 1
+    assert lifecycle.retry(session, [again]) == 0
+    assert rows(session, jobs[0])[-1] == (
+        jobs[0],
+        "WORKING",
+        "CANCELLED",
+        "lab:1",
+        1,
+        "aborted while running",
+    )
+    assert rows(session, jobs[1])[1:] == [(jobs[1], "WORKING", "REGISTERED", "lab:1", 1, "busy")]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -18,13 +20,13 @@ from sqlalchemy.orm import Session
 from broker import actors
 from broker.messaging import outbox
 from broker.messaging.batches import Batches
-from broker.messaging.claims import Claims
+from broker.messaging.claims import ClaimResult, Claims
 from broker.messaging.messages import JobMessage
 from broker.messaging.outbox import Publisher
 from broker.models import lifecycle
 from broker.models.lifecycle import Move
 from broker.models.service import Service, has_timed_out, requeues_lost_work
-from broker.storage.tables import JobRow, ServiceRow, database_now
+from broker.storage.tables import JobRow, ServiceRow, UTCDateTime, database_now
 
 log = logging.getLogger(__name__)
 Status = lifecycle.Status
@@ -119,24 +121,83 @@ def publish_outbox(session: Session, publisher: Publisher, now: datetime, grace:
     it once.
     """
     cutoff = now - timedelta(seconds=grace)
+    unpublished = sa.and_(
+        JobRow.published_at.is_(None),
+        JobRow.not_before.is_(None),  # the index of the outbox leaves waiting jobs out
+        JobRow.status == Status.REGISTERED.value,
+        JobRow.date_submitted < cutoff,
+    )
+    return _publish_where(session, publisher, unpublished, JobRow.date_submitted) + publish_due(
+        session, publisher, now
+    )
+
+
+def publish_due(session: Session, publisher: Publisher, now: datetime) -> int:
+    """Publish the jobs whose ``not_before`` has come: a producer's, or a retry's next attempt.
+
+    Such a job was never published by its producer, so there is no grace to
+    wait for. Each goes out as its next attempt (attempt n+1 after n runs); a
+    job cancelled while it waited is no longer REGISTERED and never goes.
+    Never a Celery ETA: a message held in a worker past the visibility timeout
+    would be delivered again, and one held for days blocks a worker slot.
+    """
+    due = sa.and_(
+        JobRow.published_at.is_(None),
+        JobRow.not_before.is_not(None),
+        JobRow.not_before <= now,
+        JobRow.status == Status.REGISTERED.value,
+    )
+    return _publish_where(session, publisher, due, JobRow.not_before, _mark_attempts_published)
+
+
+def _mark_attempts_published(session: Session, messages: list[JobMessage]) -> None:
+    """Take due jobs out of the outbox, each only while it still waits for the attempt sent.
+
+    Were its attempt to have run and asked for another retry since, the job
+    waits again, and must stay in the outbox.
+    """
+    session.connection().execute(
+        sa.update(JobRow)
+        .where(
+            JobRow.id == sa.bindparam("m_id"),
+            JobRow.attempts == sa.bindparam("m_attempts"),
+            JobRow.published_at.is_(None),
+        )
+        .values(published_at=sa.bindparam("m_at", type_=UTCDateTime()))
+        .execution_options(synchronize_session=False),
+        [
+            {"m_id": m.job_id, "m_attempts": m.attempt - 1, "m_at": database_now(session)}
+            for m in messages
+        ],
+    )
+    session.commit()
+
+
+def _mark_published(session: Session, messages: list[JobMessage]) -> None:
+    outbox.mark_published(session.get_bind(), [m.job_id for m in messages])
+
+
+def _publish_where(
+    session: Session,
+    publisher: Publisher,
+    where: sa.ColumnElement[bool],
+    order: Any,
+    mark: Callable[[Session, list[JobMessage]], None] = _mark_published,
+) -> int:
     published = 0
     while True:
         rows = session.execute(
             sa.select(JobRow, ServiceRow)
             .join(ServiceRow, ServiceRow.id == JobRow.service_id)
-            .where(
-                JobRow.published_at.is_(None),
-                JobRow.status == Status.REGISTERED.value,
-                JobRow.date_submitted < cutoff,
-            )
-            .order_by(JobRow.date_submitted)
+            .where(where)
+            .order_by(order)
             .limit(OUTBOX_CHUNK)
         ).all()
         if not rows:
             return published
-        messages = [Service(service).message_for(job) for job, service in rows]
+        messages = [Service(service).message_for(job, job.attempts + 1) for job, service in rows]
         publisher.publish_jobs(messages)
-        outbox.mark_published(session.get_bind(), [m.job_id for m in messages])
+        mark(session, messages)
         published += len(messages)
         session.expire_all()
 
@@ -212,8 +273,13 @@ def republish_overtaken(
                 JobRow.id.in_(oldest), JobRow.published_at.is_not(None), overtaken
             )
         ).all()
-        unclaimed = claims.unclaimed([row.id for row in rows])
-        messages += [Service(service).message_for(row) for row in rows if row.id in unclaimed]
+        # Unclaimed, or a retry's next attempt that no delivery took ('retrying').
+        holders = claims.holders([row.id for row in rows])
+        messages += [
+            Service(service).message_for(row, row.attempts + 1)
+            for row, holder in zip(rows, holders, strict=True)
+            if holder.state in (None, ClaimResult.RETRYING.value)
+        ]
     if messages:
         publisher.publish_jobs(messages)
         log.warning(

@@ -1,8 +1,9 @@
-"""``topchef jobs``: submit, list, show, wait for, cancel jobs and read their history."""
+"""``topchef jobs``: submit, list, show, wait for, cancel and abort jobs, and read their history."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import click
@@ -42,9 +43,20 @@ def jobs() -> None:
     help="With a JSON list of parameter sets: jobs per Celery message, for short jobs "
     "[default: 1].",
 )
+@click.option(
+    "--not-before",
+    "not_before",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]),
+    default=None,
+    help="Hold the job until this time, with its zone (e.g. 2026-12-24T08:00:00Z).",
+)
 @user_errors
 def jobs_submit(
-    service: str, parameters: str, wait_seconds: float | None, per_message: int | None
+    service: str,
+    parameters: str,
+    wait_seconds: float | None,
+    per_message: int | None,
+    not_before: datetime | None,
 ) -> None:
     """Submit a job to SERVICE (by name) with PARAMETERS (JSON, or @file.json).
 
@@ -63,7 +75,9 @@ def jobs_submit(
         )
     producer = Producer(database_settings(broker=True))
     sweep = value if isinstance(value, list) else [value]
-    job_ids = producer.submit_many(service, sweep, jobs_per_message=per_message or 1)
+    job_ids = producer.submit_many(
+        service, sweep, jobs_per_message=per_message or 1, not_before=not_before
+    )
     for job_id in job_ids:
         click.echo(str(job_id))
     if wait_seconds is None:
@@ -120,7 +134,9 @@ def jobs_show(job_id: str) -> None:
 
     reader = Reader(database_settings().database_url)
     found = reader.find(job_id)
-    shown = {**reader.job(found), "provenance": reader.provenance(found)}
+    shown = reader.job(found)
+    shown["earlier_attempts"] = reader.earlier_attempts(found)
+    shown["provenance"] = reader.provenance(found)
     click.echo(json.dumps(shown, indent=2))
 
 
@@ -181,6 +197,56 @@ def jobs_cancel(job_id: str) -> None:
     click.echo(f"cancelled {found}" if cancelled else f"job {found} is already cancelled")
 
 
+@jobs.command("abort")
+@click.argument("job_id")
+@click.option("--reason", default="", help="Why, for the job's record.")
+@user_errors
+def jobs_abort(job_id: str, reason: str) -> None:
+    """Abort a job (JOB_ID: its id, or the start of it): cancel it, or stop its run.
+
+    A job that has not started is cancelled. A running job's handler learns of
+    the abort at its next progress() or aborted() call, and the job ends
+    CANCELLED, with whatever partial results the handler returns. A finished
+    job cannot be aborted (exit status 1).
+    """
+    from broker.producer import Producer
+
+    producer = Producer(database_settings(broker=True))
+    found = producer.find_job(job_id)
+    outcome = producer.abort(found, reason)
+    click.echo(
+        {
+            "cancelled": f"cancelled {found} (it had not started)",
+            "requested": f"abort requested: job {found}'s handler stops at its next check",
+            "already": f"an abort of job {found} was already requested",
+        }[outcome]
+    )
+
+
+@jobs.command("resubmit")
+@click.argument("job_id")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=SECONDS,
+    default=None,
+    help="Wait up to this many seconds and print the new job's results.",
+)
+@user_errors
+def jobs_resubmit(job_id: str, wait_seconds: float | None) -> None:
+    """Submit JOB_ID's parameters again, as a new job linked to it; print the new id.
+
+    The parameters are validated against the service's contract as it is now.
+    """
+    from broker.producer import Producer
+
+    producer = Producer(database_settings(broker=True))
+    new_id = producer.resubmit(producer.find_job(job_id))
+    click.echo(str(new_id))
+    if wait_seconds is not None:
+        click.echo(json.dumps(producer.wait(new_id, wait_seconds), indent=2))
+
+
 @jobs.command("list")
 @click.option("--service", "service_name", default=None, help="Only this service's jobs.")
 @click.option("--status", type=click.Choice([s.value for s in Job.JobStatus]), default=None)
@@ -199,7 +265,16 @@ def jobs_list(service_name: str | None, status: str | None, limit: int) -> None:
             listing = listing.with_status(Job.JobStatus(status))
         names = {service.id: service.name for service in directory}
         for job in listing.page(0, limit):
+            waits = _waits(job)
             click.echo(
                 f"{job.id}  {names.get(job.service_id, '?')[:24]:<24} {job.status.value:<10} "
-                f"{job.date_submitted:%Y-%m-%d %H:%M:%S}"
+                f"{job.date_submitted:%Y-%m-%d %H:%M:%S}{waits}"
             )
+
+
+def _waits(job: Job) -> str:
+    """``  not before <time>`` for a REGISTERED job held until a time (or a retry's backoff)."""
+    held = getattr(job, "not_before", None)
+    if held is None or job.status is not Job.JobStatus.REGISTERED:
+        return ""
+    return f"  not before {held:%Y-%m-%d %H:%M:%S}Z"

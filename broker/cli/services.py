@@ -43,6 +43,24 @@ def services() -> None:
     help="What happens to a job whose worker dies mid-run.",
 )
 @click.option("--max-attempts", type=int, default=3, show_default=True)
+@click.option(
+    "--retries/--no-retries",
+    default=False,
+    show_default=True,
+    help="Let handlers ask for a retry (Retry), up to --max-attempts runs in all.",
+)
+@click.option(
+    "--retry-on",
+    multiple=True,
+    help="An exception type name that asks for a retry (repeat for several); needs --retries.",
+)
+@click.option(
+    "--retry-backoff",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds before the second attempt, doubling for each next one (capped at an hour).",
+)
 @user_errors
 def services_create(
     name: str,
@@ -52,6 +70,9 @@ def services_create(
     timeout: float,
     worker_loss: str,
     max_attempts: int,
+    retries: bool,
+    retry_on: tuple[str, ...],
+    retry_backoff: float,
 ) -> None:
     """Create the service NAME."""
     from broker.producer import Producer
@@ -64,6 +85,9 @@ def services_create(
         timeout=timeout,
         worker_loss_policy=worker_loss,
         max_attempts=max_attempts,
+        retries=retries,
+        retry_on=list(retry_on),
+        retry_backoff=retry_backoff,
     )
     click.echo(str(service_id))
 

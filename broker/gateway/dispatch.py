@@ -86,9 +86,11 @@ class Dispatcher:
         """
         found: list[JobRow] = []
         order = (JobRow.date_submitted, JobRow.id)
+        # A job held until a time is no one's before it (nor a retry before its backoff).
+        due = sa.or_(JobRow.not_before.is_(None), JobRow.not_before <= database_now(session))
         query = (
             sa.select(JobRow)
-            .where(JobRow.service_id == service_id, JobRow.status == Status.REGISTERED.value)
+            .where(JobRow.service_id == service_id, JobRow.status == Status.REGISTERED.value, due)
             .order_by(*order)
             .limit(CANDIDATES)
         )

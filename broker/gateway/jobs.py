@@ -1,4 +1,4 @@
-"""``/jobs`` and ``/jobs/<id>``: list, read, report on and cancel jobs.
+"""``/jobs`` and ``/jobs/<id>``: list, read, report on, cancel and resubmit jobs.
 
 ``PATCH /jobs/<id>`` is how TopChef's clients run a job, and each of its moves
 goes through the job's claim (``broker.gateway.dispatch``):
@@ -38,6 +38,7 @@ from broker.gateway.envelope import (
     DEFAULT_PAGE,
     MAX_PAGE,
     envelope,
+    has_body,
     json_body,
     page_links,
     parse_id,
@@ -61,6 +62,8 @@ def register(app: Flask) -> None:
     app.add_url_rule("/jobs/<job_id>", "update_job", update_job, methods=["PATCH"])
     app.add_url_rule("/jobs/<job_id>", "replace_job", replace_job, methods=["PUT"])
     app.add_url_rule("/jobs/<job_id>", "cancel_job", cancel_job, methods=["DELETE"])
+    app.add_url_rule("/jobs/<job_id>/abort", "abort_job", abort_job, methods=["POST"])
+    app.add_url_rule("/jobs/<job_id>/resubmit", "resubmit_job", resubmit_job, methods=["POST"])
 
 
 def _render(job: Job, status: int = 200, **extra: Any) -> Response:
@@ -108,6 +111,37 @@ def cancel_job(job_id: str) -> Response:
     shared.producer.cancel(parse_id(job_id), by=http_worker()[0])
     with shared.reading() as session:
         return _render(Job(find_job(session, job_id)))
+
+
+def abort_job(job_id: str) -> Response:
+    """Abort a job: a cancel if nobody started it, else a request its handler reads.
+
+    The caller is named as its claims would name it (``http_worker``): the
+    record says which HTTP caller aborted the run.
+    """
+    body = json_body() if has_body() else {}
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise DeserializationError("reason", f"must be a string of at most {MAX_REASON} characters")
+    shared = gateway()
+    caller, _chosen = http_worker()
+    outcome = shared.producer.abort(parse_id(job_id), reason, by=caller)
+    with shared.reading() as session:
+        return _render(Job(find_job(session, job_id)), abort=outcome)
+
+
+#: The longest reason an abort may give.
+MAX_REASON = 2000
+
+
+def resubmit_job(job_id: str) -> Response:
+    """A new job with this one's parameters, validated again and linked to it (201)."""
+    shared = gateway()
+    new_id = shared.producer.resubmit(parse_id(job_id), by=http_worker()[0])
+    with shared.reading() as session:
+        response = _render(Job(find_job(session, str(new_id))), 201)
+    response.headers["Location"] = url_for("job", job_id=str(new_id), _external=True)
+    return response
 
 
 def replace_job(job_id: str) -> Response:

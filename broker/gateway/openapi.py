@@ -11,6 +11,7 @@ from broker.gateway.dispatch import MAX_WAIT
 from broker.gateway.envelope import MAX_PAGE
 from broker.gateway.services import MAX_ATTEMPTS, MAX_TIMEOUT
 from broker.models.lifecycle import Status
+from broker.models.service import MAX_RETRY_BACKOFF
 
 JSON = "application/json"
 STATUSES = [status.value for status in Status]
@@ -183,6 +184,23 @@ def _paths() -> dict[str, Any]:
                 },
             ),
         },
+        "/jobs/{job_id}/abort": {
+            "parameters": job,
+            "post": _operation(
+                "Abort a job: cancel it if it has not started, else ask its running handler "
+                "to stop (it ends CANCELLED); meta.abort says which. 409 if it has finished",
+                {**_ok("The job", _ref("Job")), **_errors(400, 404, 409, 413)},
+                requestBody=_body(_ref("JobAbort"), required=False),
+            ),
+        },
+        "/jobs/{job_id}/resubmit": {
+            "parameters": job,
+            "post": _operation(
+                "Submit a new job with this job's parameters, validated against the "
+                "service's contract as it is now, and linked to this one both ways",
+                {**_ok("Created", _ref("Job"), "201"), **_errors(400, 404)},
+            ),
+        },
         "/validator": {
             "get": _operation("How to use the validator", _ok("Usage", {"type": "object"})),
             "post": _operation(
@@ -280,6 +298,9 @@ def _schemas() -> dict[str, Any]:
                 },
                 "worker_loss_policy": {"type": "string", "enum": ["fail", "requeue"]},
                 "max_attempts": {"type": "integer", "minimum": 1, "maximum": MAX_ATTEMPTS},
+                "retries": {"type": "boolean"},
+                "retry_on": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "retry_backoff": {"type": "number", "minimum": 0, "maximum": MAX_RETRY_BACKOFF},
             },
         },
         "ServicePatch": {
@@ -337,7 +358,17 @@ def _schemas() -> dict[str, Any]:
         "NewJob": {
             "type": "object",
             "required": ["parameters"],
-            "properties": {"parameters": {"type": "object"}},
+            "properties": {
+                "parameters": {"type": "object"},
+                "not_before": {
+                    **time,
+                    "description": "Hold the job until this time (with its zone)",
+                },
+            },
+        },
+        "JobAbort": {
+            "type": "object",
+            "properties": {"reason": {"type": "string", "maxLength": 2000}},
         },
         "JobPatch": {
             "type": "object",

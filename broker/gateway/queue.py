@@ -11,11 +11,13 @@ worker need not spin.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import Flask, Response, url_for
 from sqlalchemy.orm import Session
 
+from broker.errors import DeserializationError
 from broker.gateway.context import caller_gone, find_service, gateway, http_worker, legacy
 from broker.gateway.dispatch import MAX_WAIT
 from broker.gateway.envelope import (
@@ -86,15 +88,28 @@ def submit_job(service_id: str) -> Response:
     body = json_body()
     require(body, ["parameters"])
     parameters = field(body, "parameters", dict, "a JSON object")
+    not_before = _time(body, "not_before") if body.get("not_before") is not None else None
     with gateway().writing() as session:
         service = find_service(session, service_id)
-        job = service.new_job(parameters, submitted_by=http_worker()[0])
+        job = service.new_job(parameters, submitted_by=http_worker()[0], not_before=not_before)
         data, job_id = job_detail(job, legacy=legacy()), job.id
     location = _job_url(job_id)
     meta = {"message": f"new job ID is {job_id}"}
     if legacy():
         data = {"job_details": data}  # where TopChefClient's new_job reads the id
     return envelope(data, 201, meta=meta, links={"job": location}, headers={"Location": location})
+
+
+def _time(body: dict[str, Any], name: str) -> datetime:
+    """An ISO 8601 time with its zone (``Z`` or an offset), as JSON carries one."""
+    text = field(body, name, str, "a time with its zone, e.g. 2026-12-24T08:00:00Z")
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise DeserializationError(name, f"must be an ISO 8601 time, got {text!r}") from None
+    if value.utcoffset() is None:
+        raise DeserializationError(name, f"must give its zone (Z or an offset), got {text!r}")
+    return value
 
 
 def _visible(session: Session, service: Service, limit: int) -> list[JobRow]:

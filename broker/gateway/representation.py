@@ -81,4 +81,8 @@ def job_meta(job: Job) -> dict[str, Any]:
         "worker": job.worker,
         "date_started": _time(job.date_started),
         "date_finished": _time(job.date_finished),
+        "not_before": _time(job.not_before),
+        "earlier_attempts": job.earlier_attempts,
+        "resubmitted_from": str(job.resubmitted_from) if job.resubmitted_from else None,
+        "resubmissions": [str(job_id) for job_id in job.resubmissions],
     }

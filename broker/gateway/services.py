@@ -67,6 +67,9 @@ def create_service() -> Response:
         if not 1 <= attempts <= MAX_ATTEMPTS:
             raise DeserializationError("max_attempts", f"must be from 1 to {MAX_ATTEMPTS}")
         options["max_attempts"] = attempts
+    for name in ("retries", "retry_on", "retry_backoff"):  # checked by Service.new
+        if name in body:
+            options[name] = body[name]
     with gateway().writing() as session:
         service = Service.new(
             body["name"],

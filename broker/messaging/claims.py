@@ -22,9 +22,12 @@ machine's), and beat applies the service's worker-loss policy.
 
 Claim states: none yet (registered only), ``running`` (attempt n, by worker w),
 ``done``, ``cancelled``, ``requeued`` (beat handed attempt n+1 to the queue),
-``lost`` (failed by beat). A run that ends after beat presumed its worker lost
-still reports its outcome (``finish`` says how late it is); nothing a worker
-measured is dropped here, the SQL record decides where it belongs.
+``retrying`` (the run asked for attempt n+1, which waits for its time),
+``lost`` (failed by beat). A running claim may also carry an abort request
+(``abort_at``/``abort_by``/``abort_reason``), which its worker reads. A run
+that ends after beat presumed its worker lost still reports its outcome
+(``finish`` says how late it is); nothing a worker measured is dropped here,
+the SQL record decides where it belongs.
 
 A claim lives as long as its job may still run. Once SQL has recorded the end,
 ``settle`` leaves it ``duplicate_window`` seconds (``Settings``) to refuse late
@@ -80,6 +83,10 @@ _CANCEL = _lua("cancel")
 _RECOVER = _lua("recover")
 # The holder gives a claim back: the job is registered work again, unclaimed.
 _RELEASE = _lua("release")
+# An abort request lands on a running claim only, once, stamped on Redis's clock.
+_ABORT = _lua("abort")
+# A run that asked for a retry ends, and its claim waits for the next attempt.
+_RETRY = _lua("retry")
 # Shortens only claims that ended: a job running or re-queued since keeps its claim.
 _SETTLE = _lua("settle")
 # The HTTP gateway's check-ins renew the leases of the jobs still running over
@@ -105,6 +112,8 @@ class _Scripts:
     release: Script
     settle: Script
     renew_http: Script
+    abort: Script
+    retry: Script
 
     @classmethod
     def of(cls, client: redis.Redis) -> _Scripts:
@@ -117,6 +126,8 @@ class _Scripts:
             release=client.register_script(_RELEASE),
             settle=client.register_script(_SETTLE),
             renew_http=client.register_script(_RENEW_HTTP),
+            abort=client.register_script(_ABORT),
+            retry=client.register_script(_RETRY),
         )
 
 
@@ -128,6 +139,7 @@ class ClaimResult(enum.Enum):
     DONE = "done"
     CANCELLED = "cancelled"
     REQUEUED = "requeued"
+    RETRYING = "retrying"
     LOST = "lost"
     #: Refusals: the delivery does not match what a producer registered.
     UNREGISTERED = "unregistered"
@@ -162,6 +174,15 @@ class Finish:
     @property
     def on_time(self) -> bool:
         return not self.lateness
+
+
+@dataclass(frozen=True, slots=True)
+class AbortRequest:
+    """An abort asked of a running job: who asked, why, and when (Redis ms)."""
+
+    at_ms: int
+    by: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +283,30 @@ class Claims:
             args=[attempt, worker, entry.to_fields()["m"]],
         )
         return bool(released)
+
+    def abort(self, job_id: uuid.UUID, reason: str, by: str) -> tuple[str, int | None]:
+        """Ask a running job to stop: ``('requested' | 'already', at ms)``, or (its state, None)."""
+        outcome, at = self._scripts.abort(keys=[keys.claim(job_id)], args=[reason, by])
+        at_text = text(at)
+        return text(outcome), int(at_text) if at_text else None
+
+    def abort_request(self, job_id: uuid.UUID) -> AbortRequest | None:
+        """The abort asked of the job's run, if any (one HMGET: cheap enough to poll)."""
+        at, by, reason = self._client.hmget(
+            keys.claim(job_id), ["abort_at", "abort_by", "abort_reason"]
+        )
+        if at is None:
+            return None
+        return AbortRequest(int(text(at)), _text(by) or "someone", _text(reason) or "")
+
+    def retry(self, job_id: uuid.UUID, attempt: int, entry: StateMessage) -> str:
+        """End a run that asked for a retry; 'retrying', or the state of a claim it lost."""
+        return text(
+            self._scripts.retry(
+                keys=[keys.claim(job_id), keys.lease(job_id), keys.STATE_STREAM],
+                args=[attempt, entry.to_fields()["m"]],
+            )
+        )
 
     def renew(self, leases: Mapping[str, str]) -> None:
         """Extend leases this process holds (lease key → holder): its jobs' and batches'."""

@@ -137,6 +137,11 @@ class ServiceDescriptor:
     #: Lets a worker check a delivery's parameters itself, as a second line
     #: behind the registration check (``broker.messaging.claims``).
     job_registration_schema: dict[str, Any] = field(default_factory=dict)
+    #: The service's opt-in to retries (``broker.worker.Retry``), the exception
+    #: type names that ask for one, and the first retry's wait when none is named.
+    retries: bool = False
+    retry_on: list[str] = field(default_factory=list)
+    retry_backoff: float = 1.0
 
     @property
     def queue(self) -> str:
@@ -160,10 +165,11 @@ class StateMessage:
 
     ``kind`` is ``"status"`` (``status`` plus ``results``/``detail``),
     ``"progress"``, ``"release"`` (the claim's holder gave the job back before
-    running it), ``"checkin"`` (``available`` says whether the worker is
-    starting/running or shutting down) or ``"provenance"`` (``extra`` is what
-    runs the jobs whose reports name its digest in ``provenance``:
-    ``broker.messaging.provenance``).
+    running it), ``"retry"`` (the run asked for another attempt, ``extra["after"]``
+    seconds later, and ``detail`` says why), ``"checkin"`` (``available`` says
+    whether the worker is starting/running or shutting down) or ``"provenance"``
+    (``extra`` is what runs the jobs whose reports name its digest in
+    ``provenance``: ``broker.messaging.provenance``).
     """
 
     kind: str

@@ -71,6 +71,9 @@ def descriptor_of(row: ServiceRow) -> ServiceDescriptor:
         worker_loss_policy=row.worker_loss_policy,
         max_attempts=row.max_attempts,
         job_registration_schema=row.job_registration_schema,
+        retries=row.retries,
+        retry_on=list(row.retry_on or []),
+        retry_backoff=row.retry_backoff,
     )
 
 
@@ -144,7 +147,10 @@ def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[object]) -
 
     Rows the mirror is updating right now are skipped rather than waited for
     (two writers locking rows in different orders deadlock): the mirror marks
-    every job it moves as published itself.
+    every job it moves as published itself. A job that waits for its time
+    (``not_before``) is never marked here: a record of an earlier publication
+    must not take a retry's next attempt out of the outbox (beat marks the
+    jobs it publishes when due itself, ``broker.beat.recovery.publish_due``).
     """
     engine = bind if isinstance(bind, sa.Engine) else bind.engine
     with Session(bind=engine) as session, session.begin():
@@ -157,7 +163,7 @@ def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[object]) -
         for chunk in _id_lists(engine, job_ids):
             unlocked = (
                 sa.select(JobRow.id)
-                .where(chunk, JobRow.published_at.is_(None))
+                .where(chunk, JobRow.published_at.is_(None), JobRow.not_before.is_(None))
                 .with_for_update(skip_locked=True)
                 .scalar_subquery()
             )

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 Status = lifecycle.Status
 
 
+#: The kinds of state entry that report on one job.
+JOB_REPORTS = ("status", "progress", "release", "retry")
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     """One state entry: the message, when Redis stamped it, and how late it came."""
@@ -61,7 +65,7 @@ class Reading:
             log.error("dropping unreadable state entry %r: %r", entry_id, fields)
             self.unreadable += 1
             return
-        if message.kind in ("status", "progress", "release") and message.job_id is not None:
+        if message.kind in JOB_REPORTS and message.job_id is not None:
             self.reports.append(report)
         elif message.kind == "provenance":
             self.provenances.append(report)
@@ -88,6 +92,8 @@ class Changes:
     progress: dict[uuid.UUID, Report] = field(default_factory=dict)
     #: Claims their HTTP holders gave back, in the order given.
     releases: list[Report] = field(default_factory=list)
+    #: Runs that asked for another attempt (``lifecycle.retry``).
+    retries: list[Report] = field(default_factory=list)
 
     @classmethod
     def of(cls, reports: Iterable[Report]) -> Changes:
@@ -99,6 +105,8 @@ class Changes:
                 changes.progress[job] = report
             elif message.kind == "release":
                 changes.releases.append(report)
+            elif message.kind == "retry":
+                changes.retries.append(report)
             elif not message.status:
                 continue
             elif report.late is not None:

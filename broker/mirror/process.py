@@ -27,7 +27,7 @@ import logging
 import socket
 import threading
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -233,6 +233,7 @@ class Mirror:
             for r in changes.releases
         ]
         lifecycle.release(session, releases)
+        self._apply_retries(session, changes, clock)
         self._apply_progress(session, changes)
         for status in (Status.COMPLETED, Status.ERROR, Status.CANCELLED):
             reports = changes.statuses.get(status, {})
@@ -241,8 +242,33 @@ class Mirror:
                 changes.statuses[Status.ERROR].update(invalid)
             moves = [_final(r, clock, started_here.get(job)) for job, r in reports.items()]
             lifecycle.advance(session, status, moves)
+            if status is Status.CANCELLED:
+                # Only a run that saw its abort ends CANCELLED from WORKING.
+                pairs = zip(reports.values(), moves, strict=True)
+                lifecycle.abort_run(session, [move for r, move in pairs if _aborted(r)])
         self._apply_late(session, changes, services, clock)
         reading.finished = changes.finished
+
+    def _apply_retries(self, session: Session, changes: Changes, clock: SourceClock) -> None:
+        """Keep each attempt that asked for a retry, then send its job back to wait.
+
+        The next attempt's time is the report's own (on the source clock) plus
+        the wait it asked for, not the time this reading was applied.
+        """
+        if not changes.retries:
+            return
+        retried, moves = [], []
+        for report in changes.retries:
+            message = report.message
+            job: uuid.UUID = message.job_id  # type: ignore[assignment]
+            at = clock.at(report.at_ms)
+            after = _seconds(message.extra.get("after"))
+            detail = message.detail or "the handler asked for a retry"
+            retried.append(attempts.Retried(job, message.attempt, detail, at))
+            columns = {"not_before": at + timedelta(seconds=after), "detail": detail}
+            moves.append(Move(job, at, columns, attempt=message.attempt, by=message.worker))
+        attempts.keep_retried(session, retried)
+        lifecycle.retry(session, moves)
 
     def _verify(self, session: Session, reading: Reading) -> dict[uuid.UUID, uuid.UUID]:
         """Each reported job's own service; refuse reports of unknown or misattributed jobs."""
@@ -310,9 +336,12 @@ class Mirror:
                 "run_provenance": message.provenance,
             }
             move = Move(job, at, columns, attempt=message.attempt, by=message.worker)
+            # Only a run that saw its abort may end CANCELLED once it had started.
+            may_end = status is not Status.CANCELLED or _aborted(report)
             if report.late in _SAME_ATTEMPT and (
                 lifecycle.advance(session, status, [move])
-                or lifecycle.correct_presumed_loss(session, status, [move])
+                or (may_end and status is Status.CANCELLED and lifecycle.abort_run(session, [move]))
+                or (may_end and lifecycle.correct_presumed_loss(session, status, [move]))
             ):
                 log.warning("recorded a late outcome as job %s's own: %s", job, note)
                 continue
@@ -457,6 +486,17 @@ def _started_and_ended(changes: Changes) -> dict[uuid.UUID, Report]:
         for job, report in changes.statuses.get(status, {}).items()
         if report.message.attempt == 1 and job in working and working[job].message.attempt == 1
     }
+
+
+def _aborted(report: Report) -> bool:
+    return bool(report.message.extra.get("aborted"))
+
+
+def _seconds(value: object) -> float:
+    """A retry's wait as its report gives it; anything unreadable waits not at all."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return min(max(float(value), 0.0), 86_400.0)
 
 
 def _working(report: Report, clock: SourceClock) -> Move:

@@ -5,6 +5,10 @@ another worker. The attempt it gave up may not be dead: a frozen worker can
 wake up and report what it measured. Such an outcome belongs to its own
 attempt and never to the job, whose current attempt owns the job's outcome;
 it is kept here, so that nothing a worker measured disappears.
+
+An attempt that asked for a retry (``broker.worker.Retry``) is kept here too,
+ended ERROR with the reason it gave, before ``lifecycle.retry`` sends the job
+back to wait for the next one.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from broker.models import lifecycle
-from broker.models.lifecycle import Move, Status
+from broker.models.lifecycle import Move, Status, not_before_start
 from broker.storage.tables import JobAttemptRow, JobRow, UTCDateTime
 
 
@@ -116,6 +120,60 @@ def _restart_note(attempt: int) -> str:
     return f"attempt {attempt} started: {earlier} given up for lost"
 
 
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """An attempt that ended asking for another one."""
+
+    job_id: uuid.UUID
+    attempt: int
+    detail: str
+    at: datetime
+
+
+def keep_retried(session: Session, retried: Sequence[Retried]) -> None:
+    """Record each attempt that asked for a retry, from the job's row, while it is WORKING."""
+    if not retried:
+        return
+    connection = session.connection()
+    insert = _insert(connection.dialect.name)
+    at = sa.bindparam("k_at", type_=UTCDateTime())
+    ended = not_before_start(connection.dialect.name, at, JobRow.date_started)
+    attempt = sa.select(
+        JobRow.id,
+        JobRow.attempts,
+        JobRow.worker,
+        JobRow.date_started,
+        sa.literal(Status.ERROR.value),
+        sa.bindparam("k_detail", type_=sa.Text()),
+        ended,
+        JobRow.run_provenance,
+    ).where(
+        JobRow.id == sa.bindparam("k_id"),
+        JobRow.status == Status.WORKING.value,
+        JobRow.attempts == sa.bindparam("k_attempt"),
+    )
+    keep = insert.from_select(
+        [
+            "job_id",
+            "attempt",
+            "worker",
+            "date_started",
+            "status",
+            "detail",
+            "date_finished",
+            "run_provenance",
+        ],
+        attempt,
+    ).on_conflict_do_nothing()
+    connection.execute(
+        keep,
+        [
+            {"k_id": r.job_id, "k_attempt": r.attempt, "k_detail": r.detail, "k_at": r.at}
+            for r in retried
+        ],
+    )
+
+
 def keep_late(session: Session, outcomes: Sequence[LateOutcome]) -> int:
     """Store superseded attempts' outcomes on their own rows; returns how many were kept.
 
@@ -154,6 +212,25 @@ def of_job(session: Session, job_id: uuid.UUID) -> list[JobAttemptRow]:
             .order_by(JobAttemptRow.attempt)
         )
     )
+
+
+def shown(session: Session, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    """A job's earlier attempts as JSON-ready data: what ``jobs show`` and HTTP list."""
+    return [
+        {
+            "attempt": row.attempt,
+            "status": row.status,
+            "worker": row.worker,
+            "detail": row.detail,
+            "date_started": _iso(row.date_started),
+            "date_finished": _iso(row.date_finished or row.superseded_at),
+        }
+        for row in of_job(session, job_id)
+    ]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
 
 
 def _insert(dialect: str) -> Any:

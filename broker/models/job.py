@@ -6,11 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from broker import actors
 from broker.contract import compile_contract
-from broker.models import lifecycle
+from broker.models import attempts, lifecycle
 from broker.models.interfaces.job import JSON
 from broker.models.interfaces.job import Job as JobInterface
 from broker.storage.tables import JobRow, JobTransitionRow, ServiceRow, database_now
@@ -132,6 +133,11 @@ class Job(JobInterface):
         return self._row.worker
 
     @property
+    def not_before(self) -> datetime | None:
+        """The job waits until then (a producer's ``not_before``, or a retry's backoff)."""
+        return self._row.not_before
+
+    @property
     def date_submitted(self) -> datetime:
         return self._row.date_submitted
 
@@ -142,6 +148,27 @@ class Job(JobInterface):
     @property
     def date_finished(self) -> datetime | None:
         return self._row.date_finished
+
+    @property
+    def resubmitted_from(self) -> uuid.UUID | None:
+        """The job this one repeats, if it was resubmitted from another."""
+        return self._row.resubmitted_from
+
+    @property
+    def resubmissions(self) -> list[uuid.UUID]:
+        """The jobs resubmitted from this one, oldest first: the other half of the link."""
+        return list(
+            self._session.scalars(
+                sa.select(JobRow.id)
+                .where(JobRow.resubmitted_from == self.id)
+                .order_by(JobRow.date_submitted)
+            )
+        )
+
+    @property
+    def earlier_attempts(self) -> list[dict[str, Any]]:
+        """Attempts before the current one (each retry's, each superseded), oldest first."""
+        return attempts.shown(self._session, self.id)
 
     def as_dict(self) -> dict[str, Any]:
         """The job as JSON-ready data (the gateway's and the CLI's view)."""
@@ -157,4 +184,11 @@ class Job(JobInterface):
             "date_submitted": self.date_submitted.isoformat(),
             "date_started": self.date_started.isoformat() if self.date_started else None,
             "date_finished": self.date_finished.isoformat() if self.date_finished else None,
+            "not_before": self.not_before.isoformat() if self.not_before else None,
+            "resubmitted_from": _text(self.resubmitted_from),
+            "resubmissions": [str(job_id) for job_id in self.resubmissions],
         }
+
+
+def _text(job_id: uuid.UUID | None) -> str | None:
+    return None if job_id is None else str(job_id)

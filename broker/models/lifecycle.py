@@ -28,6 +28,12 @@ runs it through ``move_each``, which records each job it moved; a move that
 finds out otherwise which jobs it moved (and from what) hands them to
 ``record``, the one writer of the history, in the same transaction. A job's
 REGISTERED entry is not a row: ``broker.models.history`` reads it from the job.
+Two moves belong to the job controls, each in a function of its own so that no
+other writer can make them: ``abort_run`` ends a running job CANCELLED (only
+the run's own report that it saw an abort request), and ``retry`` sends a
+running job back to wait for its next attempt (only the run's own report that
+it asked for one, on a service that allows retries): WORKING → REGISTERED with
+``not_before`` set, its attempt kept in ``job_attempts`` first.
 """
 
 from __future__ import annotations
@@ -266,9 +272,10 @@ def correct_presumed_loss(session: Session, new: Status, moves: Sequence[Move]) 
     ``presumed_lost_at`` set) and only for the attempt that was presumed lost
     (``attempts`` equal to the reporting attempt): under the ``fail`` policy
     nothing ran again, so this outcome is the job's real one. A job a later
-    attempt took over is never corrected by an earlier one.
+    attempt took over is never corrected by an earlier one. CANCELLED is the
+    real outcome of a run that saw its abort (the worker reports no other).
     """
-    if new not in (Status.COMPLETED, Status.ERROR) or not moves:
+    if new not in (Status.COMPLETED, Status.ERROR, Status.CANCELLED) or not moves:
         return 0
     dialect = session.get_bind().dialect.name
     at = sa.bindparam("c_at", type_=UTCDateTime())
@@ -343,3 +350,98 @@ def _later(dialect: str, first: Any, second: Any) -> sa.ColumnElement[Any]:
         return sa.func.greatest(first, second, type_=UTCDateTime())
     # SQLite's two-argument max() is a scalar; its datetimes are ISO text of one width.
     return sa.func.max(first, second, type_=UTCDateTime())
+
+
+def abort_run(session: Session, moves: Sequence[Move]) -> int:
+    """End aborted runs: WORKING → CANCELLED, for the attempt that saw the abort only.
+
+    A plain cancel never moves a WORKING job (``PREDECESSORS``); this is the
+    one way a running job becomes CANCELLED, and only its own attempt's
+    report makes it, with whatever results the handler chose to return.
+    """
+    if not moves:
+        return 0
+    dialect = session.get_bind().dialect.name
+    at = sa.bindparam("a_at", type_=UTCDateTime())
+    statement = (
+        sa.update(JobRow)
+        .where(JobRow.id == sa.bindparam("a_id"))
+        .where(JobRow.status == Status.WORKING.value)
+        .where(JobRow.attempts == sa.bindparam("a_attempt"))
+        .values(
+            status=Status.CANCELLED.value,
+            results=sa.bindparam("a_results"),
+            detail=sa.bindparam("a_detail"),
+            date_finished=_later(
+                dialect, at, sa.func.coalesce(JobRow.date_started, JobRow.date_submitted)
+            ),
+            version=JobRow.version + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    rows = [
+        {
+            "a_id": move.job_id,
+            "a_at": move.at,
+            "a_attempt": move.attempt,
+            "a_results": move.columns.get("results"),
+            "a_detail": move.columns.get("detail"),
+        }
+        for move in moves
+    ]
+    return move_each(
+        session, statement, rows, moves, Status.WORKING, Status.CANCELLED, JobRow.date_finished
+    )
+
+
+def retry(session: Session, moves: Sequence[Move]) -> int:
+    """Send running jobs back to wait for their next attempt: WORKING → REGISTERED.
+
+    The documented move backwards of a retry: only the attempt that asked for
+    it (``attempts`` equal to the move's), and only while it is still WORKING.
+    The job goes back into the outbox (``published_at`` NULL) with
+    ``not_before`` (``columns["not_before"]``) set, and beat publishes attempt
+    n+1 once due. Keep the attempt first (``broker.models.attempts.keep_retried``):
+    this clears the run's worker, start and progress from the job's row.
+    """
+    if not moves:
+        return 0
+    statement = (
+        sa.update(JobRow)
+        .where(JobRow.id == sa.bindparam("t_id"))
+        .where(JobRow.status == Status.WORKING.value)
+        .where(JobRow.attempts == sa.bindparam("t_attempt"))
+        .values(
+            status=Status.REGISTERED.value,
+            not_before=sa.bindparam("t_not_before", type_=UTCDateTime()),
+            detail=sa.bindparam("t_detail"),
+            published_at=None,
+            worker=None,
+            date_started=None,
+            results=None,
+            progress=None,
+            progress_message=None,
+            run_provenance=None,
+            version=JobRow.version + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    rows = [
+        {
+            "t_id": move.job_id,
+            "t_attempt": move.attempt,
+            "t_not_before": move.columns["not_before"],
+            "t_detail": move.columns.get("detail"),
+        }
+        for move in moves
+    ]
+    return move_each(session, statement, rows, moves, Status.WORKING, Status.REGISTERED)
+
+
+def not_before_start(dialect: str, at: Any, start: Any) -> sa.ColumnElement[Any]:
+    """``at``, or ``start`` if that is later: an end is never stamped before its start.
+
+    For the attempts kept beside a job (``broker.models.attempts``), whose
+    ends are stamped by the same rule as the job's own.
+    """
+    return _later(dialect, at, sa.func.coalesce(start, at))

@@ -107,6 +107,9 @@ class Service(ServiceInterface):
         worker_loss_policy: str = "fail",
         max_attempts: int = 3,
         service_id: uuid.UUID | None = None,
+        retries: bool = False,
+        retry_on: list[str] | tuple[str, ...] = (),
+        retry_backoff: float = 1.0,
     ) -> Service:
         """Create a service; its schemas are checked now, so a bad one changes nothing.
 
@@ -117,6 +120,12 @@ class Service(ServiceInterface):
         mid-run: ``"fail"`` (the default, for physical actions that must not
         repeat) marks it ERROR; ``"requeue"`` runs it again, at most
         ``max_attempts`` times in all.
+
+        ``retries=True`` lets a handler ask for its job to run again
+        (``broker.worker.Retry``), and makes the exception types named in
+        ``retry_on`` ask for it too, waiting ``retry_backoff`` seconds before
+        the second attempt and twice as long before each next one, up to
+        ``max_attempts`` runs in all. Off (the default), nothing retries.
         """
         _check_name(name, database_session)
         _check_description(description)
@@ -129,6 +138,7 @@ class Service(ServiceInterface):
                 f"must be one of {', '.join(WORKER_LOSS_POLICIES)}, got {worker_loss_policy!r}",
             )
         check_count("max_attempts", max_attempts, MAX_ATTEMPTS)
+        names = check_retries(retries, retry_on, retry_backoff)
         now = database_now(database_session)
         row = ServiceRow(
             id=service_id or uuid.uuid4(),
@@ -141,6 +151,9 @@ class Service(ServiceInterface):
             last_checked_in=now,
             worker_loss_policy=worker_loss_policy,
             max_attempts=max_attempts,
+            retries=retries,
+            retry_on=names,
+            retry_backoff=float(retry_backoff),
             created_at=now,
             schema_fingerprint=schema_fingerprint(registration_schema, result_schema),
         )
@@ -256,6 +269,7 @@ class Service(ServiceInterface):
         *,
         job_id: uuid.UUID | None = None,
         submitted_by: str | None = None,
+        not_before: datetime | None = None,
     ) -> Job:
         """Validate ``parameters`` and add a REGISTERED job; nothing is added if invalid.
 
@@ -264,9 +278,14 @@ class Service(ServiceInterface):
         person (``actors.person``) by default.
 
         The job's message is published to the service's queue when the
-        session commits (see ``broker.messaging.outbox``), never before.
+        session commits (see ``broker.messaging.outbox``), never before; a job
+        ``not_before`` a time waits in the outbox until beat publishes it then.
         """
         self.registration_contract.validate(parameters, source="parameters")
+        if not_before is not None and (
+            not isinstance(not_before, datetime) or not_before.utcoffset() is None
+        ):
+            raise DeserializationError("not_before", "must be a time with its zone")
         if sa.inspect(self._row).pending:
             # The tables share no ORM relationship, so nothing else tells one
             # flush to insert a new service before the job that refers to it.
@@ -279,9 +298,11 @@ class Service(ServiceInterface):
             attempts=0,
             date_submitted=database_now(self._session),
             submitted_by=submitted_by or actors.person(),
+            not_before=not_before,
         )
         self._session.add(row)
-        outbox.record_job(self._session, self.message_for(row))
+        if not_before is None:
+            outbox.record_job(self._session, self.message_for(row))
         return Job(row)
 
     def message_template(self) -> JobMessage:
@@ -317,7 +338,44 @@ class Service(ServiceInterface):
             "last_checked_in": self._row.last_checked_in.isoformat(),
             "worker_loss_policy": self.worker_loss_policy,
             "max_attempts": self.max_attempts,
+            "retries": self._row.retries,
+            "retry_on": list(self._row.retry_on or []),
+            "retry_backoff": self._row.retry_backoff,
         }
+
+
+#: The longest first wait a service's retries may declare (an hour).
+MAX_RETRY_BACKOFF = 3600.0
+
+
+def check_retries(retries: object, retry_on: object, retry_backoff: object) -> list[str]:
+    """Refuse retry options that say nothing clear; return ``retry_on`` as a list of names."""
+    if not isinstance(retries, bool):
+        raise DeserializationError("retries", "must be true or false")
+    if isinstance(retry_on, str) or not isinstance(retry_on, list | tuple):
+        raise DeserializationError("retry_on", "must be a list of exception type names")
+    names = list(retry_on)
+    for name in names:
+        if (
+            not isinstance(name, str)
+            or not name
+            or not all(part.isidentifier() for part in name.split("."))
+        ):
+            raise DeserializationError(
+                "retry_on", f"must be exception type names like 'TimeoutError', got {name!r}"
+            )
+    if names and not retries:
+        raise DeserializationError("retry_on", "needs retries=True: the service must allow retries")
+    if (
+        isinstance(retry_backoff, bool)
+        or not isinstance(retry_backoff, int | float)
+        or not 0 <= retry_backoff <= MAX_RETRY_BACKOFF
+    ):
+        raise DeserializationError(
+            "retry_backoff",
+            f"must be a number of seconds from 0 to {MAX_RETRY_BACKOFF:g}, got {retry_backoff!r}",
+        )
+    return names
 
 
 def _check_description(description: object) -> None:

@@ -27,6 +27,7 @@ from broker.app import make_app
 from broker.errors import (
     DuplicateServiceNameError,
     InvalidTransitionError,
+    JobNotAbortableError,
     JobWithUUIDNotFound,
     ServiceSchemaMismatchError,
     ServiceWithNameNotFound,
@@ -138,13 +139,25 @@ class Producer:
 
     # -- jobs ---------------------------------------------------------------
 
-    def submit(self, service_name: str, parameters: dict[str, Any]) -> uuid.UUID:
+    def submit(
+        self,
+        service_name: str,
+        parameters: dict[str, Any],
+        *,
+        not_before: datetime | None = None,
+    ) -> uuid.UUID:
         """Validate and submit one job; returns its id.
 
         After the first submit to a service, PostgreSQL takes the job in one
         autocommitted statement (``submission.add_job_at_once``).
+
+        ``not_before`` (an aware time) holds the job back until then: it waits
+        REGISTERED, cancellable, and beat publishes it when due, so it starts
+        within about a second of that time (``Settings.due_interval``).
         """
         destination = self._destinations.get(service_name)
+        if not_before is not None:
+            return self.submit_many(service_name, [parameters], not_before=not_before)[0]
         if destination is not None:
             engine = engine_for(self.settings.database_url)
             job_id = submission.add_job_at_once(engine, destination, parameters, actors.person())
@@ -161,6 +174,7 @@ class Producer:
         parameter_sets: Iterable[dict[str, Any]],
         *,
         jobs_per_message: int = 1,
+        not_before: datetime | None = None,
     ) -> list[uuid.UUID]:
         """Validate every parameter set, then add all jobs in one transaction.
 
@@ -171,15 +185,47 @@ class Producer:
         short jobs (milliseconds each), where Celery's own cost per message
         (about a millisecond of worker CPU) would otherwise dominate. Keep the
         default for long jobs, so that each can go to whichever worker is free.
+
+        ``not_before`` holds every job back until then (see ``submit``).
         """
         submission.check_jobs_per_message(jobs_per_message)
+        submission.check_not_before(not_before)
         with self.session() as session:
             service, now = _service_and_clock(session, service_name)
             if session.get_bind().dialect.name == "postgresql":
                 self._destinations[service_name] = submission.Destination.of(service)
             return submission.add_jobs(
-                session, service, now, list(parameter_sets), jobs_per_message
+                session, service, now, list(parameter_sets), jobs_per_message, not_before=not_before
             )
+
+    def resubmit(self, job_id: uuid.UUID, *, by: str | None = None) -> uuid.UUID:
+        """Submit a new job with another job's parameters; returns the new job's id.
+
+        The parameters are validated again, against the service's contract as
+        it is now: what runs is always what the contract accepts today, not
+        what it accepted when the original was submitted. The new job names
+        its original (``resubmitted_from``) and the original lists it among its
+        ``resubmissions``; the original itself is left exactly as it was.
+        ``by`` is who resubmits (the new job's ``submitted_by``): this
+        process's person unless told (the gateway names its caller).
+        """
+        with self.session() as session:
+            original = session.get(JobRow, job_id)
+            if original is None:
+                raise JobWithUUIDNotFound(job_id)
+            service_row = session.get(ServiceRow, original.service_id)
+            assert service_row is not None, "jobs.service_id is a foreign key"
+            service = Service(service_row)
+            [new_id] = submission.add_jobs(
+                session, service, database_now(session), [original.parameters], submitted_by=by
+            )
+            session.execute(
+                sa.update(JobRow)
+                .where(JobRow.id == new_id)
+                .values(resubmitted_from=job_id)
+                .execution_options(synchronize_session=False)
+            )
+            return new_id
 
     def job(self, job_id: uuid.UUID) -> dict[str, Any]:
         """A snapshot of the job as SQL has it now."""
@@ -196,7 +242,9 @@ class Producer:
         """Who submitted the job, its schemas' fingerprint, and what ran it (``run``)."""
         return self.reader.provenance(job_id)
 
-    def cancel(self, job_id: uuid.UUID, *, by: str | None = None) -> bool:
+    def cancel(
+        self, job_id: uuid.UUID, *, detail: str = "cancelled before it ran", by: str | None = None
+    ) -> bool:
         """Cancel a REGISTERED job: it becomes CANCELLED and never runs.
 
         ``by`` is who cancels, as the job's history records it: this process's
@@ -218,12 +266,43 @@ class Producer:
             claimed = self._claims.cancel(job_id)
             if claimed is not ClaimResult.CANCELLED:
                 raise InvalidTransitionError(job_id, Status.WORKING.value, Status.CANCELLED.value)
-            detail = {"detail": "cancelled before it ran"}
             who = by or actors.person()
-            move = lifecycle.Move(job_id, database_now(session), detail, by=who)
+            move = lifecycle.Move(job_id, database_now(session), {"detail": detail}, by=who)
             if not lifecycle.advance(session, Status.CANCELLED, [move]):
                 raise InvalidTransitionError(job_id, row.status, Status.CANCELLED.value)
             return True
+
+    def abort(self, job_id: uuid.UUID, reason: str = "", *, by: str | None = None) -> str:
+        """Stop a job: cancel it if it has not started, or ask its running handler to stop.
+
+        Returns ``"cancelled"`` (it had not started: the same as ``cancel``),
+        ``"requested"`` (its handler learns of it at its next ``progress()`` or
+        ``aborted()``, and the job ends CANCELLED saying when and by whom) or
+        ``"already"`` (an abort was requested before; the first one stands).
+        A finished job raises ``JobNotAbortableError``. ``by`` names who asks
+        (the gateway's caller); a Python or CLI caller is ``user@host:pid``.
+        """
+        who = by or actors.person()
+        status = Status(self.reader.job(job_id)["status"])
+        if status is Status.REGISTERED:
+            cause = f": {reason}" if reason else ""
+            try:
+                self.cancel(job_id, detail=f"aborted before it ran by {who}{cause}", by=who)
+                return "cancelled"
+            except InvalidTransitionError as error:
+                if error.current != Status.WORKING.value:
+                    raise JobNotAbortableError(job_id, error.current, _FINISHED) from None
+                status = Status.WORKING  # a worker took it meanwhile: abort its run
+        if status in lifecycle.TERMINAL:
+            raise JobNotAbortableError(job_id, status.value, _FINISHED)
+        outcome, _at = self._claims.abort(job_id, reason, who)
+        if outcome in ("requested", "already"):
+            return outcome
+        if outcome == ClaimResult.RETRYING.value:
+            raise JobNotAbortableError(
+                job_id, status.value, "it is between two attempts; abort it again in a moment"
+            )
+        raise JobNotAbortableError(job_id, status.value, f"{_FINISHED} (its claim is {outcome})")
 
     def wait(self, job_id: uuid.UUID, timeout: float = 60.0) -> dict[str, Any]:
         """Wait for a job to finish and return its results.
@@ -244,6 +323,9 @@ class Producer:
     def find_job(self, reference: str) -> uuid.UUID:
         """The job whose id is, or uniquely starts with, ``reference`` (e.g. ``8a94d8b8``)."""
         return self.reader.find(reference)
+
+
+_FINISHED = "it has finished, and there is nothing left to abort"
 
 
 def _service_and_clock(session: Session, name: str) -> tuple[Service, datetime]:

@@ -22,7 +22,7 @@ from broker.errors import (
     JobWithUUIDNotFound,
     WaitTimeoutError,
 )
-from broker.models import history, lifecycle
+from broker.models import attempts, history, lifecycle
 from broker.models.job import Job
 from broker.storage.tables import JobRow, open_session
 
@@ -72,6 +72,11 @@ class Reader:
         """Who submitted the job, the fingerprint of its schemas, what ran it."""
         with open_session(self.database_url) as session:
             return history.provenance(session, job_id)
+
+    def earlier_attempts(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+        """The job's attempts before its current one (retried, or superseded), oldest first."""
+        with open_session(self.database_url) as session:
+            return attempts.shown(session, job_id)
 
     def find(self, reference: str) -> uuid.UUID:
         """The job whose id is ``reference``, or the one job whose id starts with it.

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from broker import actors
 from broker.contract import Contract
+from broker.errors import DeserializationError
 from broker.messaging import outbox
 from broker.messaging.messages import JobMessage
 from broker.models import lifecycle
@@ -134,6 +135,16 @@ def add_job_at_once(
     return job_id if inserted == job_id else None
 
 
+def check_not_before(value: object) -> None:
+    """Refuse a ``not_before`` that is not an aware time: a lab's clock zone is no guess."""
+    if value is None:
+        return
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise DeserializationError(
+            "not_before", f"must be a time with its zone, e.g. 2026-12-24T08:00:00Z, got {value!r}"
+        )
+
+
 def check_jobs_per_message(value: int) -> None:
     """Refuse a batch size that is not an integer from 1 to ``MAX_PER_MESSAGE``."""
     check_count("jobs_per_message", value, MAX_PER_MESSAGE)
@@ -146,13 +157,17 @@ def add_jobs(
     parameter_sets: Sequence[dict[str, Any]],
     per_message: int = 1,
     submitted_by: str | None = None,
+    not_before: datetime | None = None,
 ) -> list[uuid.UUID]:
     """``Service.new_job`` for many jobs at once: the same rows and messages, in bulk.
 
     One invalid parameter set refuses them all, before anything is written.
     ``submitted_by`` is recorded on every job (``actors.person`` by default).
+    Jobs ``not_before`` a time are not published now: they wait in the outbox,
+    and beat publishes them when due (``broker.beat.recovery.publish_due``).
     """
     submitted_by = submitted_by or actors.person()
+    check_not_before(not_before)
     destination = Destination.of(service)
     for parameters in parameter_sets:
         destination.contract.validate(parameters, source="parameters")
@@ -161,7 +176,7 @@ def add_jobs(
     ids = [uuid.uuid4() for _ in parameter_sets]
     stamps = [now + timedelta(microseconds=index) for index in range(len(ids))]
     connection = session.connection()
-    if connection.dialect.name == "postgresql" and len(ids) > 1:
+    if connection.dialect.name == "postgresql" and len(ids) > 1 and not_before is None:
         _copy_rows(connection, service.id, ids, stamps, parameter_sets, submitted_by)
     else:
         rows = [
@@ -174,11 +189,14 @@ def add_jobs(
                 "date_submitted": stamp,
                 "version": 1,
                 "submitted_by": submitted_by,
+                "not_before": not_before,
             }
             for job_id, stamp, parameters in zip(ids, stamps, parameter_sets, strict=True)
         ]
         # Core, not the ORM: no unit of work and a cached statement.
         connection.execute(_INSERT_JOBS, rows)
+    if not_before is not None:
+        return ids
     for job_id, parameters in zip(ids, parameter_sets, strict=True):
         outbox.record_job(session, destination.message(job_id, parameters, per_message))
     return ids

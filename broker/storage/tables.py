@@ -90,6 +90,14 @@ class ServiceRow(Base):
     timed_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     worker_loss_policy: Mapped[str] = mapped_column(sa.String(16), default="fail")
     max_attempts: Mapped[int] = mapped_column(sa.Integer, default=3)
+    #: Whether a handler may ask for its job to run again (``broker.worker.Retry``),
+    #: up to ``max_attempts`` runs in all; off, a retry asked for ends the job ERROR.
+    retries: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    #: Names of exception types that ask for a retry when a handler raises them.
+    retry_on: Mapped[list[str]] = mapped_column(JSONDocument, server_default=sa.text("'[]'"))
+    #: The first retry's wait (s) when the handler names none; it doubles each attempt.
+    #: (These three have server defaults only, so rows written without them get them.)
+    retry_backoff: Mapped[float] = mapped_column(sa.Float, server_default=sa.text("1.0"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: A digest of both schemas (``broker.contract.schema_fingerprint``):
     #: schemas never change, so every job of the service was validated against it.
@@ -124,6 +132,12 @@ class JobRow(Base):
     #: ERROR is a presumption, the one terminal state that a late report of the
     #: same attempt may still correct (``lifecycle.correct_presumed_loss``).
     presumed_lost_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The job waits in the outbox until then (a producer's ``not_before``, or a
+    #: retry's backoff); beat publishes it once due (``broker.beat.recovery``).
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The job this one was resubmitted from (``Producer.resubmit``), if any.
+    #: A record of where the job came from, not a constraint on deleting the original.
+    resubmitted_from: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
     #: Optimistic-concurrency counter: every write checks it, so two writers
     #: racing on one job cannot both win.
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
@@ -138,12 +152,26 @@ class JobRow(Base):
         sa.Index("ix_jobs_service_status_submitted", "service_id", "status", "date_submitted"),
         sa.Index("ix_jobs_status_submitted", "status", "date_submitted"),
         sa.Index("ix_jobs_submitted", "date_submitted"),
-        # The outbox: committed jobs whose message has not left yet.
+        # An original's resubmissions; only resubmitted jobs are in it.
+        sa.Index(
+            "ix_jobs_resubmitted_from",
+            "resubmitted_from",
+            postgresql_where=sa.text("resubmitted_from IS NOT NULL"),
+            sqlite_where=sa.text("resubmitted_from IS NOT NULL"),
+        ),
+        # The outbox: committed jobs whose message has not left yet, and may now.
         sa.Index(
             "ix_jobs_unpublished",
             "date_submitted",
-            postgresql_where=sa.text("published_at IS NULL"),
-            sqlite_where=sa.text("published_at IS NULL"),
+            postgresql_where=sa.text("published_at IS NULL AND not_before IS NULL"),
+            sqlite_where=sa.text("published_at IS NULL AND not_before IS NULL"),
+        ),
+        # Jobs that wait for their time: beat reads only the due ones.
+        sa.Index(
+            "ix_jobs_due",
+            "not_before",
+            postgresql_where=sa.text("published_at IS NULL AND not_before IS NOT NULL"),
+            sqlite_where=sa.text("published_at IS NULL AND not_before IS NOT NULL"),
         ),
     )
 

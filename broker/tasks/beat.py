@@ -8,13 +8,14 @@ from typing import Any
 from celery import Celery
 
 from broker.app import make_app
-from broker.beat.tick import run_tick
+from broker.beat.tick import run_due, run_tick
 from broker.messaging import keys
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TICK_TASK = "topchef.beat.tick"
+DUE_TASK = "topchef.beat.due"
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -36,12 +37,25 @@ def register(app: Celery, settings: Settings) -> None:
 
     app.task(name=TICK_TASK, ignore_result=True, acks_late=False, send_events=False)(tick)
 
+    def due() -> int:
+        return run_due(announcing, settings)
+
+    app.task(name=DUE_TASK, ignore_result=True, acks_late=False, send_events=False)(due)
+
     app.conf.task_send_sent_event = False
-    app.conf.task_routes = {TICK_TASK: {"queue": keys.BEAT_QUEUE}}
+    app.conf.task_routes = {
+        TICK_TASK: {"queue": keys.BEAT_QUEUE},
+        DUE_TASK: {"queue": keys.BEAT_QUEUE},
+    }
     app.conf.beat_schedule = {
         "topchef-tick": {
             "task": TICK_TASK,
             "schedule": settings.beat_interval,
             "options": {"queue": keys.BEAT_QUEUE, "expires": settings.beat_interval},
-        }
+        },
+        "topchef-due": {
+            "task": DUE_TASK,
+            "schedule": settings.due_interval,
+            "options": {"queue": keys.BEAT_QUEUE, "expires": settings.due_interval},
+        },
     }

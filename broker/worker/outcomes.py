@@ -17,6 +17,8 @@ COMPLETED = Job.JobStatus.COMPLETED.value
 ERROR = Job.JobStatus.ERROR.value
 #: A claim's state (``ClaimResult.CANCELLED``): the job was cancelled before it ran.
 CANCELLED = "cancelled"
+#: A run that asked for another attempt, which beat publishes when it is due.
+RETRYING = "retrying"
 #: A batch's job that the worker did not reach before it shut down; beat sends it again.
 UNSTARTED = "unstarted"
 #: How much of each failed job's detail a batch's summary quotes (SQL keeps it whole).

@@ -14,6 +14,8 @@ to the directory: it waits for them and starts serving each as it appears
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import threading
@@ -37,15 +39,19 @@ from broker.messaging.presence import ARRIVE, LEAVE, Presence
 from broker.models.interfaces.job import Job
 from broker.settings import Settings
 from broker.worker import provenance
+from broker.worker.controls import RunAbortWatch, abort_detail, asks_for_retry, judge_retry
 from broker.worker.handlers import (
+    Aborted,
     Declaration,
     Handler,
     handles,
     progress,
     reporting_to,
     stop_reporting,
+    stop_watching,
+    watching,
 )
-from broker.worker.outcomes import UNSTARTED, Outcome
+from broker.worker.outcomes import RETRYING, UNSTARTED, Outcome
 
 __all__ = [
     "Refused",
@@ -302,6 +308,8 @@ class WorkerRuntime:
                 number,
                 landed.lateness,
             )
+        if final.kind == "retry" and landed.on_time:
+            return Outcome(str(job), RETRYING, final.detail)
         return Outcome(str(job), final.status or "", final.detail)
 
     def _provenance(self, served: ServedService) -> str:
@@ -328,11 +336,24 @@ class WorkerRuntime:
 
         The run has happened: its outcome is what a lab measured, so a broker
         outage must delay the report, never lose it. Meanwhile the lease may
-        lapse; the report then lands late, and is recorded all the same.
+        lapse; the report then lands late, and is recorded all the same. A
+        retry whose claim this attempt no longer holds (beat presumed the
+        worker lost meanwhile) is reported as the ERROR it was instead.
         """
         delay = REPORT_RETRY_FIRST
         while True:
             try:
+                if final.kind == "retry":
+                    state = self._claims.retry(job, attempt, final)
+                    if state == RETRYING:
+                        return Finish("")
+                    final = dataclasses.replace(
+                        final,
+                        kind="status",
+                        status=Status.ERROR.value,
+                        detail=f"{final.detail}; not retried: the job's claim is {state}",
+                        extra={},
+                    )
                 return self._claims.finish(job, attempt, final)
             except redis.RedisError as error:
                 log.warning("cannot report job %s yet (%s); retrying in %.1f s", job, error, delay)
@@ -408,19 +429,60 @@ class WorkerRuntime:
                 **fields,
             )
 
+        def aborted(abort: Aborted, results: object = None, note: str = "") -> StateMessage:
+            kept, dropped = _partial(results)
+            detail = abort_detail(abort) + note + dropped
+            log.info("job %s was aborted while running: %s", job, detail)
+            return outcome(Status.CANCELLED, results=kept, detail=detail, extra={"aborted": True})
+
+        watch = RunAbortWatch(self._claims, job)
         token = reporting_to(self._progress_reporter(service, job))
+        watch_token = watching(watch)
         try:
             results = served.handler(parameters)
+        except Aborted as abort:  # the handler let the abort end its run
+            return aborted(watch.seen or abort)
         except Exception as error:  # the handler's failure is the job's outcome
             log.info("job %s raised %s", job, error, exc_info=True)
-            return outcome(Status.ERROR, detail=f"{type(error).__name__}: {error}")
+            described = f"{type(error).__name__}: {error}"
+            if watch.seen is not None:
+                return aborted(watch.seen, note=f"; the handler then raised {described}")
+            if not asks_for_retry(served.descriptor, error):
+                return outcome(Status.ERROR, detail=described)
+            verdict = judge_retry(served.descriptor, error, attempt)
+            if verdict.after is None:
+                return outcome(Status.ERROR, detail=verdict.detail)
+            if (unseen := watch.unseen()) is not None:  # an abort asked meanwhile wins
+                return aborted(unseen, note=f"; the handler had asked for a retry ({described})")
+            return StateMessage(
+                "retry",
+                service,
+                job,
+                detail=verdict.detail,
+                attempt=attempt,
+                worker=worker,
+                extra={"after": verdict.after},
+            )
         finally:
+            stop_watching(watch_token)
             stop_reporting(token)
+        if watch.seen is not None:  # the handler caught the abort and returned
+            return aborted(watch.seen, results)
+        # A handler that never looked ran to its end: that is what happened.
+        unseen = watch.unseen()
+        note = None
+        if unseen is not None:
+            note = (
+                f"an abort was requested at {unseen.at} by {unseen.by}"
+                + (f" ({unseen.reason})" if unseen.reason else "")
+                + " but the handler never checked for it and ran to its end"
+            )
         try:
             served.results.validate(results, source="results")
         except DeserializationError as violation:
-            return outcome(Status.ERROR, detail=f"invalid results: {violation.detail}")
-        return outcome(Status.COMPLETED, results=results)
+            detail = f"invalid results: {violation.detail}"
+            return outcome(Status.ERROR, detail=f"{detail}; {note}" if note else detail)
+        return outcome(Status.COMPLETED, results=results, detail=note)
 
     def _progress_reporter(self, service: uuid.UUID, job: uuid.UUID) -> Any:
         last_sent = 0.0
@@ -523,6 +585,23 @@ class WorkerRuntime:
             thread = threading.Thread(target=target, name=f"topchef-{name}", daemon=True)
             self._threads[key] = thread
             thread.start()
+
+
+def _partial(results: object) -> tuple[dict[str, Any] | None, str]:
+    """An aborted run's partial results, if they are a JSON object; else none, and why.
+
+    Partial results may be incomplete, so they are not held to the result
+    schema; but only JSON is ever stored.
+    """
+    if results is None:
+        return None, ""
+    if not isinstance(results, dict):
+        return None, f"; its results were dropped: not a JSON object ({type(results).__name__})"
+    try:
+        json.dumps(results, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        return None, f"; its results were dropped: not JSON ({error})"
+    return results, ""
 
 
 _REFUSAL_DETAIL: Mapping[ClaimResult, str] = {

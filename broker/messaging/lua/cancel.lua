@@ -3,7 +3,8 @@
 -- ARGV[1]  claim ttl seconds
 -- Returns: 'cancelled' (now or already), or the state of the claim a delivery took.
 local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'cancelled' then
+-- A job waiting for its retry ('retrying', retry.lua) has no run to protect.
+if state and state ~= 'cancelled' and state ~= 'retrying' then
   return state
 end
 redis.call('HSET', KEYS[1], 'state', 'cancelled')

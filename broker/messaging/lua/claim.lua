@@ -11,7 +11,7 @@
 -- ARGV[7]  trusted: '1' when the caller read the job from SQL and may register it
 -- ARGV[8]  settle seconds (the duplicate window)
 -- Returns: 'claimed'; or the claim's state that makes this delivery a duplicate
---   ('running', 'done', 'cancelled', 'requeued', 'lost'); or a refusal
+--   ('running', 'done', 'cancelled', 'requeued', 'retrying', 'lost'); or a refusal
 --   ('unregistered', 'misrouted', 'altered').
 local service = redis.call('HGET', KEYS[1], 'service')
 if not service then
@@ -30,7 +30,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 local attempt = tonumber(ARGV[1])
 if state then
   local current = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-  if not (state == 'requeued' and attempt == current + 1) then
+  if not ((state == 'requeued' or state == 'retrying') and attempt == current + 1) then
     if state == 'done' or state == 'cancelled' or state == 'lost' then
       -- This delivery consumed a duplicate; later ones come within the window.
       local ttl = redis.call('TTL', KEYS[1])

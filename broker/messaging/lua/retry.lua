@@ -1,0 +1,20 @@
+-- End a run that asked for another attempt: the claim waits for attempt n+1.
+-- KEYS[1]  claim hash topchef:claim:<job>
+-- KEYS[2]  lease topchef:lease:<job>
+-- KEYS[3]  state stream topchef:state
+-- ARGV[1]  attempt
+-- ARGV[2]  retry entry (the state message's "m" field)
+-- Returns: 'retrying', or the claim's state when this attempt does not hold it
+--   (beat presumed the worker lost meanwhile, or another attempt runs): the
+--   caller then reports the run's end as an outcome instead (finish.lua), so
+--   that nothing is dropped. A 'retrying' claim accepts attempt n+1 (claim.lua)
+--   and may be cancelled while it waits (cancel.lua).
+local state = redis.call('HGET', KEYS[1], 'state')
+local mine = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') == tonumber(ARGV[1])
+if not (mine and state == 'running') then
+  return state or 'unclaimed'
+end
+redis.call('HSET', KEYS[1], 'state', 'retrying')
+redis.call('DEL', KEYS[2])
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[2])
+return 'retrying'

@@ -1,0 +1,143 @@
+"""What a running job's controls come to in the worker: its abort request, its retries.
+
+An abort is asked in Redis (``Claims.abort``) and read here, by the handler's
+own calls to ``progress`` and ``aborted``: one HMGET at most every
+``ABORT_POLL_INTERVAL`` seconds, so a handler that reports in a tight loop pays
+nothing for it. A retry is the handler's request (``Retry``) or an exception
+type its service names (``retry_on``); whether it is granted is decided here,
+by the service's opt-in and its ``max_attempts``, so that one rule answers it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis
+
+from broker.messaging.claims import AbortRequest, Claims
+from broker.messaging.messages import ServiceDescriptor
+from broker.worker.handlers import Aborted, Retry
+
+log = logging.getLogger(__name__)
+
+#: A handler's abort checks closer together than this reuse the last answer.
+ABORT_POLL_INTERVAL = 0.25
+#: The longest wait the doubling backoff grows to (an hour).
+RETRY_BACKOFF_CAP = 3600.0
+
+
+def aborted_signal(request: AbortRequest) -> Aborted:
+    """The exception a handler sees for ``request``, its time on Redis's clock."""
+    at = datetime.fromtimestamp(request.at_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return Aborted(request.reason, request.by, at)
+
+
+def abort_detail(abort: Aborted) -> str:
+    """The detail of a job that ended CANCELLED because it was aborted while running."""
+    reason = f": {abort.reason}" if abort.reason else ""
+    return f"aborted while running at {abort.at} by {abort.by}{reason}"
+
+
+class RunAbortWatch:
+    """One run's view of its abort request: polled lazily, its callbacks called once."""
+
+    def __init__(
+        self,
+        claims: Claims,
+        job_id: uuid.UUID,
+        interval: float = ABORT_POLL_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._claims = claims
+        self._job_id = job_id
+        self._interval = interval
+        self._clock = clock
+        self._last = -interval
+        self._callbacks: list[Callable[[], object]] = []
+        #: The abort, once the handler has been told of it.
+        self.seen: Aborted | None = None
+
+    def requested(self) -> Aborted | None:
+        if self.seen is not None:
+            return self.seen
+        now = self._clock()
+        if now - self._last < self._interval:
+            return None
+        self._last = now
+        found = self._read()
+        if found is not None:
+            self.seen = found
+            callbacks, self._callbacks = self._callbacks, []
+            for callback in callbacks:
+                _call_safely(callback)
+        return self.seen
+
+    def on_abort(self, callback: Callable[[], object]) -> None:
+        if self.seen is not None:
+            _call_safely(callback)
+        else:
+            self._callbacks.append(callback)
+
+    def unseen(self) -> Aborted | None:
+        """An abort requested that the handler never asked about (read now, unthrottled)."""
+        return None if self.seen is not None else self._read()
+
+    def _read(self) -> Aborted | None:
+        try:
+            request = self._claims.abort_request(self._job_id)
+        except redis.RedisError as error:  # asked again at the next check
+            log.warning("cannot read job %s's abort request yet: %s", self._job_id, error)
+            return None
+        return None if request is None else aborted_signal(request)
+
+
+def _call_safely(callback: Callable[[], object]) -> None:
+    try:
+        callback()
+    except Exception:  # the abort goes on: a failing callback is logged, not the run's end
+        log.exception("an abort callback failed")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryVerdict:
+    """Whether a failed run runs again: ``after`` seconds from now, or not (None)."""
+
+    after: float | None
+    detail: str
+
+
+def asks_for_retry(descriptor: ServiceDescriptor, error: Exception) -> bool:
+    """Whether ``error`` asks for a retry: a ``Retry``, or a type the service names."""
+    if isinstance(error, Retry):
+        return True
+    names = set(descriptor.retry_on)
+    return any(
+        kind.__name__ in names or f"{kind.__module__}.{kind.__qualname__}" in names
+        for kind in type(error).__mro__
+    )
+
+
+def judge_retry(descriptor: ServiceDescriptor, error: Exception, attempt: int) -> RetryVerdict:
+    """The one rule for retries: the service opts in, and attempts stay within ``max_attempts``.
+
+    A service that did not opt in never runs a job again because its handler
+    asked: the job ends ERROR, saying so, rather than retrying silently.
+    """
+    described = f"{type(error).__name__}: {error}"
+    if not descriptor.retries:
+        return RetryVerdict(
+            None,
+            f"{described}; service {descriptor.name!r} does not allow retries "
+            "(create it with retries=True), so the job was not run again",
+        )
+    if attempt >= descriptor.max_attempts:
+        return RetryVerdict(None, f"{described}; gave up after {attempt} attempts (max_attempts)")
+    after = error.after if isinstance(error, Retry) else None
+    if after is None:
+        after = min(RETRY_BACKOFF_CAP, descriptor.retry_backoff * 2 ** (attempt - 1))
+    return RetryVerdict(after, f"attempt {attempt}: {described}; retrying in {after:g} s")

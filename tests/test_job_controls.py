@@ -1,0 +1,141 @@
+"""The job controls' rules on their own: the lifecycle moves on SQLite and PostgreSQL,
+the retry rule, and the abort watch on a real Redis."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+import redis
+from sqlalchemy.orm import Session
+
+from broker.errors import DeserializationError
+from broker.messaging import keys
+from broker.messaging.claims import Claims
+from broker.messaging.messages import ServiceDescriptor, StateMessage
+from broker.models import attempts, lifecycle
+from broker.models.lifecycle import Move, Status
+from broker.models.service import Service
+from broker.storage.tables import JobRow, database_now
+from broker.worker.controls import RunAbortWatch, judge_retry
+from broker.worker.handlers import Retry
+
+SCHEMA = {"type": "object"}
+
+
+@pytest.fixture
+def running(session: Session) -> JobRow:
+    """A job WORKING its first attempt on worker ``w``."""
+    service = Service.new("oven", "", SCHEMA, SCHEMA, session)
+    row = service.new_job({})._row
+    session.flush()
+    now = database_now(session)
+    lifecycle.advance(session, Status.WORKING, [Move(row.id, now, {"worker": "w", "attempts": 1})])
+    session.expire(row)
+    return row
+
+
+def test_a_plain_cancel_never_ends_a_running_job(session, running):
+    move = Move(running.id, database_now(session), {"detail": "cancelled"})
+    assert lifecycle.advance(session, Status.CANCELLED, [move]) == 0
+    session.expire(running)
+    assert running.status == "WORKING"
+
+
+def test_an_abort_ends_a_running_job_cancelled_only_for_its_own_attempt(session, running):
+    at = database_now(session)
+    other = Move(running.id, at, {"detail": "aborted", "results": {"n": 1}}, attempt=2)
+    assert lifecycle.abort_run(session, [other]) == 0
+    own = Move(running.id, at, {"detail": "aborted", "results": {"n": 1}}, attempt=1)
+    assert lifecycle.abort_run(session, [own]) == 1
+    session.expire(running)
+    assert (running.status, running.results, running.detail) == ("CANCELLED", {"n": 1}, "aborted")
+    assert running.date_finished >= running.date_started
+    assert lifecycle.abort_run(session, [own]) == 0  # a redelivered report changes nothing
+
+
+def test_a_retry_keeps_the_attempt_and_sends_the_job_back_to_wait(session, running):
+    at = database_now(session)
+    due = at + timedelta(seconds=5)
+    attempts.keep_retried(session, [attempts.Retried(running.id, 1, "busy", at)])
+    moved = lifecycle.retry(session, [Move(running.id, at, {"not_before": due}, attempt=1)])
+    assert moved == 1
+    session.expire(running)
+    assert running.status == "REGISTERED"
+    assert (running.not_before, running.published_at, running.attempts) == (due, None, 1)
+    assert running.worker is None
+    kept = attempts.of_job(session, running.id)
+    assert [(k.attempt, k.status, k.detail, k.worker) for k in kept] == [(1, "ERROR", "busy", "w")]
+    # The same report again, or one of another attempt, moves nothing.
+    assert lifecycle.retry(session, [Move(running.id, at, {"not_before": due}, attempt=1)]) == 0
+    attempts.keep_retried(session, [attempts.Retried(running.id, 1, "busy", at)])
+    assert len(attempts.of_job(session, running.id)) == 1
+
+
+def test_a_job_cannot_be_held_until_a_time_without_a_zone(session):
+    service = Service.new("oven", "", SCHEMA, SCHEMA, session)
+    with pytest.raises(DeserializationError):
+        service.new_job({}, not_before=database_now(session).replace(tzinfo=None))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"retry_on": ["TimeoutError"]}, "needs retries=True"),
+        ({"retries": True, "retry_on": "TimeoutError"}, "a list"),
+        ({"retries": True, "retry_on": ["not a name"]}, "exception type names"),
+        ({"retries": True, "retry_backoff": -1}, "from 0 to"),
+        ({"retries": "yes"}, "true or false"),
+    ],
+)
+def test_retry_options_that_say_nothing_clear_are_refused(session, options, message):
+    with pytest.raises(DeserializationError, match=message):
+        Service.new("oven", "", SCHEMA, SCHEMA, session, **options)
+
+
+def _descriptor(**options) -> ServiceDescriptor:
+    return ServiceDescriptor(uuid.uuid4(), "Stage", SCHEMA, 30.0, **options)
+
+
+def test_the_retry_rule_opt_in_bound_and_doubling_backoff():
+    strict = judge_retry(_descriptor(), Retry("busy"), 1)
+    assert strict.after is None
+    assert "does not allow retries" in strict.detail
+
+    allowed = _descriptor(retries=True, max_attempts=4, retry_backoff=0.5)
+    waits = [judge_retry(allowed, TimeoutError("slow"), n).after for n in (1, 2, 3)]
+    assert waits == [0.5, 1.0, 2.0]
+    assert judge_retry(allowed, Retry("busy", after=7), 1).after == 7
+    last = judge_retry(allowed, Retry("busy"), 4)
+    assert last.after is None
+    assert "gave up after 4 attempts" in last.detail
+
+
+@pytest.mark.redis
+def test_the_abort_watch_reads_redis_at_most_once_per_interval_and_calls_back_once(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    claims = Claims(client)
+    job = uuid.uuid4()
+    service = uuid.uuid4()
+    claims.register(pipeline := client.pipeline(), service, [(job, "d")])
+    pipeline.execute()
+    working = StateMessage("status", service, job, status="WORKING", worker="w")
+    assert claims.claim(job, 1, "w", working, "d").value == "claimed"
+    now = [0.0]
+    watch = RunAbortWatch(claims, job, interval=0.25, clock=lambda: now[0])
+    called = []
+    watch.on_abort(lambda: called.append(1))
+    assert watch.requested() is None
+
+    assert claims.abort(job, "drift", "alice@lab:1")[0] == "requested"
+    assert claims.abort(job, "again", "bob@lab:2")[0] == "already"
+    now[0] = 0.1
+    assert watch.requested() is None  # within the interval: no read
+    now[0] = 0.3
+    seen = watch.requested()
+    assert seen is not None
+    assert (seen.reason, seen.by) == ("drift", "alice@lab:1")
+    assert watch.requested() is seen
+    assert called == [1]
+    assert client.hget(keys.claim(job), "state") == b"running"  # the run decides its end
