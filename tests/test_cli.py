@@ -68,6 +68,7 @@ def test_help_lists_every_command(run):
     assert _commands(jobs.output) == {
         "abort",
         "cancel",
+        "history",
         "list",
         "resubmit",
         "show",

@@ -171,3 +171,33 @@ def test_results_are_checked_against_the_jobs_own_service(stack):
     mirror.step()
     assert stack.status(job) == "ERROR"
     assert '"square" is a required property' in stack.job(job)["detail"]
+
+
+def test_a_run_provenance_is_stored_once_and_a_malformed_one_dead_lettered(stack):
+    from broker.messaging.provenance import RunProvenance
+    from broker.storage.tables import RunProvenanceRow, open_session
+
+    job, service = _job(stack)
+    mirror = Mirror(stack.settings, block_ms=10)
+    mirror.ensure_group()
+    record = RunProvenance("lab:1", "lab", "0123abc", "CPython 3.11.2")
+    entry = StateMessage("provenance", service, worker="lab:1", extra=record.as_dict())
+    _report(stack, entry)
+    _report(stack, entry)  # a second process start of the same record: one row
+    forged = {**record.as_dict(), "python": 42}
+    _report(stack, StateMessage("provenance", service, worker="x", extra=forged))
+    working = StateMessage(
+        "status", service, job, "WORKING", worker="lab:1", provenance=record.digest
+    )
+    _report(stack, working)
+
+    assert mirror.step() == 4
+    with open_session(stack.settings.database_url) as session:
+        stored = session.scalars(sa.select(RunProvenanceRow)).all()
+        assert [(row.digest, row.module, row.code_version) for row in stored] == [
+            (record.digest, "lab", "0123abc")
+        ]
+    assert stack.producer.provenance(job)["run"]["code_version"] == "0123abc"
+    dead = stack.redis.xrange(keys.DEAD_STATE_STREAM)
+    assert len(dead) == 1
+    assert b"invalid provenance" in dead[0][1][b"error"]

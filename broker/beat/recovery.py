@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from broker import actors
 from broker.messaging import outbox
 from broker.messaging.batches import Batches
 from broker.messaging.claims import ClaimResult, Claims
@@ -105,7 +106,7 @@ def recover_lost_jobs(
                 "the service's worker-loss policy is 'fail', so it was not run again"
             )
             columns = {"detail": detail, "presumed_lost_at": now}
-            failures.append(Move(job.id, now, columns, attempt=recovery.attempt))
+            failures.append(Move(job.id, now, columns, attempt=recovery.attempt, by=actors.BEAT))
     lifecycle.advance(session, Status.ERROR, failures)
     if requeue_messages:
         publisher.publish_jobs(requeue_messages)

@@ -1,4 +1,4 @@
-"""``topchef jobs``: submit, list, show, wait for, cancel and abort jobs."""
+"""``topchef jobs``: submit, list, show, wait for, cancel and abort jobs, and read their history."""
 
 from __future__ import annotations
 
@@ -148,7 +148,30 @@ def jobs_show(job_id: str) -> None:
     found = reader.find(job_id)
     shown = reader.job(found)
     shown["earlier_attempts"] = reader.earlier_attempts(found)
+    shown["provenance"] = reader.provenance(found)
     click.echo(json.dumps(shown, indent=2))
+
+
+@jobs.command("history")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the history as a JSON list.")
+@user_errors
+def jobs_history(job_id: str, as_json: bool) -> None:
+    """Every move of a job, oldest first: when, from → to, by whom, attempt, detail."""
+    from broker.producer.reader import Reader
+
+    reader = Reader(database_settings().database_url)
+    entries = reader.history(reader.find(job_id))
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for entry in entries:
+        move = f"{entry['from'] or '':>10} → {entry['to']:<10}"
+        attempt = "" if entry["attempt"] is None else str(entry["attempt"])
+        line = (
+            f"{entry['at']}  {move}  {entry['by'] or '?':<28} {attempt:>3}  {entry['detail'] or ''}"
+        )
+        click.echo(line.rstrip())
 
 
 @jobs.command("wait")

@@ -173,7 +173,8 @@ class Dispatcher:
             # A caller that runs the service's jobs serves it, whatever it said of availability.
             self.presence.arrive(worker, [job.service_id], timeout)
             # A later attempt's row is WORKING already: the mirror records the new attempt.
-            move = Move(job.id, database_now(session), {"worker": worker, "attempts": attempt})
+            columns = {"worker": worker, "attempts": attempt}
+            move = Move(job.id, database_now(session), columns, by=worker)
             lifecycle.advance(session, Status.WORKING, [move])
             session.expire(job)
         return result
@@ -190,7 +191,8 @@ class Dispatcher:
         if not self._claims(timeout).release(job.id, 1, worker, release):
             return False
         self._client.srem(keys.http_jobs(job.service_id), str(job.id))
-        lifecycle.release(session, [Move(job.id, database_now(session), {"worker": worker})])
+        move = Move(job.id, database_now(session), {"worker": worker}, by=worker)
+        lifecycle.release(session, [move])
         service = session.get(ServiceRow, job.service_id)
         assert service is not None, "jobs.service_id is a foreign key"
         outbox.record_job(session, Service(service).message_for(job))
@@ -315,7 +317,7 @@ class Dispatcher:
             "worker": holder.worker,
             "attempts": holder.attempt,
         }
-        move = Move(job_id, database_now(session), columns, attempt=holder.attempt)
+        move = Move(job_id, database_now(session), columns, attempt=holder.attempt, by=worker)
         lifecycle.advance(session, outcome, [move])
         session.expire(job)
 

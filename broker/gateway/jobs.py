@@ -48,6 +48,7 @@ from broker.gateway.envelope import (
 from broker.gateway.errors import ClaimConflictError
 from broker.gateway.representation import job_detail, job_meta, job_overview
 from broker.messaging.claims import ClaimResult
+from broker.models import history
 from broker.models.job import Job
 from broker.models.job_list import JobList
 from broker.models.lifecycle import TERMINAL, Status
@@ -57,6 +58,7 @@ from broker.storage.tables import JobRow, ServiceRow
 def register(app: Flask) -> None:
     app.add_url_rule("/jobs", "jobs", list_jobs, methods=["GET"])
     app.add_url_rule("/jobs/<job_id>", "job", show_job, methods=["GET"])
+    app.add_url_rule("/jobs/<job_id>/history", "job_history", show_history, methods=["GET"])
     app.add_url_rule("/jobs/<job_id>", "update_job", update_job, methods=["PATCH"])
     app.add_url_rule("/jobs/<job_id>", "replace_job", replace_job, methods=["PUT"])
     app.add_url_rule("/jobs/<job_id>", "cancel_job", cancel_job, methods=["DELETE"])
@@ -93,10 +95,20 @@ def show_job(job_id: str) -> Response:
         return _render(Job(find_job(session, job_id)))
 
 
+def show_history(job_id: str) -> Response:
+    """Every move of the job, oldest first; its provenance in ``meta``."""
+    with gateway().reading() as session:
+        row = find_job(session, job_id)
+        entries = [entry.as_dict() for entry in history.of_job(session, row.id)]
+        meta = {"provenance": history.provenance(session, row.id)}
+    job = url_for("job", job_id=str(row.id), _external=True)
+    return envelope(entries, meta=meta, links={"job": job})
+
+
 def cancel_job(job_id: str) -> Response:
     """Cancel a job nobody has started: it becomes CANCELLED and never runs."""
     shared = gateway()
-    shared.producer.cancel(parse_id(job_id))
+    shared.producer.cancel(parse_id(job_id), by=http_worker()[0])
     with shared.reading() as session:
         return _render(Job(find_job(session, job_id)))
 
@@ -125,7 +137,7 @@ MAX_REASON = 2000
 def resubmit_job(job_id: str) -> Response:
     """A new job with this one's parameters, validated again and linked to it (201)."""
     shared = gateway()
-    new_id = shared.producer.resubmit(parse_id(job_id))
+    new_id = shared.producer.resubmit(parse_id(job_id), by=http_worker()[0])
     with shared.reading() as session:
         response = _render(Job(find_job(session, str(new_id))), 201)
     response.headers["Location"] = url_for("job", job_id=str(new_id), _external=True)

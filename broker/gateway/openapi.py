@@ -206,6 +206,17 @@ def _paths() -> dict[str, Any]:
                 {**_ok("Cancelled", _ref("Job")), **_errors(404, 409)},
             ),
         },
+        "/jobs/{job_id}/history": {
+            "parameters": job,
+            "get": _operation(
+                "Every move of a job, oldest first (its submission first); "
+                "meta.provenance says who submitted it, its schemas' fingerprint and what ran it",
+                {
+                    **_ok("The history", {"type": "array", "items": _ref("Transition")}),
+                    **_errors(404),
+                },
+            ),
+        },
         "/jobs/{job_id}/abort": {
             "parameters": job,
             "post": _operation(
@@ -359,6 +370,18 @@ def _schemas() -> dict[str, Any]:
                 "parameters": {"type": "object"},
                 "results": {"type": "object", "nullable": True},
                 "date_submitted": time,
+            },
+        },
+        "Transition": {
+            "type": "object",
+            "required": ["at", "from", "to", "by", "attempt", "detail"],
+            "properties": {
+                "at": time,
+                "from": {"type": "string", "enum": [*STATUSES, None], "nullable": True},
+                "to": {"type": "string", "enum": STATUSES},
+                "by": {"type": "string", "nullable": True},
+                "attempt": {"type": "integer", "nullable": True},
+                "detail": {"type": "string", "nullable": True},
             },
         },
         "JobOverview": {

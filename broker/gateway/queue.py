@@ -92,7 +92,9 @@ def submit_job(service_id: str) -> Response:
     options = {"priority": field(body, "priority", int, "an integer")} if "priority" in body else {}
     with gateway().writing() as session:
         service = find_service(session, service_id)
-        job = service.new_job(parameters, not_before=not_before, **options)
+        job = service.new_job(
+            parameters, submitted_by=http_worker()[0], not_before=not_before, **options
+        )
         data, job_id = job_detail(job, legacy=legacy()), job.id
     location = _job_url(job_id)
     meta = {"message": f"new job ID is {job_id}"}

@@ -190,8 +190,10 @@ class StateMessage:
     ``kind`` is ``"status"`` (``status`` plus ``results``/``detail``),
     ``"progress"``, ``"release"`` (the claim's holder gave the job back before
     running it), ``"retry"`` (the run asked for another attempt, ``extra["after"]``
-    seconds later, and ``detail`` says why) or ``"checkin"`` (``available``
-    says whether the worker is starting/running or shutting down).
+    seconds later, and ``detail`` says why), ``"checkin"`` (``available`` says
+    whether the worker is starting/running or shutting down) or ``"provenance"``
+    (``extra`` is what runs the jobs whose reports name its digest in
+    ``provenance``: ``broker.messaging.provenance``).
     """
 
     kind: str
@@ -206,6 +208,8 @@ class StateMessage:
     worker: str | None = None
     available: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The digest of the run's provenance, on a worker's status reports.
+    provenance: str | None = None
 
     def to_fields(self) -> dict[str, str]:
         """The stream entry: one JSON field, so the mirror parses one thing.

@@ -53,6 +53,8 @@ class Reading:
     #: Jobs whose run ended in this reading and whose claims ended with it (set by ``apply``).
     finished: list[uuid.UUID] = field(default_factory=list)
     unreadable: int = 0
+    #: What runs the jobs of the reports (``broker.messaging.provenance``), once per process.
+    provenances: list[Report] = field(default_factory=list)
 
     def add(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         self.ids.append(entry_id)
@@ -65,6 +67,8 @@ class Reading:
             return
         if message.kind in JOB_REPORTS and message.job_id is not None:
             self.reports.append(report)
+        elif message.kind == "provenance":
+            self.provenances.append(report)
         elif message.kind == "checkin":
             previous = self.check_ins.get(message.service_id)
             # The last word on availability wins; a bare check-in keeps the earlier word.

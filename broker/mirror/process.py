@@ -32,6 +32,7 @@ from typing import Any
 
 import redis
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
@@ -42,11 +43,18 @@ from broker.messaging.claims import Claims
 from broker.messaging.connections import redis_client
 from broker.messaging.messages import StateMessage
 from broker.messaging.presence import Presence
+from broker.messaging.provenance import RunProvenance
 from broker.mirror.entries import Changes, Reading, Report, SourceClock
 from broker.models import attempts, lifecycle
 from broker.models.lifecycle import Move
 from broker.settings import Settings
-from broker.storage.tables import JobRow, ServiceRow, database_now, engine_for
+from broker.storage.tables import (
+    JobRow,
+    RunProvenanceRow,
+    ServiceRow,
+    database_now,
+    engine_for,
+)
 
 log = logging.getLogger(__name__)
 Status = lifecycle.Status
@@ -86,6 +94,8 @@ class Mirror:
         self._presence = Presence(self._client)
         self._engine = engine_for(settings.database_url)
         self._contracts: dict[uuid.UUID, Contract] = {}
+        #: Provenance digests this process has stored already.
+        self._provenances: set[str] = set()
         self._pending_first = True
         self.applied = 0
 
@@ -190,6 +200,7 @@ class Mirror:
         """Write one reading in ``session``'s transaction (the caller commits)."""
         clock = SourceClock(_redis_ms(self._client), database_now(session))
         self._apply_check_ins(session, reading, clock)
+        self._apply_provenances(session, reading, clock)
         services = self._verify(session, reading)
         changes = Changes.of(self._accepted(reading))
         started_here = _started_and_ended(changes)
@@ -205,6 +216,7 @@ class Mirror:
                 r.message.attempt,
                 r.message.worker,
                 clock.at(r.at_ms),
+                r.message.provenance,
             )
             for r in working
             if r.message.attempt > 1
@@ -212,7 +224,12 @@ class Mirror:
         attempts.restart(session, restarts)
         # After the WORKING moves: a release always follows the claim it gives back.
         releases = [
-            Move(r.message.job_id, clock.at(r.at_ms), {"worker": r.message.worker})  # type: ignore[arg-type]
+            Move(
+                r.message.job_id,  # type: ignore[arg-type]
+                clock.at(r.at_ms),
+                {"worker": r.message.worker},
+                by=r.message.worker,
+            )
             for r in changes.releases
         ]
         lifecycle.release(session, releases)
@@ -249,7 +266,7 @@ class Mirror:
             detail = message.detail or "the handler asked for a retry"
             retried.append(attempts.Retried(job, message.attempt, detail, at))
             columns = {"not_before": at + timedelta(seconds=after), "detail": detail}
-            moves.append(Move(job, at, columns, attempt=message.attempt))
+            moves.append(Move(job, at, columns, attempt=message.attempt, by=message.worker))
         attempts.keep_retried(session, retried)
         lifecycle.retry(session, moves)
 
@@ -312,8 +329,13 @@ class Mirror:
             at = clock.at(report.at_ms)
             note = _late_note(report, clock, at)
             detail = f"{message.detail}; {note}" if message.detail else note
-            columns = {"results": message.results, "detail": detail, "worker": message.worker}
-            move = Move(job, at, columns, attempt=message.attempt)
+            columns = {
+                "results": message.results,
+                "detail": detail,
+                "worker": message.worker,
+                "run_provenance": message.provenance,
+            }
+            move = Move(job, at, columns, attempt=message.attempt, by=message.worker)
             # Only a run that saw its abort may end CANCELLED once it had started.
             may_end = status is not Status.CANCELLED or _aborted(report)
             if report.late in _SAME_ATTEMPT and (
@@ -332,6 +354,31 @@ class Mirror:
                 )
             else:
                 log.info("a late report of job %s changes nothing (a duplicate): %s", job, note)
+
+    def _apply_provenances(self, session: Session, reading: Reading, clock: SourceClock) -> None:
+        """Store each new run provenance once; refuse one whose digest does not match it."""
+        rows = {}
+        for report in reading.provenances:
+            try:
+                record = RunProvenance.from_dict(report.message.extra)
+            except ValueError as error:
+                reading.refused.append((report, f"invalid provenance: {error}"))
+                continue
+            if record.digest not in self._provenances:
+                rows[record.digest] = {
+                    **record.as_dict(),
+                    "digest": record.digest,
+                    "recorded_at": clock.at(report.at_ms),
+                }
+        if not rows:
+            return
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(RunProvenanceRow).on_conflict_do_nothing()
+        session.connection().execute(insert, list(rows.values()))
+        # Known only once committed: a reading rolled back is read again.
+        new = set(rows)
+        remember = lambda _session: self._provenances.update(new)  # noqa: E731
+        sa.event.listen(session, "after_commit", remember, once=True)
 
     def _apply_check_ins(self, session: Session, reading: Reading, clock: SourceClock) -> None:
         """Reset each service's timeout; a leave keeps it available while another worker serves it.
@@ -379,6 +426,7 @@ class Mirror:
                     detail=f"invalid results: {violation.detail}",
                     attempt=message.attempt,
                     worker=message.worker,
+                    provenance=message.provenance,
                 )
                 invalid[job] = dataclasses.replace(report, message=error)
             else:
@@ -453,8 +501,12 @@ def _seconds(value: object) -> float:
 
 def _working(report: Report, clock: SourceClock) -> Move:
     message = report.message
-    columns = {"worker": message.worker, "attempts": message.attempt}
-    return Move(message.job_id, clock.at(report.at_ms), columns)  # type: ignore[arg-type]
+    columns = {
+        "worker": message.worker,
+        "attempts": message.attempt,
+        "run_provenance": message.provenance,
+    }
+    return Move(message.job_id, clock.at(report.at_ms), columns, by=message.worker)  # type: ignore[arg-type]
 
 
 def _final(report: Report, clock: SourceClock, start: Report | None) -> Move:
@@ -464,6 +516,7 @@ def _final(report: Report, clock: SourceClock, start: Report | None) -> Move:
         "detail": message.detail,
         "worker": message.worker,
         "attempts": message.attempt,
+        "run_provenance": message.provenance,
     }
     return Move(
         message.job_id,  # type: ignore[arg-type]
@@ -471,6 +524,7 @@ def _final(report: Report, clock: SourceClock, start: Report | None) -> Move:
         columns,
         started_at=clock.at(start.at_ms) if start is not None else None,
         attempt=message.attempt,
+        by=message.worker,
     )
 
 

@@ -23,7 +23,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from broker.models.lifecycle import Status, not_before_start
+from broker.models import lifecycle
+from broker.models.lifecycle import Move, Status, not_before_start
 from broker.storage.tables import JobAttemptRow, JobRow, UTCDateTime
 
 
@@ -35,6 +36,8 @@ class Restart:
     attempt: int
     worker: str | None
     at: datetime
+    #: What runs the new attempt (a ``RunProvenanceRow`` digest).
+    run_provenance: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,11 @@ class LateOutcome:
 
 
 def restart(session: Session, restarts: Sequence[Restart]) -> None:
-    """Record each restarted job's previous attempt as superseded, then start the new one."""
+    """Record each restarted job's previous attempt as superseded, then start the new one.
+
+    The start of the new attempt is a move of its own in the job's history
+    (WORKING → WORKING, by the new attempt's worker).
+    """
     if not restarts:
         return
     connection = session.connection()
@@ -62,6 +69,7 @@ def restart(session: Session, restarts: Sequence[Restart]) -> None:
         JobRow.worker,
         JobRow.date_started,
         sa.bindparam("p_at", type_=UTCDateTime()),
+        JobRow.run_provenance,
     ).where(
         JobRow.id == sa.bindparam("p_id"),
         JobRow.status == Status.WORKING.value,
@@ -69,12 +77,13 @@ def restart(session: Session, restarts: Sequence[Restart]) -> None:
         JobRow.attempts > 0,
     )
     keep = insert.from_select(
-        ["job_id", "attempt", "worker", "date_started", "superseded_at"], previous
+        ["job_id", "attempt", "worker", "date_started", "superseded_at", "run_provenance"],
+        previous,
     ).on_conflict_do_nothing()
     connection.execute(
         keep, [{"p_id": r.job_id, "p_attempt": r.attempt, "p_at": r.at} for r in restarts]
     )
-    connection.execute(
+    start = (
         sa.update(JobRow)
         .where(JobRow.id == sa.bindparam("r_id"))
         .where(JobRow.status == Status.WORKING.value)
@@ -83,14 +92,32 @@ def restart(session: Session, restarts: Sequence[Restart]) -> None:
             attempts=sa.bindparam("r_attempt"),
             worker=sa.bindparam("r_worker"),
             date_started=sa.bindparam("r_at", type_=UTCDateTime()),
+            run_provenance=sa.bindparam("r_provenance"),
             version=JobRow.version + 1,
         )
-        .execution_options(synchronize_session=False),
-        [
-            {"r_id": r.job_id, "r_attempt": r.attempt, "r_worker": r.worker, "r_at": r.at}
-            for r in restarts
-        ],
+        .execution_options(synchronize_session=False)
     )
+    parameters = [
+        {
+            "r_id": r.job_id,
+            "r_attempt": r.attempt,
+            "r_worker": r.worker,
+            "r_at": r.at,
+            "r_provenance": r.run_provenance,
+        }
+        for r in restarts
+    ]
+    moves = [
+        Move(r.job_id, r.at, {"detail": _restart_note(r.attempt)}, by=r.worker) for r in restarts
+    ]
+    lifecycle.move_each(
+        session, start, parameters, moves, Status.WORKING, Status.WORKING, JobRow.date_started
+    )
+
+
+def _restart_note(attempt: int) -> str:
+    earlier = "attempt 1 was" if attempt == 2 else f"attempts 1 to {attempt - 1} were"
+    return f"attempt {attempt} started: {earlier} given up for lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +146,23 @@ def keep_retried(session: Session, retried: Sequence[Retried]) -> None:
         sa.literal(Status.ERROR.value),
         sa.bindparam("k_detail", type_=sa.Text()),
         ended,
+        JobRow.run_provenance,
     ).where(
         JobRow.id == sa.bindparam("k_id"),
         JobRow.status == Status.WORKING.value,
         JobRow.attempts == sa.bindparam("k_attempt"),
     )
     keep = insert.from_select(
-        ["job_id", "attempt", "worker", "date_started", "status", "detail", "date_finished"],
+        [
+            "job_id",
+            "attempt",
+            "worker",
+            "date_started",
+            "status",
+            "detail",
+            "date_finished",
+            "run_provenance",
+        ],
         attempt,
     ).on_conflict_do_nothing()
     connection.execute(

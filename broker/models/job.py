@@ -9,11 +9,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from broker import actors
 from broker.contract import compile_contract
 from broker.models import attempts, lifecycle
 from broker.models.interfaces.job import JSON
 from broker.models.interfaces.job import Job as JobInterface
-from broker.storage.tables import JobRow, ServiceRow, database_now
+from broker.storage.tables import JobRow, JobTransitionRow, ServiceRow, database_now
 
 
 class Job(JobInterface):
@@ -75,9 +76,22 @@ class Job(JobInterface):
         new_status = JobInterface.JobStatus(new_status)
         if new_status == self.status:
             return
-        lifecycle.check_move(self.id, self.status, new_status)
+        current = self.status
+        lifecycle.check_move(self.id, current, new_status)
+        at = database_now(self._session)
         self._row.status = new_status.value
-        setattr(self._row, lifecycle.TIMESTAMP_COLUMN[new_status], database_now(self._session))
+        setattr(self._row, lifecycle.TIMESTAMP_COLUMN[new_status], at)
+        # The model's move is a move like any other: its history row goes with it.
+        self._session.add(
+            JobTransitionRow(
+                job_id=self.id,
+                from_status=current.value,
+                to_status=new_status.value,
+                at=at,
+                by=actors.person(),
+                attempt=self._row.attempts,
+            )
+        )
 
     @property
     def parameters(self) -> dict[str, JSON]:

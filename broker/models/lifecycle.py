@@ -18,6 +18,16 @@ touches the job at all (``broker.models.attempts`` keeps it with its own attempt
 The one move backwards is ``release``: the holder of a first attempt that never
 ran it gives it back (WORKING → REGISTERED), so that another worker can take it.
 
+Every move is recorded in ``job_transitions`` (the job's history) by the same
+compare-and-set that makes it, so a history row exists exactly when the job
+moved: from, to, when (the time the job's row records for the move), who
+(``Move.by``: a worker's host:pid, ``actors.BEAT``, a person, an HTTP caller),
+attempt and detail. ``advance`` does it in one set-based statement per batch
+on PostgreSQL. A new kind of move writes its UPDATE as a compare-and-set and
+runs it through ``move_each``, which records each job it moved; a move that
+finds out otherwise which jobs it moved (and from what) hands them to
+``record``, the one writer of the history, in the same transaction. A job's
+REGISTERED entry is not a row: ``broker.models.history`` reads it from the job.
 Two moves belong to the job controls, each in a function of its own so that no
 other writer can make them: ``abort_run`` ends a running job CANCELLED (only
 the run's own report that it saw an abort request), and ``retry`` sends a
@@ -38,8 +48,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from broker.errors import InvalidTransitionError
+from broker.models import moves as moves_sql
 from broker.models.interfaces.job import Job
-from broker.storage.tables import JobRow, UTCDateTime
+from broker.storage.tables import JobRow, JobTransitionRow, UTCDateTime
 
 Status = Job.JobStatus
 
@@ -75,7 +86,7 @@ RANK: Mapping[Status, int] = {
 }
 
 #: Columns a move may set besides the status and its time.
-MOVE_COLUMNS = ("results", "detail", "worker", "attempts", "presumed_lost_at")
+MOVE_COLUMNS = ("results", "detail", "worker", "attempts", "presumed_lost_at", "run_provenance")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +97,8 @@ class Move:
     stamped by the broker when it was made, not when the mirror applies it).
     ``started_at`` also records the start, for a job whose WORKING report
     arrives together with its end. ``attempt`` is the attempt that reports: a
-    job that a later attempt holds is never moved by an earlier one.
+    job that a later attempt holds is never moved by an earlier one. ``by`` is
+    who made the move (``broker.actors``), as the history records it.
     """
 
     job_id: uuid.UUID
@@ -94,6 +106,20 @@ class Move:
     columns: Mapping[str, Any] = field(default_factory=dict)
     started_at: datetime | None = None
     attempt: int | None = None
+    by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One history row: a job that moved, as ``record`` writes it."""
+
+    job_id: uuid.UUID
+    from_status: Status
+    to_status: Status
+    at: datetime
+    by: str | None
+    attempt: int | None
+    detail: str | None = None
 
 
 def status_in(statuses: frozenset[Status] | list[Status]) -> sa.ColumnElement[bool]:
@@ -118,19 +144,41 @@ def advance(session: Session, new: Status, moves: Sequence[Move]) -> int:
     The ``WHERE status IN (predecessors)`` clause is the compare-and-set: a job
     that has moved on since the caller looked is left alone. Times never run
     backwards on one job: a transition is stamped no earlier than the one
-    before it, whatever the clocks of the machines that reported them.
+    before it, whatever the clocks of the machines that reported them. Each
+    job moved gets its history row (two for a job whose start, ``started_at``,
+    and end are applied together: its WORKING step is recorded too).
     """
     if not moves:
         return 0
-    dialect = session.get_bind().dialect.name
-    at = sa.bindparam("v_at", type_=UTCDateTime())
-    started_at = sa.bindparam("v_started_at", type_=UTCDateTime())
-    attempt = sa.bindparam("v_attempt", type_=sa.Integer())
     columns = sorted({name for move in moves for name in move.columns})
     unknown = set(columns) - set(MOVE_COLUMNS)
     if unknown:
         raise ValueError(f"a move cannot set {', '.join(sorted(unknown))}")
-    values: dict[str, Any] = {name: sa.bindparam(f"v_{name}") for name in columns}
+    # A second move of one job to the same status is always refused (no status
+    # precedes itself): dropping it here keeps one history row per job moved.
+    unique = list({move.job_id: move for move in reversed(moves)}.values())[::-1]
+    connection = session.connection()
+    dialect = connection.dialect.name
+    batch = moves_sql.Batch(
+        new=new,
+        moves=unique,
+        columns=columns,
+        leaving=status_in(PREDECESSORS[new]),
+        assign=lambda source: _assignments(dialect, new, source, columns),
+        allowed=lambda source: _allowed(new, source),
+        at_column=TIMESTAMP_COLUMN[new],
+    )
+    if dialect == "postgresql":
+        return moves_sql.at_once(connection, batch)
+    return moves_sql.each(connection, batch)
+
+
+def _assignments(
+    dialect: str, new: Status, source: Mapping[str, Any], columns: Sequence[str]
+) -> dict[str, Any]:
+    """The SET clause of a move to ``new``: the one place its columns are computed."""
+    at = source["at"]
+    values: dict[str, Any] = {name: source[name] for name in columns}
     values["status"] = new.value
     values["version"] = JobRow.version + 1
     # A job that moved was necessarily published: take it out of the outbox.
@@ -138,28 +186,82 @@ def advance(session: Session, new: Status, moves: Sequence[Move]) -> int:
     if new is Status.WORKING:
         values["date_started"] = _later(dialect, at, JobRow.date_submitted)
     else:
-        start = sa.func.coalesce(JobRow.date_started, started_at)
+        start = sa.func.coalesce(JobRow.date_started, source["started_at"])
         values["date_started"] = start
         values[TIMESTAMP_COLUMN[new]] = _later(
             dialect, at, sa.func.coalesce(start, JobRow.date_submitted)
         )
-    statement = (
-        sa.update(JobRow)
-        .where(JobRow.id == sa.bindparam("v_id"))
-        .where(status_in(PREDECESSORS[new]))
-        .where(sa.or_(attempt.is_(None), JobRow.attempts <= attempt))
-        .values(values)
-        .execution_options(synchronize_session=False)
+    return values
+
+
+def _allowed(new: Status, source: Mapping[str, Any]) -> list[sa.ColumnElement[bool]]:
+    """The compare-and-set: a job still before ``new``, not held by a later attempt."""
+    attempt = source["attempt"]
+    return [status_in(PREDECESSORS[new]), sa.or_(attempt.is_(None), JobRow.attempts <= attempt)]
+
+
+def record(session: Session, transitions: Sequence[Transition]) -> None:
+    """Append history rows for jobs that moved, in the caller's transaction.
+
+    The one writer of ``job_transitions`` besides ``advance``'s own statement:
+    a move calls it with exactly the jobs its compare-and-set moved (see
+    ``move_each``), before it commits.
+    """
+    if not transitions:
+        return
+    session.connection().execute(
+        sa.insert(JobTransitionRow),
+        [
+            {
+                "job_id": t.job_id,
+                "from_status": t.from_status.value,
+                "to_status": t.to_status.value,
+                "at": t.at,
+                "by": t.by,
+                "attempt": t.attempt,
+                "detail": t.detail,
+            }
+            for t in transitions
+        ],
     )
-    rows = []
-    for move in moves:
-        row = {"v_id": move.job_id, "v_at": move.at, "v_attempt": move.attempt}
-        if new is not Status.WORKING:
-            row["v_started_at"] = move.started_at
-        row.update({f"v_{name}": move.columns.get(name) for name in columns})
-        rows.append(row)
-    result = session.connection().execute(statement, rows)
-    return result.rowcount if result.rowcount >= 0 else 0
+
+
+def move_each(
+    session: Session,
+    statement: sa.Update,
+    parameters: Sequence[Mapping[str, Any]],
+    moves: Sequence[Move],
+    from_status: Status,
+    to_status: Status,
+    at_column: Any = None,
+    attempt: int | None = None,
+) -> int:
+    """Run a compare-and-set UPDATE once per move, recording each job it moved.
+
+    For moves whose WHERE fixes the status they leave (``from_status``), so
+    that the UPDATE's own ``RETURNING`` says which jobs moved. ``parameters``
+    are the statement's, one set per move. The history row's time is
+    ``at_column`` as the move set it (the time the job's row records), or the
+    move's ``at`` for a move that records no time on the job; its detail is
+    the move's ``columns["detail"]``. For rare moves (a release, a late
+    outcome, a restart): one round trip per job. ``attempt`` names the attempt
+    that moved when the move itself resets the job's count (a release).
+    """
+    connection = session.connection()
+    returning = statement.returning(
+        JobRow.id, JobRow.attempts, at_column if at_column is not None else sa.null()
+    )
+    moved = []
+    for move, values in zip(moves, parameters, strict=True):
+        row = connection.execute(returning, values).first()
+        if row is None:
+            continue
+        at = row[2] if at_column is not None else move.at
+        detail = move.columns.get("detail")
+        number = attempt if attempt is not None else row[1]
+        moved.append(Transition(row[0], from_status, to_status, at, move.by, number, detail))
+    record(session, moved)
+    return len(moved)
 
 
 def correct_presumed_loss(session: Session, new: Status, moves: Sequence[Move]) -> int:
@@ -204,8 +306,7 @@ def correct_presumed_loss(session: Session, new: Status, moves: Sequence[Move]) 
         }
         for move in moves
     ]
-    result = session.connection().execute(statement, rows)
-    return result.rowcount if result.rowcount >= 0 else 0
+    return move_each(session, statement, rows, moves, Status.ERROR, new, JobRow.date_finished)
 
 
 def release(session: Session, moves: Sequence[Move]) -> int:
@@ -234,13 +335,13 @@ def release(session: Session, moves: Sequence[Move]) -> int:
             results=None,
             progress=None,
             progress_message=None,
+            run_provenance=None,
             version=JobRow.version + 1,
         )
         .execution_options(synchronize_session=False)
     )
     rows = [{"r_id": move.job_id, "r_worker": move.columns.get("worker")} for move in moves]
-    result = session.connection().execute(statement, rows)
-    return result.rowcount if result.rowcount >= 0 else 0
+    return move_each(session, statement, rows, moves, Status.WORKING, Status.REGISTERED, attempt=1)
 
 
 def _later(dialect: str, first: Any, second: Any) -> sa.ColumnElement[Any]:
@@ -288,8 +389,9 @@ def abort_run(session: Session, moves: Sequence[Move]) -> int:
         }
         for move in moves
     ]
-    result = session.connection().execute(statement, rows)
-    return result.rowcount if result.rowcount >= 0 else 0
+    return move_each(
+        session, statement, rows, moves, Status.WORKING, Status.CANCELLED, JobRow.date_finished
+    )
 
 
 def retry(session: Session, moves: Sequence[Move]) -> int:
@@ -319,6 +421,7 @@ def retry(session: Session, moves: Sequence[Move]) -> int:
             results=None,
             progress=None,
             progress_message=None,
+            run_provenance=None,
             version=JobRow.version + 1,
         )
         .execution_options(synchronize_session=False)
@@ -332,8 +435,7 @@ def retry(session: Session, moves: Sequence[Move]) -> int:
         }
         for move in moves
     ]
-    result = session.connection().execute(statement, rows)
-    return result.rowcount if result.rowcount >= 0 else 0
+    return move_each(session, statement, rows, moves, Status.WORKING, Status.REGISTERED)
 
 
 def not_before_start(dialect: str, at: Any, start: Any) -> sa.ColumnElement[Any]:

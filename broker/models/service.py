@@ -10,7 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from broker.contract import Contract, compile_contract
+from broker import actors
+from broker.contract import Contract, compile_contract, schema_fingerprint
 from broker.errors import (
     DeserializationError,
     DuplicateServiceNameError,
@@ -158,6 +159,7 @@ class Service(ServiceInterface):
             retry_backoff=float(retry_backoff),
             max_running=max_running,
             created_at=now,
+            schema_fingerprint=schema_fingerprint(registration_schema, result_schema),
         )
         database_session.add(row)
         outbox.record_service(database_session, row)
@@ -320,6 +322,7 @@ class Service(ServiceInterface):
         parameters: dict[str, JSON],
         *,
         job_id: uuid.UUID | None = None,
+        submitted_by: str | None = None,
         not_before: datetime | None = None,
         priority: int = priorities.DEFAULT,
     ) -> Job:
@@ -327,6 +330,8 @@ class Service(ServiceInterface):
 
         ``job_id``, like ``new``'s ``service_id``, is for fixtures with known ids;
         ``priority``: higher starts first (``broker.messaging.priorities``).
+        ``submitted_by`` names who submits it (an HTTP caller); this process's
+        person (``actors.person``) by default.
 
         The job's message is published to the service's queue when the
         session commits (see ``broker.messaging.outbox``), never before; a job
@@ -349,6 +354,7 @@ class Service(ServiceInterface):
             parameters=parameters,
             attempts=0,
             date_submitted=database_now(self._session),
+            submitted_by=submitted_by or actors.person(),
             not_before=not_before,
             priority=priority,
         )

@@ -202,7 +202,9 @@ class Producer:
             )[0]
         if destination is not None:
             engine = engine_for(self.settings.database_url)
-            job_id = submission.add_job_at_once(engine, destination, parameters, priority)
+            job_id = submission.add_job_at_once(
+                engine, destination, parameters, actors.person(), priority
+            )
             if job_id is not None:
                 message = destination.message(job_id, parameters, priority=priority)
                 outbox.publish_committed(self.publisher, engine, [message])
@@ -245,11 +247,11 @@ class Producer:
                 now,
                 list(parameter_sets),
                 jobs_per_message,
-                not_before,
-                priority,
+                not_before=not_before,
+                priority=priority,
             )
 
-    def resubmit(self, job_id: uuid.UUID) -> uuid.UUID:
+    def resubmit(self, job_id: uuid.UUID, *, by: str | None = None) -> uuid.UUID:
         """Submit a new job with another job's parameters; returns the new job's id.
 
         The parameters are validated again, against the service's contract as
@@ -257,6 +259,8 @@ class Producer:
         what it accepted when the original was submitted. The new job names
         its original (``resubmitted_from``) and the original lists it among its
         ``resubmissions``; the original itself is left exactly as it was.
+        ``by`` is who resubmits (the new job's ``submitted_by``): this
+        process's person unless told (the gateway names its caller).
         """
         with self.session() as session:
             original = session.get(JobRow, job_id)
@@ -270,6 +274,7 @@ class Producer:
                 service,
                 database_now(session),
                 [original.parameters],
+                submitted_by=by,
                 priority=original.priority,  # the same place in the queue's order
             )
             session.execute(
@@ -284,8 +289,24 @@ class Producer:
         """A snapshot of the job as SQL has it now."""
         return self.reader.job(job_id)
 
-    def cancel(self, job_id: uuid.UUID, *, detail: str = "cancelled before it ran") -> bool:
+    def history(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+        """Every move of the job, oldest first: at, from, to, by, attempt, detail.
+
+        The first is its submission (``from`` None, ``by`` who submitted it).
+        """
+        return self.reader.history(job_id)
+
+    def provenance(self, job_id: uuid.UUID) -> dict[str, Any]:
+        """Who submitted the job, its schemas' fingerprint, and what ran it (``run``)."""
+        return self.reader.provenance(job_id)
+
+    def cancel(
+        self, job_id: uuid.UUID, *, detail: str = "cancelled before it ran", by: str | None = None
+    ) -> bool:
         """Cancel a REGISTERED job: it becomes CANCELLED and never runs.
+
+        ``by`` is who cancels, as the job's history records it: this process's
+        person (``user@host:pid``) unless told (the HTTP gateway names its caller).
 
         The claim is taken first, in Redis: from then on no delivery of the
         job's message can start it, even one already queued. A job a worker
@@ -303,7 +324,8 @@ class Producer:
             claimed = self._claims.cancel(job_id)
             if claimed is not ClaimResult.CANCELLED:
                 raise InvalidTransitionError(job_id, Status.WORKING.value, Status.CANCELLED.value)
-            move = lifecycle.Move(job_id, database_now(session), {"detail": detail})
+            who = by or actors.person()
+            move = lifecycle.Move(job_id, database_now(session), {"detail": detail}, by=who)
             if not lifecycle.advance(session, Status.CANCELLED, [move]):
                 raise InvalidTransitionError(job_id, row.status, Status.CANCELLED.value)
             return True
@@ -323,7 +345,7 @@ class Producer:
         if status is Status.REGISTERED:
             cause = f": {reason}" if reason else ""
             try:
-                self.cancel(job_id, detail=f"aborted before it ran by {who}{cause}")
+                self.cancel(job_id, detail=f"aborted before it ran by {who}{cause}", by=who)
                 return "cancelled"
             except InvalidTransitionError as error:
                 if error.current != Status.WORKING.value:

@@ -22,7 +22,7 @@ from broker.errors import (
     JobWithUUIDNotFound,
     WaitTimeoutError,
 )
-from broker.models import attempts, lifecycle
+from broker.models import attempts, history, lifecycle
 from broker.models.job import Job
 from broker.storage.tables import JobRow, open_session
 
@@ -62,6 +62,16 @@ class Reader:
             if row is None:
                 raise JobWithUUIDNotFound(job_id)
             return Job(row).as_dict()
+
+    def history(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+        """Every move of the job, oldest first (``broker.models.history``)."""
+        with open_session(self.database_url) as session:
+            return [entry.as_dict() for entry in history.of_job(session, job_id)]
+
+    def provenance(self, job_id: uuid.UUID) -> dict[str, Any]:
+        """Who submitted the job, the fingerprint of its schemas, what ran it."""
+        with open_session(self.database_url) as session:
+            return history.provenance(session, job_id)
 
     def earlier_attempts(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
         """The job's attempts before its current one (retried, or superseded), oldest first."""

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
+from broker import actors
 from broker.contract import Contract
 from broker.errors import DeserializationError
 from broker.messaging import outbox, priorities
@@ -75,6 +76,7 @@ _COPY_COLUMNS = {
     "version": "int4",
     "parameters": "jsonb",
     "priority": "int4",
+    "submitted_by": "varchar",
 }
 _COPY_JOBS = f"COPY {JobRow.__tablename__} ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = list(_COPY_COLUMNS.values())
@@ -93,6 +95,7 @@ _INSERT_ONE = (
             "date_submitted",
             "version",
             "priority",
+            "submitted_by",
         ],
         sa.select(
             sa.bindparam("job_id", type_=sa.Uuid),
@@ -103,6 +106,7 @@ _INSERT_ONE = (
             sa.func.clock_timestamp(),
             sa.literal(1),
             sa.bindparam("priority", type_=sa.Integer),
+            sa.bindparam("submitted_by", type_=sa.String),
         ).where(
             ServiceRow.id == sa.bindparam("service_id"), ServiceRow.name == sa.bindparam("name")
         ),
@@ -115,6 +119,7 @@ def add_job_at_once(
     engine: sa.Engine,
     destination: Destination,
     parameters: dict[str, Any],
+    submitted_by: str,
     priority: int = priorities.DEFAULT,
 ) -> uuid.UUID | None:
     """Validate and commit one job in one statement (PostgreSQL).
@@ -135,6 +140,7 @@ def add_job_at_once(
         "service_id": destination.service_id,
         "name": destination.name,
         "priority": priority,
+        "submitted_by": submitted_by,
     }
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         inserted = connection.execute(_INSERT_ONE, values).scalar()
@@ -162,15 +168,19 @@ def add_jobs(
     now: datetime,
     parameter_sets: Sequence[dict[str, Any]],
     per_message: int = 1,
+    *,
+    submitted_by: str | None = None,
     not_before: datetime | None = None,
     priority: int = priorities.DEFAULT,
 ) -> list[uuid.UUID]:
     """``Service.new_job`` for many jobs at once: the same rows and messages, in bulk.
 
     One invalid parameter set refuses them all, before anything is written.
+    ``submitted_by`` is recorded on every job (``actors.person`` by default).
     Jobs ``not_before`` a time are not published now: they wait in the outbox,
     and beat publishes them when due (``broker.beat.recovery.publish_due``).
     """
+    submitted_by = submitted_by or actors.person()
     check_not_before(not_before)
     priorities.check(priority)
     destination = Destination.of(service)
@@ -182,7 +192,7 @@ def add_jobs(
     stamps = [now + timedelta(microseconds=index) for index in range(len(ids))]
     connection = session.connection()
     if connection.dialect.name == "postgresql" and len(ids) > 1 and not_before is None:
-        _copy_rows(connection, service.id, ids, stamps, parameter_sets, priority)
+        _copy_rows(connection, service.id, ids, stamps, parameter_sets, priority, submitted_by)
     else:
         rows = [
             {
@@ -193,6 +203,7 @@ def add_jobs(
                 "attempts": 0,
                 "date_submitted": stamp,
                 "version": 1,
+                "submitted_by": submitted_by,
                 "not_before": not_before,
                 "priority": priority,
             }
@@ -215,6 +226,7 @@ def _copy_rows(
     stamps: list[datetime],
     parameter_sets: Sequence[dict[str, Any]],
     priority: int,
+    submitted_by: str,
 ) -> None:
     """Insert the rows with one ``COPY`` inside the caller's transaction (PostgreSQL).
 
@@ -234,5 +246,15 @@ def _copy_rows(
     ):
         copy.set_types(_COPY_TYPES)
         for job_id, stamp, parameters in zip(ids, stamps, parameter_sets, strict=True):
-            row = (job_id, service_id, _REGISTERED, 0, stamp, 1, Jsonb(parameters), priority)
+            row = (
+                job_id,
+                service_id,
+                _REGISTERED,
+                0,
+                stamp,
+                1,
+                Jsonb(parameters),
+                priority,
+                submitted_by,
+            )
             copy.write_row(row)

@@ -27,6 +27,8 @@ __all__ = [
     "JobAttemptRow",
     "JobCountRow",
     "JobRow",
+    "JobTransitionRow",
+    "RunProvenanceRow",
     "ServiceRow",
     "create_schema",
     "database_now",
@@ -104,6 +106,9 @@ class ServiceRow(Base):
     held_reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     #: At most this many of the service's jobs WORKING at once (NULL: no limit).
     max_running: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    #: A digest of both schemas (``broker.contract.schema_fingerprint``):
+    #: schemas never change, so every job of the service was validated against it.
+    schema_fingerprint: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
 
 
 class JobRow(Base):
@@ -146,6 +151,10 @@ class JobRow(Base):
     #: Optimistic-concurrency counter: every write checks it, so two writers
     #: racing on one job cannot both win.
     version: Mapped[int] = mapped_column(sa.Integer, default=1)
+    #: Who submitted the job: ``user@host:pid`` (Python, the CLI) or the HTTP caller.
+    submitted_by: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    #: What ran the current attempt: the digest of a ``RunProvenanceRow``.
+    run_provenance: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy's API)
     __table_args__ = (
@@ -202,6 +211,53 @@ class JobAttemptRow(Base):
     results: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument, nullable=True)
     detail: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     date_finished: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: What ran this attempt (a ``RunProvenanceRow`` digest).
+    run_provenance: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+
+
+class JobTransitionRow(Base):
+    """One move of one job, appended by the compare-and-set that made it (``lifecycle``).
+
+    Append-only: nothing updates or deletes a row, and no foreign key ties it
+    to its job, so the record of what ran outlives a job deleted through the
+    models, and appending costs no lookup of the job. A job's REGISTERED entry
+    is not a row: it is the job's own ``date_submitted`` and ``submitted_by``,
+    so a bulk submission writes nothing here.
+    """
+
+    __tablename__ = "job_transitions"
+
+    #: The order the moves were made in (a job's times never run backwards either).
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, index=True)
+    from_status: Mapped[str] = mapped_column(sa.String(16))
+    to_status: Mapped[str] = mapped_column(sa.String(16))
+    #: When it happened at its source: the time the job's row records for the move.
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Who made it (``broker.actors``): a worker's host:pid, beat, a person, an HTTP caller.
+    by: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    attempt: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    detail: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+
+
+class RunProvenanceRow(Base):
+    """What ran a job: one row per worker process and handler module, keyed by its digest.
+
+    The same for every job a process runs, so it is stored once and jobs refer
+    to it (``JobRow.run_provenance``), instead of repeating it on each job.
+    """
+
+    __tablename__ = "run_provenance"
+
+    digest: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    worker: Mapped[str] = mapped_column(sa.String(255))
+    module: Mapped[str] = mapped_column(sa.String(255))
+    #: The distribution's version, or the git commit of a worker run from a checkout.
+    code_version: Mapped[str | None] = mapped_column(sa.String(100), nullable=True)
+    python: Mapped[str] = mapped_column(sa.String(100))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class JobCountRow(Base):

@@ -38,6 +38,7 @@ from broker.messaging.messages import ServiceDescriptor, StateMessage, parameter
 from broker.messaging.presence import ARRIVE, LEAVE, Presence
 from broker.models.interfaces.job import Job
 from broker.settings import Settings
+from broker.worker import provenance
 from broker.worker.controls import RunAbortWatch, abort_detail, asks_for_retry, judge_retry
 from broker.worker.handlers import (
     Aborted,
@@ -100,14 +101,19 @@ class ServedService:
     handler: Handler
     results: Contract
     parameters: Contract
+    #: The handler's module, whose code version the jobs' provenance records.
+    module: str
 
 
 def _served(descriptor: ServiceDescriptor, declaration: Declaration) -> ServedService:
+    module = declaration.function.__module__
+    provenance.code_version(module)  # read now, once: a prefork child inherits it
     return ServedService(
         descriptor,
         declaration.function,
         compile_contract(descriptor.job_result_schema, source="job_result_schema"),
         compile_contract(descriptor.job_registration_schema, source="job_registration_schema"),
+        module,
     )
 
 
@@ -130,6 +136,8 @@ class WorkerRuntime:
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
+        #: (pid, module) → the digest of the provenance this process has reported.
+        self._provenances: dict[tuple[int, str], str] = {}
 
     @property
     def services(self) -> dict[uuid.UUID, ServedService]:
@@ -274,8 +282,15 @@ class WorkerRuntime:
         except DeserializationError as violation:
             raise self.refuse("invalid", job, f"invalid parameters: {violation}") from None
         worker = self.name()
+        run = self._provenance(served)
         working = StateMessage(
-            "status", service, job, status=Status.WORKING.value, attempt=number, worker=worker
+            "status",
+            service,
+            job,
+            status=Status.WORKING.value,
+            attempt=number,
+            worker=worker,
+            provenance=run,
         )
         digest = parameters_digest(parameters)
         claimed = self._claims.claim(job, number, worker, working, digest)
@@ -289,7 +304,7 @@ class WorkerRuntime:
             return Outcome(str(job), str(claimed.value))
         self._hold(keys.lease(job), worker)
         try:
-            final = self._execute(served, job, parameters, number, worker)
+            final = self._execute(served, job, parameters, number, worker, run)
         finally:
             self._release(keys.lease(job))
         landed = self._report(job, number, final)
@@ -304,6 +319,25 @@ class WorkerRuntime:
         if final.kind == "retry" and landed.on_time:
             return Outcome(str(job), RETRYING, final.detail)
         return Outcome(str(job), final.status or "", final.detail)
+
+    def _provenance(self, served: ServedService) -> str:
+        """The digest of what runs ``served``'s jobs in this process, reported once.
+
+        The record goes on the state stream before this process's first claim
+        of the module's jobs, so the mirror stores it before (or with) the
+        reports that name it; every later report carries only the digest.
+        """
+        key = (os.getpid(), served.module)
+        digest = self._provenances.get(key)
+        if digest is None:
+            record = provenance.of_module(served.module)
+            digest = record.digest
+            entry = StateMessage(
+                "provenance", served.descriptor.id, worker=record.worker, extra=record.as_dict()
+            )
+            self._client.xadd(keys.STATE_STREAM, entry.to_fields())  # type: ignore[arg-type]
+            self._provenances[key] = digest
+        return digest
 
     def _report(self, job: uuid.UUID, attempt: int, final: StateMessage) -> Finish:
         """Report a run's outcome, however long Redis takes to come back.
@@ -387,12 +421,20 @@ class WorkerRuntime:
         parameters: dict[str, Any],
         attempt: int,
         worker: str,
+        run: str,
     ) -> StateMessage:
         service = served.descriptor.id
 
         def outcome(status: Status, **fields: Any) -> StateMessage:
             return StateMessage(
-                "status", service, job, status.value, attempt=attempt, worker=worker, **fields
+                "status",
+                service,
+                job,
+                status.value,
+                attempt=attempt,
+                worker=worker,
+                provenance=run,
+                **fields,
             )
 
         def aborted(abort: Aborted, results: object = None, note: str = "") -> StateMessage:
