@@ -277,36 +277,14 @@ def correct_presumed_loss(session: Session, new: Status, moves: Sequence[Move]) 
     """
     if new not in (Status.COMPLETED, Status.ERROR, Status.CANCELLED) or not moves:
         return 0
-    dialect = session.get_bind().dialect.name
-    at = sa.bindparam("c_at", type_=UTCDateTime())
-    statement = (
-        sa.update(JobRow)
-        .where(JobRow.id == sa.bindparam("c_id"))
-        .where(JobRow.status == Status.ERROR.value)
-        .where(JobRow.presumed_lost_at.is_not(None))
-        .where(JobRow.attempts == sa.bindparam("c_attempt"))
-        .values(
-            status=new.value,
-            results=sa.bindparam("c_results"),
-            detail=sa.bindparam("c_detail"),
-            date_finished=_later(
-                dialect, at, sa.func.coalesce(JobRow.date_started, JobRow.date_submitted)
-            ),
-            version=JobRow.version + 1,
-        )
-        .execution_options(synchronize_session=False)
+    return _end_attempt(
+        session,
+        moves,
+        Status.ERROR,
+        new,
+        JobRow.status == Status.ERROR.value,
+        JobRow.presumed_lost_at.is_not(None),
     )
-    rows = [
-        {
-            "c_id": move.job_id,
-            "c_at": move.at,
-            "c_attempt": move.attempt,
-            "c_results": move.columns.get("results"),
-            "c_detail": move.columns.get("detail"),
-        }
-        for move in moves
-    ]
-    return move_each(session, statement, rows, moves, Status.ERROR, new, JobRow.date_finished)
 
 
 def release(session: Session, moves: Sequence[Move]) -> int:
@@ -361,17 +339,35 @@ def abort_run(session: Session, moves: Sequence[Move]) -> int:
     """
     if not moves:
         return 0
+    return _end_attempt(
+        session, moves, Status.WORKING, Status.CANCELLED, JobRow.status == Status.WORKING.value
+    )
+
+
+def _end_attempt(
+    session: Session,
+    moves: Sequence[Move],
+    from_status: Status,
+    new: Status,
+    *where: sa.ColumnElement[bool],
+) -> int:
+    """End each move's own attempt with its results and detail, where ``where`` still holds.
+
+    What a presumed loss corrected and an aborted run have in common: only
+    the reporting attempt ends (``attempts`` equal to it), and the end is
+    stamped no earlier than the run's start.
+    """
     dialect = session.get_bind().dialect.name
-    at = sa.bindparam("a_at", type_=UTCDateTime())
+    at = sa.bindparam("e_at", type_=UTCDateTime())
     statement = (
         sa.update(JobRow)
-        .where(JobRow.id == sa.bindparam("a_id"))
-        .where(JobRow.status == Status.WORKING.value)
-        .where(JobRow.attempts == sa.bindparam("a_attempt"))
+        .where(JobRow.id == sa.bindparam("e_id"))
+        .where(*where)
+        .where(JobRow.attempts == sa.bindparam("e_attempt"))
         .values(
-            status=Status.CANCELLED.value,
-            results=sa.bindparam("a_results"),
-            detail=sa.bindparam("a_detail"),
+            status=new.value,
+            results=sa.bindparam("e_results"),
+            detail=sa.bindparam("e_detail"),
             date_finished=_later(
                 dialect, at, sa.func.coalesce(JobRow.date_started, JobRow.date_submitted)
             ),
@@ -381,17 +377,15 @@ def abort_run(session: Session, moves: Sequence[Move]) -> int:
     )
     rows = [
         {
-            "a_id": move.job_id,
-            "a_at": move.at,
-            "a_attempt": move.attempt,
-            "a_results": move.columns.get("results"),
-            "a_detail": move.columns.get("detail"),
+            "e_id": move.job_id,
+            "e_at": move.at,
+            "e_attempt": move.attempt,
+            "e_results": move.columns.get("results"),
+            "e_detail": move.columns.get("detail"),
         }
         for move in moves
     ]
-    return move_each(
-        session, statement, rows, moves, Status.WORKING, Status.CANCELLED, JobRow.date_finished
-    )
+    return move_each(session, statement, rows, moves, from_status, new, JobRow.date_finished)
 
 
 def retry(session: Session, moves: Sequence[Move]) -> int:
