@@ -139,3 +139,29 @@ def test_the_abort_watch_reads_redis_at_most_once_per_interval_and_calls_back_on
     assert watch.requested() is seen
     assert called == [1]
     assert client.hget(keys.claim(job), "state") == b"running"  # the run decides its end
+
+
+def test_a_finish_that_asks_after_aborts_ends_no_run_that_had_one_until_it_is_told(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    claims = Claims(client)
+    quiet, asked, service = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    claims.register(pipeline := client.pipeline(), service, [(quiet, "d"), (asked, "d")])
+    pipeline.execute()
+    for job in (quiet, asked):
+        working = StateMessage("status", service, job, status="WORKING", worker="w")
+        assert claims.claim(job, 1, "w", working, "d").value == "claimed"
+    done = StateMessage("status", service, quiet, status="COMPLETED", worker="w")
+    landed = claims.finish(quiet, 1, done, unless_aborted=True)
+    assert (landed.on_time, landed.abort) == (True, None)
+    assert client.hget(keys.claim(quiet), "state") == b"done"
+
+    claims.abort(asked, "drift", "alice@lab:1")
+    done = StateMessage("status", service, asked, status="COMPLETED", worker="w")
+    held = claims.finish(asked, 1, done, unless_aborted=True)
+    assert held.abort is not None
+    assert (held.abort.reason, held.abort.by) == ("drift", "alice@lab:1")
+    assert client.hget(keys.claim(asked), "state") == b"running"  # not ended, nothing sent
+    reports = [StateMessage.from_fields(f) for _, f in client.xrange(keys.STATE_STREAM)]
+    assert [m.status for m in reports if m.job_id == asked] == ["WORKING"]
+    assert claims.finish(asked, 1, done).on_time
+    assert client.hget(keys.claim(asked), "state") == b"done"

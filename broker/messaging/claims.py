@@ -212,6 +212,8 @@ class Finish:
     lateness: str
     #: When beat presumed the worker lost (Redis ms), for ``lost`` and ``requeued``.
     presumed_lost_ms: int | None = None
+    #: The abort that kept a run asked ``unless_aborted`` from ending (it has not).
+    abort: AbortRequest | None = None
 
     @property
     def on_time(self) -> bool:
@@ -323,17 +325,29 @@ class Claims:
         )
         return ClaimResult(text(result))
 
-    def finish(self, job_id: uuid.UUID, attempt: int, final: StateMessage) -> Finish:
-        """Report the run's outcome; say how late it is if beat gave the job up meanwhile."""
-        lateness, since = self._scripts.finish(
+    def finish(
+        self, job_id: uuid.UUID, attempt: int, final: StateMessage, unless_aborted: bool = False
+    ) -> Finish:
+        """Report the run's outcome; say how late it is if beat gave the job up meanwhile.
+
+        ``unless_aborted`` is for a handler that never learnt of an abort: if
+        one was asked, the run is left running and the abort returned, so that
+        the outcome can say it was ignored. The check costs no round trip of
+        its own, where reading the request first would cost one per run.
+        """
+        answer = self._scripts.finish(
             keys=[
                 keys.claim(job_id),
                 keys.lease(job_id),
                 keys.STATE_STREAM,
                 *keys.slots(final.service_id),
             ],
-            args=[attempt, final.to_fields()["m"], CLAIM_TTL_SECONDS],
+            args=[attempt, final.to_fields()["m"], CLAIM_TTL_SECONDS, int(unless_aborted)],
         )
+        if text(answer[0]) == "aborted":
+            _, at, by, reason = answer
+            return Finish("", abort=_abort_request(at, by, reason))
+        lateness, since = answer
         since_text = text(since)
         return Finish(text(lateness), int(since_text) if since_text else None)
 
@@ -361,9 +375,7 @@ class Claims:
         at, by, reason = self._client.hmget(
             keys.claim(job_id), ["abort_at", "abort_by", "abort_reason"]
         )
-        if at is None:
-            return None
-        return AbortRequest(int(text(at)), _text(by) or "someone", _text(reason) or "")
+        return None if at is None else _abort_request(at, by, reason)
 
     def retry(self, job_id: uuid.UUID, attempt: int, entry: StateMessage) -> str:
         """End a run that asked for a retry; 'retrying', or the state of a claim it lost."""
@@ -493,3 +505,8 @@ def _lease_ms(lease_seconds: float) -> int:
 
 def _text(value: object) -> str | None:
     return None if value is None else text(value)
+
+
+def _abort_request(at: object, by: object, reason: object) -> AbortRequest:
+    """An abort request from the claim's ``abort_*`` fields (``at`` is set)."""
+    return AbortRequest(int(text(at)), _text(by) or "someone", _text(reason) or "")

@@ -38,6 +38,7 @@ it asked for one, on a service that allows retries): WORKING → REGISTERED with
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,18 +160,23 @@ def advance(session: Session, new: Status, moves: Sequence[Move]) -> int:
     unique = list({move.job_id: move for move in reversed(moves)}.values())[::-1]
     connection = session.connection()
     dialect = connection.dialect.name
-    batch = moves_sql.Batch(
+    rule = _rule(dialect, new, tuple(columns))
+    if dialect == "postgresql":
+        return moves_sql.at_once(connection, rule, unique)
+    return moves_sql.each(connection, rule, unique)
+
+
+@functools.lru_cache(maxsize=64)
+def _rule(dialect: str, new: Status, columns: tuple[str, ...]) -> moves_sql.Rule:
+    """The one rule object of these moves, whose statements ``moves`` builds once."""
+    return moves_sql.Rule(
         new=new,
-        moves=unique,
         columns=columns,
         leaving=status_in(PREDECESSORS[new]),
         assign=lambda source: _assignments(dialect, new, source, columns),
         allowed=lambda source: _allowed(new, source),
         at_column=TIMESTAMP_COLUMN[new],
     )
-    if dialect == "postgresql":
-        return moves_sql.at_once(connection, batch)
-    return moves_sql.each(connection, batch)
 
 
 def _assignments(

@@ -8,11 +8,14 @@ moved, in the statement (PostgreSQL) or transaction (SQLite) that moves it.
 The state mirror applies thousands of moves a second, so each batch costs a
 fixed number of statements whatever its size: on PostgreSQL one, on SQLite
 (a file on this machine, where a statement is a function call) two or three
-``executemany``.
+``executemany``. Those statements are built once per ``Rule``, with every
+value a bound parameter: building one and computing its cache key took as
+long as PostgreSQL took to run it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,19 +38,20 @@ _REGISTERED = Status.REGISTERED.value
 _WORKING = Status.WORKING.value
 
 
-@dataclass(frozen=True)
-class Batch:
-    """Moves to one status, with the rule that applies to them.
+@dataclass(frozen=True, eq=False)
+class Rule:
+    """The rule of moves to one status, from which their statements are built.
 
     ``assign`` and ``allowed`` build the SET clause and the compare-and-set
     from a source of each move's values (``at``, ``started_at``, ``attempt``
     and the ``columns``): bound parameters, or the columns of an ``unnest``.
-    ``leaving`` is the condition on the status a job moves from.
+    ``leaving`` is the condition on the status a job moves from. Compared by
+    identity: the statements are cached per rule object, so a caller keeps one
+    rule per status and columns.
     """
 
     new: Status
-    moves: Sequence[Move]
-    columns: Sequence[str]
+    columns: tuple[str, ...]
     leaving: sa.ColumnElement[bool]
     assign: Callable[[Mapping[str, Any]], dict[str, Any]]
     allowed: Callable[[Mapping[str, Any]], list[sa.ColumnElement[bool]]]
@@ -55,17 +59,31 @@ class Batch:
     at_column: str
 
 
-def at_once(connection: sa.Connection, batch: Batch) -> int:
-    """PostgreSQL: the whole batch in one statement, its history rows included.
+def at_once(connection: sa.Connection, rule: Rule, moves: Sequence[Move]) -> int:
+    """PostgreSQL: the whole batch in one statement, its history rows included."""
+    arrays: dict[str, list[Any]] = {
+        "u_id": [m.job_id for m in moves],
+        "u_at": [m.at for m in moves],
+        "u_started_at": [m.started_at for m in moves],
+        "u_attempt": [m.attempt for m in moves],
+        "u_by": [m.by for m in moves],
+    }
+    arrays.update({f"u_{name}": [m.columns.get(name) for m in moves] for name in rule.columns})
+    arrays["u_ids"] = arrays["u_id"]
+    return int(connection.execute(_unnested(rule), arrays).scalar_one())
 
-    The moves arrive as arrays (``unnest``), so the statement's text is the same
-    for every batch and cached. The jobs are locked first, in id order, to read
-    the status each one leaves; the UPDATE (whose WHERE is the compare-and-set)
-    returns the rows it moved, and the history rows are inserted from those.
-    A job whose start and end are applied together (``started_at``, from
-    REGISTERED) gets its WORKING step recorded too.
+
+@functools.lru_cache(maxsize=64)
+def _unnested(rule: Rule) -> sa.Select[Any]:
+    """The statement of ``at_once``: the moves arrive as arrays (``unnest``).
+
+    The jobs are locked first, in id order, to read the status each one
+    leaves; the UPDATE (whose WHERE is the compare-and-set) returns the rows
+    it moved, and the history rows are inserted from those. A job whose start
+    and end are applied together (``started_at``, from REGISTERED) gets its
+    WORKING step recorded too.
     """
-    moves, columns, new = batch.moves, batch.columns, batch.new
+    columns, new = rule.columns, rule.new
     types: dict[str, Any] = {
         "id": sa.Uuid(),
         "at": UTCDateTime(),
@@ -74,25 +92,15 @@ def at_once(connection: sa.Connection, batch: Batch) -> int:
         "by": sa.String(),
     }
     types.update({name: JobRow.__table__.c[name].type for name in columns})
-    arrays: dict[str, list[Any]] = {
-        "id": [m.job_id for m in moves],
-        "at": [m.at for m in moves],
-        "started_at": [m.started_at for m in moves],
-        "attempt": [m.attempt for m in moves],
-        "by": [m.by for m in moves],
-    }
-    arrays.update({name: [m.columns.get(name) for m in moves] for name in columns})
     given = (
-        sa.func.unnest(
-            *(sa.bindparam(f"u_{name}", arrays[name], type_=ARRAY(types[name])) for name in types)
-        )
+        sa.func.unnest(*(sa.bindparam(f"u_{name}", type_=ARRAY(types[name])) for name in types))
         .table_valued(*(sa.column(name, type_) for name, type_ in types.items()))
         .render_derived(name="given")
     )
-    ids = sa.bindparam("u_ids", arrays["id"], type_=ARRAY(sa.Uuid()))
+    ids = sa.bindparam("u_ids", type_=ARRAY(sa.Uuid()))
     locked = (
         sa.select(JobRow.id, JobRow.status)
-        .where(JobRow.id == sa.any_(ids), batch.leaving)
+        .where(JobRow.id == sa.any_(ids), rule.leaving)
         .order_by(JobRow.id)
         .with_for_update()
         .cte("locked")
@@ -101,13 +109,13 @@ def at_once(connection: sa.Connection, batch: Batch) -> int:
     detail = given.c.detail if "detail" in columns else sa.null()
     moved = (
         sa.update(JobRow)
-        .where(JobRow.id == locked.c.id, JobRow.id == given.c.id, *batch.allowed(source))
-        .values(batch.assign(source))
+        .where(JobRow.id == locked.c.id, JobRow.id == given.c.id, *rule.allowed(source))
+        .values(rule.assign(source))
         .returning(
             JobRow.id.label("job_id"),
             locked.c.status.label("from_status"),
             JobRow.date_started.label("started"),
-            getattr(JobRow, batch.at_column).label("at"),
+            getattr(JobRow, rule.at_column).label("at"),
             JobRow.attempts.label("attempt"),
             given.c.by.label("by"),
             given.c.started_at.label("started_at"),
@@ -145,17 +153,38 @@ def at_once(connection: sa.Connection, batch: Batch) -> int:
     ordered = sa.select(*list(history.c)[:7]).order_by(history.c[0], history.c.step)
     recorded = sa.insert(JobTransitionRow).from_select(HISTORY_COLUMNS, ordered).cte("recorded")
     count = sa.select(sa.func.count()).select_from(moved).add_cte(recorded)
-    return int(connection.execute(count).scalar_one())
+    return count
 
 
-def each(connection: sa.Connection, batch: Batch) -> int:
+def each(connection: sa.Connection, rule: Rule, moves: Sequence[Move]) -> int:
     """SQLite: the history rows, then the moves, each an ``executemany`` of one statement.
 
     SQLite has one writer at a time: once the first INSERT runs, this
     transaction holds the write lock, so the UPDATE that follows sees the very
     rows the INSERTs read, and all apply the same compare-and-set to them.
     """
-    moves, columns, new = batch.moves, batch.columns, batch.new
+    rows = []
+    for move in moves:
+        row = {
+            "v_id": move.job_id,
+            "v_at": move.at,
+            "v_started_at": move.started_at,
+            "v_attempt": move.attempt,
+            "v_by": move.by,
+        }
+        row.update({f"v_{name}": move.columns.get(name) for name in rule.columns})
+        rows.append(row)
+    *recording, update = _one_by_one(rule)
+    for statement in recording:
+        connection.execute(statement, rows)
+    result = connection.execute(update, rows)
+    return result.rowcount if result.rowcount >= 0 else 0
+
+
+@functools.lru_cache(maxsize=64)
+def _one_by_one(rule: Rule) -> tuple[sa.Executable, ...]:
+    """The statements of ``each``: its history INSERTs, then its UPDATE."""
+    columns, new = rule.columns, rule.new
     kinds: dict[str, Any] = {
         "at": UTCDateTime(),
         "started_at": UTCDateTime(),
@@ -164,8 +193,8 @@ def each(connection: sa.Connection, batch: Batch) -> int:
     names = ["at", "started_at", "attempt", *columns]
     source = {name: sa.bindparam(f"v_{name}", type_=kinds.get(name)) for name in names}
     job = JobRow.id == sa.bindparam("v_id", type_=sa.Uuid())
-    allowed = batch.allowed(source)
-    values = batch.assign(source)
+    allowed = rule.allowed(source)
+    values = rule.assign(source)
     by = sa.bindparam("v_by", type_=sa.String())
     attempt = values.get("attempts", JobRow.attempts)
     started = sa.and_(JobRow.status == _REGISTERED, source["started_at"].is_not(None))
@@ -185,7 +214,7 @@ def each(connection: sa.Connection, batch: Batch) -> int:
         JobRow.id,
         sa.case((started, _WORKING), else_=JobRow.status),
         sa.literal(new.value),
-        values[batch.at_column],
+        values[rule.at_column],
         by,
         attempt,
         values.get("detail", sa.null()),
@@ -197,18 +226,4 @@ def each(connection: sa.Connection, batch: Batch) -> int:
         .values(values)
         .execution_options(synchronize_session=False)
     )
-    rows = []
-    for move in moves:
-        row = {
-            "v_id": move.job_id,
-            "v_at": move.at,
-            "v_started_at": move.started_at,
-            "v_attempt": move.attempt,
-            "v_by": move.by,
-        }
-        row.update({f"v_{name}": move.columns.get(name) for name in columns})
-        rows.append(row)
-    for statement in statements:
-        connection.execute(statement, rows)
-    result = connection.execute(update, rows)
-    return result.rowcount if result.rowcount >= 0 else 0
+    return (*statements, update)

@@ -39,7 +39,13 @@ from broker.messaging.presence import ARRIVE, LEAVE, Presence
 from broker.models.interfaces.job import Job
 from broker.settings import Settings
 from broker.worker import provenance
-from broker.worker.controls import RunAbortWatch, abort_detail, asks_for_retry, judge_retry
+from broker.worker.controls import (
+    RunAbortWatch,
+    abort_detail,
+    aborted_signal,
+    asks_for_retry,
+    judge_retry,
+)
 from broker.worker.handlers import (
     Aborted,
     Declaration,
@@ -349,6 +355,9 @@ class WorkerRuntime:
         worker lost meanwhile) is reported as the ERROR it was instead.
         """
         delay = REPORT_RETRY_FIRST
+        # An ERROR or COMPLETED run never learnt of an abort (one it learnt of
+        # ends it CANCELLED): its report asks for one, to say it went unheeded.
+        unheeded = final.kind == "status" and final.status != Status.CANCELLED.value
         while True:
             try:
                 if final.kind == "retry":
@@ -362,7 +371,10 @@ class WorkerRuntime:
                         detail=f"{final.detail}; not retried: the job's claim is {state}",
                         extra={},
                     )
-                return self._claims.finish(job, attempt, final)
+                landed = self._claims.finish(job, attempt, final, unless_aborted=unheeded)
+                if landed.abort is None:
+                    return landed
+                final, unheeded = _unheeded(final, aborted_signal(landed.abort)), False
             except redis.RedisError as error:
                 log.warning("cannot report job %s yet (%s); retrying in %.1f s", job, error, delay)
                 time.sleep(delay)  # waiting for Redis to come back, not for another thread
@@ -476,21 +488,13 @@ class WorkerRuntime:
             stop_reporting(token)
         if watch.seen is not None:  # the handler caught the abort and returned
             return aborted(watch.seen, results)
-        # A handler that never looked ran to its end: that is what happened.
-        unseen = watch.unseen()
-        note = None
-        if unseen is not None:
-            note = (
-                f"an abort was requested at {unseen.at} by {unseen.by}"
-                + (f" ({unseen.reason})" if unseen.reason else "")
-                + " but the handler never checked for it and ran to its end"
-            )
+        # A handler that never looked ran to its end: that is what happened
+        # (``_report`` adds that an abort was asked meanwhile, if one was).
         try:
             served.results.validate(results, source="results")
         except DeserializationError as violation:
-            detail = f"invalid results: {violation.detail}"
-            return outcome(Status.ERROR, detail=f"{detail}; {note}" if note else detail)
-        return outcome(Status.COMPLETED, results=results, detail=note)
+            return outcome(Status.ERROR, detail=f"invalid results: {violation.detail}")
+        return outcome(Status.COMPLETED, results=results)
 
     def _progress_reporter(self, service: uuid.UUID, job: uuid.UUID) -> Any:
         last_sent = 0.0
@@ -593,6 +597,16 @@ class WorkerRuntime:
             thread = threading.Thread(target=target, name=f"topchef-{name}", daemon=True)
             self._threads[key] = thread
             thread.start()
+
+
+def _unheeded(final: StateMessage, abort: Aborted) -> StateMessage:
+    """``final``, its detail saying that ``abort`` was asked but never heeded."""
+    reason = f" ({abort.reason})" if abort.reason else ""
+    note = (
+        f"an abort was requested at {abort.at} by {abort.by}{reason}"
+        " but the handler never checked for it and ran to its end"
+    )
+    return dataclasses.replace(final, detail=f"{final.detail}; {note}" if final.detail else note)
 
 
 def _partial(results: object) -> tuple[dict[str, Any] | None, str]:

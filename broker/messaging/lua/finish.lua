@@ -9,6 +9,10 @@
 -- ARGV[1]  attempt
 -- ARGV[2]  final entry (the state message's "m" field)
 -- ARGV[3]  backstop ttl seconds of the ended claim
+-- ARGV[4]  '1' if the handler never learnt of an abort: then a run with an
+--          abort request is not ended here but answered {'aborted', at, by,
+--          reason}, so the worker can say so in its outcome and finish again
+--          (one round trip for the common end, which has no abort)
 -- Returns: {lateness, since}. lateness '' (on time), 'lost' or 'requeued' (beat
 --   presumed the worker lost at since ms, and nothing ran again: this outcome
 --   stands), 'superseded' (another attempt holds the job) or 'unknown' (the
@@ -18,6 +22,12 @@
 local state = redis.call('HGET', KEYS[1], 'state')
 local mine = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') == tonumber(ARGV[1])
 if mine and state == 'running' then
+  if ARGV[4] == '1' then
+    local abort = redis.call('HMGET', KEYS[1], 'abort_at', 'abort_by', 'abort_reason')
+    if abort[1] then
+      return {'aborted', abort[1], abort[2] or '', abort[3] or ''}
+    end
+  end
   redis.call('HSET', KEYS[1], 'state', 'done')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('DEL', KEYS[2])
