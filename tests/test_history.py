@@ -21,7 +21,8 @@ from broker.contract import schema_fingerprint
 from broker.errors import JobWithUUIDNotFound
 from broker.models import attempts, history, lifecycle
 from broker.models.job import Job
-from broker.models.lifecycle import Move, Status
+from broker.models.lifecycle import Status
+from broker.models.moves import Move
 from broker.models.service import Service
 from broker.storage.tables import (
     JobRow,

@@ -15,7 +15,8 @@ from broker.messaging import keys
 from broker.messaging.claims import Claims
 from broker.messaging.messages import ServiceDescriptor, StateMessage
 from broker.models import attempts, lifecycle
-from broker.models.lifecycle import Move, Status
+from broker.models.lifecycle import Status
+from broker.models.moves import Move
 from broker.models.service import Service
 from broker.storage.tables import JobRow, database_now
 from broker.worker.controls import RunAbortWatch, judge_retry

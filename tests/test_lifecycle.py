@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from broker.models import attempts, lifecycle
-from broker.models.lifecycle import Move, Status
+from broker.models.lifecycle import Status
+from broker.models.moves import Move
 from broker.models.service import Service
 from broker.storage.tables import JobRow, database_now
 

@@ -24,7 +24,7 @@ from broker.messaging.claims import ClaimResult, Claims
 from broker.messaging.messages import JobMessage, requeues_lost_work
 from broker.messaging.outbox import Publisher
 from broker.models import lifecycle
-from broker.models.lifecycle import Move
+from broker.models.moves import Move
 from broker.models.service import Service, has_timed_out
 from broker.storage.tables import JobRow, ServiceRow, UTCDateTime, database_now
 

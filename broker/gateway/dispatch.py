@@ -36,7 +36,7 @@ from broker.messaging.connections import text
 from broker.messaging.messages import StateMessage
 from broker.messaging.presence import Presence
 from broker.models import lifecycle
-from broker.models.lifecycle import Move
+from broker.models.moves import Move
 from broker.models.service import Service
 from broker.storage.tables import JobRow, ServiceRow, database_now
 

@@ -46,7 +46,7 @@ from broker.messaging.presence import Presence
 from broker.messaging.provenance import RunProvenance
 from broker.mirror.entries import Changes, Reading, Report, SourceClock
 from broker.models import attempts, lifecycle
-from broker.models.lifecycle import Move
+from broker.models.moves import Move
 from broker.settings import Settings
 from broker.storage.tables import (
     JobRow,

@@ -24,7 +24,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from broker.models import lifecycle
-from broker.models.lifecycle import Move, Status, not_before_start
+from broker.models.lifecycle import Status, not_before_start
+from broker.models.moves import Move
 from broker.storage.tables import JobAttemptRow, JobRow, UTCDateTime
 
 

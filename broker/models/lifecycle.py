@@ -41,8 +41,6 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,6 +49,7 @@ from sqlalchemy.orm import Session
 from broker.errors import InvalidTransitionError
 from broker.models import moves as moves_sql
 from broker.models.interfaces.job import Job
+from broker.models.moves import Move, Transition
 from broker.storage.tables import JobRow, JobTransitionRow, UTCDateTime
 
 Status = Job.JobStatus
@@ -88,39 +87,6 @@ RANK: Mapping[Status, int] = {
 
 #: Columns a move may set besides the status and its time.
 MOVE_COLUMNS = ("results", "detail", "worker", "attempts", "presumed_lost_at", "run_provenance")
-
-
-@dataclass(frozen=True, slots=True)
-class Move:
-    """One job's move to a new status, as its writer saw it happen.
-
-    ``at`` is when the transition happened at its source (a worker's report is
-    stamped by the broker when it was made, not when the mirror applies it).
-    ``started_at`` also records the start, for a job whose WORKING report
-    arrives together with its end. ``attempt`` is the attempt that reports: a
-    job that a later attempt holds is never moved by an earlier one. ``by`` is
-    who made the move (``broker.actors``), as the history records it.
-    """
-
-    job_id: uuid.UUID
-    at: datetime
-    columns: Mapping[str, Any] = field(default_factory=dict)
-    started_at: datetime | None = None
-    attempt: int | None = None
-    by: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One history row: a job that moved, as ``record`` writes it."""
-
-    job_id: uuid.UUID
-    from_status: Status
-    to_status: Status
-    at: datetime
-    by: str | None
-    attempt: int | None
-    detail: str | None = None
 
 
 def status_in(statuses: frozenset[Status] | list[Status]) -> sa.ColumnElement[bool]:

@@ -1,7 +1,11 @@
-"""How ``lifecycle.advance`` writes a batch of moves and their history rows, per database.
+"""A job's move and its history row, and how a batch of moves goes into SQL, per database.
+
+``Move`` and ``Transition`` are the values every writer of a job's status
+hands to ``lifecycle``; they live here, below it, so that this module needs
+nothing of ``lifecycle`` and the two import in one direction only.
 
 The rule (which statuses a move leaves, what it sets, the compare-and-set)
-is ``lifecycle``'s and arrives here as a ``Batch``; this module only decides
+is ``lifecycle``'s and arrives here as a ``Rule``; this module only decides
 how to put it into SQL so that a history row is written exactly when a job
 moved, in the statement (PostgreSQL) or transaction (SQLite) that moves it.
 
@@ -16,18 +20,17 @@ long as PostgreSQL took to run it.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from broker.models.interfaces.job import Job
 from broker.storage.tables import JobRow, JobTransitionRow, UTCDateTime
-
-if TYPE_CHECKING:
-    from broker.models.lifecycle import Move
 
 Status = Job.JobStatus
 
@@ -36,6 +39,39 @@ HISTORY_COLUMNS = ["job_id", "from_status", "to_status", "at", "by", "attempt", 
 
 _REGISTERED = Status.REGISTERED.value
 _WORKING = Status.WORKING.value
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One job's move to a new status, as its writer saw it happen.
+
+    ``at`` is when the transition happened at its source (a worker's report is
+    stamped by the broker when it was made, not when the mirror applies it).
+    ``started_at`` also records the start, for a job whose WORKING report
+    arrives together with its end. ``attempt`` is the attempt that reports: a
+    job that a later attempt holds is never moved by an earlier one. ``by`` is
+    who made the move (``broker.actors``), as the history records it.
+    """
+
+    job_id: uuid.UUID
+    at: datetime
+    columns: Mapping[str, Any] = field(default_factory=dict)
+    started_at: datetime | None = None
+    attempt: int | None = None
+    by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One history row: a job that moved, as ``record`` writes it."""
+
+    job_id: uuid.UUID
+    from_status: Status
+    to_status: Status
+    at: datetime
+    by: str | None
+    attempt: int | None
+    detail: str | None = None
 
 
 @dataclass(frozen=True, eq=False)

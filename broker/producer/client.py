@@ -37,6 +37,7 @@ from broker.messaging.claims import ClaimResult, Claims
 from broker.messaging.connections import redis_client
 from broker.messaging.publisher import CeleryPublisher
 from broker.models import lifecycle
+from broker.models.moves import Move
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
 from broker.producer import submission
@@ -325,7 +326,7 @@ class Producer:
             if claimed is not ClaimResult.CANCELLED:
                 raise InvalidTransitionError(job_id, Status.WORKING.value, Status.CANCELLED.value)
             who = by or actors.person()
-            move = lifecycle.Move(job_id, database_now(session), {"detail": detail}, by=who)
+            move = Move(job_id, database_now(session), {"detail": detail}, by=who)
             if not lifecycle.advance(session, Status.CANCELLED, [move]):
                 raise InvalidTransitionError(job_id, row.status, Status.CANCELLED.value)
             return True
