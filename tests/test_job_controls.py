@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 import redis
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from broker.errors import DeserializationError
@@ -166,3 +167,20 @@ def test_a_finish_that_asks_after_aborts_ends_no_run_that_had_one_until_it_is_to
     assert [m.status for m in reports if m.job_id == asked] == ["WORKING"]
     assert claims.finish(asked, 1, done).on_time
     assert client.hget(keys.claim(asked), "state") == b"done"
+
+
+def test_the_census_counts_waiting_jobs_held_until_a_later_time(session):
+    from broker.ops.census import take_census
+
+    service = Service.new("oven", "", SCHEMA, SCHEMA, session)
+    now = database_now(session)
+    later = service.new_job({}, not_before=now + timedelta(hours=1))._row
+    service.new_job({}, not_before=now - timedelta(seconds=1))  # due: beat sends it now
+    service.new_job({})
+    cancelled = service.new_job({}, not_before=now + timedelta(hours=2))._row
+    session.flush()
+    session.execute(sa.update(JobRow).where(JobRow.id == cancelled.id).values(status="CANCELLED"))
+    session.commit()
+    (reading,) = take_census(session).services
+    assert (reading.waiting, reading.scheduled) == (3, 1)
+    assert later.status == "REGISTERED"

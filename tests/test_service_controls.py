@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import lab
 import pytest
@@ -175,6 +175,8 @@ def test_the_cli_holds_resumes_limits_and_submits_with_a_priority(stack, monkeyp
     assert "held by" in status
     assert "helium refill" in status
     assert " 0/1" in status  # Oven: none of its one slot running
+    run("jobs", "submit", "Laser", '{"x": 1}', "--not-before", "2099-12-24T08:00:00Z")
+    assert "(1 not before a later time)" in run("status")
     job = uuid.UUID(run("jobs", "submit", "Magnet", '{"x": 2}', "--priority", "8").strip())
     assert json.loads(run("jobs", "show", str(job)))["priority"] == 8
     shown = json.loads(run("services", "show", "Magnet"))
@@ -272,6 +274,7 @@ def test_metrics_show_holds_and_parked_jobs_and_count_every_priority_list(stack)
     stack.create_lab_services()
     stack.producer.hold_service(lab.SQUARE, "maintenance")
     parked = stack.producer.submit(lab.SQUARE, {"x": 1}, priority=9)
+    stack.producer.submit(lab.FAILING, {"x": 3}, not_before=datetime.now(UTC) + timedelta(hours=1))
     stack.producer.submit(lab.SQUARE, {"x": 2}, priority=1)
     service_id = stack.service(lab.SQUARE).id
     working = StateMessage("status", service_id, parked, "WORKING", worker="w")
@@ -287,4 +290,6 @@ def test_metrics_show_holds_and_parked_jobs_and_count_every_priority_list(stack)
     assert value(families, "topchef_service_held", service=lab.SQUARE) == 1
     assert value(families, "topchef_service_held", service=lab.FAILING) == 0
     assert value(families, "topchef_parked_jobs", service=lab.SQUARE) == 1
+    assert value(families, "topchef_jobs_scheduled", service=lab.FAILING) == 1
+    assert value(families, "topchef_jobs_scheduled", service=lab.SQUARE) == 0
     assert value(families, "topchef_queue_depth", service=lab.SQUARE) == 2  # lists 9 and 1

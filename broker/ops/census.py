@@ -3,7 +3,8 @@
 ``topchef status`` and the Prometheus metrics show the same facts, so they take
 the same two queries: job counts by service and status (one grouped COUNT,
 cheap at a million jobs thanks to ``ix_jobs_service_status_submitted``), then
-the services, judged on the database's clock by ``has_timed_out``.
+the services, judged on the database's clock by ``has_timed_out``; then the
+jobs waiting for a later time, from the partial index beat's due scan reads.
 
 A service's *waiting* jobs are its REGISTERED rows: the jobs that will run when
 a worker is free. Its Redis queue is no measure of that: it still holds the
@@ -46,6 +47,9 @@ class ServiceReading:
     held_reason: str | None = None
     #: At most this many of its jobs WORKING at once (None: no limit).
     max_running: int | None = None
+    #: Of the waiting jobs, those held until a later time: a producer's
+    #: ``not_before``, or the backoff before a retry's next attempt.
+    scheduled: int = 0
 
     @property
     def labels(self) -> list[str]:
@@ -100,6 +104,17 @@ def take_census(session: Session) -> Census:
     # After the services: no check-in read above can be later than now.
     now = database_now(session)
     jobs = {(service_id, status): int(count) for service_id, status, count in counts}
+    held_until_later = session.execute(
+        sa.select(JobRow.service_id, sa.func.count())
+        .where(
+            JobRow.published_at.is_(None),
+            JobRow.not_before.is_not(None),
+            JobRow.not_before > now,
+            JobRow.status == Status.REGISTERED.value,
+        )
+        .group_by(JobRow.service_id)
+    ).all()
+    scheduled = {service_id: int(count) for service_id, count in held_until_later}
     services = [
         ServiceReading(
             service_id,
@@ -113,6 +128,7 @@ def take_census(session: Session) -> Census:
             held_by,
             held_reason,
             max_running,
+            scheduled=scheduled.get(service_id, 0),
         )
         for (
             service_id,

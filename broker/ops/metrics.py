@@ -200,6 +200,11 @@ def _database_metrics(reading: Census) -> Iterator[Metric]:
         "topchef_seconds_since_check_in", "Seconds since the service last checked in (DB clock)."
     )
     held = _service_gauge("topchef_service_held", "1 while the service is held, else 0.")
+    scheduled = _service_gauge(
+        "topchef_jobs_scheduled",
+        "REGISTERED jobs held until a later time (not_before, or a retry's backoff); "
+        'they are counted in topchef_jobs{status="REGISTERED"} too.',
+    )
     for service in reading.services:
         for status in Status:
             count = reading.jobs.get((service.id, status.value), 0)
@@ -208,7 +213,8 @@ def _database_metrics(reading: Census) -> Iterator[Metric]:
         timed_out.add_metric(service.labels, float(service.timed_out))
         age.add_metric(service.labels, service.seconds_since_check_in)
         held.add_metric(service.labels, float(service.held_at is not None))
-    yield from (jobs, available, timed_out, age, held)
+        scheduled.add_metric(service.labels, service.scheduled)
+    yield from (jobs, available, timed_out, age, held, scheduled)
 
 
 def _redis_metrics(reading: _RedisReading, services: Sequence[ServiceReading]) -> Iterator[Metric]:

@@ -24,7 +24,9 @@ def render_status(settings: Settings) -> str:
     nothing will happen. A held service says so, by whom, since when and why,
     on the line below it; ``running`` reads ``1/1`` for a service with a
     ``max_running``, and ``waiting`` (every REGISTERED job, queued or parked)
-    says how many of them are parked.
+    says how many of them are parked, and how many wait for a later time
+    (``not_before``, or a retry's backoff): a count that does not go down
+    while workers are idle is not a stuck queue.
     """
     with open_session(settings.database_url) as session:
         census = take_census(session)
@@ -46,6 +48,8 @@ def render_status(settings: Settings) -> str:
             line += "  no worker"
         if parked.get(service.id):
             line += f"  ({parked[service.id]} parked)"
+        if service.scheduled:
+            line += f"  ({service.scheduled} not before a later time)"
         lines.append(line)
         if service.held_at is not None:
             reason = f": {service.held_reason}" if service.held_reason else ""
