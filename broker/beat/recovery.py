@@ -141,12 +141,7 @@ def publish_due(session: Session, publisher: Publisher, now: datetime) -> int:
     Never a Celery ETA: a message held in a worker past the visibility timeout
     would be delivered again, and one held for days blocks a worker slot.
     """
-    due = sa.and_(
-        JobRow.published_at.is_(None),
-        JobRow.not_before.is_not(None),
-        JobRow.not_before <= now,
-        JobRow.status == Status.REGISTERED.value,
-    )
+    due = sa.and_(lifecycle.held_until_a_time(), JobRow.not_before <= now)
     return _publish_where(session, publisher, due, JobRow.not_before, _mark_attempts_published)
 
 

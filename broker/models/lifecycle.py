@@ -404,6 +404,20 @@ def retry(session: Session, moves: Sequence[Move]) -> int:
     return move_each(session, statement, rows, moves, Status.WORKING, Status.REGISTERED)
 
 
+def held_until_a_time() -> sa.ColumnElement[bool]:
+    """A REGISTERED job waiting unpublished for its ``not_before``: a producer's, or a retry's.
+
+    The rows of the outbox's partial index on ``not_before``. Beat publishes
+    those whose time has come (``not_before <= now``); status counts the rest
+    as not before a later time.
+    """
+    return sa.and_(
+        JobRow.published_at.is_(None),
+        JobRow.not_before.is_not(None),
+        JobRow.status == Status.REGISTERED.value,
+    )
+
+
 def not_before_start(dialect: str, at: Any, start: Any) -> sa.ColumnElement[Any]:
     """``at``, or ``start`` if that is later: an end is never stamped before its start.
 

@@ -1,7 +1,7 @@
 """What the database says about every service and its jobs, read in one place.
 
 ``topchef status`` and the Prometheus metrics show the same facts, so they take
-the same two queries: job counts by service and status (one grouped COUNT,
+the same queries: job counts by service and status (one grouped COUNT,
 cheap at a million jobs thanks to ``ix_jobs_service_status_submitted``), then
 the services, judged on the database's clock by ``has_timed_out``; then the
 jobs waiting for a later time, from the partial index beat's due scan reads.
@@ -23,7 +23,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from broker.models.lifecycle import Status
+from broker.models.lifecycle import Status, held_until_a_time
 from broker.models.service import has_timed_out
 from broker.storage.tables import JobRow, ServiceRow, database_now
 
@@ -106,12 +106,7 @@ def take_census(session: Session) -> Census:
     jobs = {(service_id, status): int(count) for service_id, status, count in counts}
     held_until_later = session.execute(
         sa.select(JobRow.service_id, sa.func.count())
-        .where(
-            JobRow.published_at.is_(None),
-            JobRow.not_before.is_not(None),
-            JobRow.not_before > now,
-            JobRow.status == Status.REGISTERED.value,
-        )
+        .where(held_until_a_time(), JobRow.not_before > now)
         .group_by(JobRow.service_id)
     ).all()
     scheduled = {service_id: int(count) for service_id, count in held_until_later}

@@ -10,6 +10,7 @@ by the service's opt-in and its ``max_attempts``, so that one rule answers it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 import redis
 
 from broker.messaging.claims import AbortRequest, Claims
-from broker.messaging.messages import ServiceDescriptor
+from broker.messaging.messages import ServiceDescriptor, StateMessage
 from broker.worker.handlers import Aborted, Retry
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,20 @@ def abort_detail(abort: Aborted) -> str:
     """The detail of a job that ended CANCELLED because it was aborted while running."""
     reason = f": {abort.reason}" if abort.reason else ""
     return f"aborted while running at {abort.at} by {abort.by}{reason}"
+
+
+def unheeded_abort(final: StateMessage, abort: Aborted) -> StateMessage:
+    """``final``, its detail saying that ``abort`` was asked but never heeded.
+
+    For a run whose handler never checked: its outcome stands, since that is
+    what physically happened, and says what it did not hear.
+    """
+    reason = f" ({abort.reason})" if abort.reason else ""
+    note = (
+        f"an abort was requested at {abort.at} by {abort.by}{reason}"
+        " but the handler never checked for it and ran to its end"
+    )
+    return dataclasses.replace(final, detail=f"{final.detail}; {note}" if final.detail else note)
 
 
 class RunAbortWatch:

@@ -45,6 +45,7 @@ from broker.worker.controls import (
     aborted_signal,
     asks_for_retry,
     judge_retry,
+    unheeded_abort,
 )
 from broker.worker.handlers import (
     Aborted,
@@ -374,7 +375,7 @@ class WorkerRuntime:
                 landed = self._claims.finish(job, attempt, final, unless_aborted=unheeded)
                 if landed.abort is None:
                     return landed
-                final, unheeded = _unheeded(final, aborted_signal(landed.abort)), False
+                final, unheeded = unheeded_abort(final, aborted_signal(landed.abort)), False
             except redis.RedisError as error:
                 log.warning("cannot report job %s yet (%s); retrying in %.1f s", job, error, delay)
                 time.sleep(delay)  # waiting for Redis to come back, not for another thread
@@ -597,16 +598,6 @@ class WorkerRuntime:
             thread = threading.Thread(target=target, name=f"topchef-{name}", daemon=True)
             self._threads[key] = thread
             thread.start()
-
-
-def _unheeded(final: StateMessage, abort: Aborted) -> StateMessage:
-    """``final``, its detail saying that ``abort`` was asked but never heeded."""
-    reason = f" ({abort.reason})" if abort.reason else ""
-    note = (
-        f"an abort was requested at {abort.at} by {abort.by}{reason}"
-        " but the handler never checked for it and ran to its end"
-    )
-    return dataclasses.replace(final, detail=f"{final.detail}; {note}" if final.detail else note)
 
 
 def _partial(results: object) -> tuple[dict[str, Any] | None, str]:
