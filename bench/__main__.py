@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import controls, footprint, report, sql
+from bench import controls, footprint, report, sql, sweeps
 from bench import not_before as held
-from bench.ours import OurStack
+from bench.ours import DRAIN_CHUNK, OurStack
 from bench.payload import SERVICE
 from bench.rivals import RQ, Dramatiq, Peer, RawCelery, WorkerSetup
 from bench.servers import PostgresSchema, RedisServer
@@ -40,6 +40,7 @@ WORKLOADS = (
     "not_before",
     "priority",
     "exclusive",
+    "sweep",
 )
 
 
@@ -68,6 +69,9 @@ class Plan:
     priority_low_jobs: int = 1_000
     #: Jobs through the ``max_running=1`` service.
     exclusive_jobs: int = 200
+    #: A sweep of long jobs submitted with no options (``bench.sweeps``).
+    sweep_jobs: int = 40
+    sweep_seconds: float = 1.0
 
 
 SMOKE = Plan(
@@ -81,6 +85,8 @@ SMOKE = Plan(
     sql_calls=3,
     priority_low_jobs=100,
     exclusive_jobs=30,
+    sweep_jobs=8,
+    sweep_seconds=0.2,
 )
 
 
@@ -189,7 +195,7 @@ class Run:
         if "memory" in self.only:
             say("== memory, few jobs in SQL")
             self.memory(many=False)
-        for workload in ("priority", "exclusive"):
+        for workload in ("priority", "exclusive", "sweep"):
             if workload in self.only:
                 say(f"== {workload}")
                 getattr(self, workload)()
@@ -241,19 +247,26 @@ class Run:
         for pool, concurrency, processes in configs:
             label = _label(pool, concurrency, processes)
             recommended = (pool, concurrency, processes) == configs[0]
-            batch_sizes = (plan.per_message, 1) if recommended else (plan.per_message,)
+            batch_sizes: tuple[int | None, ...] = (plan.per_message,)
+            if recommended:
+                batch_sizes = (None, plan.per_message, 1)
             ours.start_workers(processes, pool, concurrency)
             try:
                 for per_message in batch_sizes:
+                    note = "COMPLETED in SQL"
+                    if per_message is None:
+                        note += f"; one submit_many of {plan.jobs:,}, no options"
                     self.repeat(
                         self.figure(
-                            "drain",
-                            f"topchef ({label}; {_per(per_message)})",
-                            "jobs/s",
-                            "COMPLETED in SQL",
+                            "drain", f"topchef ({label}; {_per(per_message)})", "jobs/s", note
                         ),
                         lambda per_message=per_message: (
-                            plan.jobs / ours.drain(plan.jobs, per_message=per_message)
+                            plan.jobs
+                            / ours.drain(
+                                plan.jobs,
+                                per_message=per_message,
+                                chunk=plan.jobs if per_message is None else DRAIN_CHUNK,
+                            )
                         ),
                     )
             finally:
@@ -434,6 +447,32 @@ class Run:
             rate.values.append(found.completed / found.seconds)
         say(f"exclusive: at most {fmt(most.median)} at once; {fmt(done.median)} of {n} completed")
 
+    # -- 8. a sweep of long jobs, no options (``bench.sweeps``) ----------------------
+
+    def sweep(self) -> None:
+        assert self.ours is not None
+        plan = self.plan
+        threads = plan.processes * plan.concurrency
+        note = (
+            f"{plan.sweep_jobs} jobs of {plan.sweep_seconds:g} s, submit_many with no options, "
+            f"service with no history; {_label(plan.pool, plan.concurrency, plan.processes)}"
+        )
+        took = self.figure("sweep", "long sweep: submit → last COMPLETED in SQL", "s", note)
+        ratio = self.figure("sweep", "long sweep: time / ideal (every thread busy)", "x", note)
+        if self.ours.mirror is None:
+            self.ours.start_mirror()
+        self.ours.start_workers(plan.processes, plan.pool, plan.concurrency)
+        try:
+            for _ in range(plan.repeat):
+                found = sweeps.long_jobs(self.ours, plan.sweep_jobs, plan.sweep_seconds, threads)
+                if found.completed != plan.sweep_jobs:
+                    raise RuntimeError(f"long sweep: {found.completed} completed")
+                took.values.append(found.seconds)
+                ratio.values.append(found.seconds / found.ideal_seconds)
+        finally:
+            self.ours.stop_workers()
+        say(f"sweep: {fmt(took.median)} s, {fmt(ratio.median)} x its ideal")
+
     # -- targets ---------------------------------------------------------------------
 
     def _find(self, workload: str, startswith: str) -> Figure | None:
@@ -481,6 +520,19 @@ class Run:
                 "drain ahead of the fastest peer's",
                 f"{best.name} {fmt(best.median)} vs {fastest.name} {fmt(fastest.median)} jobs/s",
                 best.median > fastest.median,
+            )
+        ratio(
+            "a no-op sweep with no options drains ≥ 3 x raw Celery's (same pool, concurrency)",
+            self._find("drain", f"topchef ({label}; {_per(None)})"),
+            celery,
+            3,
+        )
+        spread = self._find("sweep", "long sweep: time / ideal")
+        if spread:
+            target(
+                "a sweep of long jobs with no options ends within 1.2 x its ideal time",
+                f"{fmt(spread.median)} x (worst {fmt(spread.high)} x)",
+                spread.high <= 1.2,
             )
         dramatiq = self._find("enqueue", "dramatiq")
         for per_message in (plan.per_message, 1):
@@ -538,7 +590,9 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _per(jobs_per_message: int) -> str:
+def _per(jobs_per_message: int | None) -> str:
+    if jobs_per_message is None:
+        return "jobs/message chosen"
     return f"{jobs_per_message} job{'s' if jobs_per_message > 1 else ''}/message"
 
 

@@ -66,7 +66,7 @@ class Exclusive:
     seconds: float
 
 
-def _service(ours: OurStack, name: str, **options: object) -> uuid.UUID:
+def instrument_service(ours: OurStack, name: str, **options: object) -> uuid.UUID:
     service_id = ours.producer.ensure_service(
         name, "benchmark instrument", INSTRUMENT_SCHEMA, RESULTS_SCHEMA, timeout=60, **options
     )
@@ -79,13 +79,15 @@ def _reset_ledger(ours: OurStack) -> None:
 
 
 def priority_jump(ours: OurStack, low_jobs: int) -> Jump:
-    _service(ours, INSTRUMENT_SERVICE)
+    instrument_service(ours, INSTRUMENT_SERVICE)
     ours.purge()
     _reset_ledger(ours)
     ours.start_workers(1, "threads", 1)
     try:
         points = [{"index": index, "seconds": LOW_SECONDS} for index in range(low_jobs)]
-        ours.producer.submit_many(INSTRUMENT_SERVICE, points, priority=1)
+        # One job per message: the figure is how far a priority jumps past single jobs (a
+        # sweep packed several to a message finishes the message in hand first).
+        ours.producer.submit_many(INSTRUMENT_SERVICE, points, priority=1, jobs_per_message=1)
         deadline = time.monotonic() + 60
         while ours.redis.llen(INSTRUMENT_STARTED) < 3:  # the worker is busy with them
             if time.monotonic() > deadline:
@@ -117,7 +119,7 @@ def exclusive(ours: OurStack, jobs: int) -> Exclusive:
     still on the state stream afterwards, in the exact order of its entry ids;
     then it records them in SQL.
     """
-    service_id = _service(ours, EXCLUSIVE_SERVICE, max_running=1)
+    service_id = instrument_service(ours, EXCLUSIVE_SERVICE, max_running=1)
     ours.producer.set_max_running(EXCLUSIVE_SERVICE, 1)  # an existing service keeps its options
     if ours.mirror is not None:
         ours.mirror.stop()

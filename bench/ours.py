@@ -108,7 +108,7 @@ class OurStack:
         self.purge()
         return rate
 
-    def enqueue_bulk(self, n: int, per_message: int = 1) -> float:
+    def enqueue_bulk(self, n: int, per_message: int | None = 1) -> float:
         """Jobs per second submitted in one ``submit_many`` call (one transaction)."""
         self.purge()
         started = time.perf_counter()
@@ -124,11 +124,15 @@ class OurStack:
         engine = engine_for(self.settings.database_url)
         outbox.mark_taken(engine, self.producer.publisher)
 
-    def drain(self, n: int, keep: bool = False, per_message: int = 1) -> float:
+    def drain(
+        self, n: int, keep: bool = False, per_message: int | None = 1, chunk: int = DRAIN_CHUNK
+    ) -> float:
         """Seconds from the first submit until all ``n`` jobs are COMPLETED in SQL.
 
         The jobs table is emptied first, unless ``keep`` (the memory workload
-        drains beside a million rows).
+        drains beside a million rows). ``per_message`` None submits with no
+        option, as a scientist would (``broker.producer.packing`` chooses);
+        ``chunk`` is how many jobs each ``submit_many`` call takes.
         """
         if keep:
             self.delete_queues()
@@ -139,8 +143,8 @@ class OurStack:
         pubsub.subscribe(keys.FINISHED_CHANNEL)
         finished: set[str] = set()
         started = time.perf_counter()
-        for start in range(0, n, DRAIN_CHUNK):
-            points = [parameters(i) for i in range(start, min(n, start + DRAIN_CHUNK))]
+        for start in range(0, n, chunk):
+            points = [parameters(i) for i in range(start, min(n, start + chunk))]
             submitted += self.producer.submit_many(SERVICE, points, jobs_per_message=per_message)
             _collect(pubsub, finished, 0.0)
         deadline = time.monotonic() + max(120.0, n / 50)

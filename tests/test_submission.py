@@ -96,7 +96,8 @@ def test_one_invalid_parameter_set_writes_nothing(session):
 def test_producers_record_publications_in_redis_and_beat_marks_them_in_sql(stack):
     stack.create_lab_services()
     jobs = [stack.producer.submit(lab.SQUARE, {"x": x}) for x in range(3)]
-    jobs += stack.producer.submit_many(lab.SQUARE, [{"x": x} for x in range(50)])
+    sweep = [{"x": x} for x in range(50)]
+    jobs += stack.producer.submit_many(lab.SQUARE, sweep, jobs_per_message=1)
     assert stack.redis.smembers(keys.PUBLISHED) == {str(job).encode() for job in jobs}
     assert _published_at(stack, jobs) == [None] * len(jobs)
 

@@ -40,8 +40,8 @@ def jobs() -> None:
     "--per-message",
     type=click.IntRange(1, 1000),
     default=None,
-    help="With a JSON list of parameter sets: jobs per Celery message, for short jobs "
-    "[default: 1].",
+    help="With a JSON list of parameter sets: jobs per Celery message, 1 for each on its own "
+    "[default: the service's, else chosen from its run times].",
 )
 @click.option(
     "--not-before",
@@ -86,7 +86,7 @@ def jobs_submit(
     job_ids = producer.submit_many(
         service,
         sweep,
-        jobs_per_message=per_message or 1,
+        jobs_per_message=per_message,
         not_before=not_before,
         priority=priority,
     )

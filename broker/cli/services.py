@@ -1,4 +1,4 @@
-"""``topchef services``: create, list, show, hold, resume and limit services."""
+"""``topchef services``: create, list, show, hold, resume and set options of services."""
 
 from __future__ import annotations
 
@@ -35,6 +35,27 @@ class MaxRunning(click.ParamType[int | None]):
 
 
 MAX_RUNNING = MaxRunning()
+
+
+class PerMessage(click.ParamType[int | None]):
+    """A whole number of jobs per message, or ``auto`` (None: chosen from run times)."""
+
+    name = "N|auto"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number nor 'auto'", param, ctx)
+
+
+PER_MESSAGE = PerMessage()
 
 
 @click.group()
@@ -92,6 +113,13 @@ def services() -> None:
     help="At most this many of its jobs running at once, however many workers serve it "
     "(1: an exclusive instrument) [default: no limit].",
 )
+@click.option(
+    "--jobs-per-message",
+    type=PER_MESSAGE,
+    default=None,
+    help="Jobs of a sweep per Celery message, 1 for each on its own "
+    "[default: auto, chosen from its run times].",
+)
 @user_errors
 def services_create(
     name: str,
@@ -105,6 +133,7 @@ def services_create(
     retry_on: tuple[str, ...],
     retry_backoff: float,
     max_running: int | None,
+    jobs_per_message: int | None,
 ) -> None:
     """Create the service NAME."""
     from broker.producer import Producer
@@ -121,6 +150,7 @@ def services_create(
         retry_on=list(retry_on),
         retry_backoff=retry_backoff,
         max_running=max_running,
+        jobs_per_message=jobs_per_message,
     )
     click.echo(str(service_id))
 
@@ -209,14 +239,36 @@ def services_resume(name: str) -> None:
 @click.option(
     "--max-running",
     type=MAX_RUNNING,
-    required=True,
+    default=None,
     help="At most this many of its jobs running at once; 0 or 'none' for no limit.",
 )
+@click.option(
+    "--jobs-per-message",
+    type=PER_MESSAGE,
+    default=None,
+    help="Jobs of a sweep per Celery message; 'auto' to choose from its run times.",
+)
+@click.pass_context
 @user_errors
-def services_set(name: str, max_running: int | None) -> None:
-    """Change an option of the service NAME (its max_running)."""
+def services_set(
+    context: click.Context, name: str, max_running: int | None, jobs_per_message: int | None
+) -> None:
+    """Change options of the service NAME (its max_running, its jobs_per_message)."""
     from broker.producer import Producer
 
-    Producer(database_settings(broker=True)).set_max_running(name, max_running)
-    limit = "no limit" if max_running is None else f"at most {max_running}"
-    click.echo(f"{name}: {limit} running at once")
+    given = {
+        option
+        for option in ("max_running", "jobs_per_message")
+        if context.get_parameter_source(option) is not click.core.ParameterSource.DEFAULT
+    }
+    if not given:
+        raise click.UsageError("say what to change: --max-running and/or --jobs-per-message")
+    producer = Producer(database_settings(broker=True))
+    if "max_running" in given:
+        producer.set_max_running(name, max_running)
+        limit = "no limit" if max_running is None else f"at most {max_running}"
+        click.echo(f"{name}: {limit} running at once")
+    if "jobs_per_message" in given:
+        producer.set_jobs_per_message(name, jobs_per_message)
+        per = "chosen from its run times" if jobs_per_message is None else jobs_per_message
+        click.echo(f"{name}: jobs per message: {per}")

@@ -12,7 +12,7 @@ from broker.gateway.envelope import MAX_PAGE
 from broker.gateway.services import MAX_ATTEMPTS, MAX_TIMEOUT
 from broker.messaging import priorities
 from broker.models.lifecycle import Status
-from broker.models.service import MAX_RETRY_BACKOFF, MAX_RUNNING
+from broker.models.service import MAX_PER_MESSAGE, MAX_RETRY_BACKOFF, MAX_RUNNING
 
 JSON = "application/json"
 STATUSES = [status.value for status in Status]
@@ -80,6 +80,16 @@ _MAX_RUNNING = {
     "maximum": MAX_RUNNING,
     "nullable": True,
     "description": "At most this many of its jobs WORKING at once; null or 0: no limit",
+}
+
+#: A service's jobs per Celery message for sweeps; null: chosen from its run times.
+_JOBS_PER_MESSAGE = {
+    "type": "integer",
+    "minimum": 1,
+    "maximum": MAX_PER_MESSAGE,
+    "nullable": True,
+    "description": "Jobs of a Python sweep (submit_many) per Celery message; "
+    "null: chosen from the service's run times",
 }
 
 
@@ -335,6 +345,7 @@ def _schemas() -> dict[str, Any]:
                 "retry_on": {"type": "array", "items": {"type": "string", "minLength": 1}},
                 "retry_backoff": {"type": "number", "minimum": 0, "maximum": MAX_RETRY_BACKOFF},
                 "max_running": _MAX_RUNNING,
+                "jobs_per_message": _JOBS_PER_MESSAGE,
             },
         },
         "Hold": {
@@ -359,6 +370,7 @@ def _schemas() -> dict[str, Any]:
                     "maximum": MAX_TIMEOUT,
                 },
                 "max_running": _MAX_RUNNING,
+                "jobs_per_message": _JOBS_PER_MESSAGE,
             },
         },
         "Job": {

@@ -47,6 +47,7 @@ def service_meta(service: Service) -> dict[str, Any]:
         "worker_loss_policy": service.worker_loss_policy,
         "max_attempts": service.max_attempts,
         "max_running": service.max_running,
+        "jobs_per_message": service.jobs_per_message,
         **service.hold_record(),
     }
 

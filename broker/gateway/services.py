@@ -70,7 +70,7 @@ def create_service() -> Response:
         if not 1 <= attempts <= MAX_ATTEMPTS:
             raise DeserializationError("max_attempts", f"must be from 1 to {MAX_ATTEMPTS}")
         options["max_attempts"] = attempts
-    for name in ("retries", "retry_on", "retry_backoff"):  # checked by Service.new
+    for name in ("retries", "retry_on", "retry_backoff", "jobs_per_message"):  # Service.new checks
         if name in body:
             options[name] = body[name]
     if "max_running" in body:
@@ -111,6 +111,7 @@ def check_in(service_id: str) -> Response:
     timeout = _seconds(changes, "timeout") if "timeout" in changes else None
     limit = "max_running" in changes
     max_running = _max_running(changes) if limit else None
+    packing = "jobs_per_message" in changes
     shared = gateway()
     with shared.writing() as session:
         service = find_service(session, service_id)
@@ -122,6 +123,8 @@ def check_in(service_id: str) -> Response:
             service.timeout = timeout
         if limit:
             service.max_running = max_running
+        if packing:
+            service.jobs_per_message = changes["jobs_per_message"]  # checked by the setter
         _presence(service, available)
         service.check_in()
         data, meta = service_detail(service), service_meta(service)

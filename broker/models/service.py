@@ -35,6 +35,8 @@ MAX_ATTEMPTS = 1000
 MAX_NAME_LENGTH = 200
 #: The most a ``max_running`` may say; beyond it, say no limit (None).
 MAX_RUNNING = 10_000
+#: The most jobs one Celery message may carry (``jobs_per_message``).
+MAX_PER_MESSAGE = 1000
 
 
 def has_timed_out(last_checked_in: datetime, timeout: float, now: datetime) -> bool:
@@ -106,6 +108,7 @@ class Service(ServiceInterface):
         worker_loss_policy: str = "fail",
         max_attempts: int = 3,
         max_running: int | None = None,
+        jobs_per_message: int | None = None,
         service_id: uuid.UUID | None = None,
         retries: bool = False,
         retry_on: list[str] | tuple[str, ...] = (),
@@ -121,6 +124,9 @@ class Service(ServiceInterface):
         repeat) marks it ERROR; ``"requeue"`` runs it again, at most
         ``max_attempts`` times in all. ``max_running`` caps how many of its
         jobs are WORKING at once (an exclusive instrument: 1); None, no limit.
+        ``jobs_per_message`` fixes how many of a ``submit_many``'s jobs share
+        a Celery message; None (the default) lets ``broker.producer.packing``
+        choose from the service's run times.
 
         ``retries=True`` lets a handler ask for its job to run again
         (``broker.worker.Retry``), and makes the exception types named in
@@ -142,6 +148,8 @@ class Service(ServiceInterface):
         names = check_retries(retries, retry_on, retry_backoff)
         if max_running is not None:
             check_count("max_running", max_running, MAX_RUNNING)
+        if jobs_per_message is not None:
+            check_jobs_per_message(jobs_per_message)
         now = database_now(database_session)
         row = ServiceRow(
             id=service_id or uuid.uuid4(),
@@ -158,6 +166,7 @@ class Service(ServiceInterface):
             retry_on=names,
             retry_backoff=float(retry_backoff),
             max_running=max_running,
+            jobs_per_message=jobs_per_message,
             created_at=now,
             schema_fingerprint=schema_fingerprint(registration_schema, result_schema),
         )
@@ -251,6 +260,17 @@ class Service(ServiceInterface):
             check_count("max_running", most, MAX_RUNNING)
         self._row.max_running = most
         outbox.record_service(self._session, self._row)
+
+    @property
+    def jobs_per_message(self) -> int | None:
+        """How many of a sweep's jobs share a message; None: chosen by ``producer.packing``."""
+        return self._row.jobs_per_message
+
+    @jobs_per_message.setter
+    def jobs_per_message(self, count: int | None) -> None:
+        if count is not None:
+            check_jobs_per_message(count)
+        self._row.jobs_per_message = count
 
     @property
     def held(self) -> bool:
@@ -402,6 +422,7 @@ class Service(ServiceInterface):
             "retry_on": list(self._row.retry_on or []),
             "retry_backoff": self._row.retry_backoff,
             "max_running": self.max_running,
+            "jobs_per_message": self.jobs_per_message,
             **self.hold_record(),
         }
 
@@ -463,6 +484,11 @@ def check_count(field: str, value: object, most: int) -> None:
     """Refuse ``value`` unless it is an integer from 1 to ``most`` (``True`` is not 1)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
         raise DeserializationError(field, f"must be an integer from 1 to {most}, got {value!r}")
+
+
+def check_jobs_per_message(value: object) -> None:
+    """Refuse a batch size that is not an integer from 1 to ``MAX_PER_MESSAGE``."""
+    check_count("jobs_per_message", value, MAX_PER_MESSAGE)
 
 
 def _check_timeout(timeout: object) -> None:

@@ -38,9 +38,9 @@ from broker.messaging.connections import redis_client
 from broker.messaging.publisher import CeleryPublisher
 from broker.models import lifecycle
 from broker.models.moves import Move
-from broker.models.service import Service
+from broker.models.service import Service, check_jobs_per_message
 from broker.models.service_list import ServiceList
-from broker.producer import submission
+from broker.producer import packing, submission
 from broker.producer.reader import Outcome, Reader
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, database_now, engine_for, open_session
@@ -160,6 +160,11 @@ class Producer:
             service_id = service.id
         self.release_parked(service_id)  # a raised limit frees slots now
 
+    def set_jobs_per_message(self, name: str, jobs_per_message: int | None) -> None:
+        """Fix how many of a sweep's jobs share a message (None: chosen from run times)."""
+        with self.session() as session:
+            ServiceList(session).by_name(name).jobs_per_message = jobs_per_message
+
     def release_parked(self, service_id: uuid.UUID) -> int:
         """Let the service's parked jobs go as far as its slots allow (beat does each tick)."""
         return self._claims.release_parked(service_id)
@@ -218,7 +223,7 @@ class Producer:
         service_name: str,
         parameter_sets: Iterable[dict[str, Any]],
         *,
-        jobs_per_message: int = 1,
+        jobs_per_message: int | None = None,
         not_before: datetime | None = None,
         priority: int = priorities.DEFAULT,
     ) -> list[uuid.UUID]:
@@ -226,28 +231,34 @@ class Producer:
 
         One invalid set refuses the whole batch, and nothing is queued.
 
-        ``jobs_per_message`` > 1 sends the jobs in batches of that many per
-        Celery message, run one after another by one worker: for sweeps of
-        short jobs (milliseconds each), where Celery's own cost per message
-        (about a millisecond of worker CPU) would otherwise dominate. Keep the
-        default for long jobs, so that each can go to whichever worker is free.
+        Jobs of a sweep share Celery messages, run one after another by one
+        worker, so that Celery's cost per message (about a millisecond of
+        worker CPU) does not dominate a sweep of short jobs. How many share
+        one is chosen from the service's recent run times, and shrinks
+        towards the sweep's end so that every free worker has its share
+        (``broker.producer.packing``): long jobs go one per message.
+        ``jobs_per_message`` fixes the number instead (1: each job on its
+        own), as does the service's own ``jobs_per_message``.
 
         ``not_before`` holds every job back until then (see ``submit``);
         ``priority`` is every job's (see ``submit``).
         """
-        submission.check_jobs_per_message(jobs_per_message)
+        if jobs_per_message is not None:
+            check_jobs_per_message(jobs_per_message)
         submission.check_not_before(not_before)
         priorities.check(priority)
+        points = list(parameter_sets)
         with self.session() as session:
             service, now = _service_and_clock(session, service_name)
             if session.get_bind().dialect.name == "postgresql":
                 self._destinations[service_name] = submission.Destination.of(service)
+            per_message = jobs_per_message or service.jobs_per_message
             return submission.add_jobs(
                 session,
                 service,
                 now,
-                list(parameter_sets),
-                jobs_per_message,
+                points,
+                per_message or packing.choose(session, service.id, len(points)),
                 not_before=not_before,
                 priority=priority,
             )

@@ -5,7 +5,8 @@ else. So the service's contract is read once, the database's clock once (by the
 caller, with the service), and the rows go in as one statement; jobs of one
 submission are stamped a microsecond apart from that clock reading, so they
 list in the order they were given. The messages leave through the outbox when
-the caller commits, ``jobs_per_message`` to a Celery message.
+the caller commits, as many to a Celery message as ``broker.producer.packing``
+says (or as the caller says).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from broker.errors import DeserializationError
 from broker.messaging import outbox, priorities
 from broker.messaging.messages import JobMessage
 from broker.models import lifecycle
-from broker.models.service import Service, check_count, fill
+from broker.models.service import Service, fill
+from broker.producer import packing
 from broker.storage.tables import JobRow, JSONDocument, ServiceRow
 
 
@@ -58,9 +60,6 @@ class Destination:
     ) -> JobMessage:
         return fill(self.template, job_id, parameters, per_message=per_message, priority=priority)
 
-
-#: The most jobs one Celery message may carry (``jobs_per_message``).
-MAX_PER_MESSAGE = 1000
 
 _INSERT_JOBS = sa.insert(JobRow)
 _REGISTERED = lifecycle.Status.REGISTERED.value
@@ -157,17 +156,12 @@ def check_not_before(value: object) -> None:
         )
 
 
-def check_jobs_per_message(value: int) -> None:
-    """Refuse a batch size that is not an integer from 1 to ``MAX_PER_MESSAGE``."""
-    check_count("jobs_per_message", value, MAX_PER_MESSAGE)
-
-
 def add_jobs(
     session: Session,
     service: Service,
     now: datetime,
     parameter_sets: Sequence[dict[str, Any]],
-    per_message: int = 1,
+    per_message: int | Sequence[int] = 1,
     *,
     submitted_by: str | None = None,
     not_before: datetime | None = None,
@@ -176,6 +170,8 @@ def add_jobs(
     """``Service.new_job`` for many jobs at once: the same rows and messages, in bulk.
 
     One invalid parameter set refuses them all, before anything is written.
+    ``per_message`` is how many jobs go in each Celery message, or the sizes
+    of consecutive messages (``packing.sizes``).
     ``submitted_by`` is recorded on every job (``actors.person`` by default).
     Jobs ``not_before`` a time are not published now: they wait in the outbox,
     and beat publishes them when due (``broker.beat.recovery.publish_due``).
@@ -213,8 +209,9 @@ def add_jobs(
         connection.execute(_INSERT_JOBS, rows)
     if not_before is not None:
         return ids
-    for job_id, parameters in zip(ids, parameter_sets, strict=True):
-        message = destination.message(job_id, parameters, per_message, priority)
+    sizes = packing.per_job(per_message, len(ids))
+    for job_id, parameters, size in zip(ids, parameter_sets, sizes, strict=True):
+        message = destination.message(job_id, parameters, size, priority)
         outbox.record_job(session, message)
     return ids
 

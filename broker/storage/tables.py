@@ -106,6 +106,8 @@ class ServiceRow(Base):
     held_reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     #: At most this many of the service's jobs WORKING at once (NULL: no limit).
     max_running: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    #: Jobs of a ``submit_many`` per Celery message; NULL: chosen from run times.
+    jobs_per_message: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
     #: A digest of both schemas (``broker.contract.schema_fingerprint``):
     #: schemas never change, so every job of the service was validated against it.
     schema_fingerprint: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
