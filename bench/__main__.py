@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import controls, footprint, report, sql, sweeps
+from bench import controls, fleet, footprint, producers, report, sql, sweeps
 from bench import not_before as held
 from bench.ours import DRAIN_CHUNK, OurStack
-from bench.payload import SERVICE
+from bench.payload import FLEET_SERVED, SERVICE
 from bench.rivals import RQ, Dramatiq, Peer, RawCelery, WorkerSetup
 from bench.servers import PostgresSchema, RedisServer
 from bench.stats import Figure, fmt
@@ -41,6 +41,8 @@ WORKLOADS = (
     "priority",
     "exclusive",
     "sweep",
+    "fleet",
+    "producers",
 )
 
 
@@ -72,6 +74,14 @@ class Plan:
     #: A sweep of long jobs submitted with no options (``bench.sweeps``).
     sweep_jobs: int = 40
     sweep_seconds: float = 1.0
+    #: Services in the fleet workload (``bench.fleet``); ticks and scrapes timed.
+    fleet_services: int = 1_000
+    fleet_ticks: int = 20
+    fleet_scrapes: int = 10
+    #: Producer processes at once (``bench.producers``), and each one's jobs.
+    producers: int = 8
+    producer_single_jobs: int = 250
+    producer_bulk_jobs: int = 5_000
 
 
 SMOKE = Plan(
@@ -87,6 +97,12 @@ SMOKE = Plan(
     exclusive_jobs=30,
     sweep_jobs=8,
     sweep_seconds=0.2,
+    fleet_services=40,
+    fleet_ticks=3,
+    fleet_scrapes=3,
+    producers=2,
+    producer_single_jobs=20,
+    producer_bulk_jobs=500,
 )
 
 
@@ -195,7 +211,7 @@ class Run:
         if "memory" in self.only:
             say("== memory, few jobs in SQL")
             self.memory(many=False)
-        for workload in ("priority", "exclusive", "sweep"):
+        for workload in ("priority", "exclusive", "sweep", "fleet", "producers"):
             if workload in self.only:
                 say(f"== {workload}")
                 getattr(self, workload)()
@@ -461,6 +477,7 @@ class Run:
         ratio = self.figure("sweep", "long sweep: time / ideal (every thread busy)", "x", note)
         if self.ours.mirror is None:
             self.ours.start_mirror()
+        sweeps.create_service(self.ours)  # before the workers: none waits to learn of it
         self.ours.start_workers(plan.processes, plan.pool, plan.concurrency)
         try:
             for _ in range(plan.repeat):
@@ -472,6 +489,50 @@ class Run:
         finally:
             self.ours.stop_workers()
         say(f"sweep: {fmt(took.median)} s, {fmt(ratio.median)} x its ideal")
+
+    # -- 9. a thousand services (``bench.fleet``) -------------------------------------
+
+    def fleet(self) -> None:
+        assert self.ours is not None
+        plan = self.plan
+        note = f"{plan.fleet_services:,} services, {FLEET_SERVED} served by a worker"
+        if self.ours.mirror is None:
+            self.ours.start_mirror()
+        found = fleet.measure(self.ours, plan.fleet_services, plan.fleet_ticks, plan.fleet_scrapes)
+        for name, values in [
+            ("beat tick (directory: what changed)", found.tick_ms),
+            ("beat tick publishing every service (before)", found.full_tick_ms),
+            ("metrics scrape", found.scrape_ms),
+        ]:
+            figure = self.figure("fleet", name, "ms", note)
+            figure.values = values
+            say(f"fleet: {name}: {fmt(figure.median)} ms (max {fmt(figure.high)})")
+        first = self.figure("fleet", "beat's first tick (publishes every service)", "ms", note)
+        first.values = [found.first_tick_ms]
+        size = self.figure("fleet", "metrics page", "KiB", note)
+        size.values = [found.scrape_bytes / 1024]
+
+    # -- 10. many producers at once (``bench.producers``) ------------------------------
+
+    def producers(self) -> None:
+        assert self.ours is not None
+        plan, ours = self.plan, self.ours
+        for mode, jobs in (
+            ("single", plan.producer_single_jobs),
+            ("bulk", plan.producer_bulk_jobs),
+        ):
+            how = "submit, one at a time" if mode == "single" else "submit_many, no options"
+            note = f"{plan.producers} processes x {jobs:,} jobs ({how}); no worker"
+            for one_service in (True, False):
+                where = "one service" if one_service else f"{plan.producers} services"
+                self.repeat(
+                    self.figure(
+                        "producers", f"{plan.producers} producers, {mode}, {where}", "jobs/s", note
+                    ),
+                    lambda mode=mode, jobs=jobs, one_service=one_service: producers.rate(
+                        ours, plan.producers, one_service, mode, jobs
+                    ),
+                )
 
     # -- targets ---------------------------------------------------------------------
 
@@ -533,6 +594,21 @@ class Run:
                 "a sweep of long jobs with no options ends within 1.2 x its ideal time",
                 f"{fmt(spread.median)} x (worst {fmt(spread.high)} x)",
                 spread.high <= 1.2,
+            )
+        for name, limit in [("beat tick (directory", 50.0), ("metrics scrape", 200.0)]:
+            figure = self._find("fleet", name)
+            if figure:
+                target(
+                    f"with {plan.fleet_services:,} services, {figure.name} ≤ {limit:g} ms",
+                    f"{fmt(figure.median)} ms (max {fmt(figure.high)})",
+                    figure.median <= limit,
+                )
+        for mode in ("single", "bulk"):
+            ratio(
+                f"{plan.producers} producers ({mode}) on one service ≥ 0.9 x on one service each",
+                self._find("producers", f"{plan.producers} producers, {mode}, one service"),
+                self._find("producers", f"{plan.producers} producers, {mode}, {plan.producers} s"),
+                0.9,
             )
         dramatiq = self._find("enqueue", "dramatiq")
         for per_message in (plan.per_message, 1):

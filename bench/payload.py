@@ -41,3 +41,11 @@ def parameters(index: int) -> dict[str, Any]:
         "repetitions": 200,
         "index": index,
     }
+
+
+#: The fleet workload (``bench.fleet``): services in all, and how many have a worker.
+FLEET_SERVED = 10
+
+
+def fleet_name(index: int) -> str:
+    return f"BenchFleet{index:04}"

@@ -27,9 +27,12 @@ class Spread:
     completed: int
 
 
-def long_jobs(ours: OurStack, jobs: int, seconds: float, threads: int) -> Spread:
-    """One cold sweep of long jobs; the workers must be running already."""
+def create_service(ours: OurStack) -> None:
     instrument_service(ours, INSTRUMENT_SERVICE)
+
+
+def long_jobs(ours: OurStack, jobs: int, seconds: float, threads: int) -> Spread:
+    """One cold sweep of long jobs; the service and its workers must be running already."""
     ours.purge()
     points = [{"index": index, "seconds": seconds} for index in range(jobs)]
     started = time.perf_counter()

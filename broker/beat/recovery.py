@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from broker import actors
+from broker.beat.directory import Directory
 from broker.messaging import outbox
 from broker.messaging.batches import Batches
 from broker.messaging.claims import ClaimResult, Claims
@@ -306,7 +307,9 @@ def release_parked(claims: Claims, service_ids: list[uuid.UUID]) -> int:
     catches a raised ``max_running``, a resume whose release failed, and a slot
     that a path ending a run left taken (pruned here).
     """
-    released = sum(claims.release_parked(service_id, prune=True) for service_id in service_ids)
+    # Most services have nothing running nor parked: one round trip leaves them out.
+    used = claims.with_slots_in_use(service_ids)
+    released = sum(claims.release_parked(service_id, prune=True) for service_id in used)
     if released:
         log.info("released %d parked job(s)", released)
     return released
@@ -319,14 +322,20 @@ def tick(
     publisher: Publisher,
     grace: float,
     overtaken_after: float | None = None,
+    directory: Directory | None = None,
 ) -> TickReport:
     """One round of beat's duties, each committed on its own.
 
     ``overtaken_after`` (seconds) also looks for jobs whose message vanished
     (``republish_overtaken``); beat does so once per redelivery window.
+    ``directory`` re-publishes only the services that changed (beat's own,
+    kept between ticks); without it, every service is published again.
     """
     report = TickReport()
-    services = sync_directory(session, publisher)
+    if directory is None:
+        services = sync_directory(session, publisher)
+    else:
+        services = directory.sync(session, publisher)
     session.commit()
     release_parked(claims, services)
     now = database_now(session)

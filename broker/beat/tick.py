@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery
 
+from broker.beat.directory import Directory
 from broker.beat.recovery import publish_due, tick
 from broker.messaging.batches import Batches
 from broker.messaging.claims import Claims
@@ -26,11 +27,12 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4)
-def _tools(app: Celery, settings: Settings) -> tuple[Claims, Batches, CeleryPublisher]:
+def _tools(app: Celery, settings: Settings) -> tuple[Claims, Batches, CeleryPublisher, Directory]:
+    """The Redis tools, and what this process last published of the directory."""
     client = redis_client(settings.broker_url)
     lease = settings.lease_seconds
     claims = Claims(client, lease, settings.duplicate_window)
-    return claims, Batches(client, lease), CeleryPublisher(app, client)
+    return claims, Batches(client, lease), CeleryPublisher(app, client), Directory(client)
 
 
 class _Every:
@@ -54,7 +56,7 @@ _LOOKED_FOR_OVERTAKEN = _Every()
 
 def run_tick(app: Celery, settings: Settings) -> dict[str, Any]:
     """One tick, in a fresh session; returns a summary for the task's log line."""
-    claims, batches, publisher = _tools(app, settings)
+    claims, batches, publisher, directory = _tools(app, settings)
     overtaken = settings.redelivery_window + settings.beat_interval
     look = _LOOKED_FOR_OVERTAKEN.due(overtaken)
     with open_session(settings.database_url) as session:
@@ -65,6 +67,7 @@ def run_tick(app: Celery, settings: Settings) -> dict[str, Any]:
             publisher,
             settings.outbox_grace_seconds,
             overtaken_after=overtaken if look else None,
+            directory=directory,
         )
     summary = {
         "timed_out": [str(s) for s in report.timed_out],
@@ -85,7 +88,7 @@ def run_due(app: Celery, settings: Settings) -> int:
     indexed query), so that a job held until a time starts within about a
     second of it, whatever ``beat_interval`` the other chores run at.
     """
-    _claims, _batches, publisher = _tools(app, settings)
+    _claims, _batches, publisher, _directory = _tools(app, settings)
     with open_session(settings.database_url) as session:
         published = publish_due(session, publisher, database_now(session))
         session.commit()

@@ -437,6 +437,14 @@ class Claims:
         )
         return int(released)
 
+    def with_slots_in_use(self, service_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+        """Those of the services with a job running or parked, in one round trip."""
+        pipeline = self._client.pipeline(transaction=False)
+        for service_id in service_ids:
+            pipeline.exists(*keys.slots(service_id)[:2])
+        found = pipeline.execute() if service_ids else []
+        return [service_id for service_id, used in zip(service_ids, found, strict=True) if used]
+
     def parked(self, service_ids: Sequence[uuid.UUID]) -> list[int]:
         """How many jobs of each service wait parked, in one round trip."""
         pipeline = self._client.pipeline(transaction=False)

@@ -30,6 +30,8 @@ MIRROR_GROUP = "mirror"
 SERVICE_IDS = f"{PREFIX}:service-ids"
 #: Hash: service id → JSON descriptor (queue, result schema, timeout, policy).
 SERVICE_DESCRIPTORS = f"{PREFIX}:services"
+#: String: the token of beat's last full publish of the directory; gone, Redis lost it.
+DIRECTORY_MARK = f"{PREFIX}:directory-mark"
 #: Hash: batch id → JSON list of its job ids, while a worker runs the batch.
 BATCHES = f"{PREFIX}:batches"
 #: Set of ids of jobs whose message was published, until beat marks them so in SQL.

@@ -2,8 +2,9 @@
 
 Every value is read when Prometheus scrapes, never kept up to date by a loop of
 our own: such a loop goes stale exactly when it matters, stuck on the outage an
-operator is looking at. A scrape costs the census's two SQL queries
-(``broker.ops.census``) and one pipelined Redis round trip. When one source is down the
+operator is looking at. A scrape costs the census's SQL queries
+(``broker.ops.census``) and one pipelined Redis round trip, in which one script
+counts every service's queue (``depths.lua``). When one source is down the
 scrape still answers with what the other gave, and says which source failed in
 ``topchef_source_up``, so an alert can tell "no jobs" from "cannot see jobs".
 """
@@ -26,6 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from broker.messaging import keys, priorities
+from broker.messaging.claims import LUA_SCRIPTS
 from broker.messaging.connections import redis_url, text
 from broker.messaging.presence import COUNT, Presence
 from broker.models.lifecycle import Status
@@ -66,6 +68,19 @@ class _RedisReading:
     refused: dict[str, int]
 
 
+_DEPTHS = (LUA_SCRIPTS / "depths.lua").read_text(encoding="utf-8")
+#: The keys ``depths.lua`` reads of each service: its priority lists, then its parked set.
+_KEYS_PER_SERVICE = len(priorities.STEPS) + 1
+
+
+def _depth_keys(service_ids: Sequence[uuid.UUID]) -> list[str]:
+    found: list[str] = []
+    for service_id in service_ids:
+        found += priorities.queue_lists(keys.service_queue(service_id))
+        found.append(keys.parked_jobs(service_id))
+    return found
+
+
 class BrokerCollector(Collector):
     """Reads SQL and Redis at each scrape; one instance per registry."""
 
@@ -79,6 +94,7 @@ class BrokerCollector(Collector):
             retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection Redis closed
         )
         self._presence = Presence(self._redis)
+        self._depths = self._redis.register_script(_DEPTHS)
         self._errors = dict.fromkeys(SOURCES, 0)
         self._lock = threading.Lock()
 
@@ -121,13 +137,9 @@ class BrokerCollector(Collector):
     def _read_redis(self, services: Sequence[ServiceReading]) -> _RedisReading | None:
         try:
             pipeline = self._redis.pipeline(transaction=False)
-            lists = len(priorities.STEPS)
-            for service in services:
-                for queue_list in priorities.queue_lists(keys.service_queue(service.id)):
-                    pipeline.llen(queue_list)
-                pipeline.zcard(keys.parked_jobs(service.id))
             ids = [service.id for service in services]
             if ids:
+                self._depths(keys=_depth_keys(ids), args=[_KEYS_PER_SERVICE], client=pipeline)
                 self._presence.queue(pipeline, "", COUNT, ids)
             pipeline.xlen(keys.STATE_STREAM)
             pipeline.xlen(keys.DEAD_STATE_STREAM)
@@ -135,25 +147,19 @@ class BrokerCollector(Collector):
             pipeline.scard(keys.PUBLISHED)
             pipeline.hgetall(keys.REFUSED)
             replies = pipeline.execute(raise_on_error=False)
-            per_service = lists + 1
-            queues = replies[: len(ids) * per_service]
-            depths = [
-                sum(queues[start : start + lists]) for start in range(0, len(queues), per_service)
-            ]
-            parked = queues[lists::per_service]
-            workers = replies[len(queues)] if ids else []
-            lag, dead, pending, unmarked, refused = replies[len(queues) + bool(ids) :]
+            counted, workers = replies[:2] if ids else ([], [])
+            lag, dead, pending, unmarked, refused = replies[2 if ids else 0 :]
             if isinstance(pending, redis.ResponseError) and "NOGROUP" in str(pending):
                 pending = {"pending": 0}  # no mirror has ever run: nothing is pending
-            for reply in (*queues, workers, lag, dead, pending, unmarked, refused):
+            for reply in (counted, workers, lag, dead, pending, unmarked, refused):
                 if isinstance(reply, Exception):
                     raise reply
         except redis.RedisError as error:
             self._failed(REDIS, error)
             return None
         return _RedisReading(
-            {service.id: int(depth) for service, depth in zip(services, depths, strict=True)},
-            {service.id: int(count) for service, count in zip(services, parked, strict=True)},
+            {service_id: int(depth) for service_id, depth in zip(ids, counted[::2], strict=True)},
+            {service_id: int(count) for service_id, count in zip(ids, counted[1::2], strict=True)},
             {service_id: int(count) for service_id, count in zip(ids, workers, strict=True)},
             int(lag),
             int(pending["pending"]),
