@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import controls, fleet, footprint, producers, report, sql, sweeps
+from bench import controls, fleet, footprint, http_loop, producers, report, sql, sweeps
 from bench import not_before as held
 from bench.ours import DRAIN_CHUNK, OurStack
 from bench.payload import FLEET_SERVED, SERVICE
@@ -43,6 +43,7 @@ WORKLOADS = (
     "sweep",
     "fleet",
     "producers",
+    "http",
 )
 
 
@@ -82,6 +83,10 @@ class Plan:
     producers: int = 8
     producer_single_jobs: int = 250
     producer_bulk_jobs: int = 5_000
+    #: The HTTP worker loop (``bench.http_loop``): jobs, client threads, server threads.
+    http_jobs: int = 3_000
+    http_clients: int = 20
+    http_threads: tuple[int, ...] = (16, 32)
 
 
 SMOKE = Plan(
@@ -103,6 +108,9 @@ SMOKE = Plan(
     producers=2,
     producer_single_jobs=20,
     producer_bulk_jobs=500,
+    http_jobs=100,
+    http_clients=4,
+    http_threads=(16,),
 )
 
 
@@ -211,7 +219,7 @@ class Run:
         if "memory" in self.only:
             say("== memory, few jobs in SQL")
             self.memory(many=False)
-        for workload in ("priority", "exclusive", "sweep", "fleet", "producers"):
+        for workload in ("priority", "exclusive", "sweep", "fleet", "producers", "http"):
             if workload in self.only:
                 say(f"== {workload}")
                 getattr(self, workload)()
@@ -502,6 +510,7 @@ class Run:
         for name, values in [
             ("beat tick (directory: what changed)", found.tick_ms),
             ("beat tick publishing every service (before)", found.full_tick_ms),
+            ("beat tick that also looks for lost messages", found.overtaken_tick_ms),
             ("metrics scrape", found.scrape_ms),
         ]:
             figure = self.figure("fleet", name, "ms", note)
@@ -533,6 +542,26 @@ class Run:
                         ours, plan.producers, one_service, mode, jobs
                     ),
                 )
+
+    # -- 11. the HTTP worker loop (``bench.http_loop``) ---------------------------------
+
+    def http(self) -> None:
+        assert self.ours is not None
+        plan = self.plan
+        for threads in plan.http_threads:
+            label = f"topchef api --threads {threads}, {plan.http_clients} clients"
+            note = f"{plan.http_jobs:,} jobs, claim → PATCH COMPLETED, PostgreSQL; no Celery worker"
+            rate = self.figure("http", f"HTTP worker loop ({label})", "jobs/s", note)
+            p99 = self.figure("http", f"HTTP claim → COMPLETED, p99 ({label})", "ms", note)
+            failed = self.figure("http", f"HTTP failed requests ({label})", "requests", note)
+            for _ in range(plan.repeat):
+                found = http_loop.measure(self.ours, plan.http_jobs, plan.http_clients, threads)
+                if found.completed_in_sql != plan.http_jobs:
+                    raise RuntimeError(f"http: {found.completed_in_sql} COMPLETED in SQL")
+                rate.values.append(found.rate)
+                p99.values.append(found.p99_ms)
+                failed.values.append(found.failures)
+            say(f"http: {label}: {fmt(rate.median)} jobs/s, p99 {fmt(p99.median)} ms")
 
     # -- targets ---------------------------------------------------------------------
 
@@ -610,6 +639,19 @@ class Run:
                 self._find("producers", f"{plan.producers} producers, {mode}, {plan.producers} s"),
                 0.9,
             )
+        for figure in self.figures:
+            if figure.workload == "http" and figure.name.startswith("HTTP worker loop"):
+                label = figure.name[len("HTTP worker loop ") :]
+                p99 = self._find("http", f"HTTP claim → COMPLETED, p99 {label}")
+                failed = self._find("http", f"HTTP failed requests {label}")
+                assert p99 is not None
+                assert failed is not None
+                target(
+                    f"HTTP worker loop {label}: ≥ 500 jobs/s, p99 ≤ 100 ms, 0 failures",
+                    f"{fmt(figure.median)} jobs/s, p99 {fmt(p99.median)} ms, "
+                    f"{fmt(failed.high)} failed",
+                    figure.median >= 500 and p99.median <= 100 and failed.high == 0,
+                )
         dramatiq = self._find("enqueue", "dramatiq")
         for per_message in (plan.per_message, 1):
             ratio(

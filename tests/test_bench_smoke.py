@@ -36,7 +36,7 @@ def test_smoke_run_measures_every_workload(postgres_url, tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=360,
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -52,6 +52,10 @@ def test_smoke_run_measures_every_workload(postgres_url, tmp_path):
         "not_before",
         "priority",
         "exclusive",
+        "sweep",
+        "fleet",
+        "producers",
+        "http",
     }
     names = " ".join(figure["name"] for figure in result["figures"])
     for peer in ("celery", "rq", "dramatiq", "topchef"):

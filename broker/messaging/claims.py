@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import redis
 from redis.commands.core import Script
 
-from broker.messaging import keys
+from broker.messaging import keys, priorities
 from broker.messaging.connections import text
 from broker.messaging.messages import StateMessage
 
@@ -118,6 +118,8 @@ _SETTLE = _lua("settle")
 # again meanwhile cannot lose its membership. Its 'http:' is
 # ``broker.gateway.dispatch.HTTP_PREFIX``.
 _RENEW_HTTP = _lua("renew_http")
+# Every service's queue depth and parked jobs, for a metrics scrape, in one command.
+_DEPTHS = _lua("depths")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,7 @@ class _Scripts:
     abort: Script
     retry: Script
     release_parked: Script
+    depths: Script
 
     @classmethod
     def of(cls, client: redis.Redis) -> _Scripts:
@@ -154,6 +157,7 @@ class _Scripts:
             abort=client.register_script(_ABORT),
             retry=client.register_script(_RETRY),
             release_parked=client.register_script(_RELEASE_PARKED),
+            depths=client.register_script(_DEPTHS),
         )
 
 
@@ -444,6 +448,20 @@ class Claims:
             pipeline.exists(*keys.slots(service_id)[:2])
         found = pipeline.execute() if service_ids else []
         return [service_id for service_id, used in zip(service_ids, found, strict=True) if used]
+
+    def queue_depths(
+        self, pipeline: redis.client.Pipeline, service_ids: Sequence[uuid.UUID]
+    ) -> None:
+        """Ask, on ``pipeline``, for each service's queue depth and parked jobs.
+
+        Its reply is ``depth, parked`` for each service in turn (``depths.lua``).
+        """
+        found: list[str] = []
+        for service_id in service_ids:
+            found += priorities.queue_lists(keys.service_queue(service_id))
+            found.append(keys.parked_jobs(service_id))
+        per_service = len(priorities.STEPS) + 1
+        self._scripts.depths(keys=found, args=[per_service], client=pipeline)
 
     def parked(self, service_ids: Sequence[uuid.UUID]) -> list[int]:
         """How many jobs of each service wait parked, in one round trip."""

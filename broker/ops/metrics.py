@@ -26,8 +26,8 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from broker.messaging import keys, priorities
-from broker.messaging.claims import LUA_SCRIPTS
+from broker.messaging import keys
+from broker.messaging.claims import Claims
 from broker.messaging.connections import redis_url, text
 from broker.messaging.presence import COUNT, Presence
 from broker.models.lifecycle import Status
@@ -68,19 +68,6 @@ class _RedisReading:
     refused: dict[str, int]
 
 
-_DEPTHS = (LUA_SCRIPTS / "depths.lua").read_text(encoding="utf-8")
-#: The keys ``depths.lua`` reads of each service: its priority lists, then its parked set.
-_KEYS_PER_SERVICE = len(priorities.STEPS) + 1
-
-
-def _depth_keys(service_ids: Sequence[uuid.UUID]) -> list[str]:
-    found: list[str] = []
-    for service_id in service_ids:
-        found += priorities.queue_lists(keys.service_queue(service_id))
-        found.append(keys.parked_jobs(service_id))
-    return found
-
-
 class BrokerCollector(Collector):
     """Reads SQL and Redis at each scrape; one instance per registry."""
 
@@ -94,7 +81,7 @@ class BrokerCollector(Collector):
             retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection Redis closed
         )
         self._presence = Presence(self._redis)
-        self._depths = self._redis.register_script(_DEPTHS)
+        self._claims = Claims(self._redis)
         self._errors = dict.fromkeys(SOURCES, 0)
         self._lock = threading.Lock()
 
@@ -139,7 +126,7 @@ class BrokerCollector(Collector):
             pipeline = self._redis.pipeline(transaction=False)
             ids = [service.id for service in services]
             if ids:
-                self._depths(keys=_depth_keys(ids), args=[_KEYS_PER_SERVICE], client=pipeline)
+                self._claims.queue_depths(pipeline, ids)
                 self._presence.queue(pipeline, "", COUNT, ids)
             pipeline.xlen(keys.STATE_STREAM)
             pipeline.xlen(keys.DEAD_STATE_STREAM)

@@ -279,10 +279,12 @@ job_counts.install(metadata.tables["job_counts"], metadata.tables["jobs"])
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     """Make SQLite behave like a server database for several processes."""
     cursor = dbapi_connection.cursor()
+    # First: switching to WAL takes a lock that another process starting at the
+    # same moment may hold, and only a busy timeout makes it wait for it.
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
