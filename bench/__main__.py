@@ -84,9 +84,9 @@ class Plan:
     producer_single_jobs: int = 250
     producer_bulk_jobs: int = 5_000
     #: The HTTP worker loop (``bench.http_loop``): jobs, client threads, server threads.
-    http_jobs: int = 3_000
+    http_jobs: int = 1_000
     http_clients: int = 20
-    http_threads: tuple[int, ...] = (16, 32)
+    http_threads: tuple[int, ...] = (8, 16)
 
 
 SMOKE = Plan(
