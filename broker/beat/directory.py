@@ -31,20 +31,11 @@ from broker.messaging.outbox import Publisher
 from broker.storage.tables import ServiceRow
 
 #: Services re-published each tick whether or not they changed, in turn.
-SLICE = 50
+SLICE = 20
 
-#: What a descriptor can change by (schemas never change; the id names the row).
-_MUTABLE = (
-    ServiceRow.name,
-    ServiceRow.timeout,
-    ServiceRow.worker_loss_policy,
-    ServiceRow.max_attempts,
-    ServiceRow.retries,
-    ServiceRow.retry_on,
-    ServiceRow.retry_backoff,
-    ServiceRow.held_at,
-    ServiceRow.max_running,
-)
+#: What a descriptor can change by: the service's setters (its schemas, policy
+#: and retry options are fixed at creation; the id names the row).
+_MUTABLE = (ServiceRow.name, ServiceRow.timeout, ServiceRow.held_at, ServiceRow.max_running)
 
 
 class Directory:
@@ -59,7 +50,7 @@ class Directory:
     def sync(self, session: Session, publisher: Publisher) -> list[uuid.UUID]:
         """Publish what changed (or everything, if Redis lost it); returns every service's id."""
         current = {
-            row[0]: _comparable(row[1:])
+            row[0]: tuple(row[1:])
             for row in session.execute(sa.select(ServiceRow.id, *_MUTABLE)).all()
         }
         ids = sorted(current)
@@ -81,10 +72,6 @@ class Directory:
         chosen = [i for i in (ids[start:] + ids[:start])[:SLICE] if i not in taken]
         self._cursor = start + SLICE
         return chosen
-
-
-def _comparable(values: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(tuple(value) if isinstance(value, list) else value for value in values)
 
 
 def _publish(session: Session, publisher: Publisher, ids: Sequence[uuid.UUID]) -> None:

@@ -120,6 +120,8 @@ _SETTLE = _lua("settle")
 _RENEW_HTTP = _lua("renew_http")
 # Every service's queue depth and parked jobs, for a metrics scrape, in one command.
 _DEPTHS = _lua("depths")
+# The services with a slot in use or a job parked, for beat, in one command.
+_OCCUPIED = _lua("occupied")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,7 @@ class _Scripts:
     retry: Script
     release_parked: Script
     depths: Script
+    occupied: Script
 
     @classmethod
     def of(cls, client: redis.Redis) -> _Scripts:
@@ -158,6 +161,7 @@ class _Scripts:
             retry=client.register_script(_RETRY),
             release_parked=client.register_script(_RELEASE_PARKED),
             depths=client.register_script(_DEPTHS),
+            occupied=client.register_script(_OCCUPIED),
         )
 
 
@@ -443,11 +447,13 @@ class Claims:
 
     def with_slots_in_use(self, service_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
         """Those of the services with a job running or parked, in one round trip."""
-        pipeline = self._client.pipeline(transaction=False)
-        for service_id in service_ids:
-            pipeline.exists(*keys.slots(service_id)[:2])
-        found = pipeline.execute() if service_ids else []
-        return [service_id for service_id, used in zip(service_ids, found, strict=True) if used]
+        if not service_ids:
+            return []
+        found: list[str] = []
+        for service_id in map(str, service_ids):
+            found += (keys.running_jobs(service_id), keys.parked_jobs(service_id))
+        positions = self._scripts.occupied(keys=found)
+        return [service_ids[int(position) - 1] for position in positions]
 
     def queue_depths(
         self, pipeline: redis.client.Pipeline, service_ids: Sequence[uuid.UUID]

@@ -11,7 +11,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from broker.messaging import keys, priorities
@@ -172,7 +172,8 @@ class ServiceDescriptor:
         return keys.service_queue(self.id)
 
     def to_json(self) -> str:
-        data = asdict(self)
+        # Not ``asdict``: it deep-copies both schemas, for beat's every publish.
+        data = {name: getattr(self, name) for name in _DESCRIPTOR_FIELDS}
         data["id"] = str(self.id)
         return json.dumps(data, sort_keys=True)
 
@@ -181,6 +182,9 @@ class ServiceDescriptor:
         data = json.loads(text)
         data["id"] = uuid.UUID(data["id"])
         return cls(**data)
+
+
+_DESCRIPTOR_FIELDS = [field.name for field in fields(ServiceDescriptor)]
 
 
 @dataclass(frozen=True, slots=True)
