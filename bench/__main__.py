@@ -562,6 +562,19 @@ class Run:
                 p99.values.append(found.p99_ms)
                 failed.values.append(found.failures)
             say(f"http: {label}: {fmt(rate.median)} jobs/s, p99 {fmt(p99.median)} ms")
+        jobs = max(1, plan.http_jobs // plan.http_clients)
+        note = f"{plan.http_clients} clients x {jobs} jobs, POST /services/<id>/jobs; --threads 8"
+        for one_service in (True, False):
+            where = "one service" if one_service else f"{plan.http_clients} services"
+            figure = self.figure("http", f"HTTP submits, {where}", "jobs/s", note)
+            failed = self.figure("http", f"HTTP submits failed, {where}", "requests", note)
+            for _ in range(plan.repeat):
+                found_rate, failures = http_loop.submit_rate(
+                    self.ours, plan.http_clients, jobs, one_service
+                )
+                figure.values.append(found_rate)
+                failed.values.append(failures)
+            say(f"http: submits, {where}: {fmt(figure.median)} jobs/s")
 
     # -- targets ---------------------------------------------------------------------
 
@@ -652,6 +665,12 @@ class Run:
                     f"{fmt(failed.high)} failed",
                     figure.median >= 500 and p99.median <= 100 and failed.high == 0,
                 )
+        ratio(
+            f"{plan.http_clients} HTTP clients submitting to one service ≥ 0.9 x to one each",
+            self._find("http", "HTTP submits, one service"),
+            self._find("http", f"HTTP submits, {plan.http_clients} services"),
+            0.9,
+        )
         dramatiq = self._find("enqueue", "dramatiq")
         for per_message in (plan.per_message, 1):
             ratio(

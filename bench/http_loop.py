@@ -10,7 +10,11 @@ last PATCH), each job's claim → COMPLETED answer time, and the requests that
 failed (any answer but 200, or 204 for the last claim). SQL is then checked:
 every job COMPLETED.
 
-``python -m bench.http_loop PORT SERVICE_ID CLIENTS`` is the load generator.
+``submit_rate`` is the other side: ``clients`` threads each submit ``jobs``
+jobs (``POST /services/<id>/jobs``), all to one service or each to its own.
+
+``python -m bench.http_loop PORT SERVICE_ID CLIENTS`` is the load generator
+(``python -m bench.http_loop PORT submit JOBS SERVICE_ID...`` for submits).
 """
 
 from __future__ import annotations
@@ -76,6 +80,68 @@ def measure(ours: OurStack, jobs: int, clients: int, threads: int) -> Loop:
         ours.purge()
 
 
+def submit_rate(ours: OurStack, clients: int, jobs: int, one_service: bool) -> tuple[float, int]:
+    """Jobs per second, and failed requests, of ``clients`` HTTP clients submitting."""
+    names = [f"BenchHttpSubmit{0 if one_service else index}" for index in range(clients)]
+    ids = {
+        name: ours.producer.ensure_service(
+            name, "http producers", PARAMETERS_SCHEMA, RESULTS_SCHEMA, timeout=60
+        )
+        for name in set(names)
+    }
+    ours.service_ids.update(ids)
+    ours.purge()
+    port = free_port()
+    api = ours._start("api-submit", "api", "--port", str(port), "--threads", "8")
+    try:
+        wait_until(lambda: _answers(port), 60, "topchef api to answer")
+        generator = [PYTHON, "-m", "bench.http_loop", str(port), "submit", str(jobs)]
+        generator += [str(ids[name]) for name in names]
+        done = subprocess.run(
+            generator, env=ours.env(), capture_output=True, text=True, timeout=600
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the load generator failed: {done.stderr[-2000:]}")
+        found = json.loads(done.stdout)
+        return found["submitted"] / found["seconds"], found["failures"]
+    finally:
+        api.stop()
+        ours.purge()
+
+
+def _submitter(port: int, service_id: str, jobs: int, out: list[int], failures: list[int]) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    for index in range(jobs):
+        body = json.dumps({"parameters": parameters(index)})
+        connection.request("POST", f"/services/{service_id}/jobs", body=body, headers=headers)
+        answer = connection.getresponse()
+        answer.read()
+        if answer.status == 201:
+            out.append(1)
+        else:
+            failures.append(answer.status)
+
+
+def submit(port: int, jobs: int, service_ids: list[str]) -> dict[str, object]:
+    submitted: list[int] = []
+    failures: list[int] = []
+    threads = [
+        threading.Thread(target=_submitter, args=(port, service, jobs, submitted, failures))
+        for service in service_ids
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {
+        "seconds": time.perf_counter() - started,
+        "submitted": len(submitted),
+        "failures": len(failures),
+    }
+
+
 def _answers(port: int) -> bool:
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -135,4 +201,7 @@ def generate(port: int, service_id: str, clients: int) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(generate(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))))
+    if sys.argv[2] == "submit":
+        print(json.dumps(submit(int(sys.argv[1]), int(sys.argv[3]), sys.argv[4:])))
+    else:
+        print(json.dumps(generate(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))))
