@@ -649,7 +649,9 @@ class Run:
             ratio(
                 f"{plan.producers} producers ({mode}) on one service ≥ 0.9 x on one service each",
                 self._find("producers", f"{plan.producers} producers, {mode}, one service"),
-                self._find("producers", f"{plan.producers} producers, {mode}, {plan.producers} s"),
+                self._find(
+                    "producers", f"{plan.producers} producers, {mode}, {plan.producers} services"
+                ),
                 0.9,
             )
         for figure in self.figures:

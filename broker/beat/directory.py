@@ -54,13 +54,14 @@ class Directory:
             for row in session.execute(sa.select(ServiceRow.id, *_MUTABLE)).all()
         }
         ids = sorted(current)
-        if self._client.get(keys.DIRECTORY_MARK) != self._mark.encode():
+        full = self._client.get(keys.DIRECTORY_MARK) != self._mark.encode()
+        if full:
             wanted = ids
         else:
             wanted = [i for i in ids if self._published.get(i) != current[i]]
             wanted += self._next_slice(ids, set(wanted))
         _publish(session, publisher, wanted)
-        if wanted is ids:
+        if full:
             self._client.set(keys.DIRECTORY_MARK, self._mark)
         self._published = {i: current[i] for i in ids}
         return ids

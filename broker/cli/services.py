@@ -16,46 +16,32 @@ from broker.cli.options import (
 )
 
 
-class MaxRunning(click.ParamType[int | None]):
-    """A whole number of jobs, or ``0`` / ``none`` for no limit (None)."""
+class CountOrWord(click.ParamType[int | None]):
+    """A whole number, or one of ``words`` (the first is shown in help) meaning None."""
 
-    name = "N|none"
+    def __init__(self, *words: str) -> None:
+        self.name = f"N|{words[0]}"
+        self._words = words
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> int | None:
-        if value is None or isinstance(value, int):
-            return value or None
-        if str(value).strip().lower() in ("none", "0", "unlimited"):
+        if value is None:
             return None
-        try:
-            return int(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a whole number nor 'none'", param, ctx)
-
-
-MAX_RUNNING = MaxRunning()
-
-
-class PerMessage(click.ParamType[int | None]):
-    """A whole number of jobs per message, or ``auto`` (None: chosen from run times)."""
-
-    name = "N|auto"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> int | None:
-        if value is None or isinstance(value, int):
+        if str(value).strip().lower() in self._words:
+            return None
+        if isinstance(value, int):
             return value
-        if str(value).strip().lower() == "auto":
-            return None
         try:
             return int(value)
         except ValueError:
-            self.fail(f"{value!r} is not a whole number nor 'auto'", param, ctx)
+            self.fail(f"{value!r} is not a whole number nor {self._words[0]!r}", param, ctx)
 
 
-PER_MESSAGE = PerMessage()
+#: A job limit: ``0``, ``none`` or ``unlimited`` for no limit.
+MAX_RUNNING = CountOrWord("none", "0", "unlimited")
+#: Jobs per message: ``auto`` to choose them from the service's run times.
+PER_MESSAGE = CountOrWord("auto")
 
 
 @click.group()
