@@ -165,3 +165,39 @@ def test_warm_shutdown_finishes_the_running_job_and_hands_back_the_rest(stack):
         "beat to re-queue the rest and a new worker to run them",
     )
     assert [stack.runs(tag) for tag in tags] == [1, 1, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_batched_run_that_never_heard_its_abort_keeps_its_outcome_and_the_batch_goes_on(stack):
+    """A run's end goes with the next job's claim; one that must say an abort went unheeded too."""
+    _, tags, jobs = _held_batch(stack, 3)
+    stack.producer.abort(jobs[0], "drift", by="alice@lab:1")
+    for tag in tags:
+        stack.release(tag)
+
+    assert stack.producer.wait_all(jobs, timeout=60) == [{"tag": tag} for tag in tags]
+    assert [stack.runs(tag) for tag in tags] == [1, 1, 1]
+    first = stack.job(jobs[0])
+    assert first["status"] == "COMPLETED"
+    assert "never checked for it" in first["detail"]
+    assert "alice@lab:1" in first["detail"]
+    assert all(stack.job(job)["detail"] in (None, "") for job in jobs[1:])
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_batches_on_an_exclusive_instrument_run_every_job_once_and_park_none_for_good(stack):
+    """Ending a run frees its slot before the next job of the batch claims it, in one script."""
+    stack.create_lab_services()
+    stack.producer.set_max_running(lab.SQUARE, 1)
+    stack.start_mirror()
+    jobs = stack.producer.submit_many(lab.SQUARE, [{"x": x} for x in range(12)], jobs_per_message=4)
+    stack.worker("--concurrency", "3")
+
+    assert stack.producer.wait_all(jobs, timeout=60) == [{"square": x * x} for x in range(12)]
+    assert all(stack.job(job)["attempts"] == 1 for job in jobs)
+    service = stack.job(jobs[0])["service_id"]
+    assert stack.redis.zcard(keys.parked_jobs(service)) == 0

@@ -13,7 +13,7 @@ from support import wait_for
 
 import broker
 from broker.messaging import keys
-from broker.messaging.claims import LUA_SCRIPTS, ClaimResult, Claims
+from broker.messaging.claims import LUA_SCRIPTS, ClaimResult, Claims, RunEnd
 from broker.messaging.connections import warn_unless_noeviction
 from broker.messaging.messages import StateMessage, parameters_digest
 from broker.messaging.presence import Presence
@@ -276,6 +276,53 @@ def test_http_check_ins_renew_jobs_held_over_http_and_forget_the_rest(claims):
     assert client.get(keys.lease(held)) == b"http:rig"
 
 
+def test_a_batchs_run_ends_and_its_next_job_is_claimed_in_one_step_in_that_order(claims):
+    ended, following = _registered(claims), _registered(claims)
+    assert _claim(claims, ended) is ClaimResult.CLAIMED
+
+    end = RunEnd(ended, 1, _final(ended), unless_aborted=True)
+    landed, claimed = claims.finish_then_claim(end, following, 1, "w", _working(following), DIGEST)
+
+    assert (landed.on_time, landed.abort, claimed) == (True, None, ClaimResult.CLAIMED)
+    assert claims.state(ended) == "done"
+    assert claims.state(following) == "running"
+    stream = [StateMessage.from_fields(f) for _, f in claims._client.xrange(keys.STATE_STREAM)]
+    assert [(m.job_id, m.status) for m in stream] == [
+        (ended, "WORKING"),
+        (ended, "COMPLETED"),
+        (following, "WORKING"),
+    ]
+
+
+def test_a_run_with_an_unheeded_abort_is_not_ended_and_the_next_claim_not_tried(claims):
+    ended, following = _registered(claims), _registered(claims)
+    assert _claim(claims, ended) is ClaimResult.CLAIMED
+    claims.abort(ended, "drift", "alice@lab:1")
+
+    end = RunEnd(ended, 1, _final(ended), unless_aborted=True)
+    landed, claimed = claims.finish_then_claim(end, following, 1, "w", _working(following), DIGEST)
+
+    assert landed.abort is not None
+    assert landed.abort.by == "alice@lab:1"
+    assert claimed is None
+    assert (claims.state(ended), claims.state(following)) == ("running", None)
+
+
+def test_a_next_job_refused_or_duplicated_still_lets_the_run_end(claims):
+    ended, done = _registered(claims), _registered(claims)
+    for job in (ended, done):
+        assert _claim(claims, job) is ClaimResult.CLAIMED
+    assert claims.finish(done, 1, _final(done)).on_time
+
+    end = RunEnd(ended, 1, _final(ended))
+    landed, claimed = claims.finish_then_claim(end, done, 1, "w", _working(done), DIGEST)
+    assert (landed.on_time, claimed) == (True, ClaimResult.DONE)
+    forged = uuid.uuid4()
+    landed, claimed = claims.finish_then_claim(end, forged, 1, "w", _working(forged), DIGEST)
+    assert (landed.lateness, claimed) == ("unknown", ClaimResult.UNREGISTERED)
+    assert claims.state(ended) == "done"
+
+
 def test_claims_with_another_lease_keep_the_registered_scripts(claims):
     leased = claims.leased(5)
     assert (leased.lease_ms, claims.lease_ms) == (5000, 200)
@@ -336,6 +383,15 @@ def _mismatches(source: str) -> list[str]:
     return problems
 
 
+def _called(source: str, files: dict[str, str]) -> str:
+    """A script without the other scripts it calls as functions, as they come first."""
+    while match := re.match(r"local function (\w+)\(KEYS, ARGV\)\n", source):
+        wrapped = f"{match[0]}{files[match[1] + '.lua']}\nend\n"
+        assert source.startswith(wrapped), f"{match[1]} is not wrapped whole"
+        source = source.removeprefix(wrapped)
+    return source
+
+
 def test_every_lua_file_is_loaded_by_a_script_and_every_script_by_a_file():
     claims = Claims(redis.Redis())  # registering a script talks to no server
     scripts = {
@@ -348,7 +404,9 @@ def test_every_lua_file_is_loaded_by_a_script_and_every_script_by_a_file():
     assert files, f"no scripts found in {LUA_SCRIPTS}"
     # slots.lua is no script: its functions are prepended to those that use them.
     library = files.pop("slots.lua") + "\n"
-    scripts = {name: source.removeprefix(library) for name, source in scripts.items()}
+    scripts = {
+        name: _called(source.removeprefix(library), files) for name, source in scripts.items()
+    }
     orphans = {name for name, source in files.items() if source not in scripts.values()}
     assert not orphans, f"{sorted(orphans)} are loaded by no script of Claims or Presence"
     assert {f"{name}.lua" for name in scripts} == set(files)

@@ -79,14 +79,24 @@ def _lua(name: str) -> str:
     return (LUA_SCRIPTS / f"{name}.lua").read_text(encoding="utf-8")
 
 
-def lua_with_slots(name: str) -> str:
+def lua_with_slots(name: str, calling: Sequence[str] = ()) -> str:
     """A script that starts, ends or gives back a run, with ``slots.lua``'s functions before it.
 
     A script that ends a run another way calls ``free_slot(running, parked,
     control, claim)`` with the service's ``keys.slots`` as it ends, so that the
-    next parked job of the service may start.
+    next parked job of the service may start. The scripts ``calling`` names
+    come between, each as a function its own name calls (``_as_function``).
     """
-    return _lua("slots") + "\n" + _lua(name)
+    return _lua("slots") + "\n" + "".join(map(_as_function, calling)) + _lua(name)
+
+
+def _as_function(name: str) -> str:
+    """A script's body as the Lua function ``name(KEYS, ARGV)``, for a script that calls it.
+
+    Its parameters shadow the globals the body reads, so the body runs unchanged
+    on the slices of KEYS and ARGV it is given.
+    """
+    return f"local function {name}(KEYS, ARGV)\n{_lua(name)}\nend\n"
 
 
 # One call registers a whole chunk: a command per job costs the publisher more
@@ -98,6 +108,9 @@ _CLAIM = lua_with_slots("claim")
 # A run's end, on time or late: nothing a worker measured is dropped here, the
 # SQL record decides where a late outcome belongs.
 _FINISH = lua_with_slots("finish")
+# A batch's run ends and its next job is claimed in one round trip, where two
+# would be half of what a packed no-op job costs its worker.
+_FINISH_THEN_CLAIM = lua_with_slots("finish_then_claim", calling=("finish", "claim"))
 # A cancel and a claim exclude each other only if both change the claim in one step.
 _CANCEL = _lua("cancel")
 # Beat's decision on a job whose lease may have lapsed, read and written at
@@ -135,6 +148,7 @@ class _Scripts:
     register: Script
     claim: Script
     finish: Script
+    finish_then_claim: Script
     cancel: Script
     recover: Script
     release: Script
@@ -152,6 +166,7 @@ class _Scripts:
             register=client.register_script(_REGISTER),
             claim=client.register_script(_CLAIM),
             finish=client.register_script(_FINISH),
+            finish_then_claim=client.register_script(_FINISH_THEN_CLAIM),
             cancel=client.register_script(_CANCEL),
             recover=client.register_script(_RECOVER),
             release=client.register_script(_RELEASE),
@@ -226,6 +241,17 @@ class Finish:
     @property
     def on_time(self) -> bool:
         return not self.lateness
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """A run's outcome, as ``finish`` reports it."""
+
+    job_id: uuid.UUID
+    attempt: int
+    final: StateMessage
+    #: See ``finish``: a handler that never learnt of an abort asks for it.
+    unless_aborted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,29 +335,41 @@ class Claims:
         ``parking``: the caller encodes its message only then, so the common
         path pays nothing, and calls again with it (``PARKED``).
         """
-        result = self._scripts.claim(
-            keys=[
-                keys.claim(job_id),
-                keys.lease(job_id),
-                keys.STATE_STREAM,
-                *keys.slots(working.service_id),
-                keys.parked_arrivals(working.service_id),
-            ],
-            args=[
-                attempt,
-                worker,
-                self.lease_ms,
-                working.to_fields()["m"],
-                str(working.service_id),
-                digest,
-                "1" if trusted else "0",
-                self.window_seconds,
-                parking.message if parking else "",
-                parking.queue_list if parking else "",
-                parking.priority if parking else 0,
-            ],
+        claim_keys, args = self._claim_call(
+            job_id, attempt, worker, working, digest, trusted, parking
         )
-        return ClaimResult(text(result))
+        return ClaimResult(text(self._scripts.claim(keys=claim_keys, args=args)))
+
+    def _claim_call(
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        worker: str,
+        working: StateMessage,
+        digest: str,
+        trusted: bool,
+        parking: Parking | None,
+    ) -> tuple[list[str], list[str | int | float]]:
+        """claim.lua's KEYS and ARGV, as its header names them."""
+        return [
+            keys.claim(job_id),
+            keys.lease(job_id),
+            keys.STATE_STREAM,
+            *keys.slots(working.service_id),
+            keys.parked_arrivals(working.service_id),
+        ], [
+            attempt,
+            worker,
+            self.lease_ms,
+            working.to_fields()["m"],
+            str(working.service_id),
+            digest,
+            "1" if trusted else "0",
+            self.window_seconds,
+            parking.message if parking else "",
+            parking.queue_list if parking else "",
+            parking.priority if parking else 0,
+        ]
 
     def finish(
         self, job_id: uuid.UUID, attempt: int, final: StateMessage, unless_aborted: bool = False
@@ -343,21 +381,37 @@ class Claims:
         the outcome can say it was ignored. The check costs no round trip of
         its own, where reading the request first would cost one per run.
         """
-        answer = self._scripts.finish(
-            keys=[
-                keys.claim(job_id),
-                keys.lease(job_id),
-                keys.STATE_STREAM,
-                *keys.slots(final.service_id),
-            ],
-            args=[attempt, final.to_fields()["m"], CLAIM_TTL_SECONDS, int(unless_aborted)],
+        finish_keys, args = _finish_call(job_id, attempt, final, unless_aborted)
+        return _finished(self._scripts.finish(keys=finish_keys, args=args))
+
+    def finish_then_claim(
+        self,
+        ended: RunEnd,
+        job_id: uuid.UUID,
+        attempt: int,
+        worker: str,
+        working: StateMessage,
+        digest: str,
+    ) -> tuple[Finish, ClaimResult | None]:
+        """``finish`` one run, then ``claim`` the next job for this worker, in one round trip.
+
+        A batch's worker ends each run and starts the next at once, and the two
+        round trips were most of what a short packed job cost. The claim is
+        None when the finish found an abort its run never learnt of: that run
+        has not ended (see ``finish``), so the caller reports it again and
+        then claims. A delivery that must park is ``MUST_PARK``, as from ``claim``.
+        """
+        finish_keys, finish_args = _finish_call(
+            ended.job_id, ended.attempt, ended.final, ended.unless_aborted
         )
-        if text(answer[0]) == "aborted":
-            _, at, by, reason = answer
-            return Finish("", abort=_abort_request(at, by, reason))
-        lateness, since = answer
-        since_text = text(since)
-        return Finish(text(lateness), int(since_text) if since_text else None)
+        claim_keys, claim_args = self._claim_call(
+            job_id, attempt, worker, working, digest, False, None
+        )
+        answer, claimed = self._scripts.finish_then_claim(
+            keys=finish_keys + claim_keys, args=finish_args + claim_args
+        )
+        result = text(claimed)
+        return _finished(answer), ClaimResult(result) if result else None
 
     def release(self, job_id: uuid.UUID, attempt: int, worker: str, entry: StateMessage) -> bool:
         """Give back a claim ``worker`` holds but will not run; False if it holds none."""
@@ -529,6 +583,28 @@ class Claims:
         """The claim's state, for inspection and tests."""
         value = self._client.hget(keys.claim(job_id), "state")
         return None if value is None else text(value)
+
+
+def _finish_call(
+    job_id: uuid.UUID, attempt: int, final: StateMessage, unless_aborted: bool
+) -> tuple[list[str], list[str | int | float]]:
+    """finish.lua's KEYS and ARGV, as its header names them."""
+    return [
+        keys.claim(job_id),
+        keys.lease(job_id),
+        keys.STATE_STREAM,
+        *keys.slots(final.service_id),
+    ], [attempt, final.to_fields()["m"], CLAIM_TTL_SECONDS, int(unless_aborted)]
+
+
+def _finished(answer: Sequence[object]) -> Finish:
+    """finish.lua's answer, read."""
+    if text(answer[0]) == "aborted":
+        _, at, by, reason = answer
+        return Finish("", abort=_abort_request(at, by, reason))
+    lateness, since = answer
+    since_text = text(since)
+    return Finish(text(lateness), int(since_text) if since_text else None)
 
 
 def _lease_ms(lease_seconds: float) -> int:

@@ -32,7 +32,7 @@ from broker.contract import Contract, compile_contract
 from broker.errors import DeserializationError
 from broker.messaging import keys, priorities
 from broker.messaging.batches import Batches
-from broker.messaging.claims import ClaimResult, Claims, Finish
+from broker.messaging.claims import ClaimResult, Claims, Finish, RunEnd
 from broker.messaging.connections import redis_client, text
 from broker.messaging.messages import ServiceDescriptor, StateMessage, parameters_digest
 from broker.messaging.presence import ARRIVE, LEAVE, Presence
@@ -122,6 +122,27 @@ def _served(descriptor: ServiceDescriptor, declaration: Declaration) -> ServedSe
         compile_contract(descriptor.job_registration_schema, source="job_registration_schema"),
         module,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """A job message read and checked: what its claim and its run need."""
+
+    served: ServedService
+    job: uuid.UUID
+    attempt: int
+    priority: int
+    parameters: dict[str, Any]
+    worker: str
+    #: The provenance digest of what runs the job here.
+    run: str
+    working: StateMessage
+    digest: str
+
+    @property
+    def claim_args(self) -> tuple[uuid.UUID, int, str, StateMessage, str]:
+        """``Claims.claim``'s positional arguments for this delivery."""
+        return self.job, self.attempt, self.worker, self.working, self.digest
 
 
 class WorkerRuntime:
@@ -271,13 +292,28 @@ class WorkerRuntime:
         that kept it from running: cancelled, or a duplicate); raises
         ``Refused`` for a delivery that is not registered work.
         """
+        delivery = self._delivery(job_id, service_id, parameters, attempt, priority)
+        claimed = self._claims.claim(*delivery.claim_args)
+        if (skipped := self._take(delivery, claimed)) is not None:
+            return skipped
+        final = self._execute_held(delivery)
+        return self._reported(delivery, final, self._report(delivery.job, delivery.attempt, final))
+
+    def _delivery(
+        self,
+        job_id: object,
+        service_id: object,
+        parameters: object,
+        attempt: object,
+        priority: object,
+    ) -> _Delivery:
+        """A job message's fields, read and checked against its service's contract."""
         try:
             job, service = uuid.UUID(str(job_id)), uuid.UUID(str(service_id))
             if not isinstance(parameters, dict):
                 raise ValueError("parameters must be an object")
             if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
                 raise ValueError(f"attempt must be a positive integer, got {attempt!r}")
-            number = attempt
             rank = priorities.check(priority)
         except (TypeError, ValueError, DeserializationError) as error:
             raise self.refuse("malformed", None, f"unreadable job message: {error}") from None
@@ -295,37 +331,74 @@ class WorkerRuntime:
             service,
             job,
             status=Status.WORKING.value,
-            attempt=number,
+            attempt=attempt,
             worker=worker,
             provenance=run,
         )
-        digest = parameters_digest(parameters)
-        claimed = self._claims.claim(job, number, worker, working, digest)
+        return _Delivery(
+            served,
+            job,
+            attempt,
+            rank,
+            parameters,
+            worker,
+            run,
+            working,
+            parameters_digest(parameters),
+        )
+
+    def _take(self, delivery: _Delivery, claimed: ClaimResult) -> Outcome | None:
+        """None if the delivery won its claim; else why it does not run (parked, a duplicate).
+
+        Raises ``Refused`` for a delivery whose claim says it is not registered work.
+        """
         if claimed is ClaimResult.MUST_PARK:
-            parking = self._parker.parking(served.descriptor, job, parameters, number, rank)
-            claimed = self._claims.claim(job, number, worker, working, digest, parking=parking)
+            served, job = delivery.served, delivery.job
+            parking = self._parker.parking(
+                served.descriptor, job, delivery.parameters, delivery.attempt, delivery.priority
+            )
+            claimed = self._claims.claim(*delivery.claim_args, parking=parking)
         if claimed.refused:
-            raise self.refuse(claimed.value, job, _REFUSAL_DETAIL[claimed])
+            raise self.refuse(claimed.value, delivery.job, _REFUSAL_DETAIL[claimed])
         if claimed is not ClaimResult.CLAIMED:
-            log.info("not running job %s (attempt %d): it is %s", job, number, claimed.value)
-            return Outcome(str(job), str(claimed.value))
-        self._hold(keys.lease(job), worker)
+            log.info(
+                "not running job %s (attempt %d): it is %s",
+                delivery.job,
+                delivery.attempt,
+                claimed.value,
+            )
+            return Outcome(str(delivery.job), str(claimed.value))
+        return None
+
+    def _execute_held(self, delivery: _Delivery) -> StateMessage:
+        """Run a claimed delivery's handler while this worker renews the job's lease."""
+        lease = keys.lease(delivery.job)
+        self._hold(lease, delivery.worker)
         try:
-            final = self._execute(served, job, parameters, number, worker, run)
+            return self._execute(
+                delivery.served,
+                delivery.job,
+                delivery.parameters,
+                delivery.attempt,
+                delivery.worker,
+                delivery.run,
+            )
         finally:
-            self._release(keys.lease(job))
-        landed = self._report(job, number, final)
+            self._release(lease)
+
+    def _reported(self, delivery: _Delivery, final: StateMessage, landed: Finish) -> Outcome:
+        """A reported run's outcome, as its Celery task ends."""
         if not landed.on_time:
             log.warning(
                 "job %s (attempt %d) finished after beat presumed its worker lost (%s); "
                 "its outcome is reported all the same",
-                job,
-                number,
+                delivery.job,
+                delivery.attempt,
                 landed.lateness,
             )
         if final.kind == "retry" and landed.on_time:
-            return Outcome(str(job), RETRYING, final.detail)
-        return Outcome(str(job), final.status or "", final.detail)
+            return Outcome(str(delivery.job), RETRYING, final.detail)
+        return Outcome(str(delivery.job), final.status or "", final.detail)
 
     def _provenance(self, served: ServedService) -> str:
         """The digest of what runs ``served``'s jobs in this process, reported once.
@@ -356,9 +429,7 @@ class WorkerRuntime:
         worker lost meanwhile) is reported as the ERROR it was instead.
         """
         delay = REPORT_RETRY_FIRST
-        # An ERROR or COMPLETED run never learnt of an abort (one it learnt of
-        # ends it CANCELLED): its report asks for one, to say it went unheeded.
-        unheeded = final.kind == "status" and final.status != Status.CANCELLED.value
+        unheeded = _asks_for_unheeded_abort(final)
         while True:
             try:
                 if final.kind == "retry":
@@ -412,20 +483,78 @@ class WorkerRuntime:
         lease = keys.batch_lease(batch_id)
         self._hold(lease, worker)
         outcomes: list[Outcome] = []
+        # A run whose report waits for the next job's claim, to go with it.
+        ended: tuple[_Delivery, StateMessage] | None = None
         try:
             for index, job in enumerate(jobs):
                 if self._draining.is_set():
                     log.info("shutting down: batch %s's unstarted jobs go back to beat", batch_id)
+                    outcomes += self._report_ended(ended)
+                    ended = None
                     self._batches.abandon(batch_id)
                     return outcomes + [Outcome(job_id, UNSTARTED) for job_id in job_ids[index:]]
                 try:
-                    outcomes.append(self.run(**{**job, "service_id": service_id}))
+                    delivery = self._delivery(
+                        job.get("job_id"),
+                        service_id,
+                        job.get("parameters"),
+                        job.get("attempt", 1),
+                        job.get("priority", priorities.DEFAULT),
+                    )
+                    if ended is None:
+                        claimed = self._claims.claim(*delivery.claim_args)
+                    else:
+                        claimed, reported = self._finish_then_claim(ended, delivery)
+                        ended = None
+                        outcomes.append(reported)
+                    if (skipped := self._take(delivery, claimed)) is not None:
+                        outcomes.append(skipped)
+                        continue
                 except Refused as refusal:
+                    outcomes += self._report_ended(ended)
+                    ended = None
                     outcomes.append(Outcome(job_ids[index], f"refused:{refusal.reason}"))
+                    continue
+                final = self._execute_held(delivery)
+                if final.kind == "retry":  # retry.lua, not finish.lua, ends it: alone
+                    landed = self._report(delivery.job, delivery.attempt, final)
+                    outcomes.append(self._reported(delivery, final, landed))
+                else:
+                    ended = delivery, final
+            outcomes += self._report_ended(ended)
+            ended = None
             self._batches.close(batch_id)
             return outcomes
         finally:
+            # Whatever stops the batch, a run that happened is reported.
+            self._report_ended(ended)
             self._release(lease)
+
+    def _finish_then_claim(
+        self, ended: tuple[_Delivery, StateMessage], delivery: _Delivery
+    ) -> tuple[ClaimResult, Outcome]:
+        """Report a batch's last run and claim its next job in one round trip.
+
+        Should the round trip fail, which of the two landed is unknown: the
+        caller reports the run again (``_report`` waits for Redis) and the
+        claim fails as a lone claim would. A run that finds an abort it never
+        learnt of is reported alone, the way ``_report`` says so, and the claim follows.
+        """
+        previous, final = ended
+        end = RunEnd(previous.job, previous.attempt, final, _asks_for_unheeded_abort(final))
+        landed, claimed = self._claims.finish_then_claim(end, *delivery.claim_args)
+        if claimed is None:
+            landed = self._report(previous.job, previous.attempt, final)
+            claimed = self._claims.claim(*delivery.claim_args)
+        return claimed, self._reported(previous, final, landed)
+
+    def _report_ended(self, ended: tuple[_Delivery, StateMessage] | None) -> list[Outcome]:
+        """Report a run whose report waited for a next claim that will not come."""
+        if ended is None:
+            return []
+        delivery, final = ended
+        landed = self._report(delivery.job, delivery.attempt, final)
+        return [self._reported(delivery, final, landed)]
 
     def _execute(
         self,
@@ -598,6 +727,15 @@ class WorkerRuntime:
             thread = threading.Thread(target=target, name=f"topchef-{name}", daemon=True)
             self._threads[key] = thread
             thread.start()
+
+
+def _asks_for_unheeded_abort(final: StateMessage) -> bool:
+    """Whether a run's report asks for an abort its handler never learnt of.
+
+    An ERROR or COMPLETED run never learnt of one (one it learnt of ends it
+    CANCELLED): its report asks, to say the abort went unheeded.
+    """
+    return final.kind == "status" and final.status != Status.CANCELLED.value
 
 
 def _partial(results: object) -> tuple[dict[str, Any] | None, str]:
