@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -34,7 +35,7 @@ from broker.messaging import keys, outbox
 from broker.messaging.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims, Holder
 from broker.messaging.connections import text
 from broker.messaging.messages import StateMessage
-from broker.messaging.presence import Presence
+from broker.messaging.presence import ARRIVE, Presence
 from broker.models import lifecycle
 from broker.models.moves import Move
 from broker.models.service import Service
@@ -158,25 +159,42 @@ class Dispatcher:
 
         ``timeout`` is the job's service's: the claim's lease lasts that long.
         """
+        result = self._take(session, job.id, job.service_id, timeout, worker, attempt)
+        if result is ClaimResult.CLAIMED:
+            session.expire(job)
+        return result
+
+    def _take(
+        self,
+        session: Session,
+        job_id: uuid.UUID,
+        service_id: uuid.UUID,
+        timeout: float,
+        worker: str,
+        attempt: int,
+        at: datetime | None = None,
+    ) -> ClaimResult:
+        """``claim`` by the job's id; ``at`` is the database's time, if the caller read it."""
         working = StateMessage(
             "status",
-            job.service_id,
-            job.id,
+            service_id,
+            job_id,
             status=Status.WORKING.value,
             attempt=attempt,
             worker=worker,
         )
         # Trusted: the job was read from SQL, the record of what was registered.
-        result = self._claims(timeout).claim(job.id, attempt, worker, working, trusted=True)
+        result = self._claims(timeout).claim(job_id, attempt, worker, working, trusted=True)
         if result is ClaimResult.CLAIMED:
-            self._client.sadd(keys.http_jobs(job.service_id), str(job.id))
+            pipeline = self._client.pipeline(transaction=False)
+            pipeline.sadd(keys.http_jobs(service_id), str(job_id))
             # A caller that runs the service's jobs serves it, whatever it said of availability.
-            self.presence.arrive(worker, [job.service_id], timeout)
+            self.presence.queue(pipeline, worker, ARRIVE, [service_id], timeout)
+            pipeline.execute()
             # A later attempt's row is WORKING already: the mirror records the new attempt.
             columns = {"worker": worker, "attempts": attempt}
-            move = Move(job.id, database_now(session), columns, by=worker)
+            move = Move(job_id, at or database_now(session), columns, by=worker)
             lifecycle.advance(session, Status.WORKING, [move])
-            session.expire(job)
         return result
 
     def release(self, session: Session, job: JobRow, timeout: float, worker: str) -> bool:
@@ -235,25 +253,71 @@ class Dispatcher:
         log.debug("%s waits up to %.1f s for a job of service %s", worker, wait, service_id)
         while not gone():
             with sessions() as session:
-                service = session.get(ServiceRow, service_id)
-                if service is None:
+                timeout = session.scalar(
+                    sa.select(ServiceRow.timeout).where(ServiceRow.id == service_id)
+                )
+                if timeout is None:
                     return None
-                candidates = [(row, 1) for row in self.unclaimed(session, service_id, CANDIDATES)]
-                candidates = candidates or self.requeued(session, service_id)
-                for row, attempt in candidates:
-                    claimed = self.claim(session, row, service.timeout, worker, attempt)
-                    if claimed is not ClaimResult.CLAIMED:
-                        continue
-                    if gone() and self.release(session, row, service.timeout, worker):
-                        log.info("%s hung up as it won job %s: released it", worker, row.id)
+                won = self._claim_first(session, service_id, timeout, worker)
+                if won is not None:
+                    row_id, attempt = won
+                    if gone() and self._give_back_taken(session, row_id, timeout, worker, attempt):
+                        log.info("%s hung up as it won job %s: released it", worker, row_id)
                         return None
-                    return row.id
+                    return row_id
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._closing.wait(min(interval, remaining)):
                 return None
             interval = min(MAX_POLL_INTERVAL, interval * 2)
         log.info("%s hung up while waiting for a job of service %s", worker, service_id)
         return None
+
+    def _claim_first(
+        self, session: Session, service_id: uuid.UUID, timeout: float, worker: str
+    ) -> tuple[uuid.UUID, int] | None:
+        """Claim the first of the service's due REGISTERED jobs that nobody holds, oldest first.
+
+        Each candidate's claim is its own check: one round trip for the job an
+        uncontended caller takes, where reading every candidate's claim first
+        cost one for all and one more for the take. A service that may not start
+        a job now (held, or at its ``max_running``) defers them all alike.
+        Then jobs whose worker was lost and that beat handed back.
+        """
+        now = database_now(session)
+        # A job held until a time is no one's before it (nor a retry before its backoff).
+        due = sa.or_(JobRow.not_before.is_(None), JobRow.not_before <= now)
+        order = (JobRow.date_submitted, JobRow.id)
+        query = (
+            sa.select(*order)
+            .where(JobRow.service_id == service_id, JobRow.status == Status.REGISTERED.value, due)
+            .order_by(*order)
+            .limit(CANDIDATES)
+        )
+        page = session.execute(query).all()
+        while page:
+            for _submitted, job_id in page:
+                claimed = self._take(session, job_id, service_id, timeout, worker, 1, now)
+                if claimed is ClaimResult.CLAIMED:
+                    return job_id, 1
+                if claimed is ClaimResult.DEFERRED:
+                    return None
+            if len(page) < CANDIDATES:
+                break
+            after = sa.tuple_(*order) > sa.tuple_(*page[-1])
+            page = session.execute(query.where(after)).all()
+        for row, attempt in self.requeued(session, service_id):
+            if self._take(session, row.id, service_id, timeout, worker, attempt, now) is (
+                ClaimResult.CLAIMED
+            ):
+                return row.id, attempt
+        return None
+
+    def _give_back_taken(
+        self, session: Session, job_id: uuid.UUID, timeout: float, worker: str, attempt: int
+    ) -> bool:
+        """``release`` a job just claimed in ``session`` (only a first attempt goes back)."""
+        row = session.get(JobRow, job_id)
+        return attempt == 1 and row is not None and self.release(session, row, timeout, worker)
 
     # -- running and finishing -------------------------------------------------
 
