@@ -240,24 +240,27 @@ class Dispatcher:
         worker: str,
         wait: float,
         gone: Callable[[], bool] = lambda: False,
+        timeout: float | None = None,
     ) -> uuid.UUID | None:
         """Claim the oldest unclaimed job of the service, waiting up to ``wait`` s for one.
 
         Jobs never started come first; then jobs whose worker was lost and that
         the service's ``requeue`` policy runs again. A caller that has gone
         (``gone``: it closed its connection while waiting) takes nothing, and
-        a job it won just as it went is released again.
+        a job it won just as it went is released again. ``timeout`` is the
+        service's, if the caller has just read it; a wait reads it again.
         """
         deadline = time.monotonic() + min(wait, MAX_WAIT)
         interval = 0.02
         log.debug("%s waits up to %.1f s for a job of service %s", worker, wait, service_id)
         while not gone():
             with sessions() as session:
-                timeout = session.scalar(
-                    sa.select(ServiceRow.timeout).where(ServiceRow.id == service_id)
-                )
                 if timeout is None:
-                    return None
+                    timeout = session.scalar(
+                        sa.select(ServiceRow.timeout).where(ServiceRow.id == service_id)
+                    )
+                    if timeout is None:
+                        return None
                 won = self._claim_first(session, service_id, timeout, worker)
                 if won is not None:
                     row_id, attempt = won
@@ -269,6 +272,7 @@ class Dispatcher:
             if remaining <= 0 or self._closing.wait(min(interval, remaining)):
                 return None
             interval = min(MAX_POLL_INTERVAL, interval * 2)
+            timeout = None  # the service may have changed, or gone, meanwhile
         log.info("%s hung up while waiting for a job of service %s", worker, service_id)
         return None
 

@@ -158,11 +158,15 @@ def claim_job(service_id: str) -> Response:
     with shared.reading() as session:
         service = find_service(session, service_id)
         key, timeout = service.id, service.timeout
-    # A caller waiting for the service's jobs serves it, though none may come.
-    shared.dispatcher.presence.arrive(worker, [key], timeout)
+    # A caller waiting for the service's jobs serves it, though none may come
+    # (one that wins a job is counted with its claim).
+    if wait > 0:
+        shared.dispatcher.presence.arrive(worker, [key], timeout)
     gone = caller_gone()
-    claimed = shared.dispatcher.claim_next(shared.writing, key, worker, wait, gone)
+    claimed = shared.dispatcher.claim_next(shared.writing, key, worker, wait, gone, timeout)
     if claimed is None:
+        if wait <= 0:
+            shared.dispatcher.presence.arrive(worker, [key], timeout)
         return no_content()
     with shared.reading() as session:
         row = session.get(JobRow, claimed)
