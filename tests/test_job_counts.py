@@ -7,7 +7,6 @@ the ``job_counts`` table, and a ``COUNT(*)`` grouped by service.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -20,7 +19,15 @@ from broker.models.job import Job
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
 from broker.producer.submission import add_jobs
-from broker.storage.tables import JobCountRow, JobRow, ServiceRow, database_now, open_session
+from broker.storage import job_counts
+from broker.storage.tables import (
+    JobCountRow,
+    JobRow,
+    ServiceRow,
+    database_now,
+    engine_for,
+    open_session,
+)
 
 Status = Job.JobStatus
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
@@ -36,9 +43,11 @@ def make_service(session: Session, name: str) -> Service:
 
 
 def kept(session: Session) -> dict[uuid.UUID, int]:
-    """The counts the triggers keep, by service."""
-    rows = session.execute(sa.select(JobCountRow.service_id, JobCountRow.jobs)).all()
-    return {service_id: jobs for service_id, jobs in rows}
+    """The counts the triggers keep, by service: the sum of its rows."""
+    query = sa.select(JobCountRow.service_id, sa.func.sum(JobCountRow.jobs)).group_by(
+        JobCountRow.service_id
+    )
+    return {service_id: int(jobs) for service_id, jobs in session.execute(query).all()}
 
 
 def counted(session: Session) -> dict[uuid.UUID, int]:
@@ -209,37 +218,28 @@ def test_truncating_the_jobs_clears_the_counts(session, database_url):
 # -- concurrency (PostgreSQL) ---------------------------------------------------------
 
 
-def _submit(database_url: str, service_id: uuid.UUID, count: int, pid: list[int]) -> None:
-    """Insert ``count`` jobs in a transaction of its own, then commit."""
-    with open_session(database_url) as session:
-        pid.append(session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
-        service = ServiceList(session)[service_id]
-        add_jobs(session, service, database_now(session), [{"a": a} for a in range(count)])
-        session.commit()
+def _backend_of_another_slot(database_url: str, taken: int) -> tuple[sa.Connection, list]:
+    """A connection whose backend adds to another count row than backend ``taken``'s.
 
-
-def _wait_until_blocked(session: Session, pid: list[int]) -> None:
-    """Return once backend ``pid[0]`` waits for a lock (fail after 10 s)."""
-    deadline = time.monotonic() + 10
-    query = sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid")
-    while time.monotonic() < deadline:
-        if pid and session.execute(query, {"pid": pid[0]}).scalar() == "Lock":
-            return
-        time.sleep(0.01)
-    pytest.fail(f"the second producer never waited for the count row (backend {pid})")
+    Returns it with the connections tried before it, for the caller to close.
+    """
+    engine, tried = engine_for(database_url), []
+    while len(tried) < 4 * job_counts.SLOTS:
+        connection = engine.connect()
+        pid = connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        if pid % job_counts.SLOTS != taken % job_counts.SLOTS:
+            return connection, tried
+        tried.append(connection)
+    pytest.fail("every backend tried shares one count row")
 
 
 @POSTGRES_ONLY
 @pytest.mark.parametrize("first_commits", [True, False], ids=["commit", "rollback"])
 @pytest.mark.parametrize("first_jobs", [True, False], ids=["no-row-yet", "row-exists"])
-def test_a_second_producer_waits_for_the_first_and_both_count(
+def test_a_second_producer_of_one_service_does_not_wait_for_the_first_and_both_count(
     session, database_url, first_commits, first_jobs
 ):
-    """The count row's lock serialises two producers of one service until the first ends.
-
-    With no row yet both upsert it: the second waits on the first's insertion,
-    then adds to it, or inserts it itself if the first rolled back.
-    """
+    """Two producers of one service add to two of its count rows, each locking its own."""
     with open_session(database_url) as setup:
         oven = make_service(setup, "oven")
         if not first_jobs:
@@ -249,17 +249,22 @@ def test_a_second_producer_waits_for_the_first_and_both_count(
     first = ServiceList(session)[oven_id]
     add_jobs(session, first, database_now(session), [{"a": 1}] * 10)
     session.flush()
-    pid: list[int] = []
-    with ThreadPoolExecutor(1) as pool:
-        second = pool.submit(_submit, database_url, oven_id, 5, pid)
-        with open_session(database_url) as watcher:
-            _wait_until_blocked(watcher, pid)
-        assert not second.done()
-        if first_commits:
-            session.commit()
-        else:
-            session.rollback()
-        second.result(timeout=30)
+    taken = session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    connection, tried = _backend_of_another_slot(database_url, taken)
+    try:
+        with Session(bind=connection) as second:
+            connection.execute(sa.text("SET lock_timeout = '5s'"))  # a wait fails, not hangs
+            service = ServiceList(second)[oven_id]
+            add_jobs(second, service, database_now(second), [{"a": a} for a in range(5)])
+            second.commit()
+        connection.commit()  # while the first is open: it never waited for it
+    finally:
+        for other in [connection, *tried]:
+            other.close()
+    if first_commits:
+        session.commit()
+    else:
+        session.rollback()
     expected = before + 5 + (10 if first_commits else 0)
     assert_exact_elsewhere(database_url, {oven_id: expected})
 

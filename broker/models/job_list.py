@@ -64,9 +64,11 @@ class JobList(JobListInterface):
             yield job
 
     def __len__(self) -> int:
-        """One row's read for a whole service; a ``COUNT`` of the matching rows otherwise."""
+        """A few rows' sum for a whole service; a ``COUNT`` of the matching rows otherwise."""
         if self._whole_service is not None:
-            kept = sa.select(JobCountRow.jobs).where(JobCountRow.service_id == self._whole_service)
+            kept = sa.select(sa.func.sum(JobCountRow.jobs)).where(
+                JobCountRow.service_id == self._whole_service
+            )
             return int(self._session.scalar(kept) or 0)  # no row yet: no jobs yet
         query = sa.select(sa.func.count()).select_from(JobRow).where(*self._criteria)
         return int(self._session.scalar(query) or 0)

@@ -270,6 +270,8 @@ class JobCountRow(Base):
     service_id: Mapped[uuid.UUID] = mapped_column(
         sa.Uuid, sa.ForeignKey("services.id", ondelete="CASCADE"), primary_key=True
     )
+    #: Which of the service's rows (``job_counts.SLOTS``): ``len`` sums them.
+    slot: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True, server_default="0")
     jobs: Mapped[int] = mapped_column(sa.BigInteger)
 
 
