@@ -15,7 +15,6 @@ to the directory: it waits for them and starts serving each as it appears
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import threading
@@ -28,7 +27,6 @@ from typing import Any
 import redis
 
 from broker import actors
-from broker.contract import Contract, compile_contract
 from broker.errors import DeserializationError
 from broker.messaging import keys, priorities
 from broker.messaging.batches import Batches
@@ -38,28 +36,20 @@ from broker.messaging.messages import ServiceDescriptor, StateMessage, parameter
 from broker.messaging.presence import ARRIVE, LEAVE, Presence
 from broker.models.interfaces.job import Job
 from broker.settings import Settings
-from broker.worker import provenance
+from broker.worker import provenance, runs
 from broker.worker.controls import (
     RunAbortWatch,
-    abort_detail,
     aborted_signal,
-    asks_for_retry,
-    judge_retry,
     unheeded_abort,
 )
 from broker.worker.handlers import (
-    Aborted,
     Declaration,
-    Handler,
     handles,
     progress,
-    reporting_to,
-    stop_reporting,
-    stop_watching,
-    watching,
 )
 from broker.worker.outcomes import RETRYING, UNSTARTED, Outcome
 from broker.worker.parking import Parker
+from broker.worker.runs import ServedService
 
 __all__ = [
     "Refused",
@@ -98,30 +88,6 @@ class Refused(Exception):
         super().__init__(f"refused ({reason}): {detail}")
         self.reason = reason
         self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class ServedService:
-    """A service this worker serves: what the directory says of it, and its handler."""
-
-    descriptor: ServiceDescriptor
-    handler: Handler
-    results: Contract
-    parameters: Contract
-    #: The handler's module, whose code version the jobs' provenance records.
-    module: str
-
-
-def _served(descriptor: ServiceDescriptor, declaration: Declaration) -> ServedService:
-    module = declaration.function.__module__
-    provenance.code_version(module)  # read now, once: a prefork child inherits it
-    return ServedService(
-        descriptor,
-        declaration.function,
-        compile_contract(descriptor.job_result_schema, source="job_result_schema"),
-        compile_contract(descriptor.job_registration_schema, source="job_registration_schema"),
-        module,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +220,7 @@ class WorkerRuntime:
             return []
 
     def _serve(self, descriptor: ServiceDescriptor, declaration: Declaration) -> ServedService:
-        served = _served(descriptor, declaration)
+        served = runs.serving(descriptor, declaration)
         with self._services_lock:
             self._services[descriptor.id] = served
         return served
@@ -375,13 +341,15 @@ class WorkerRuntime:
         lease = keys.lease(delivery.job)
         self._hold(lease, delivery.worker)
         try:
-            return self._execute(
+            return runs.execute(
                 delivery.served,
                 delivery.job,
                 delivery.parameters,
                 delivery.attempt,
                 delivery.worker,
                 delivery.run,
+                RunAbortWatch(self._claims, delivery.job),
+                self._progress_reporter(delivery.served.descriptor.id, delivery.job),
             )
         finally:
             self._release(lease)
@@ -556,76 +524,6 @@ class WorkerRuntime:
         landed = self._report(delivery.job, delivery.attempt, final)
         return [self._reported(delivery, final, landed)]
 
-    def _execute(
-        self,
-        served: ServedService,
-        job: uuid.UUID,
-        parameters: dict[str, Any],
-        attempt: int,
-        worker: str,
-        run: str,
-    ) -> StateMessage:
-        service = served.descriptor.id
-
-        def outcome(status: Status, **fields: Any) -> StateMessage:
-            return StateMessage(
-                "status",
-                service,
-                job,
-                status.value,
-                attempt=attempt,
-                worker=worker,
-                provenance=run,
-                **fields,
-            )
-
-        def aborted(abort: Aborted, results: object = None, note: str = "") -> StateMessage:
-            kept, dropped = _partial(results)
-            detail = abort_detail(abort) + note + dropped
-            log.info("job %s was aborted while running: %s", job, detail)
-            return outcome(Status.CANCELLED, results=kept, detail=detail, extra={"aborted": True})
-
-        watch = RunAbortWatch(self._claims, job)
-        token = reporting_to(self._progress_reporter(service, job))
-        watch_token = watching(watch)
-        try:
-            results = served.handler(parameters)
-        except Aborted as abort:  # the handler let the abort end its run
-            return aborted(watch.seen or abort)
-        except Exception as error:  # the handler's failure is the job's outcome
-            log.info("job %s raised %s", job, error, exc_info=True)
-            described = f"{type(error).__name__}: {error}"
-            if watch.seen is not None:
-                return aborted(watch.seen, note=f"; the handler then raised {described}")
-            if not asks_for_retry(served.descriptor, error):
-                return outcome(Status.ERROR, detail=described)
-            verdict = judge_retry(served.descriptor, error, attempt)
-            if verdict.after is None:
-                return outcome(Status.ERROR, detail=verdict.detail)
-            if (unseen := watch.unseen()) is not None:  # an abort asked meanwhile wins
-                return aborted(unseen, note=f"; the handler had asked for a retry ({described})")
-            return StateMessage(
-                "retry",
-                service,
-                job,
-                detail=verdict.detail,
-                attempt=attempt,
-                worker=worker,
-                extra={"after": verdict.after},
-            )
-        finally:
-            stop_watching(watch_token)
-            stop_reporting(token)
-        if watch.seen is not None:  # the handler caught the abort and returned
-            return aborted(watch.seen, results)
-        # A handler that never looked ran to its end: that is what happened
-        # (``_report`` adds that an abort was asked meanwhile, if one was).
-        try:
-            served.results.validate(results, source="results")
-        except DeserializationError as violation:
-            return outcome(Status.ERROR, detail=f"invalid results: {violation.detail}")
-        return outcome(Status.COMPLETED, results=results)
-
     def _progress_reporter(self, service: uuid.UUID, job: uuid.UUID) -> Any:
         last_sent = 0.0
 
@@ -736,23 +634,6 @@ def _asks_for_unheeded_abort(final: StateMessage) -> bool:
     CANCELLED): its report asks, to say the abort went unheeded.
     """
     return final.kind == "status" and final.status != Status.CANCELLED.value
-
-
-def _partial(results: object) -> tuple[dict[str, Any] | None, str]:
-    """An aborted run's partial results, if they are a JSON object; else none, and why.
-
-    Partial results may be incomplete, so they are not held to the result
-    schema; but only JSON is ever stored.
-    """
-    if results is None:
-        return None, ""
-    if not isinstance(results, dict):
-        return None, f"; its results were dropped: not a JSON object ({type(results).__name__})"
-    try:
-        json.dumps(results, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        return None, f"; its results were dropped: not JSON ({error})"
-    return results, ""
 
 
 _REFUSAL_DETAIL: Mapping[ClaimResult, str] = {
