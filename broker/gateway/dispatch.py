@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,8 @@ MAX_WAIT = 60.0
 MAX_POLL_INTERVAL = 0.5
 #: REGISTERED jobs read per SQL round trip when looking for an unclaimed one.
 CANDIDATES = 50
+#: The order jobs are handed out and shown in: by submission, ties by id.
+_OLDEST_FIRST = (JobRow.date_submitted, JobRow.id)
 #: Jobs whose leases one script call renews.
 RENEW_CHUNK = 500
 
@@ -85,28 +87,19 @@ class Dispatcher:
         SQL may still say REGISTERED of a job a Celery worker has just claimed
         (the mirror has not caught up); the claims in Redis say otherwise.
         """
-        found: list[JobRow] = []
-        order = (JobRow.date_submitted, JobRow.id)
-        # A job held until a time is no one's before it (nor a retry before its backoff).
-        due = sa.or_(JobRow.not_before.is_(None), JobRow.not_before <= database_now(session))
-        query = (
-            sa.select(JobRow)
-            .where(JobRow.service_id == service_id, JobRow.status == Status.REGISTERED.value, due)
-            .order_by(*order)
-            .limit(CANDIDATES)
+        found: list[uuid.UUID] = []
+        for page in _due_registered(session, service_id, database_now(session)):
+            free = self._base.unclaimed(page)
+            found += [job_id for job_id in page if job_id in free]
+            if len(found) >= limit:
+                break
+        if not found:
+            return []
+        return list(
+            session.scalars(
+                sa.select(JobRow).where(JobRow.id.in_(found[:limit])).order_by(*_OLDEST_FIRST)
+            ).all()
         )
-        after: tuple[Any, Any] | None = None
-        while len(found) < limit:
-            page = query if after is None else query.where(sa.tuple_(*order) > sa.tuple_(*after))
-            rows = session.scalars(page).all()
-            if not rows:
-                break
-            free = self._base.unclaimed([row.id for row in rows])
-            found.extend(row for row in rows if row.id in free)
-            if len(rows) < CANDIDATES:
-                break
-            after = (rows[-1].date_submitted, rows[-1].id)
-        return found[:limit]
 
     def holding(self, session: Session, service_id: uuid.UUID, worker: str) -> list[JobRow]:
         """The service's jobs this caller holds over HTTP and runs still, oldest first.
@@ -130,7 +123,7 @@ class Dispatcher:
             session.scalars(
                 sa.select(JobRow)
                 .where(JobRow.id.in_(mine), JobRow.status == Status.WORKING.value)
-                .order_by(JobRow.date_submitted, JobRow.id)
+                .order_by(*_OLDEST_FIRST)
             ).all()
         )
 
@@ -142,7 +135,7 @@ class Dispatcher:
         rows = session.scalars(
             sa.select(JobRow)
             .where(JobRow.service_id == service_id, JobRow.status == Status.WORKING.value)
-            .order_by(JobRow.date_submitted, JobRow.id)
+            .order_by(*_OLDEST_FIRST)
             .limit(CANDIDATES)
         ).all()
         holders = self._base.holders([row.id for row in rows])
@@ -288,31 +281,16 @@ class Dispatcher:
         Then jobs whose worker was lost and that beat handed back.
         """
         now = database_now(session)
-        # A job held until a time is no one's before it (nor a retry before its backoff).
-        due = sa.or_(JobRow.not_before.is_(None), JobRow.not_before <= now)
-        order = (JobRow.date_submitted, JobRow.id)
-        query = (
-            sa.select(*order)
-            .where(JobRow.service_id == service_id, JobRow.status == Status.REGISTERED.value, due)
-            .order_by(*order)
-            .limit(CANDIDATES)
-        )
-        page = session.execute(query).all()
-        while page:
-            for _submitted, job_id in page:
+        for page in _due_registered(session, service_id, now):
+            for job_id in page:
                 claimed = self._take(session, job_id, service_id, timeout, worker, 1, now)
                 if claimed is ClaimResult.CLAIMED:
                     return job_id, 1
                 if claimed is ClaimResult.DEFERRED:
                     return None
-            if len(page) < CANDIDATES:
-                break
-            after = sa.tuple_(*order) > sa.tuple_(*page[-1])
-            page = session.execute(query.where(after)).all()
         for row, attempt in self.requeued(session, service_id):
-            if self._take(session, row.id, service_id, timeout, worker, attempt, now) is (
-                ClaimResult.CLAIMED
-            ):
+            claimed = self._take(session, row.id, service_id, timeout, worker, attempt, now)
+            if claimed is ClaimResult.CLAIMED:
                 return row.id, attempt
         return None
 
@@ -402,6 +380,31 @@ class Dispatcher:
             else sorted(_text(member) or "" for member in self._client.smembers(held_key))
         )
         self._claims(timeout).renew_http(service_id, members, RENEW_CHUNK)
+
+
+def _due_registered(
+    session: Session, service_id: uuid.UUID, now: datetime
+) -> Iterator[list[uuid.UUID]]:
+    """The ids of the service's REGISTERED jobs that are due at ``now``, oldest first.
+
+    In pages of ``CANDIDATES``, each read when the caller asks for it (keyset
+    paging): a caller that finds its job in the first page reads no other.
+    """
+    # A job held until a time is no one's before it (nor a retry before its backoff).
+    due = sa.or_(JobRow.not_before.is_(None), JobRow.not_before <= now)
+    query = (
+        sa.select(*_OLDEST_FIRST)
+        .where(JobRow.service_id == service_id, JobRow.status == Status.REGISTERED.value, due)
+        .order_by(*_OLDEST_FIRST)
+        .limit(CANDIDATES)
+    )
+    page = session.execute(query).all()
+    while page:
+        yield [job_id for _submitted, job_id in page]
+        if len(page) < CANDIDATES:
+            return
+        after = sa.tuple_(*_OLDEST_FIRST) > sa.tuple_(*page[-1])
+        page = session.execute(query.where(after)).all()
 
 
 def _text(value: object) -> str | None:

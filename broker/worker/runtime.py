@@ -262,8 +262,7 @@ class WorkerRuntime:
         claimed = self._claims.claim(*delivery.claim_args)
         if (skipped := self._take(delivery, claimed)) is not None:
             return skipped
-        final = self._execute_held(delivery)
-        return self._reported(delivery, final, self._report(delivery.job, delivery.attempt, final))
+        return self._end(delivery, self._execute_held(delivery))
 
     def _delivery(
         self,
@@ -485,8 +484,7 @@ class WorkerRuntime:
                     continue
                 final = self._execute_held(delivery)
                 if final.kind == "retry":  # retry.lua, not finish.lua, ends it: alone
-                    landed = self._report(delivery.job, delivery.attempt, final)
-                    outcomes.append(self._reported(delivery, final, landed))
+                    outcomes.append(self._end(delivery, final))
                 else:
                     ended = delivery, final
             outcomes += self._report_ended(ended)
@@ -518,11 +516,11 @@ class WorkerRuntime:
 
     def _report_ended(self, ended: tuple[_Delivery, StateMessage] | None) -> list[Outcome]:
         """Report a run whose report waited for a next claim that will not come."""
-        if ended is None:
-            return []
-        delivery, final = ended
-        landed = self._report(delivery.job, delivery.attempt, final)
-        return [self._reported(delivery, final, landed)]
+        return [] if ended is None else [self._end(*ended)]
+
+    def _end(self, delivery: _Delivery, final: StateMessage) -> Outcome:
+        """Report a run's outcome on its own (``_report``); return it as its task ends."""
+        return self._reported(delivery, final, self._report(delivery.job, delivery.attempt, final))
 
     def _progress_reporter(self, service: uuid.UUID, job: uuid.UUID) -> Any:
         last_sent = 0.0
