@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import click
@@ -46,9 +45,9 @@ def jobs() -> None:
 @click.option(
     "--not-before",
     "not_before",
-    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]),
     default=None,
-    help="Hold the job until this time, with its zone (e.g. 2026-12-24T08:00:00Z).",
+    help="Hold the job until this time, with its zone (ISO 8601, e.g. 2026-12-24T08:00Z), "
+    "or for this long from now (+30s, +10m, +2h, +1d).",
 )
 @click.option(
     "--priority",
@@ -63,7 +62,7 @@ def jobs_submit(
     parameters: str,
     wait_seconds: float | None,
     per_message: int | None,
-    not_before: datetime | None,
+    not_before: str | None,
     priority: int,
 ) -> None:
     """Submit a job to SERVICE (by name) with PARAMETERS (JSON, or @file.json).
@@ -72,9 +71,11 @@ def jobs_submit(
     (a sweep), and prints one id per line; with --wait, every job's outcome
     follows, then a summary, and the exit is non-zero unless all completed.
     """
+    from broker.contract import times
     from broker.producer import Producer
 
     value = json_argument(parameters, "parameters")
+    when = None if not_before is None else times.parse_when(not_before, "--not-before")
     if isinstance(value, list) and not value:
         raise DeserializationError("parameters", "an empty list submits no job")
     if per_message is not None and not isinstance(value, list):
@@ -82,14 +83,12 @@ def jobs_submit(
             "--per-message applies to a sweep (a JSON list of parameter sets), not to one job"
         )
     producer = Producer(database_settings(broker=True))
-    sweep = value if isinstance(value, list) else [value]
-    job_ids = producer.submit_many(
-        service,
-        sweep,
-        jobs_per_message=per_message,
-        not_before=not_before,
-        priority=priority,
-    )
+    if isinstance(value, list):  # a sweep: an error names its point, parameters[3].x
+        job_ids = producer.submit_many(
+            service, value, jobs_per_message=per_message, not_before=when, priority=priority
+        )
+    else:
+        job_ids = [producer.submit(service, value, not_before=when, priority=priority)]
     for job_id in job_ids:
         click.echo(str(job_id))
     if wait_seconds is None:
