@@ -11,9 +11,9 @@ names where the value is (``results.spectrum[3]``) and what to give instead.
 NumPy arrays and numbers are what a lab's handlers compute with, so they are
 taken, as the plain JSON they stand for: an array as nested lists
 (``ndarray.tolist``), a NumPy number as a Python one (``.item()``). NumPy is
-never imported for that unless a value's type comes from it, so it stays no
-dependency. JSON has no NaN and no infinity, so one in an array is refused,
-naming its index, like a Python ``float('nan')``: a missing point is ``None``.
+never imported for that (``_numpy_size``), so it stays no dependency. JSON has
+no NaN and no infinity, so one in an array is refused, naming its index, like a
+Python ``float('nan')``: a missing point is ``None``.
 
 Serializing a value costs more than validating it, so the walk keeps an upper
 bound of the length of its compact JSON text instead, and serializes only a value
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -191,7 +192,7 @@ def _walk(value: object) -> _Walk:
                     upper += 6 * len(child) + 2
             elif kind is float:
                 if child - child != 0.0:  # NaN or an infinity, without a call
-                    raise _Refusal(child, _NOT_A_NUMBER.format(child))
+                    raise _Refusal(child, _NOT_A_NUMBER.format(repr(child)))
                 if not whole and child % 1.0 == 0.0:
                     whole = True
                 lower += 1
@@ -221,7 +222,7 @@ def _scalar(item: Any, kind: type) -> tuple[int, int]:
         return len(item) + 2, _string_size(item, item, "strings")
     if kind is float:
         if not math.isfinite(item):
-            raise _Refusal(item, _NOT_A_NUMBER.format(item))
+            raise _Refusal(item, _NOT_A_NUMBER.format(float.__repr__(item)))
         return 1, _MAX_FLOAT_CHARS
     if kind is int:
         bits = item.bit_length()
@@ -247,7 +248,7 @@ def _string_size(text: str, item: object, what: str) -> int:
 
 
 _NOT_A_NUMBER = (
-    "{!r} is not a JSON number: JSON has no NaN or infinity; give None for a missing value"
+    "{} is not a JSON number: JSON has no NaN or infinity; give None for a missing value"
 )
 
 #: What to give instead of a value of a type JSON does not have, by the type's name.
@@ -276,14 +277,13 @@ def _not_json(item: object) -> str:
 def _numpy_size(item: object) -> int | None:
     """How many numbers a NumPy array or scalar holds; None if ``item`` is not NumPy's.
 
-    NumPy is imported only here, and only for a value whose type it made, so it
-    is already loaded: the check costs nothing to a lab that does not use it.
+    NumPy is never imported here: a NumPy value exists only once NumPy is
+    loaded, so it is looked up among the loaded modules, and a lab that does
+    not use it pays one dictionary lookup for a value that is not JSON.
     """
-    module = type(item).__module__
-    if module != "numpy" and not module.startswith("numpy."):
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
         return None
-    import numpy
-
     if isinstance(item, numpy.ndarray):
         return int(item.size)
     if isinstance(item, numpy.generic):
