@@ -434,3 +434,24 @@ def test_past_results_are_read_from_python_after_topchef_up_stopped(tmp_path):
     assert (results, last) == ("{'message': 'kept'}", "COMPLETED")
     assert refusal.startswith("Configuration error: this call needs the message broker: ")
     assert f"the TopChef stack in {tmp_path} is not running" in refusal
+
+
+@pytest.mark.redis
+def test_an_unconfigured_producer_finds_a_stack_that_started_after_it(
+    tmp_path, monkeypatch, redis_url
+):
+    from broker.settings import DATABASE_FILE, STATE_DIR, URL_FILE
+    from broker.storage.tables import create_schema
+
+    for name in ("TOPCHEF_BROKER_URL", "TOPCHEF_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    create_schema(f"sqlite:///{tmp_path / DATABASE_FILE}")  # a stack that ran here, and stopped
+    (tmp_path / STATE_DIR).mkdir()
+    producer = Producer()
+    with pytest.raises(ConfigurationError, match=f"the TopChef stack in {tmp_path} is not running"):
+        producer.create_service("Oven", "", {"type": "object"}, {"type": "object"})
+    (tmp_path / STATE_DIR / URL_FILE).write_text(redis_url + "\n")  # and now it runs again
+    producer.create_service("Oven", "", {"type": "object"}, {"type": "object"})
+    job = producer.submit("Oven", {"tray": 1})
+    assert producer.job(str(job))["status"] == "REGISTERED"

@@ -6,6 +6,7 @@ producer program needs one import line.
 """
 
 from broker.errors import (
+    ConfigurationError,
     DeserializationError,
     DuplicateServiceNameError,
     InvalidTransitionError,
@@ -13,6 +14,7 @@ from broker.errors import (
     JobFailedError,
     JobNotAbortableError,
     JobWithUUIDNotFound,
+    NotUUIDError,
     ServiceSchemaMismatchError,
     ServiceWithNameNotFound,
     TopChefError,
@@ -21,6 +23,7 @@ from broker.errors import (
 from broker.producer.client import Producer
 
 __all__ = [
+    "ConfigurationError",
     "DeserializationError",
     "DuplicateServiceNameError",
     "InvalidTransitionError",
@@ -28,6 +31,7 @@ __all__ = [
     "JobFailedError",
     "JobNotAbortableError",
     "JobWithUUIDNotFound",
+    "NotUUIDError",
     "Producer",
     "ServiceSchemaMismatchError",
     "ServiceWithNameNotFound",

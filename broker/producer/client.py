@@ -74,6 +74,8 @@ class Producer:
         self.reader = Reader(self.settings.database_url)
         self._app = app
         self._destinations: dict[str, submission.Destination] = {}
+        if self.settings.broker_url:  # known: made now, so threads sharing it never make two
+            _ = (self.publisher, self._claims)
 
     # -- the message broker, met when first needed ----------------------------------
 
@@ -385,7 +387,7 @@ class Producer:
         cancelled already (cancelling is idempotent, but a user wants to know).
         """
         job_id = as_uuid(job_id)
-        claims = self._claims
+        claims = self._claims  # a stopped stack is said before anything is read
         with open_session(self.settings.database_url) as session, session.begin():
             row = session.get(JobRow, job_id)
             if row is None:
@@ -414,7 +416,7 @@ class Producer:
         (the gateway's caller); a Python or CLI caller is ``user@host:pid``.
         """
         job_id, who = as_uuid(job_id), by or actors.person()
-        claims = self._claims
+        claims = self._claims  # a stopped stack is said before anything is read
         status = Status(self.reader.job(job_id)["status"])
         if status is Status.REGISTERED:
             cause = f": {reason}" if reason else ""
