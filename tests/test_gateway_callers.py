@@ -53,7 +53,7 @@ def test_a_job_won_just_as_its_claimer_hung_up_is_given_back(gateway, stack):
     queue = priorities.queue_list(keys.service_queue(uuid.UUID(service)), priorities.DEFAULT)
     queued = stack.redis.llen(queue)
     shared = gateway.server.app.extensions["topchef"]
-    dispatcher = Dispatcher(stack.redis, shared.closing)
+    dispatcher = Dispatcher(stack.redis, stack.settings, shared.closing)
     answers = iter([False, True])  # still there when it claims, gone when the job is won
 
     won = dispatcher.claim_next(

@@ -39,6 +39,7 @@ from broker.messaging.presence import ARRIVE, Presence
 from broker.models import lifecycle
 from broker.models.moves import Move
 from broker.models.service import Service
+from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, database_now
 
 Status = lifecycle.Status
@@ -66,10 +67,12 @@ def lease_seconds(timeout: float) -> float:
 class Dispatcher:
     """Claims, finishes and keeps alive the jobs HTTP workers run."""
 
-    def __init__(self, client: redis.Redis, closing: threading.Event) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, closing: threading.Event) -> None:
         self._client = client
         self._closing = closing
-        self._base = Claims(client)
+        # The workers' duplicate window, so that a job an HTTP worker finished is
+        # settled as one a Celery worker finished is.
+        self._base = Claims.configured(client, settings)
         #: HTTP workers' presences, beside Celery workers' (``broker.messaging.presence``).
         self.presence = Presence(client)
 

@@ -62,6 +62,7 @@ from redis.commands.core import Script
 from broker.messaging import keys, priorities
 from broker.messaging.connections import text
 from broker.messaging.messages import StateMessage
+from broker.settings import Settings
 
 #: How long a finished job's claim is kept until SQL has recorded the end and
 #: ``settle`` shortens it: a backstop for a mirror that is down for days.
@@ -285,6 +286,15 @@ class Claims:
         self.lease_ms = _lease_ms(lease_seconds)
         self.window_seconds = max(1, int(window_seconds + 0.999))
         self._scripts = _Scripts.of(client)
+
+    @classmethod
+    def configured(cls, client: redis.Redis, settings: Settings) -> Claims:
+        """Claims on ``settings``' lease and duplicate window: how every process builds them.
+
+        One place, so that a worker, the mirror, beat, a producer and the HTTP
+        gateway keep a finished job's claim for the same window.
+        """
+        return cls(client, settings.lease_seconds, settings.duplicate_window)
 
     def leased(self, lease_seconds: float) -> Claims:
         """The same claims with another lease (an HTTP claim's is its service's timeout).

@@ -90,7 +90,7 @@ class Mirror:
         self.linger_ms = linger_ms
         self.consumer = consumer or f"mirror@{socket.gethostname()}"
         self._client = redis_client(settings.broker_url)
-        self._claims = Claims(self._client, settings.lease_seconds, settings.duplicate_window)
+        self._claims = Claims.configured(self._client, settings)
         self._presence = Presence(self._client)
         self._engine = engine_for(settings.database_url)
         self._contracts: dict[uuid.UUID, Contract] = {}

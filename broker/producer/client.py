@@ -60,9 +60,7 @@ class Producer:
         self.app = app or make_app(self.settings)
         self._client = redis_client(self.settings.broker_url)
         self.publisher = CeleryPublisher(self.app, self._client)
-        self._claims = Claims(
-            self._client, self.settings.lease_seconds, self.settings.duplicate_window
-        )
+        self._claims = Claims.configured(self._client, self.settings)
         self._destinations: dict[str, submission.Destination] = {}
 
     @contextlib.contextmanager
