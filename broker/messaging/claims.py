@@ -423,8 +423,16 @@ class Claims:
         result = text(claimed)
         return _finished(answer), ClaimResult(result) if result else None
 
-    def release(self, job_id: uuid.UUID, attempt: int, worker: str, entry: StateMessage) -> bool:
-        """Give back a claim ``worker`` holds but will not run; False if it holds none."""
+    def release(
+        self, job_id: uuid.UUID, attempt: int, worker: str, entry: StateMessage
+    ) -> int | None:
+        """Give back a claim ``worker`` holds but will not run: the take given back, or None.
+
+        Every take of a claim is numbered from 1 (0: a claim taken before
+        takes were numbered); SQL keeps the number of the last one given back
+        (``lifecycle.release``), so that the mirror's copy of an older take's
+        reports moves nothing.
+        """
         released = self._scripts.release(
             keys=[
                 keys.claim(job_id),
@@ -434,7 +442,8 @@ class Claims:
             ],
             args=[attempt, worker, entry.to_fields()["m"]],
         )
-        return bool(released)
+        take = int(released)
+        return None if take < 0 else take
 
     def abort(self, job_id: uuid.UUID, reason: str, by: str) -> tuple[str, int | None]:
         """Ask a running job to stop: ``('requested' | 'already', at ms)``, or (its state, None)."""
