@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import uuid
 from urllib.parse import urlsplit
@@ -12,7 +13,9 @@ from support import wait_for
 
 from broker.gateway.dispatch import Dispatcher
 from broker.messaging import keys, priorities
+from broker.messaging.claims import DEFAULT_WINDOW_SECONDS
 from broker.mirror.process import Mirror
+from broker.storage.tables import JobRow
 
 pytest_plugins = ["gateway_support"]
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -131,3 +134,23 @@ def test_a_report_after_the_lease_lapsed_is_recorded_late(gateway, stack):
     finished = stack.wait_status(uuid.UUID(job), "COMPLETED")
     assert finished["results"] == {"square": 9}
     assert "presumed lost at" in finished["detail"]
+
+
+def test_the_gateways_claims_keep_a_finished_job_for_the_workers_duplicate_window(gateway, stack):
+    """A duplicate the gateway meets shortens a finished job's claim as a worker's would."""
+    api = gateway.api
+    service = api.create_service()
+    job = api.submit(service, {"x": 2})
+    assert api.post(f"/services/{service}/jobs/claim", headers=RIG).ok
+    report = {"status": "COMPLETED", "results": {"square": 4}}
+    assert api.patch(f"/jobs/{job}", json=report, headers=RIG).ok
+    assert stack.redis.ttl(keys.claim(uuid.UUID(job))) > 3600  # until SQL records the end
+
+    shared = gateway.server.app.extensions["topchef"]
+    with shared.writing() as session:
+        row = session.get(JobRow, uuid.UUID(job))
+        assert shared.dispatcher.claim(session, row, 30.0, "http:late").value == "done"
+
+    window = stack.settings.duplicate_window
+    assert window < DEFAULT_WINDOW_SECONDS  # so that the default would show
+    assert 0 < stack.redis.ttl(keys.claim(uuid.UUID(job))) <= math.ceil(window)
