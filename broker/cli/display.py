@@ -19,6 +19,7 @@ than taking it for data. ``--results`` and ``--json`` print everything, as JSON.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -53,8 +54,8 @@ class Shown:
 
 def block(value: Any, lines: int = LINES) -> Shown:
     """``value`` as indented JSON if it fits in ``lines`` lines, else summarised to fit."""
-    whole = json.dumps(value, indent=2).splitlines()
-    if len(whole) <= lines and all(len(line) <= LONGEST for line in whole):
+    whole = _whole(value, lines, LONGEST)
+    if whole is not None:
         return Shown(whole, False)
     layout = _Layout()
     return Shown(layout.block(value, lines, 0, 0, 0), layout.summarised)
@@ -83,11 +84,11 @@ class _Layout:
             return [self.line(value, max(room, LONGEST - indent - head - 1))]
         if not _expandable(value) or lines < 3 or depth >= DEPTH:
             return [self.line(value, room)]
-        inline = json.dumps(value)
-        if len(inline) <= room:
+        inline = _encoded(value, room)
+        if inline is not None:
             return [inline]
-        whole = json.dumps(value, indent=2).splitlines()
-        if len(whole) <= lines and all(len(line) <= LONGEST - indent for line in whole):
+        whole = _whole(value, lines, LONGEST - indent)
+        if whole is not None:
             return whole
         return self._expanded(value, lines, indent, depth) or [self.line(value, room)]
 
@@ -95,22 +96,21 @@ class _Layout:
         self, value: dict[str, Any] | list[Any], lines: int, indent: int, depth: int
     ) -> list[str] | None:
         """One entry a line, each in its share of ``lines``; None if not one entry fits."""
-        entries: list[tuple[str, Any]]
-        if isinstance(value, dict):
-            entries = [(self._text(str(key), KEY) + ": ", item) for key, item in value.items()]
-            opener, closer, noun = "{", "}", "keys"
-        else:
-            entries = [("", item) for item in value]
-            opener, closer, noun = "[", "]", "items"
+        keyed = isinstance(value, dict)
+        opener, closer, noun = ("{", "}", "keys") if keyed else ("[", "]", "items")
         inside = lines - 2
-        most = inside if isinstance(value, dict) else min(inside, ITEMS + 1)
-        shown = entries if len(entries) <= most else entries[: most - 1]
+        most = inside if keyed else min(inside, ITEMS + 1)
+        count = len(value)
+        pairs = value.items() if isinstance(value, dict) else enumerate(value)
+        entries = list(itertools.islice(pairs, most))
+        shown = entries if count <= most else entries[: most - 1]
         if not shown:
             return None
-        more = len(entries) - len(shown)
+        more = count - len(shown)
         shares = _shares([_need(item, depth + 1) for _, item in shown], inside - (1 if more else 0))
         laid = [opener]
-        for index, ((key, item), share) in enumerate(zip(shown, shares, strict=True)):
+        for index, ((name, item), share) in enumerate(zip(shown, shares, strict=True)):
+            key = self._text(str(name), KEY) + ": " if keyed else ""
             entry = self.block(item, share, indent + 2, len(key), depth + 1)
             entry[0] = key + entry[0]
             if more or index < len(shown) - 1:
@@ -126,19 +126,19 @@ class _Layout:
         """``value`` on one line of at most ``room`` characters (as near as it can)."""
         if isinstance(value, str):
             return self._text(value, room)
-        whole = json.dumps(value)
-        if len(whole) <= room:
+        whole = _encoded(value, room)
+        if whole is not None:
             return whole
         if isinstance(value, dict):
             return self._object(value, room)
         if isinstance(value, list):
             return self._list(value, room)
         self.summarised = True
-        return f"<number of {len(whole):,} digits>"
+        return f"<number of {len(json.dumps(value)):,} digits>"
 
     def _text(self, text: str, room: int) -> str:
-        whole = json.dumps(text)
-        if len(whole) <= room:
+        whole = json.dumps(text) if len(text) + 2 <= room else None
+        if whole is not None and len(whole) <= room:
             return whole
         self.summarised = True
         length = f" <{len(text):,} characters>"
@@ -194,6 +194,33 @@ class _Layout:
         if hidden:
             parts.append(f"<{hidden:,} more {_counted(hidden, 'keys')}>")
         return "{" + ", ".join(parts) + "}"
+
+
+def _encoded(value: Any, limit: int, indent: int | None = None) -> str | None:
+    """``json.dumps(value, indent=indent)`` if it takes at most ``limit`` characters, else None.
+
+    Encoded piece by piece and given up past ``limit``: judging whether
+    millions of values fit a line costs no more than the line.
+    """
+    pieces: list[str] = []
+    used = 0
+    for piece in json.JSONEncoder(indent=indent).iterencode(value):
+        used += len(piece)
+        if used > limit:
+            return None
+        pieces.append(piece)
+    return "".join(pieces)
+
+
+def _whole(value: Any, lines: int, longest: int) -> list[str] | None:
+    """``value``'s indented JSON, if it fits in ``lines`` lines of at most ``longest``."""
+    text = _encoded(value, lines * (longest + 1), indent=2)
+    if text is None:
+        return None
+    whole = text.splitlines()
+    if len(whole) <= lines and all(len(line) <= longest for line in whole):
+        return whole
+    return None
 
 
 def _expandable(value: Any) -> bool:

@@ -356,13 +356,13 @@ def _waits(job: Job) -> str:
     return f"  not before {held:%Y-%m-%d %H:%M:%S}Z"
 
 
+#: The characters of a progress message ``jobs list`` shows, to keep its line one line.
+PROGRESS_NOTE = 40
+
+
 def _progress(job: StoredJob) -> str:
     """``  40% point 81/200`` for a running job: what its handler last reported."""
     if job.status is not Job.JobStatus.WORKING or job.progress is None:
         return ""
     note = printable(job.progress_message or "", PROGRESS_NOTE)
     return f"  {job.progress:4.0%} {note}".rstrip()
-
-
-#: The characters of a progress message ``jobs list`` shows, to keep its line one line.
-PROGRESS_NOTE = 40
