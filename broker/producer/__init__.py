@@ -19,6 +19,7 @@ from broker.errors import (
     WaitTimeoutError,
 )
 from broker.producer.client import Producer
+from broker.producer.reader import Outcome, Standing
 
 __all__ = [
     "DeserializationError",
@@ -28,9 +29,11 @@ __all__ = [
     "JobFailedError",
     "JobNotAbortableError",
     "JobWithUUIDNotFound",
+    "Outcome",
     "Producer",
     "ServiceSchemaMismatchError",
     "ServiceWithNameNotFound",
+    "Standing",
     "TopChefError",
     "WaitTimeoutError",
 ]
