@@ -107,7 +107,7 @@ def _tick(ours: OurStack, directory: Directory | None = None, overtaken: float |
     """``recovery.tick`` as beat runs it; without a directory, publishing every service."""
     settings = ours.settings
     client = redis_client(settings.broker_url)
-    claims = Claims(client, settings.lease_seconds, settings.duplicate_window)
+    claims = Claims.configured(client, settings)
     with open_session(settings.database_url) as session:
         tick(
             session,

@@ -40,7 +40,7 @@ class Stack:
         self.tmp_path = tmp_path
         self.producer = Producer(settings)
         self.redis: redis.Redis = redis_client(settings.broker_url)
-        self.claims = Claims(self.redis, settings.lease_seconds, settings.duplicate_window)
+        self.claims = Claims.configured(self.redis, settings)
         self.processes: list[Process] = []
         self._stop = threading.Event()
         self._mirror: threading.Thread | None = None

@@ -225,8 +225,8 @@ def test_only_the_holder_releases_a_claim_and_the_job_is_claimable_again(claims)
     job = _registered(claims)
     assert claims.claim(job, 1, "http:a", _working(job), trusted=True) is ClaimResult.CLAIMED
     release = StateMessage("release", SERVICE, job, attempt=1, worker="http:a")
-    assert not claims.release(job, 1, "http:b", release)
-    assert claims.release(job, 1, "http:a", release)
+    assert claims.release(job, 1, "http:b", release) is None
+    assert claims.release(job, 1, "http:a", release) == 1  # the claim's first take
     assert claims.state(job) is None
     assert not claims._client.exists(keys.lease(job))
     assert _claim(claims, job, worker="celery") is ClaimResult.CLAIMED

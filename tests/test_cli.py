@@ -147,6 +147,32 @@ def test_cancelling_a_finished_job_says_it_already_finished(run, stack):
     _one_line_error(run("jobs", "cancel", str(job)[:8]), f"job {job} already finished (COMPLETED)")
 
 
+def test_large_results_are_summarised_unless_the_results_or_the_json_are_asked_for(run, stack):
+    job = run("jobs", "submit", lab.SQUARE, '{"x": 2}').output.strip()
+    results = {"points": list(range(57_034)), "square": 4}
+    with open_session(stack.settings.database_url) as session, session.begin():
+        finished = {"status": "COMPLETED", "results": results}
+        session.execute(sa.update(JobRow).where(JobRow.id == uuid.UUID(job)).values(**finished))
+    hint = "(summarised to fit a screen: --results prints {} results whole{})\n"
+    shown = run("jobs", "show", job[:8])
+    assert shown.exit_code == 0
+    assert len(shown.stdout.splitlines()) <= 40
+    assert '  "results": {\n    "points": <57,034 numbers: 0, 1, 2, ' in shown.stdout
+    assert shown.stderr == hint.format("its", ", --json the job")
+    assert json.loads(run("jobs", "show", job, "--results").stdout) == results
+    whole = json.loads(run("jobs", "show", job, "--json").stdout)
+    assert (whole["id"], whole["results"], whole["progress_message"]) == (job, results, None)
+    assert "provenance" in whole
+    waited = run("jobs", "wait", job, "--timeout", "1")
+    assert waited.stdout.splitlines()[0::2] == ["{", '  "square": 4']
+    assert waited.stdout.splitlines()[1].startswith('  "points": <57,034 numbers: 0, 1, 2, ')
+    assert waited.stderr == hint.format("the", "")
+    assert json.loads(run("jobs", "wait", job, "--results").stdout) == results
+    both = run("jobs", "show", job, "--results", "--json")
+    assert both.exit_code == 2
+    assert "--results prints the results alone, --json the whole job: one" in both.stderr
+
+
 def test_jobs_list_names_each_job_s_service(run):
     square = run("jobs", "submit", lab.SQUARE, '{"x": 1}').output.strip()
     failing = run("jobs", "submit", lab.FAILING, '{"x": 1}').output.strip()

@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 import lab
+import lab_controls as lc
 import pytest
 from support import free_port, wait_for
 
@@ -146,9 +147,13 @@ def test_an_error_job_is_a_failed_task_and_the_counts_are_sqls(stack, flower):
     raised = [stack.producer.submit(lab.FAILING, {"x": x}) for x in range(2)]
     invalid = stack.producer.submit(lab.INVALID, {"x": 1})
 
-    for job in completed:
+    for x, job in enumerate(completed):
         stack.wait_status(job, "COMPLETED")
-        assert flower.wait_state(_task_id(job), "SUCCESS")["exception"] is None
+        succeeded = flower.wait_state(_task_id(job), "SUCCESS")
+        assert succeeded["exception"] is None
+        # The job's results, as SQL records them; not the word COMPLETED.
+        assert stack.job(job)["results"] == {"square": x * x}
+        assert succeeded["result"] == repr({"square": x * x}), succeeded["result"]
     for job in [*raised, invalid]:
         detail = stack.wait_status(job, "ERROR")["detail"]
         failed = flower.wait_state(_task_id(job), "FAILURE")
@@ -275,3 +280,21 @@ def test_nodes_carry_the_host_name_and_beat_ticks_stay_out_of_the_task_list(
     assert TICK_TASK not in names, names
     assert flower.counts()[beat].get("task-succeeded", 0) == 0
     assert not [path.name for path in temporary.iterdir() if "schedule" in path.name]
+
+
+def test_an_aborted_job_is_revoked_with_its_detail_not_started_forever(stack, flower):
+    stack.producer.create_service(lc.ABORTABLE, "aborts", lc.TAGGED_SCHEMA, lc.COUNT_RESULTS)
+    stack.start_mirror()
+    node = _node(stack.worker(module="lab_controls"))
+    wait_for(lambda: node in flower.nodes(), 60, f"Flower to see {node}")
+    _task_events_on(stack, node)
+    tag = uuid.uuid4().hex
+    job = stack.producer.submit(lc.ABORTABLE, {"tag": tag})
+    flower.wait_state(_task_id(job), "STARTED")
+    stack.producer.abort(job, reason="sample drifted")
+    detail = stack.wait_status(job, "CANCELLED")["detail"]
+    revoked = flower.wait_state(_task_id(job), "REVOKED")
+    assert "sample drifted" in (detail or "")
+    assert revoked["result"].startswith(detail), revoked["result"]
+    assert "partial results: {'done': " in revoked["result"], revoked["result"]
+    assert flower.counts()[node].get("task-succeeded", 0) == 0

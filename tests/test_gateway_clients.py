@@ -214,6 +214,7 @@ def test_the_java_clients_integration_tests_in_the_order_gradle_runs_them(gatewa
     assert java.job(job)["results"] == {"value": "Hello"}
     java.set_result(job, original)  # @After: null, with status WORKING: a repeated claim
     assert java.job(job)["status"] == "WORKING"
+    assert java.job(job)["results"] is None  # its holder cleared the results it kept
     # job_endpoint.SetStatus
     before = java.job(job)["status"]
     java.set_status(job, "WORKING")

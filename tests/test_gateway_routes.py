@@ -406,6 +406,71 @@ def test_a_named_worker_may_repeat_its_claim_but_no_one_else_may(api):
     assert api.job(job)["data"]["status"] == "COMPLETED"
 
 
+def test_each_conflict_is_titled_by_what_the_caller_must_do_about_it(api, stack):
+    """Someone else holds it; nobody does (claim it first); it runs no more; it may not start."""
+    rig, other = {"X-TopChef-Worker": "rig-1"}, {"X-TopChef-Worker": "rig-2"}
+    service = api.create_service()
+    waiting, running, done = (api.submit(service, {"x": x}) for x in (1, 2, 3))
+    for job in (running, done):
+        assert api.patch(f"/jobs/{job}", json={"status": "WORKING"}, headers=rig).status_code == 200
+    finished = {"status": "COMPLETED", "results": {"square": 9}}
+    assert api.patch(f"/jobs/{done}", json=finished, headers=rig).status_code == 200
+    held = api.create_service(name="Held oven")
+    on_hold = api.submit(held, {"x": 4})
+    assert api.post(f"/services/{held}/hold").status_code == 200
+
+    def title(response, status=409):
+        assert response.status_code == status, response.text
+        return _errors(response)[0]["title"]
+
+    assert title(api.patch(f"/jobs/{running}", json=finished, headers=other)) == (
+        "Job already claimed"
+    )
+    assert title(api.patch(f"/jobs/{done}", json={"results": {"square": 1}}, headers=rig)) == (
+        "Job not running"
+    )
+    legacy = api.request("PUT", f"/legacy/jobs/{waiting}", json={"result": {"square": 1}})
+    assert title(legacy) == "Job not claimed"
+    assert title(api.patch(f"/jobs/{on_hold}", json={"status": "WORKING"})) == (
+        "Job cannot start now"
+    )
+    # None of them changed anything.
+    assert [api.job(job)["data"]["status"] for job in (waiting, running, done, on_hold)] == [
+        "REGISTERED",
+        "WORKING",
+        "COMPLETED",
+        "REGISTERED",
+    ]
+
+
+def test_a_null_is_applied_or_refused_never_ignored(api, stack):
+    rig = {"X-TopChef-Worker": "rig-1"}
+    service = api.create_service()
+    job = api.submit(service, {"x": 3})
+    path = f"/jobs/{job}"
+
+    for field in ("status", "detail"):
+        refused = api.patch(path, json={field: None})
+        assert refused.status_code == 400, refused.text
+        assert _errors(refused)[0]["detail"].startswith(f"{field}: is null")
+    # Null results on a job without results change nothing: they are what it has.
+    assert api.patch(path, json={"status": "WORKING", "results": None}, headers=rig).ok
+    # The holder of a running job may clear the results it kept (the Java client does).
+    assert api.patch(path, json={"results": {"square": 4}}, headers=rig).ok
+    assert api.job(job)["data"]["results"] == {"square": 4}
+    stranger = api.patch(path, json={"results": None}, headers={"X-TopChef-Worker": "rig-2"})
+    assert stranger.status_code == 409
+    assert api.job(job)["data"]["results"] == {"square": 4}
+    assert api.patch(path, json={"status": "WORKING", "results": None}, headers=rig).ok
+    assert api.job(job)["data"]["results"] is None
+    # A finished job's results are its record: a null is refused, saying so.
+    assert api.patch(path, json={"status": "COMPLETED", "results": {"square": 9}}, headers=rig).ok
+    kept = api.patch(path, json={"results": None}, headers=rig)
+    assert kept.status_code == 400
+    assert "omit the field to keep them" in _errors(kept)[0]["detail"]
+    assert api.job(job)["data"]["results"] == {"square": 9}
+
+
 def test_results_are_validated_and_status_only_moves_forward(api, stack):
     service = api.create_service()
     job = api.submit(service, {"x": 3})

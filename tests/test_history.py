@@ -187,6 +187,30 @@ def test_history_starts_with_the_submission_read_from_the_job(session, jobs):
         history.of_job(session, uuid.uuid4())
 
 
+def test_history_is_in_the_order_the_moves_happened_not_the_order_rows_were_written(session, jobs):
+    """Two writers (the gateway and the mirror) may record a job's moves out of order."""
+    submitted = session.get(JobRow, jobs[0]).date_submitted
+    at = [submitted + timedelta(milliseconds=ms) for ms in (10, 20, 30)]
+    lifecycle.record(
+        session,
+        [
+            lifecycle.Transition(jobs[0], Status.WORKING, Status.COMPLETED, at[2], "w", 1),
+            lifecycle.Transition(jobs[0], Status.REGISTERED, Status.WORKING, at[0], "w", 1),
+            lifecycle.Transition(jobs[0], Status.WORKING, Status.REGISTERED, at[1], "w", 1),
+            # Two moves at one time: in the order they were recorded.
+            lifecycle.Transition(jobs[0], Status.REGISTERED, Status.WORKING, at[1], "w", 1),
+        ],
+    )
+    entries = history.of_job(session, jobs[0])
+    assert [(e.at, e.to_status) for e in entries] == [
+        (submitted, "REGISTERED"),
+        (at[0], "WORKING"),
+        (at[1], "REGISTERED"),
+        (at[1], "WORKING"),
+        (at[2], "COMPLETED"),
+    ]
+
+
 def test_provenance_names_the_submitter_the_schemas_and_the_run(session, jobs):
     session.add(
         RunProvenanceRow(

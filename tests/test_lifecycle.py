@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from broker.models import attempts, lifecycle
 from broker.models.lifecycle import Status
 from broker.models.moves import Move
 from broker.models.service import Service
-from broker.storage.tables import JobRow, database_now
+from broker.storage.tables import JobRow, JobTransitionRow, database_now
 
 SCHEMA = {"type": "object"}
 
@@ -94,6 +95,33 @@ def test_only_the_holder_releases_a_first_attempt(session, job):
     assert lifecycle.release(session, [Move(job.id, now, {"worker": "http:a"})]) == 1
     row = _reload(session, job)
     assert (row.status, row.worker, row.attempts, row.date_started) == ("REGISTERED", None, 0, None)
+
+
+def test_reports_of_a_take_given_back_move_nothing_once_it_is(session, job):
+    """The gateway moves a job itself; the mirror's copies of older takes come after."""
+    now = database_now(session)
+    holder = {"worker": "http:a", "attempts": 1}
+
+    def start(take: int) -> int:
+        return lifecycle.advance(session, Status.WORKING, [Move(job.id, now, holder, take=take)])
+
+    def give_back(take: int) -> int:
+        return lifecycle.release(session, [Move(job.id, now, {"worker": "http:a"}, take=take)])
+
+    assert start(1) == 1
+    assert give_back(1) == 1
+    assert _reload(session, job).released_take == 1
+    assert start(1) == 0  # the copy of the start of the take given back
+    assert give_back(1) == 0  # and of its release: the job is REGISTERED already
+    assert start(2) == 1  # taken again
+    assert give_back(1) == 0  # an old release never ends the take that runs now
+    assert _reload(session, job).status == "WORKING"
+    history = session.scalars(
+        sa.select(JobTransitionRow.to_status)
+        .where(JobTransitionRow.job_id == job.id)
+        .order_by(JobTransitionRow.id)
+    ).all()
+    assert history == ["WORKING", "REGISTERED", "WORKING"]
 
 
 def test_a_superseded_attempt_is_kept_and_its_late_outcome_stored_with_it(session, job):

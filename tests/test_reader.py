@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from broker.errors import JobFailedError, JobReferenceError, JobWithUUIDNotFound, WaitTimeoutError
 from broker.models.lifecycle import Status
 from broker.models.service import Service
-from broker.producer.reader import Reader
+from broker.producer.reader import Reader, Standing
 from broker.storage.tables import JobRow
 
 SCHEMA = {"type": "object"}
@@ -78,3 +78,24 @@ def test_outcomes_report_every_job_where_wait_all_stops_at_the_first(session, da
         reader.wait_all([first, third], timeout=0.05)
     with pytest.raises(JobFailedError, match="boom"):
         reader.wait_all([second, first], timeout=0.05)
+
+
+def test_a_watch_sees_one_job_s_progress_and_a_sweep_s_counts(session, database_url):
+    first, second, third = _jobs(session, [A1, A2, B])
+    running = {"status": "WORKING", "progress": 0.4, "progress_message": "point 81/200"}
+    session.execute(sa.update(JobRow).where(JobRow.id == first).values(**running))
+    session.execute(sa.update(JobRow).where(JobRow.id == second).values(status="ERROR"))
+    session.execute(sa.update(JobRow).where(JobRow.id == third).values(status="CANCELLED"))
+    session.commit()
+    reader = Reader(database_url)
+    seen: list[Standing] = []
+    reader.outcomes([first], timeout=0.05, watch=seen.append)
+    assert seen[-1] == Standing(1, 0, 0, 0, Status.WORKING, 0.4, "point 81/200")
+    assert reader.job(first)["progress_message"] == "point 81/200"  # Producer.job's too
+    seen.clear()
+    reader.outcomes([first, second, third], timeout=0.05, watch=seen.append)
+    assert seen[-1] == Standing(3, 2, 1, 1)
+    seen.clear()
+    with pytest.raises(JobFailedError):
+        reader.wait_all([second], timeout=1, watch=seen.append)
+    assert seen == [Standing(1, 1, 1, 0, Status.ERROR)]  # once: it had already ended

@@ -181,7 +181,7 @@ def test_a_claim_given_back_frees_its_slot(claims, client, redis_url):
     _deliver(claims, held)
     _deliver(claims, waiting)
     release = StateMessage("release", SERVICE, held, attempt=1, worker="w")
-    assert claims.release(held, 1, "w", release)
+    assert claims.release(held, 1, "w", release) is not None
     assert _taken(client) == [waiting]
 
 

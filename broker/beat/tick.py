@@ -31,7 +31,7 @@ def _tools(app: Celery, settings: Settings) -> tuple[Claims, Batches, CeleryPubl
     """The Redis tools, and what this process last published of the directory."""
     client = redis_client(settings.broker_url)
     lease = settings.lease_seconds
-    claims = Claims(client, lease, settings.duplicate_window)
+    claims = Claims.configured(client, settings)
     return claims, Batches(client, lease), CeleryPublisher(app, client), Directory(client)
 
 

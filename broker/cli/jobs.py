@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from broker.cli import display
 from broker.cli.options import (
     SECONDS,
     database_settings,
@@ -15,9 +16,22 @@ from broker.cli.options import (
 )
 from broker.errors import DeserializationError
 from broker.models.interfaces.job import Job
+from broker.ops.progress_bar import live_bar, printable
 
 if TYPE_CHECKING:
+    from broker.models.job import Job as StoredJob
     from broker.producer.reader import Outcome
+
+#: ``--results``: the one switch from a summary that fits a screen to everything.
+whole_results = click.option(
+    "--results",
+    "whole",
+    is_flag=True,
+    help="Print the results whole, as JSON, however large [default: summarised to fit a screen].",
+)
+#: Said on stderr when a summary left something out, so the next command gets it all.
+SUMMARISED = "(summarised to fit a screen: --results prints the results whole)"
+SUMMARISED_JOB = "(summarised to fit a screen: --results prints its results whole, --json the job)"
 
 
 @click.group()
@@ -56,6 +70,7 @@ def jobs() -> None:
     show_default=True,
     help="0 to 9, higher first: the service's workers start its highest-priority job first.",
 )
+@whole_results
 @user_errors
 def jobs_submit(
     service: str,
@@ -64,12 +79,14 @@ def jobs_submit(
     per_message: int | None,
     not_before: str | None,
     priority: int,
+    whole: bool,
 ) -> None:
     """Submit a job to SERVICE (by name) with PARAMETERS (JSON, or @file.json).
 
     A JSON list of objects submits one job per object, all in one transaction
     (a sweep), and prints one id per line; with --wait, every job's outcome
     follows, then a summary, and the exit is non-zero unless all completed.
+    On a terminal, --wait shows a progress bar (on stderr) while it waits.
     """
     from broker.contract import times
     from broker.producer import Producer
@@ -94,25 +111,45 @@ def jobs_submit(
     if wait_seconds is None:
         return
     if not isinstance(value, list):
-        click.echo(json.dumps(producer.wait(job_ids[0], wait_seconds), indent=2))
+        with live_bar("Waiting") as watch:
+            results = producer.wait(job_ids[0], wait_seconds, watch=watch)
+        _echo_results(results, whole)
         return
-    outcomes = producer.outcomes(job_ids, wait_seconds)
-    for outcome in outcomes:
-        click.echo(_outcome_line(outcome))
+    with live_bar("Waiting") as watch:
+        outcomes = producer.outcomes(job_ids, wait_seconds, watch=watch)
+    lines = [_outcome_line(outcome, whole) for outcome in outcomes]
+    for line, _ in lines:
+        click.echo(line)
     summary, all_completed = _summary(outcomes, wait_seconds)
     click.echo(summary)
+    if any(summarised for _, summarised in lines):
+        click.echo(SUMMARISED, err=True)
     if not all_completed:
         raise SystemExit(1)
 
 
-def _outcome_line(outcome: Outcome) -> str:
+def _echo_results(results: Any, whole: bool, hint: str = SUMMARISED) -> None:
+    """Results as indented JSON; summarised to fit a screen unless ``whole`` (``--results``)."""
+    if whole:
+        click.echo(json.dumps(results, indent=2))
+        return
+    shown = display.block(results)
+    click.echo(shown.text)
+    if shown.summarised:
+        click.echo(hint, err=True)
+
+
+def _outcome_line(outcome: Outcome, whole: bool) -> tuple[str, bool]:
+    """A sweep's job on one line (its results summarised to fit unless ``whole``)."""
+    prefix = f"{outcome.job_id}  {outcome.status.value:<10} "
     if outcome.status.value == "COMPLETED":
-        shown = json.dumps(outcome.results)
-    elif outcome.finished:
-        shown = outcome.detail or ""
-    else:
-        shown = "not finished"
-    return f"{outcome.job_id}  {outcome.status.value:<10} {shown}"
+        if whole:
+            return prefix + json.dumps(outcome.results), False
+        shown = display.one_line(outcome.results, display.LONGEST - len(prefix))
+        return prefix + shown.text, shown.summarised
+    if outcome.finished:
+        return prefix + (outcome.detail or ""), False
+    return prefix + "not finished", False
 
 
 def _summary(outcomes: list[Outcome], waited: float) -> tuple[str, bool]:
@@ -138,17 +175,34 @@ def _summary(outcomes: list[Outcome], waited: float) -> tuple[str, bool]:
 
 @jobs.command("show")
 @click.argument("job_id")
+@whole_results
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the whole job, as JSON, however large."
+)
 @user_errors
-def jobs_show(job_id: str) -> None:
-    """Show a job (JOB_ID: its id, or the start of it, e.g. the 8 digits the demo prints)."""
+def jobs_show(job_id: str, whole: bool, as_json: bool) -> None:
+    """Show a job (JOB_ID: its id, or the start of it, e.g. the 8 digits the demo prints).
+
+    The job, with its progress, earlier attempts and provenance, summarised
+    to fit a screen; --results prints only its results, whole, and --json
+    the whole job: both as JSON, for programs.
+    """
     from broker.producer.reader import Reader
 
+    if whole and as_json:
+        raise click.UsageError("--results prints the results alone, --json the whole job: one")
     reader = Reader(database_settings().database_url)
     found = reader.find(job_id)
     shown = reader.job(found)
+    if whole:
+        click.echo(json.dumps(shown["results"], indent=2))
+        return
     shown["earlier_attempts"] = reader.earlier_attempts(found)
     shown["provenance"] = reader.provenance(found)
-    click.echo(json.dumps(shown, indent=2))
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+        return
+    _echo_results(shown, whole=False, hint=SUMMARISED_JOB)
 
 
 @jobs.command("history")
@@ -176,13 +230,21 @@ def jobs_history(job_id: str, as_json: bool) -> None:
 @jobs.command("wait")
 @click.argument("job_id")
 @click.option("--timeout", type=SECONDS, default=60.0, show_default=True)
+@whole_results
 @user_errors
-def jobs_wait(job_id: str, timeout: float) -> None:
-    """Wait for a job (JOB_ID: its id, or the start of it) and print its results."""
+def jobs_wait(job_id: str, timeout: float, whole: bool) -> None:
+    """Wait for a job (JOB_ID: its id, or the start of it) and print its results.
+
+    On a terminal, a progress bar (on stderr) shows how far the job got: the
+    fraction and message its handler last reported, and the time waited.
+    """
     from broker.producer.reader import Reader
 
     reader = Reader(database_settings().database_url)
-    click.echo(json.dumps(reader.wait_all([reader.find(job_id)], timeout)[0], indent=2))
+    found = reader.find(job_id)
+    with live_bar("Waiting") as watch:
+        [results] = reader.wait_all([found], timeout, watch=watch)
+    _echo_results(results, whole)
 
 
 @jobs.command("cancel")
@@ -243,8 +305,9 @@ def jobs_abort(job_id: str, reason: str) -> None:
     default=None,
     help="Wait up to this many seconds and print the new job's results.",
 )
+@whole_results
 @user_errors
-def jobs_resubmit(job_id: str, wait_seconds: float | None) -> None:
+def jobs_resubmit(job_id: str, wait_seconds: float | None, whole: bool) -> None:
     """Submit JOB_ID's parameters again, as a new job linked to it; print the new id.
 
     The parameters are validated against the service's contract as it is now.
@@ -255,7 +318,9 @@ def jobs_resubmit(job_id: str, wait_seconds: float | None) -> None:
     new_id = producer.resubmit(producer.find_job(job_id))
     click.echo(str(new_id))
     if wait_seconds is not None:
-        click.echo(json.dumps(producer.wait(new_id, wait_seconds), indent=2))
+        with live_bar("Waiting") as watch:
+            results = producer.wait(new_id, wait_seconds, watch=watch)
+        _echo_results(results, whole)
 
 
 @jobs.command("list")
@@ -276,10 +341,9 @@ def jobs_list(service_name: str | None, status: str | None, limit: int) -> None:
             listing = listing.with_status(Job.JobStatus(status))
         names = {service.id: service.name for service in directory}
         for job in listing.page(0, limit):
-            waits = _waits(job)
             click.echo(
                 f"{job.id}  {names.get(job.service_id, '?')[:24]:<24} {job.status.value:<10} "
-                f"{job.date_submitted:%Y-%m-%d %H:%M:%S}{waits}"
+                f"{job.date_submitted:%Y-%m-%d %H:%M:%S}{_waits(job)}{_progress(job)}"
             )
 
 
@@ -289,3 +353,15 @@ def _waits(job: Job) -> str:
     if held is None or job.status is not Job.JobStatus.REGISTERED:
         return ""
     return f"  not before {held:%Y-%m-%d %H:%M:%S}Z"
+
+
+#: The characters of a progress message ``jobs list`` shows, to keep its line one line.
+PROGRESS_NOTE = 40
+
+
+def _progress(job: StoredJob) -> str:
+    """``  40% point 81/200`` for a running job: what its handler last reported."""
+    if job.status is not Job.JobStatus.WORKING or job.progress is None:
+        return ""
+    note = printable(job.progress_message or "", PROGRESS_NOTE)
+    return f"  {job.progress:4.0%} {note}".rstrip()

@@ -28,7 +28,7 @@ class Gateway:
         self.redis = redis_client(settings.broker_url)
         #: Set when the server shuts down, so that waiting claims return at once.
         self.closing = threading.Event()
-        self.dispatcher = Dispatcher(self.redis, self.closing)
+        self.dispatcher = Dispatcher(self.redis, settings, self.closing)
 
     def writing(self) -> contextlib.AbstractContextManager[Session]:
         """A transaction that commits on success and publishes the jobs it added."""

@@ -30,7 +30,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from broker.gateway.errors import ClaimConflictError
+from broker.gateway.errors import JobClaimedElsewhereError, claim_refused
 from broker.messaging import keys, outbox
 from broker.messaging.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims, Holder
 from broker.messaging.connections import text
@@ -39,6 +39,7 @@ from broker.messaging.presence import ARRIVE, Presence
 from broker.models import lifecycle
 from broker.models.moves import Move
 from broker.models.service import Service
+from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, database_now
 
 Status = lifecycle.Status
@@ -66,10 +67,12 @@ def lease_seconds(timeout: float) -> float:
 class Dispatcher:
     """Claims, finishes and keeps alive the jobs HTTP workers run."""
 
-    def __init__(self, client: redis.Redis, closing: threading.Event) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, closing: threading.Event) -> None:
         self._client = client
         self._closing = closing
-        self._base = Claims(client)
+        # The workers' duplicate window, so that a job an HTTP worker finished is
+        # settled as one a Celery worker finished is.
+        self._base = Claims.configured(client, settings)
         #: HTTP workers' presences, beside Celery workers' (``broker.messaging.presence``).
         self.presence = Presence(client)
 
@@ -199,10 +202,11 @@ class Dispatcher:
         its lease lapses and beat applies the service's policy.
         """
         release = StateMessage("release", job.service_id, job.id, attempt=1, worker=worker)
-        if not self._claims(timeout).release(job.id, 1, worker, release):
+        take = self._claims(timeout).release(job.id, 1, worker, release)
+        if take is None:
             return False
         self._client.srem(keys.http_jobs(job.service_id), str(job.id))
-        move = Move(job.id, database_now(session), {"worker": worker}, by=worker)
+        move = Move(job.id, database_now(session), {"worker": worker}, by=worker, take=take or None)
         lifecycle.release(session, [move])
         service = session.get(ServiceRow, job.service_id)
         assert service is not None, "jobs.service_id is a foreign key"
@@ -314,13 +318,15 @@ class Dispatcher:
         holder = self.holder(job.id)
         states = ("running", "lost", "requeued") if late else ("running",)
         if holder.state not in states:
-            raise ClaimConflictError(
-                f"Job {job.id} is not running (its claim is {holder.state or 'untaken'})"
-            )
+            raise claim_refused(job.id, holder.state)
         if not (holder.worker or "").startswith(HTTP_PREFIX):
-            raise ClaimConflictError(f"Job {job.id} is being run by the worker {holder.worker}")
+            raise JobClaimedElsewhereError(
+                job.id, f"Job {job.id} is being run by the worker {holder.worker}"
+            )
         if holder.worker != worker:
-            raise ClaimConflictError(f"Job {job.id} is held by {holder.worker}, not {worker}")
+            raise JobClaimedElsewhereError(
+                job.id, f"Job {job.id} is held by {holder.worker}, not {worker}"
+            )
         return holder
 
     def finish(
@@ -339,8 +345,10 @@ class Dispatcher:
         same: the mirror applies it as a late outcome (``broker.mirror.process``).
         """
         unclaimed = Status(job.status) is Status.REGISTERED and self.holder(job.id).state is None
-        if unclaimed and self.claim(session, job, timeout, worker) is not ClaimResult.CLAIMED:
-            raise ClaimConflictError(f"Job {job.id} was claimed by someone else")
+        if unclaimed:
+            claimed = self.claim(session, job, timeout, worker)
+            if claimed is not ClaimResult.CLAIMED:
+                raise claim_refused(job.id, claimed.value)
         holder = self.held(job, worker, late=True)
         service_id, job_id = job.service_id, job.id
         final = StateMessage(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 from broker.errors import (
@@ -64,9 +65,62 @@ class PayloadTooLargeError(TopChefError):
 
 
 class ClaimConflictError(ConflictError):
-    """Someone else holds (or ended) the job: the compare-and-set of a claim lost."""
+    """A claim or report that the job's claim does not allow this caller; titled by why.
+
+    Each subclass names one reason, so that a client reads from the title
+    alone whether to try another job, claim this one first, or give up on it.
+    """
+
+    title = "Claim conflict"
+
+    def __init__(self, job_id: uuid.UUID, detail: str) -> None:
+        self.job_id = job_id
+        super().__init__(detail)
+
+
+class JobClaimedElsewhereError(ClaimConflictError):
+    """Someone else holds the job (another HTTP caller, or a Celery worker)."""
 
     title = "Job already claimed"
+
+
+class JobNotClaimedError(ClaimConflictError):
+    """Nobody holds the job: a report on it must claim it first."""
+
+    title = "Job not claimed"
+
+
+class JobNotRunningError(ClaimConflictError):
+    """The job's run has ended (or it was cancelled): there is nothing left to claim or report."""
+
+    title = "Job not running"
+
+
+class JobDeferredError(ClaimConflictError):
+    """The job's service may not start it now: held, or running as many as ``max_running``."""
+
+    title = "Job cannot start now"
+
+
+class JobNotGivenBackError(ClaimConflictError):
+    """Only the holder's first attempt gives a claim back; this one cannot."""
+
+    title = "Job cannot be given back"
+
+
+def claim_refused(job_id: uuid.UUID, state: str | None) -> ClaimConflictError:
+    """The conflict of a claim or report that found the job's claim in ``state``."""
+    if state == "deferred":
+        return JobDeferredError(
+            job_id,
+            f"Job {job_id} cannot start now: its service is held, or runs as many jobs "
+            "as its max_running allows",
+        )
+    if state == "running":
+        return JobClaimedElsewhereError(job_id, f"Job {job_id} is running: someone else claimed it")
+    if state in (None, "registered"):
+        return JobNotClaimedError(job_id, f"Job {job_id} is not claimed: claim it before reporting")
+    return JobNotRunningError(job_id, f"Job {job_id} is not running (its claim is {state})")
 
 
 class ErrorList(TopChefError):

@@ -45,7 +45,13 @@ from broker.gateway.envelope import (
     query_int,
     query_statuses,
 )
-from broker.gateway.errors import ClaimConflictError
+from broker.gateway.errors import (
+    JobClaimedElsewhereError,
+    JobNotClaimedError,
+    JobNotGivenBackError,
+    JobNotRunningError,
+    claim_refused,
+)
 from broker.gateway.representation import job_detail, job_meta, job_overview
 from broker.messaging.claims import ClaimResult
 from broker.models import history
@@ -153,8 +159,12 @@ def replace_job(job_id: str) -> Response:
 
 def update_job(job_id: str) -> Response:
     body = json_body()
+    for name in ("status", "detail"):
+        if name in body and body[name] is None:
+            raise DeserializationError(name, "is null: omit it to leave it as it is")
     wanted = _status(body)
     results = _results(body)
+    clears = results is None and _nulls_results(body)
     detail = body.get("detail")
     if detail is not None and not isinstance(detail, str):
         raise DeserializationError("detail", "must be a string")
@@ -172,6 +182,8 @@ def update_job(job_id: str) -> Response:
         if results is not None:  # kept as the contract hands it back (``Contract.validate``)
             results = contract.validate(results, source="results")
         listener = legacy() and not chosen
+        if clears and row.results is not None:
+            _clear_results(row, wanted, worker)
         _apply(session, row, service.timeout, contract, wanted, results, detail, worker, listener)
         return _render(Job(row))
 
@@ -200,7 +212,7 @@ def _apply(
     current = Status(row.status)
     reporting = results is not None or wanted in (Status.COMPLETED, Status.ERROR)
     if listener and reporting and current is Status.REGISTERED:
-        raise ClaimConflictError(f"Job {row.id} is REGISTERED: claim it before reporting")
+        raise _unclaimed(row)
     if wanted in (Status.COMPLETED, Status.ERROR):
         # A "worker lost" ERROR is a presumption: its holder's late report still counts.
         presumed = current is Status.ERROR and row.presumed_lost_at is not None
@@ -217,19 +229,16 @@ def _apply(
         # The one move back: its holder gives the claim up (any results it carries go too).
         dispatcher.held(row, worker)
         if not dispatcher.release(session, row, timeout, worker):
-            raise ClaimConflictError(f"Job {row.id} runs a later attempt: it cannot be given back")
+            raise JobNotGivenBackError(
+                row.id, f"Job {row.id} runs a later attempt: it cannot be given back"
+            )
         session.expire(row)
         return
     sending = results is not None and wanted in (None, Status.REGISTERED)
     if current is Status.REGISTERED and (wanted is Status.WORKING or sending):
         claimed = dispatcher.claim(session, row, timeout, worker)
-        if claimed is ClaimResult.DEFERRED:
-            raise ClaimConflictError(
-                f"Job {row.id} cannot start now: its service is held, or runs as many jobs "
-                "as its max_running allows"
-            )
         if claimed is not ClaimResult.CLAIMED:
-            raise ClaimConflictError(f"Job {row.id} is {claimed.value}: someone else claimed it")
+            raise claim_refused(row.id, claimed.value)
         current = Status.WORKING
         if results is None:
             return
@@ -238,14 +247,47 @@ def _apply(
     elif wanted is Status.WORKING and results is None:
         holder = dispatcher.held(row, worker)  # a claim repeated by its holder is granted again
         if listener:
-            raise ClaimConflictError(f"Job {row.id} is already WORKING (held by {holder.worker})")
+            raise JobClaimedElsewhereError(
+                row.id, f"Job {row.id} is already WORKING (held by {holder.worker})"
+            )
     if results is not None:
+        if current is Status.REGISTERED:
+            raise _unclaimed(row)
         if current is not Status.WORKING:
-            raise ClaimConflictError(f"Job {row.id} is {current.value}: claim it before reporting")
+            raise JobNotRunningError(row.id, f"Job {row.id} is {current.value}: it runs no more")
         dispatcher.held(row, worker)
         Job(row).results = results
     if current is Status.WORKING:
         dispatcher.renew(row.service_id, timeout, [str(row.id)])
+
+
+def _nulls_results(body: dict[str, Any]) -> bool:
+    """Whether the body sets the results to null (TopChef's clients send back what they read)."""
+    names = ("result", "results") if legacy() else ("results",)
+    given = [name for name in names if name in body]
+    return bool(given) and all(body[name] is None for name in given)
+
+
+def _clear_results(row: JobRow, wanted: Status | None, worker: str) -> None:
+    """Apply ``"results": null`` to a job with results: only its holder's, while it runs.
+
+    The Java client sets results back to null this way (``setResult(null)``),
+    on a job it runs. Anywhere else a null would be quietly ignored, so it is
+    refused, saying what would be kept.
+    """
+    if Status(row.status) is Status.WORKING and wanted in (None, Status.WORKING):
+        gateway().dispatcher.held(row, worker)
+        row.results = None  # kept results are not held to the result schema until the end
+        return
+    raise DeserializationError(
+        "results",
+        f"is null, but job {row.id} is {row.status} with results, which only the holder "
+        "of a WORKING job may clear: omit the field to keep them",
+    )
+
+
+def _unclaimed(row: JobRow) -> JobNotClaimedError:
+    return JobNotClaimedError(row.id, f"Job {row.id} is REGISTERED: claim it before reporting")
 
 
 def _status(body: dict[str, Any]) -> Status | None:

@@ -62,6 +62,7 @@ from redis.commands.core import Script
 from broker.messaging import keys, priorities
 from broker.messaging.connections import text
 from broker.messaging.messages import StateMessage
+from broker.settings import Settings
 
 #: How long a finished job's claim is kept until SQL has recorded the end and
 #: ``settle`` shortens it: a backstop for a mirror that is down for days.
@@ -286,6 +287,15 @@ class Claims:
         self.window_seconds = max(1, int(window_seconds + 0.999))
         self._scripts = _Scripts.of(client)
 
+    @classmethod
+    def configured(cls, client: redis.Redis, settings: Settings) -> Claims:
+        """Claims on ``settings``' lease and duplicate window: how every process builds them.
+
+        One place, so that a worker, the mirror, beat, a producer and the HTTP
+        gateway keep a finished job's claim for the same window.
+        """
+        return cls(client, settings.lease_seconds, settings.duplicate_window)
+
     def leased(self, lease_seconds: float) -> Claims:
         """The same claims with another lease (an HTTP claim's is its service's timeout).
 
@@ -413,8 +423,16 @@ class Claims:
         result = text(claimed)
         return _finished(answer), ClaimResult(result) if result else None
 
-    def release(self, job_id: uuid.UUID, attempt: int, worker: str, entry: StateMessage) -> bool:
-        """Give back a claim ``worker`` holds but will not run; False if it holds none."""
+    def release(
+        self, job_id: uuid.UUID, attempt: int, worker: str, entry: StateMessage
+    ) -> int | None:
+        """Give back a claim ``worker`` holds but will not run: the take given back, or None.
+
+        Every take of a claim is numbered from 1 (0: a claim taken before
+        takes were numbered); SQL keeps the number of the last one given back
+        (``lifecycle.release``), so that the mirror's copy of an older take's
+        reports moves nothing.
+        """
         released = self._scripts.release(
             keys=[
                 keys.claim(job_id),
@@ -424,7 +442,8 @@ class Claims:
             ],
             args=[attempt, worker, entry.to_fields()["m"]],
         )
-        return bool(released)
+        take = int(released)
+        return None if take < 0 else take
 
     def abort(self, job_id: uuid.UUID, reason: str, by: str) -> tuple[str, int | None]:
         """Ask a running job to stop: ``('requested' | 'already', at ms)``, or (its state, None)."""

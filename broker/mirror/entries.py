@@ -39,6 +39,8 @@ class Report:
     late: str | None = None
     #: When beat presumed the worker lost (Redis ms), for a late report.
     since_ms: int | None = None
+    #: The take of the job's claim that a WORKING or release report is of (claim.lua).
+    take: int | None = None
 
 
 @dataclass
@@ -60,7 +62,9 @@ class Reading:
         self.ids.append(entry_id)
         try:
             message = StateMessage.from_fields(fields)
-            report = Report(entry_id, fields, message, entry_ms(entry_id), *_lateness(fields))
+            report = Report(
+                entry_id, fields, message, entry_ms(entry_id), *_lateness(fields), _take(fields)
+            )
         except (ValueError, TypeError, KeyError, json.JSONDecodeError):
             log.error("dropping unreadable state entry %r: %r", entry_id, fields)
             self.unreadable += 1
@@ -155,6 +159,18 @@ def _lateness(fields: dict[bytes, bytes]) -> tuple[str | None, int | None]:
     text = late.decode() if isinstance(late, bytes) else str(late)
     since_text = since.decode() if isinstance(since, bytes) else (since or "")
     return text, int(since_text) if since_text else None
+
+
+def _take(fields: dict[bytes, bytes]) -> int | None:
+    """The claim's take a report names, if it names one that is a positive number."""
+    raw: object = fields.get(b"take", fields.get("take"))  # type: ignore[call-overload]
+    if not isinstance(raw, bytes | str):
+        return None
+    try:
+        take = int(raw)
+    except ValueError:
+        return None
+    return take if 0 < take < 2**31 else None
 
 
 def from_ms(ms: int) -> datetime:

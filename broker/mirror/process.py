@@ -90,7 +90,7 @@ class Mirror:
         self.linger_ms = linger_ms
         self.consumer = consumer or f"mirror@{socket.gethostname()}"
         self._client = redis_client(settings.broker_url)
-        self._claims = Claims(self._client, settings.lease_seconds, settings.duplicate_window)
+        self._claims = Claims.configured(self._client, settings)
         self._presence = Presence(self._client)
         self._engine = engine_for(settings.database_url)
         self._contracts: dict[uuid.UUID, Contract] = {}
@@ -229,6 +229,7 @@ class Mirror:
                 clock.at(r.at_ms),
                 {"worker": r.message.worker},
                 by=r.message.worker,
+                take=r.take,
             )
             for r in changes.releases
         ]
@@ -506,7 +507,13 @@ def _working(report: Report, clock: SourceClock) -> Move:
         "attempts": message.attempt,
         "run_provenance": message.provenance,
     }
-    return Move(message.job_id, clock.at(report.at_ms), columns, by=message.worker)  # type: ignore[arg-type]
+    return Move(
+        message.job_id,  # type: ignore[arg-type]
+        clock.at(report.at_ms),
+        columns,
+        by=message.worker,
+        take=report.take,
+    )
 
 
 def _final(report: Report, clock: SourceClock, start: Report | None) -> Move:

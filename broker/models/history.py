@@ -1,6 +1,7 @@
 """A job's history and provenance, as read back from SQL.
 
-The history is every move of the job, oldest first: its REGISTERED entry read
+The history is every move of the job in the order they happened (by the time
+each was stamped at its source, then as recorded): its REGISTERED entry read
 from the job's own row (when and by whom it was submitted: a bulk submission
 writes no history row), then the rows ``lifecycle`` appended with each
 compare-and-set. The provenance says who submitted the job, which schemas it
@@ -61,7 +62,9 @@ def of_job(session: Session, job_id: uuid.UUID) -> list[Entry]:
     rows = session.scalars(
         sa.select(JobTransitionRow)
         .where(JobTransitionRow.job_id == job_id)
-        .order_by(JobTransitionRow.id)
+        # In time order: the gateway and the mirror may write a job's rows out
+        # of order; moves stamped alike stay in the order they were written.
+        .order_by(JobTransitionRow.at, JobTransitionRow.id)
     )
     entries += [
         Entry(row.at, row.from_status, row.to_status, row.by, row.attempt, row.detail)

@@ -183,6 +183,7 @@ class Job(JobInterface):
             "results": self.results,
             "detail": self.detail,
             "progress": self.progress,
+            "progress_message": self.progress_message,
             "attempts": self.attempts,
             "date_submitted": self.date_submitted.isoformat(),
             "date_started": self.date_started.isoformat() if self.date_started else None,

@@ -167,9 +167,22 @@ def _assignments(
 
 
 def _allowed(new: Status, source: Mapping[str, Any]) -> list[sa.ColumnElement[bool]]:
-    """The compare-and-set: a job still before ``new``, not held by a later attempt."""
+    """The compare-and-set: a job still before ``new``, not held by a later attempt.
+
+    A start is also refused when it reports a take of the job's claim that
+    has been given back since (``release``): the mirror's copy of a claim an
+    HTTP caller took and gave back must not start the job again.
+    """
     attempt = source["attempt"]
-    return [status_in(PREDECESSORS[new]), sa.or_(attempt.is_(None), JobRow.attempts <= attempt)]
+    allowed = [status_in(PREDECESSORS[new]), sa.or_(attempt.is_(None), JobRow.attempts <= attempt)]
+    if new is Status.WORKING:
+        allowed.append(_not_given_back(source["take"]))
+    return allowed
+
+
+def _not_given_back(take: Any) -> sa.ColumnElement[bool]:
+    """A report of ``take`` of the job's claim comes after the last take given back."""
+    return sa.or_(take.is_(None), JobRow.released_take.is_(None), JobRow.released_take < take)
 
 
 def record(session: Session, transitions: Sequence[Transition]) -> None:
@@ -267,18 +280,24 @@ def release(session: Session, moves: Sequence[Move]) -> int:
     (a long-polling HTTP claimer that went away before it got the job, or a
     TopChef client that sets its job REGISTERED again); results it had kept on
     the job go with it. A job anyone else holds, or that a later attempt runs,
-    is left alone.
+    is left alone. The job keeps the number of the take given back
+    (``Move.take``): the gateway moves the job itself and the mirror copies
+    the move later, so a copy of this release, or of the start of the take
+    it gives back, that arrives after the job was taken again moves nothing.
     """
     if not moves:
         return 0
+    take = sa.bindparam("r_take", type_=sa.Integer())
     statement = (
         sa.update(JobRow)
         .where(JobRow.id == sa.bindparam("r_id"))
         .where(JobRow.status == Status.WORKING.value)
         .where(JobRow.worker == sa.bindparam("r_worker"))
         .where(JobRow.attempts == 1)
+        .where(_not_given_back(take))
         .values(
             status=Status.REGISTERED.value,
+            released_take=sa.func.coalesce(take, JobRow.released_take),
             worker=None,
             attempts=0,
             date_started=None,
@@ -290,7 +309,10 @@ def release(session: Session, moves: Sequence[Move]) -> int:
         )
         .execution_options(synchronize_session=False)
     )
-    rows = [{"r_id": move.job_id, "r_worker": move.columns.get("worker")} for move in moves]
+    rows = [
+        {"r_id": move.job_id, "r_worker": move.columns.get("worker"), "r_take": move.take}
+        for move in moves
+    ]
     return move_each(session, statement, rows, moves, Status.WORKING, Status.REGISTERED, attempt=1)
 
 

@@ -51,6 +51,9 @@ class Move:
     arrives together with its end. ``attempt`` is the attempt that reports: a
     job that a later attempt holds is never moved by an earlier one. ``by`` is
     who made the move (``broker.actors``), as the history records it.
+    ``take`` numbers the claim's take that reports (``Claims.release``): a
+    move to WORKING, or a release, of a take at or before the last one given
+    back is stale.
     """
 
     job_id: uuid.UUID
@@ -59,6 +62,7 @@ class Move:
     started_at: datetime | None = None
     attempt: int | None = None
     by: str | None = None
+    take: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +83,8 @@ class Rule:
     """The rule of moves to one status, from which their statements are built.
 
     ``assign`` and ``allowed`` build the SET clause and the compare-and-set
-    from a source of each move's values (``at``, ``started_at``, ``attempt``
-    and the ``columns``): bound parameters, or the columns of an ``unnest``.
+    from a source of each move's values (``at``, ``started_at``, ``attempt``,
+    ``take`` and the ``columns``): bound parameters, or the columns of an ``unnest``.
     ``leaving`` is the condition on the status a job moves from. Compared by
     identity: the statements are cached per rule object, so a caller keeps one
     rule per status and columns.
@@ -102,6 +106,7 @@ def at_once(connection: sa.Connection, rule: Rule, moves: Sequence[Move]) -> int
         "u_at": [m.at for m in moves],
         "u_started_at": [m.started_at for m in moves],
         "u_attempt": [m.attempt for m in moves],
+        "u_take": [m.take for m in moves],
         "u_by": [m.by for m in moves],
     }
     arrays.update({f"u_{name}": [m.columns.get(name) for m in moves] for name in rule.columns})
@@ -125,6 +130,7 @@ def _unnested(rule: Rule) -> sa.Select[Any]:
         "at": UTCDateTime(),
         "started_at": UTCDateTime(),
         "attempt": sa.Integer(),
+        "take": sa.Integer(),
         "by": sa.String(),
     }
     types.update({name: JobRow.__table__.c[name].type for name in columns})
@@ -206,6 +212,7 @@ def each(connection: sa.Connection, rule: Rule, moves: Sequence[Move]) -> int:
             "v_at": move.at,
             "v_started_at": move.started_at,
             "v_attempt": move.attempt,
+            "v_take": move.take,
             "v_by": move.by,
         }
         row.update({f"v_{name}": move.columns.get(name) for name in rule.columns})
@@ -225,8 +232,9 @@ def _one_by_one(rule: Rule) -> tuple[sa.Executable, ...]:
         "at": UTCDateTime(),
         "started_at": UTCDateTime(),
         "attempt": sa.Integer(),
+        "take": sa.Integer(),
     }
-    names = ["at", "started_at", "attempt", *columns]
+    names = ["at", "started_at", "attempt", "take", *columns]
     source = {name: sa.bindparam(f"v_{name}", type_=kinds.get(name)) for name in names}
     job = JobRow.id == sa.bindparam("v_id", type_=sa.Uuid())
     allowed = rule.allowed(source)

@@ -17,9 +17,9 @@ import click
 import sqlalchemy as sa
 
 from broker.errors import WaitTimeoutError
-from broker.models import lifecycle
+from broker.ops.progress_bar import live_bar
 from broker.ops.supervisor import Supervisor, local_stack
-from broker.producer import Producer
+from broker.producer import Producer, Standing
 from broker.settings import Settings, masked
 from broker.storage.tables import JobRow, open_session
 
@@ -52,7 +52,7 @@ def run_demo(jobs: int = 12, timeout: float = 45.0, directory: Path | None = Non
             )
             job_ids = producer.submit_many(RABI, sweep(jobs))
             click.echo(f"Submitted {len(job_ids)} Rabi jobs (validated, one transaction).")
-            _follow(settings, supervisor, job_ids, timeout)
+            _follow(producer, supervisor, job_ids, timeout)
             _print_results(settings, job_ids)
             click.echo("Shutting down ...")
     click.echo("Done.")
@@ -74,25 +74,24 @@ def _wait_until_serving(settings: Settings, supervisor: Supervisor, timeout: flo
 
 
 def _follow(
-    settings: Settings, supervisor: Supervisor, job_ids: list[uuid.UUID], timeout: float
+    producer: Producer, supervisor: Supervisor, job_ids: list[uuid.UUID], timeout: float
 ) -> None:
-    terminal = [status.value for status in lifecycle.TERMINAL]
-    deadline = time.monotonic() + timeout
-    done = 0
-    with click.progressbar(length=len(job_ids), label="Running") as bar:
-        while done < len(job_ids):
+    """Wait for the sweep, with the progress bar ``topchef jobs wait`` draws, on a terminal.
+
+    Each look at SQL also checks the stack's processes, so a crashed one ends
+    the demo at once rather than at the timeout.
+    """
+    with live_bar("Running") as bar:
+
+        def watch(standing: Standing) -> None:
             supervisor.check()
-            with open_session(settings.database_url) as session:
-                finished = session.scalar(
-                    sa.select(sa.func.count())
-                    .select_from(JobRow)
-                    .where(JobRow.id.in_(job_ids), JobRow.status.in_(terminal))
-                )
-            bar.update(int(finished or 0) - done)
-            done = int(finished or 0)
-            if time.monotonic() > deadline:
-                raise WaitTimeoutError(job_ids[-1], "running", timeout)
-            time.sleep(0.1)
+            if bar is not None:
+                bar(standing)
+
+        outcomes = producer.outcomes(job_ids, timeout, watch=watch)
+    unfinished = [outcome for outcome in outcomes if not outcome.finished]
+    if unfinished:
+        raise WaitTimeoutError(unfinished[0].job_id, unfinished[0].status.value, timeout)
 
 
 def _print_results(settings: Settings, job_ids: list[uuid.UUID]) -> None:

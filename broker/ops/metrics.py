@@ -81,7 +81,7 @@ class BrokerCollector(Collector):
             retry=Retry(NoBackoff(), 1),  # one retry: a pooled connection Redis closed
         )
         self._presence = Presence(self._redis)
-        self._claims = Claims(self._redis)
+        self._claims = Claims.configured(self._redis, settings)
         self._errors = dict.fromkeys(SOURCES, 0)
         self._lock = threading.Lock()
 

@@ -75,7 +75,7 @@ def _running(service: ServiceReading) -> str:
 def _parked(settings: Settings, services: Sequence[ServiceReading]) -> dict[uuid.UUID, int]:
     ids = [service.id for service in services]
     try:
-        counts = Claims(redis_client(settings.broker_url)).parked(ids)
+        counts = Claims.configured(redis_client(settings.broker_url), settings).parked(ids)
     except redis.RedisError:
         return {}
     return dict(zip(ids, counts, strict=True))

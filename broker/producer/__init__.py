@@ -21,6 +21,7 @@ from broker.errors import (
     WaitTimeoutError,
 )
 from broker.producer.client import Producer
+from broker.producer.reader import Outcome, Standing
 
 __all__ = [
     "ConfigurationError",
@@ -32,9 +33,11 @@ __all__ = [
     "JobNotAbortableError",
     "JobWithUUIDNotFound",
     "NotUUIDError",
+    "Outcome",
     "Producer",
     "ServiceSchemaMismatchError",
     "ServiceWithNameNotFound",
+    "Standing",
     "TopChefError",
     "WaitTimeoutError",
 ]

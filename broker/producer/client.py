@@ -51,7 +51,7 @@ from broker.models.moves import Move
 from broker.models.service import Service, check_jobs_per_message
 from broker.models.service_list import ServiceList
 from broker.producer import packing, submission
-from broker.producer.reader import Outcome, Reader
+from broker.producer.reader import Outcome, Reader, Watch
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, database_now, engine_for, open_session
 
@@ -94,7 +94,7 @@ class Producer:
 
     @functools.cached_property
     def _claims(self) -> Claims:
-        return Claims(self._client, self.settings.lease_seconds, self.settings.duplicate_window)
+        return Claims.configured(self._client, self.settings)
 
     def _with_broker(self) -> Settings:
         """The settings, naming a message broker; else why this call cannot run.
@@ -438,21 +438,33 @@ class Producer:
             )
         raise JobNotAbortableError(job_id, status.value, f"{_FINISHED} (its claim is {outcome})")
 
-    def wait(self, job_id: Id, timeout: float = 60.0) -> dict[str, Any]:
+    def wait(
+        self, job_id: Id, timeout: float = 60.0, *, watch: Watch | None = None
+    ) -> dict[str, Any]:
         """Wait for a job to finish and return its results.
 
         Raises ``JobFailedError`` (ERROR), ``JobCancelledError`` (CANCELLED) or
         ``WaitTimeoutError`` (still running after ``timeout`` seconds).
+        ``watch`` is called with a ``Standing`` (the job's status, progress and
+        progress message) each time the wait looks: to show how far it got.
         """
-        return self.wait_all([job_id], timeout)[0]
+        return self.wait_all([job_id], timeout, watch=watch)[0]
 
-    def wait_all(self, job_ids: Sequence[Id], timeout: float = 60.0) -> list[dict[str, Any]]:
+    def wait_all(
+        self, job_ids: Sequence[Id], timeout: float = 60.0, *, watch: Watch | None = None
+    ) -> list[dict[str, Any]]:
         """Wait for every job; return their results in order (see ``wait``)."""
-        return self.reader.wait_all(job_ids, timeout)
+        return self.reader.wait_all(job_ids, timeout, watch=watch)
 
-    def outcomes(self, job_ids: Sequence[Id], timeout: float = 60.0) -> list[Outcome]:
-        """Wait up to ``timeout`` s; every job's outcome, failures and all, in order."""
-        return self.reader.outcomes(job_ids, timeout)
+    def outcomes(
+        self, job_ids: Sequence[Id], timeout: float = 60.0, *, watch: Watch | None = None
+    ) -> list[Outcome]:
+        """Wait up to ``timeout`` s; every job's outcome, failures and all, in order.
+
+        ``watch`` is called with the sweep's ``Standing`` (jobs finished, failed,
+        cancelled, of how many) each time the wait looks.
+        """
+        return self.reader.outcomes(job_ids, timeout, watch=watch)
 
     def find_job(self, reference: str) -> uuid.UUID:
         """The job whose id is, or uniquely starts with, ``reference`` (e.g. ``8a94d8b8``)."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 import string
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,6 +49,30 @@ class Outcome:
     @property
     def finished(self) -> bool:
         return self.status in lifecycle.TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """How far a wait has got, at one look at SQL: what a progress bar shows.
+
+    A sweep stands at its jobs finished (of which ``failed`` ended ERROR and
+    ``cancelled`` CANCELLED) out of ``total``; a wait for one job has that
+    job's status and the progress its handler last reported besides.
+    """
+
+    total: int
+    finished: int
+    failed: int = 0
+    cancelled: int = 0
+    #: With one job: its status, its progress (0 to 1; None before its
+    #: handler reported any) and the message that came with it.
+    status: Status | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+
+
+#: Called with each look at SQL while waiting (``Reader.outcomes``'s ``watch``).
+Watch = Callable[[Standing], object]
 
 
 class Reader:
@@ -106,21 +130,28 @@ class Reader:
             matches = session.scalar(sa.select(sa.func.count()).select_from(JobRow).where(in_range))
         raise JobReferenceError(reference, int(matches or 0), SHORTEST_REFERENCE)
 
-    def outcomes(self, job_ids: Sequence[Id], timeout: float) -> list[Outcome]:
+    def outcomes(
+        self, job_ids: Sequence[Id], timeout: float, *, watch: Watch | None = None
+    ) -> list[Outcome]:
         """Wait up to ``timeout`` s for every job to finish; each one's outcome, in order.
 
         Never raises for a job's fate (a failure, a cancel, a timeout): a sweep's
         waiter wants every result, not only those before the first failure.
+        ``watch``, if given, is called with the wait's ``Standing`` after each
+        look at SQL, the last one included (a progress bar follows it).
         """
         deadline = time.monotonic() + timeout
         interval = 0.005
         ids = [as_uuid(job_id) for job_id in job_ids]
         remaining = set(ids)
         self._require_known(remaining)
+        total = len(remaining)
         finished: dict[uuid.UUID, Outcome] = {}
         while True:
             finished.update(self._finished(remaining))
             remaining.difference_update(finished)
+            if watch is not None:
+                watch(self._standing(total, finished, remaining))
             if not remaining or time.monotonic() >= deadline:
                 break
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
@@ -128,13 +159,16 @@ class Reader:
         unfinished = self._statuses(remaining)
         return [finished.get(job_id) or unfinished[job_id] for job_id in ids]
 
-    def wait_all(self, job_ids: Sequence[Id], timeout: float = 60.0) -> list[Any]:
+    def wait_all(
+        self, job_ids: Sequence[Id], timeout: float = 60.0, *, watch: Watch | None = None
+    ) -> list[Any]:
         """Every job's results, in order; raises for the first that has none.
 
         ``WaitTimeoutError`` if any is still running after ``timeout`` s, else
         ``JobFailedError`` (ERROR) or ``JobCancelledError`` (CANCELLED).
+        ``watch`` follows the wait (see ``outcomes``).
         """
-        outcomes = self.outcomes(job_ids, timeout)
+        outcomes = self.outcomes(job_ids, timeout, watch=watch)
         for outcome in outcomes:
             if not outcome.finished:
                 raise WaitTimeoutError(outcome.job_id, outcome.status.value, timeout)
@@ -144,6 +178,27 @@ class Reader:
             if outcome.status is Status.CANCELLED:
                 raise JobCancelledError(outcome.job_id)
         return [outcome.results for outcome in outcomes]
+
+    def _standing(
+        self, total: int, finished: dict[uuid.UUID, Outcome], remaining: set[uuid.UUID]
+    ) -> Standing:
+        """The wait's standing; for one unfinished job, read with its progress."""
+        ended = [outcome.status for outcome in finished.values()]
+        standing = Standing(
+            total, len(finished), ended.count(Status.ERROR), ended.count(Status.CANCELLED)
+        )
+        if total != 1:
+            return standing
+        if not remaining:
+            return replace(standing, status=ended[0])
+        [job_id] = remaining
+        columns = (JobRow.status, JobRow.progress, JobRow.progress_message)
+        with open_session(self.database_url) as session:
+            row = session.execute(sa.select(*columns).where(JobRow.id == job_id)).first()
+        if row is None:  # deleted meanwhile: the next look says so
+            return standing
+        status, progress, message = row
+        return replace(standing, status=Status(status), progress=progress, progress_message=message)
 
     def _require_known(self, job_ids: set[uuid.UUID]) -> None:
         ids = list(job_ids)

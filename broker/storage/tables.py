@@ -157,6 +157,9 @@ class JobRow(Base):
     submitted_by: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
     #: What ran the current attempt: the digest of a ``RunProvenanceRow``.
     run_provenance: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    #: The last take of the job's claim its holder gave back (``lifecycle.release``):
+    #: a report of that take or an earlier one, arriving after, moves nothing.
+    released_take: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy's API)
     __table_args__ = (

@@ -8,10 +8,12 @@ A task's Celery state is what Flower shows of its job, so each task ends as
 its job's delivery did, once the runtime has reported the run on the state
 stream (SQL stays the record):
 
-- COMPLETED: a success;
+- COMPLETED: a success whose result is the job's results (Celery keeps a
+  bounded repr of it, ``resultrepr_maxsize``);
 - ERROR: a failure whose exception is the job's detail (``JobError``);
-- cancelled before it ran: *revoked*, Celery's own state for a task cancelled
-  before it ran;
+- cancelled before it ran, or aborted while it ran (CANCELLED): *revoked*,
+  Celery's own state for a task cancelled, its result the job's detail
+  (and, for an aborted run, the partial results it returned);
 - a duplicate (the job ran, or runs, under another delivery): *ignored*, with
   no outcome of its own, so that Flower's row keeps the one of the delivery
   that ran;
@@ -31,15 +33,26 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject
+from celery.utils.saferepr import saferepr
 
 from broker.messaging import keys
-from broker.worker.outcomes import CANCELLED, COMPLETED, Outcome, by_status, failure_summary
+from broker.worker.outcomes import (
+    ABORTED,
+    CANCELLED,
+    COMPLETED,
+    Outcome,
+    by_status,
+    failure_summary,
+)
 from broker.worker.runtime import Refused, current_runtime
 
 #: What Celery keeps of a batch's result for its log line and Flower: room for
 #: every job id of the largest batch a producer sends (1000 jobs), where its
 #: default (1024 characters) names about twenty.
 BATCH_RESULT_REPR_MAX = 64 * 1024
+#: How much of an aborted run's partial results its revoked event quotes,
+#: as much as Celery quotes of a completed job's results by default.
+REVOKED_RESULTS_REPR_MAX = 1024
 
 
 class JobError(Exception):
@@ -62,7 +75,7 @@ class RefusedDelivery(Exception):
     """
 
 
-def run_job(task: Task, *args: Any, **fields: Any) -> str:
+def run_job(task: Task, *args: Any, **fields: Any) -> dict[str, Any]:
     """Run one delivery of a job on this process's worker runtime."""
     try:
         outcome = current_runtime().run(*args, **fields)
@@ -74,23 +87,41 @@ def run_job(task: Task, *args: Any, **fields: Any) -> str:
         # restored), rather than being acknowledged as a failed task.
         raise Reject(f"message broker unavailable: {error}", requeue=True) from None
     if outcome.status == COMPLETED:
-        return outcome.status
+        return outcome.results or {}
     if outcome.failed:
         raise JobError(outcome.detail or "the job ended ERROR")
     raise _did_not_run(task, outcome)
 
 
 def _did_not_run(task: Task, outcome: Outcome) -> Ignore:
-    """End a delivery that ran nothing without an outcome; a cancelled job's is revoked.
+    """End a delivery without an outcome of its own; a cancelled or aborted job's is revoked.
 
     Celery sends ``task-revoked`` for a task revoked by a control command; a
-    job cancelled in its claim is revoked in the same sense, so its task sends
-    that event itself, with the same fields (its only event not gated by the
-    worker's task events switch: one per cancelled delivery).
+    job cancelled in its claim, or aborted while it ran, is revoked in the
+    same sense, so its task sends that event itself, with the same fields
+    (``terminated`` for a run that had started) and the job's detail as its
+    ``result``, which Flower shows beside the state. It is the task's only
+    event not gated by the worker's task events switch: one per cancelled job.
     """
-    if outcome.status == CANCELLED:
-        task.send_event("task-revoked", terminated=False, signum=None, expired=False)
+    if outcome.stopped:
+        task.send_event(
+            "task-revoked",
+            terminated=outcome.status == ABORTED,
+            signum=None,
+            expired=False,
+            result=_revoked_result(outcome),
+        )
     return Ignore(f"job {outcome.job_id} is {outcome.status}")
+
+
+def _revoked_result(outcome: Outcome) -> str:
+    """What Flower shows of a cancelled job: why, and what an aborted run had measured."""
+    if outcome.status == CANCELLED:
+        return "cancelled before it ran"
+    shown = outcome.detail or "aborted while running"
+    if outcome.results:
+        shown += f"; partial results: {saferepr(outcome.results, REVOKED_RESULTS_REPR_MAX)}"
+    return shown
 
 
 def run_batch(*args: Any, **fields: Any) -> dict[str, list[str]]:

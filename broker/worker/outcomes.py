@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from broker.models.interfaces.job import Job
 
@@ -17,6 +18,8 @@ COMPLETED = Job.JobStatus.COMPLETED.value
 ERROR = Job.JobStatus.ERROR.value
 #: A claim's state (``ClaimResult.CANCELLED``): the job was cancelled before it ran.
 CANCELLED = "cancelled"
+#: A run that saw its abort: the job ended CANCELLED while running.
+ABORTED = Job.JobStatus.CANCELLED.value
 #: A run that asked for another attempt, which beat publishes when it is due.
 RETRYING = "retrying"
 #: A batch's job that the worker did not reach before it shut down; beat sends it again.
@@ -32,10 +35,17 @@ class Outcome:
     job_id: str
     status: str
     detail: str | None = None
+    #: What the run reported: its results (partial ones, for an aborted run).
+    results: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:
         return self.status == ERROR
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the job will not run to its end: cancelled before it ran, or aborted running."""
+        return self.status in (CANCELLED, ABORTED)
 
 
 def by_status(outcomes: Iterable[Outcome]) -> dict[str, list[str]]:

@@ -120,7 +120,7 @@ class WorkerRuntime:
         self._services: dict[uuid.UUID, ServedService] = {}
         self._services_lock = threading.Lock()
         self._client = redis_client(settings.broker_url)
-        self._claims = Claims(self._client, settings.lease_seconds, settings.duplicate_window)
+        self._claims = Claims.configured(self._client, settings)
         self._batches = Batches(self._client, settings.lease_seconds)
         self._presence = Presence(self._client)
         self._parker = Parker()
@@ -365,7 +365,7 @@ class WorkerRuntime:
             )
         if final.kind == "retry" and landed.on_time:
             return Outcome(str(delivery.job), RETRYING, final.detail)
-        return Outcome(str(delivery.job), final.status or "", final.detail)
+        return Outcome(str(delivery.job), final.status or "", final.detail, final.results)
 
     def _provenance(self, served: ServedService) -> str:
         """The digest of what runs ``served``'s jobs in this process, reported once.

@@ -18,6 +18,9 @@
 -- ARGV[9]  the delivery's message, to park it with ('' if the caller has not encoded it)
 -- ARGV[10] the queue list a parked message goes back to
 -- ARGV[11] the job's priority (0-9, higher first)
+-- Each take of a claim is numbered ('takes'), and its WORKING entry carries the
+-- number ('take'), so that the mirror can tell the report of a take its holder
+-- gave back since (release.lua) from one of the take that runs now.
 -- Returns: 'claimed'; or the claim's state that makes this delivery a duplicate
 --   ('running', 'done', 'cancelled', 'requeued', 'retrying', 'lost'); or a refusal
 --   ('unregistered', 'misrouted', 'altered'); or, when the service may not
@@ -76,8 +79,9 @@ if redis.call('HEXISTS', KEYS[1], 'parked') == 1 then
   redis.call('HDEL', KEYS[1], 'parked', 'parked_message')
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'worker', ARGV[2])
+local take = redis.call('HINCRBY', KEYS[1], 'takes', 1)
 redis.call('PERSIST', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[4], KEYS[1])
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[4])
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[4], 'take', take)
 return 'claimed'

@@ -9,14 +9,17 @@
 -- ARGV[1]  attempt
 -- ARGV[2]  worker
 -- ARGV[3]  release entry (the state message's "m" field)
--- Returns: 1 if released, 0 if this worker's attempt does not hold the claim.
+-- Returns: the number of the take given back (claim.lua's 'takes'; 0 for a claim
+--   taken before takes were numbered), which the release entry carries too;
+--   -1 if this worker's attempt does not hold the claim.
 if redis.call('HGET', KEYS[1], 'state') ~= 'running'
     or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2]
     or tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') ~= tonumber(ARGV[1]) then
-  return 0
+  return -1
 end
+local take = tonumber(redis.call('HGET', KEYS[1], 'takes') or '0')
 redis.call('HDEL', KEYS[1], 'state', 'attempt', 'worker')
 redis.call('DEL', KEYS[2])
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[3])
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[3], 'take', take)
 free_slot(KEYS[4], KEYS[5], KEYS[6], KEYS[1])
-return 1
+return take
