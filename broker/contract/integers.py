@@ -107,8 +107,12 @@ def _pointer(location: str) -> list[str]:
 
 
 def _at(value: Any, path: list[str]) -> Any:
-    for part in path:
-        value = value[int(part)] if isinstance(value, list) else value[part]
+    """The value at ``path``; None where the path leads nowhere (then nothing changes)."""
+    try:
+        for part in path:
+            value = value[int(part)] if isinstance(value, list) else value[part]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
     return value
 
 

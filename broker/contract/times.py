@@ -61,7 +61,8 @@ def parse_when(text: str, name: str = "--not-before") -> datetime | timedelta:
         raise DeserializationError(name, f"{_clipped(shown)} is not a delay: give {_DELAYS}")
     seconds = sum(float(amount) * _UNITS[unit] for amount, unit in _PART.findall(shown))
     if seconds > MAX_DELAY.total_seconds():
-        raise DeserializationError(name, f"{shown} is more than {MAX_DELAY.days} days from now")
+        message = f"{_clipped(shown)} is more than {MAX_DELAY.days} days from now"
+        raise DeserializationError(name, message)
     return timedelta(seconds=seconds)
 
 
