@@ -8,6 +8,7 @@ gateway and the CLI can report it without a table of their own.
 from __future__ import annotations
 
 import abc
+import difflib
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -143,7 +144,14 @@ class NotUUIDError(TopChefError):
 
     def __init__(self, value: object) -> None:
         self.value = value
-        super().__init__(f"{value!r} is not a valid UUID")
+        shown = repr(value)
+        if len(shown) > _SHOWN:  # a whole request body pasted as an id need not come back
+            shown = f"{shown[: _SHOWN - 3]}..."
+        super().__init__(f"{shown} is not a valid UUID")
+
+
+#: The longest offending value an error quotes whole.
+_SHOWN = 80
 
 
 class SerializationError(TopChefError):
@@ -172,11 +180,29 @@ class ServiceWithUUIDNotFound(ServiceNotFoundError):
 
 
 class ServiceWithNameNotFound(ServiceNotFoundError):
-    """No service has this name."""
+    """No service has this name; ``suggestions`` are the ``known`` names close to it.
 
-    def __init__(self, name: str) -> None:
+    A name is typed by hand (``topchef jobs submit Rabi …``), so a near miss
+    (a case, a letter, a missing word) is the common mistake: the error says
+    which service was probably meant rather than leaving the user to list them.
+    """
+
+    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
         self.name = name
-        super().__init__(f"No service is named {name!r}")
+        self.suggestions = close_names(name, known)
+        hint = ""
+        if self.suggestions:
+            hint = f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?"
+        super().__init__(f"No service is named {name!r}{hint}")
+
+
+def close_names(name: str, known: Iterable[str], most: int = 3) -> tuple[str, ...]:
+    """The names in ``known`` nearest ``name`` (``difflib``'s ratio, case ignored), best first."""
+    by_folded: dict[str, str] = {}
+    for candidate in known:
+        by_folded.setdefault(candidate.casefold(), candidate)
+    folded = difflib.get_close_matches(name.casefold(), by_folded, n=most, cutoff=0.6)
+    return tuple(by_folded[match] for match in folded)
 
 
 class JobWithUUIDNotFound(TopChefError):

@@ -53,8 +53,8 @@ def test_invalid_parameters_are_refused_with_nothing_queued(stack):
     stack.create_lab_services()
     with pytest.raises(DeserializationError) as refused:
         stack.producer.submit_many(lab.SQUARE, [{"x": 1}, {"x": "two"}])
-    assert refused.value.path == ("x",)
-    assert '"two" is not of type "integer"' in refused.value.detail
+    assert refused.value.path == (1, "x")  # the sweep's point, then the field
+    assert 'parameters[1].x: "two" is not of type "integer"' in refused.value.detail
     assert stack.count_jobs() == 0
     assert stack.queue_length(lab.SQUARE) == 0
 

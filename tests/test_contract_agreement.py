@@ -85,7 +85,11 @@ def test_the_benchmark_payloads_are_valid():
             "Additional properties are not allowed ('extra' was unexpected)",
             (),
         ),
-        ({**parameters(7), "frequency_hz": float("nan")}, "nan is not a JSON number", ()),
+        (
+            {**parameters(7), "frequency_hz": float("nan")},
+            "nan is not a JSON number: JSON has no NaN or infinity; give None for a missing value",
+            ("frequency_hz",),
+        ),
     ],
 )
 def test_error_messages_name_the_path_and_the_reason(payload, message, path):

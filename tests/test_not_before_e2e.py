@@ -170,4 +170,9 @@ def test_the_cli_submits_held_jobs_aborts_them_and_creates_retrying_services(sta
     naive = runner.invoke(
         main, ["jobs", "submit", "CLI flaky", "{}", "--not-before", "2099-12-24T08:00:00"], env=env
     )
-    assert naive.exit_code == 2
+    assert naive.exit_code == 1
+    assert naive.output.strip().endswith(
+        "'2099-12-24T08:00:00' has no zone: add Z for UTC or its "
+        "offset (e.g. +01:00); without one it would name another "
+        "moment on a PC in another zone"
+    )

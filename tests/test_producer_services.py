@@ -53,6 +53,8 @@ def test_ensure_service_refuses_other_schemas_and_changes_nothing(stack):
         "JobWithUUIDNotFound",
         "ServiceWithNameNotFound",
         "DuplicateServiceNameError",
+        "NotUUIDError",
+        "ConfigurationError",
         "TopChefError",
     ],
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -60,9 +59,9 @@ def jobs() -> None:
 @click.option(
     "--not-before",
     "not_before",
-    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"]),
     default=None,
-    help="Hold the job until this time, with its zone (e.g. 2026-12-24T08:00:00Z).",
+    help="Hold the job until this time, with its zone (ISO 8601, e.g. 2026-12-24T08:00Z), "
+    "or for this long from now (+30s, +10m, +2h, +1d).",
 )
 @click.option(
     "--priority",
@@ -78,7 +77,7 @@ def jobs_submit(
     parameters: str,
     wait_seconds: float | None,
     per_message: int | None,
-    not_before: datetime | None,
+    not_before: str | None,
     priority: int,
     whole: bool,
 ) -> None:
@@ -89,9 +88,11 @@ def jobs_submit(
     follows, then a summary, and the exit is non-zero unless all completed.
     On a terminal, --wait shows a progress bar (on stderr) while it waits.
     """
+    from broker.contract import times
     from broker.producer import Producer
 
     value = json_argument(parameters, "parameters")
+    when = None if not_before is None else times.parse_when(not_before, "--not-before")
     if isinstance(value, list) and not value:
         raise DeserializationError("parameters", "an empty list submits no job")
     if per_message is not None and not isinstance(value, list):
@@ -99,14 +100,12 @@ def jobs_submit(
             "--per-message applies to a sweep (a JSON list of parameter sets), not to one job"
         )
     producer = Producer(database_settings(broker=True))
-    sweep = value if isinstance(value, list) else [value]
-    job_ids = producer.submit_many(
-        service,
-        sweep,
-        jobs_per_message=per_message,
-        not_before=not_before,
-        priority=priority,
-    )
+    if isinstance(value, list):  # a sweep: an error names its point, parameters[3].x
+        job_ids = producer.submit_many(
+            service, value, jobs_per_message=per_message, not_before=when, priority=priority
+        )
+    else:
+        job_ids = [producer.submit(service, value, not_before=when, priority=priority)]
     for job_id in job_ids:
         click.echo(str(job_id))
     if wait_seconds is None:

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import jsonschema_rs
 
 from broker.contract.bounds import canonical_json, check_payload
+from broker.contract.integers import WholeNumbers
 from broker.errors import DeserializationError, InvalidSchemaError
 
 #: How many reference keywords a schema may hold. Each link of a chain of
@@ -63,6 +64,14 @@ _DIALECTS: dict[str, type[_Validator]] = {
     "https://json-schema.org/draft/2020-12/schema": _DEFAULT,
 }
 _DRAFT_3 = "http://json-schema.org/draft-03/schema"
+#: Each dialect's number, as ``jsonschema_rs.Registry`` takes it.
+_DRAFTS: dict[type[_Validator], int] = {
+    jsonschema_rs.Draft4Validator: jsonschema_rs.Draft4,
+    jsonschema_rs.Draft6Validator: jsonschema_rs.Draft6,
+    jsonschema_rs.Draft7Validator: jsonschema_rs.Draft7,
+    jsonschema_rs.Draft201909Validator: jsonschema_rs.Draft201909,
+    jsonschema_rs.Draft202012Validator: jsonschema_rs.Draft202012,
+}
 
 
 class Contract:
@@ -73,7 +82,13 @@ class Contract:
             raise InvalidSchemaError(source, "a schema must be a JSON object")
         plain = json.loads(canonical_json(dict(schema), source, InvalidSchemaError))
         self._text = json.dumps(plain)  # insertion order kept; ``schema`` copies it
-        self._validator = _compile_validator(plain, source)
+        self._validator, dialect = _compile_validator(plain, source)
+        #: Only a schema that names ``integer`` can turn a float into an int.
+        self._whole_numbers = (
+            WholeNumbers(plain, self._validator, _DRAFTS[dialect])
+            if '"integer"' in self._text
+            else None
+        )
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -81,9 +96,17 @@ class Contract:
         copy: dict[str, Any] = json.loads(self._text)
         return copy
 
-    def validate(self, instance: object, *, source: str = "parameters") -> None:
-        """Raise ``DeserializationError`` naming the failing path and the reason."""
-        value = check_payload(instance, source)
+    def validate(self, instance: object, *, source: str = "parameters") -> Any:
+        """The value to store and send, if valid; else ``DeserializationError`` naming the
+        failing path and the reason.
+
+        That value is plain JSON (``check_payload``: NumPy arrays as lists, NumPy
+        numbers as Python ones), with whole floats as ints where the schema says
+        ``integer`` (``broker.contract.integers``); ``instance`` itself when it
+        already was all that, and never changed.
+        """
+        checked = check_payload(instance, source)
+        value = checked.value
         try:
             self._validator.validate(value)
         except jsonschema_rs.ValidationError as first:
@@ -91,10 +114,13 @@ class Contract:
             raise DeserializationError(source, error.message, error.instance_path) from None
         except ValueError as failure:  # the validator could not read the value
             raise DeserializationError(source, f"cannot be validated: {failure}") from None
+        if checked.whole_floats and self._whole_numbers is not None:
+            return self._whole_numbers.applied(value)
+        return value
 
     def is_valid(self, instance: object) -> bool:
         try:
-            value = check_payload(instance, "parameters")
+            value = check_payload(instance, "parameters").value
         except DeserializationError:
             return False
         try:
@@ -142,13 +168,13 @@ def build_validator(schema: dict[str, Any], dialect: type[_Validator]) -> _Valid
 # -- internals -------------------------------------------------------------------
 
 
-def _compile_validator(schema: dict[str, Any], source: str) -> _Validator:
+def _compile_validator(schema: dict[str, Any], source: str) -> tuple[_Validator, type[_Validator]]:
     dialect, canonical = _dialect(schema, source)
     _check_document(schema, source)
     if canonical is not None:  # say "HTTP://...#": jsonschema-rs knows the exact URI only
         schema = {**schema, "$schema": canonical}
     try:
-        return build_validator(schema, dialect)
+        return build_validator(schema, dialect), dialect
     except jsonschema_rs.ValidationError as error:
         raise InvalidSchemaError(source, _schema_reason(error), error.instance_path) from None
     except (ValueError, jsonschema_rs.ReferencingError) as failure:

@@ -17,7 +17,8 @@ from urllib.parse import urlencode
 
 from flask import Response, request
 
-from broker.errors import DeserializationError, NotUUIDError, TopChefError
+from broker.contract.ids import as_uuid
+from broker.errors import DeserializationError, TopChefError
 from broker.gateway.errors import ErrorList, RequestNotJSONError
 from broker.models.interfaces.job import Job
 
@@ -137,10 +138,7 @@ def require(body: Mapping[str, Any], names: Iterable[str]) -> None:
 
 def parse_id(text: str) -> uuid.UUID:
     """A path id; a malformed one names nothing, so it is a 404 (as in TopChef)."""
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise NotUUIDError(text) from None
+    return as_uuid(text)  # NotUUIDError: 404
 
 
 def query_int(name: str, default: int, low: int, high: int) -> int:

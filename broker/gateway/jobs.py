@@ -179,8 +179,8 @@ def update_job(job_id: str) -> Response:
         service = session.get(ServiceRow, row.service_id)
         assert service is not None, "jobs.service_id is a foreign key"
         contract = compile_contract(service.job_result_schema, source="job_result_schema")
-        if results is not None:
-            contract.validate(results, source="results")
+        if results is not None:  # kept as the contract hands it back (``Contract.validate``)
+            results = contract.validate(results, source="results")
         listener = legacy() and not chosen
         if clears and row.results is not None:
             _clear_results(row, wanted, worker)
@@ -220,7 +220,7 @@ def _apply(
             raise InvalidTransitionError(row.id, current.value, wanted.value)
         final = results if results is not None else row.results
         if wanted is Status.COMPLETED:
-            contract.validate(final, source="results")
+            final = contract.validate(final, source="results")
         elif detail is None:
             detail = f"reported as ERROR by {worker}"
         dispatcher.finish(session, row, timeout, wanted, final, detail, worker)

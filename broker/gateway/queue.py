@@ -17,7 +17,7 @@ from typing import Any
 from flask import Flask, Response, url_for
 from sqlalchemy.orm import Session
 
-from broker.errors import DeserializationError
+from broker.contract import times
 from broker.gateway.context import caller_gone, find_service, gateway, http_worker, legacy
 from broker.gateway.dispatch import MAX_WAIT
 from broker.gateway.envelope import (
@@ -104,15 +104,14 @@ def submit_job(service_id: str) -> Response:
 
 
 def _time(body: dict[str, Any], name: str) -> datetime:
-    """An ISO 8601 time with its zone (``Z`` or an offset), as JSON carries one."""
-    text = field(body, name, str, "a time with its zone, e.g. 2026-12-24T08:00:00Z")
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise DeserializationError(name, f"must be an ISO 8601 time, got {text!r}") from None
-    if value.utcoffset() is None:
-        raise DeserializationError(name, f"must give its zone (Z or an offset), got {text!r}")
-    return value
+    """An ISO 8601 time with its zone (``Z`` or an offset), as JSON carries one.
+
+    The same forms as the CLI's ``--not-before`` (``broker.contract.times``),
+    but no delay from now: a program that speaks HTTP computes its times, and
+    a delay would be counted from whenever the request happened to arrive.
+    """
+    text = field(body, name, str, f"a time with its zone, e.g. {times.EXAMPLE}")
+    return times.parse_time(text, name)
 
 
 def _visible(session: Session, service: Service, limit: int) -> list[JobRow]:

@@ -103,10 +103,8 @@ class Job(JobInterface):
 
     @results.setter
     def results(self, new_results: dict[str, JSON]) -> None:
-        compile_contract(self.result_schema, source="job_result_schema").validate(
-            new_results, source="results"
-        )
-        self._row.results = new_results
+        contract = compile_contract(self.result_schema, source="job_result_schema")
+        self._row.results = contract.validate(new_results, source="results")
 
     @property
     def detail(self) -> str | None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from broker import actors
-from broker.contract import Contract, compile_contract, schema_fingerprint
+from broker.contract import Contract, compile_contract, schema_fingerprint, times
 from broker.errors import (
     DeserializationError,
     DuplicateServiceNameError,
@@ -357,11 +357,11 @@ class Service(ServiceInterface):
         session commits (see ``broker.messaging.outbox``), never before; a job
         ``not_before`` a time waits in the outbox until beat publishes it then.
         """
-        self.registration_contract.validate(parameters, source="parameters")
-        if not_before is not None and (
-            not isinstance(not_before, datetime) or not_before.utcoffset() is None
-        ):
-            raise DeserializationError("not_before", "must be a time with its zone")
+        # As registered, stored and sent: plain JSON, whole numbers as integers where the
+        # schema says ``integer`` (``Contract.validate``).
+        parameters = self.registration_contract.validate(parameters, source="parameters")
+        if not_before is not None:
+            not_before = times.aware(not_before)
         priorities.check(priority)
         if sa.inspect(self._row).pending:
             # The tables share no ORM relationship, so nothing else tells one

@@ -55,8 +55,12 @@ class ServiceList(ServiceListInterface):
         return self._session.get(ServiceRow, service) is not None
 
     def by_name(self, name: str) -> Service:
-        """The service called ``name``; ``ServiceWithNameNotFound`` when there is none."""
+        """The service called ``name``; ``ServiceWithNameNotFound`` when there is none.
+
+        The error names the services whose names are close (``did you mean``):
+        reading every name costs one query, and only on a miss.
+        """
         row = self._session.scalars(sa.select(ServiceRow).where(ServiceRow.name == name)).first()
         if row is None:
-            raise ServiceWithNameNotFound(name)
+            raise ServiceWithNameNotFound(name, self._session.scalars(sa.select(ServiceRow.name)))
         return Service(row)

@@ -6,6 +6,7 @@ producer program needs one import line.
 """
 
 from broker.errors import (
+    ConfigurationError,
     DeserializationError,
     DuplicateServiceNameError,
     InvalidTransitionError,
@@ -13,6 +14,7 @@ from broker.errors import (
     JobFailedError,
     JobNotAbortableError,
     JobWithUUIDNotFound,
+    NotUUIDError,
     ServiceSchemaMismatchError,
     ServiceWithNameNotFound,
     TopChefError,
@@ -22,6 +24,7 @@ from broker.producer.client import Producer
 from broker.producer.reader import Outcome, Standing
 
 __all__ = [
+    "ConfigurationError",
     "DeserializationError",
     "DuplicateServiceNameError",
     "InvalidTransitionError",
@@ -29,6 +32,7 @@ __all__ = [
     "JobFailedError",
     "JobNotAbortableError",
     "JobWithUUIDNotFound",
+    "NotUUIDError",
     "Outcome",
     "Producer",
     "ServiceSchemaMismatchError",

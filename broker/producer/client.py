@@ -8,29 +8,39 @@
 
 Every call opens its own short transaction; jobs are published when it commits
 (the outbox), so a job is either in SQL and on its way, or nowhere.
+
+Ids are taken as ``uuid.UUID`` or as their text (what ``topchef`` prints).
+Reading jobs needs only the database: a ``Producer()`` in the directory of a
+stopped ``topchef up`` reads its jobs, and only a call that needs the message
+broker (submitting, cancelling, changing a service) says the stack is not running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import redis
 import sqlalchemy as sa
 from celery import Celery
 from sqlalchemy.orm import Session
 
 from broker import actors
 from broker.app import make_app
+from broker.contract import times
+from broker.contract.ids import Id, as_uuid
 from broker.errors import (
+    ConfigurationError,
     DuplicateServiceNameError,
     InvalidTransitionError,
     JobNotAbortableError,
     JobWithUUIDNotFound,
     ServiceSchemaMismatchError,
-    ServiceWithNameNotFound,
 )
 from broker.messaging import outbox, priorities
 from broker.messaging.claims import ClaimResult, Claims
@@ -55,13 +65,52 @@ class Producer:
     """A producer bound to one database and one message broker."""
 
     def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
-        self.settings = (settings or Settings.from_env()).require(broker=True, database=True)
+        #: Where an unconfigured producer looks for a ``topchef up`` that starts later.
+        self._stack_directory = Path.cwd() if settings is None else None
+        settings = settings or Settings.from_env()
+        # The database is needed at once; the broker only by what changes Redis. With
+        # neither, both are named, as every command names what it lacks.
+        self.settings = settings.require(database=True, broker=not settings.database_url)
         self.reader = Reader(self.settings.database_url)
-        self.app = app or make_app(self.settings)
-        self._client = redis_client(self.settings.broker_url)
-        self.publisher = CeleryPublisher(self.app, self._client)
-        self._claims = Claims.configured(self._client, self.settings)
+        self._app = app
         self._destinations: dict[str, submission.Destination] = {}
+        if self.settings.broker_url:  # known: made now, so threads sharing it never make two
+            _ = (self.publisher, self._claims)
+
+    # -- the message broker, met when first needed ----------------------------------
+
+    @functools.cached_property
+    def app(self) -> Celery:
+        """The Celery app jobs are published with (on the broker: ``_with_broker``)."""
+        return self._app or make_app(self._with_broker())
+
+    @functools.cached_property
+    def _client(self) -> redis.Redis:
+        return redis_client(self._with_broker().broker_url)
+
+    @functools.cached_property
+    def publisher(self) -> CeleryPublisher:
+        return CeleryPublisher(self.app, self._client)
+
+    @functools.cached_property
+    def _claims(self) -> Claims:
+        return Claims.configured(self._client, self.settings)
+
+    def _with_broker(self) -> Settings:
+        """The settings, naming a message broker; else why this call cannot run.
+
+        An unconfigured producer looks again for the ``topchef up`` of its
+        directory, which may have started since.
+        """
+        if not self.settings.broker_url and self._stack_directory is not None:
+            self.settings = self.settings.with_stack_in(self._stack_directory)
+        try:
+            return self.settings.require(broker=True)
+        except ConfigurationError as missing:
+            raise ConfigurationError(
+                f"this call needs the message broker: {missing.detail} "
+                "(reading jobs does not: job, wait, history and provenance work without it)"
+            ) from None
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -163,9 +212,9 @@ class Producer:
         with self.session() as session:
             ServiceList(session).by_name(name).jobs_per_message = jobs_per_message
 
-    def release_parked(self, service_id: uuid.UUID) -> int:
+    def release_parked(self, service_id: Id) -> int:
         """Let the service's parked jobs go as far as its slots allow (beat does each tick)."""
-        return self._claims.release_parked(service_id)
+        return self._claims.release_parked(as_uuid(service_id))
 
     def _schemas_of(self, name: str) -> tuple[uuid.UUID, Any, Any] | None:
         with open_session(self.settings.database_url) as session:
@@ -183,7 +232,7 @@ class Producer:
         service_name: str,
         parameters: dict[str, Any],
         *,
-        not_before: datetime | None = None,
+        not_before: datetime | timedelta | None = None,
         priority: int = priorities.DEFAULT,
     ) -> uuid.UUID:
         """Validate and submit one job; returns its id.
@@ -194,27 +243,24 @@ class Producer:
         After the first submit to a service, PostgreSQL takes the job in one
         autocommitted statement (``submission.add_job_at_once``).
 
-        ``not_before`` (an aware time) holds the job back until then: it waits
-        REGISTERED, cancellable, and beat publishes it when due, so it starts
-        within about a second of that time (``Settings.due_interval``).
+        ``not_before`` (an aware time, or a ``timedelta`` from now on the
+        database's clock) holds the job back until then: it waits REGISTERED,
+        cancellable, and beat publishes it when due, so it starts within about
+        a second of that time (``Settings.due_interval``).
         """
         priorities.check(priority)
         destination = self._destinations.get(service_name)
-        if not_before is not None:
-            return self.submit_many(
-                service_name, [parameters], not_before=not_before, priority=priority
-            )[0]
-        if destination is not None:
+        if destination is not None and not_before is None:
             engine = engine_for(self.settings.database_url)
-            job_id = submission.add_job_at_once(
+            job_id, registered = submission.add_job_at_once(
                 engine, destination, parameters, actors.person(), priority
             )
             if job_id is not None:
-                message = destination.message(job_id, parameters, priority=priority)
+                message = destination.message(job_id, registered, priority=priority)
                 outbox.publish_committed(self.publisher, engine, [message])
                 return job_id
             del self._destinations[service_name]  # renamed or deleted: look it up again
-        return self.submit_many(service_name, [parameters], priority=priority)[0]
+        return self._add(service_name, [parameters], None, not_before, priority, sweep=False)[0]
 
     def submit_many(
         self,
@@ -222,12 +268,13 @@ class Producer:
         parameter_sets: Iterable[dict[str, Any]],
         *,
         jobs_per_message: int | None = None,
-        not_before: datetime | None = None,
+        not_before: datetime | timedelta | None = None,
         priority: int = priorities.DEFAULT,
     ) -> list[uuid.UUID]:
         """Validate every parameter set, then add all jobs in one transaction.
 
-        One invalid set refuses the whole batch, and nothing is queued.
+        One invalid set refuses the whole batch, and nothing is queued; the
+        error names the set by its index (``parameters[137].points``).
 
         Jobs of a sweep share Celery messages, run one after another by one
         worker, so that Celery's cost per message (about a millisecond of
@@ -243,9 +290,23 @@ class Producer:
         """
         if jobs_per_message is not None:
             check_jobs_per_message(jobs_per_message)
-        submission.check_not_before(not_before)
-        priorities.check(priority)
         points = list(parameter_sets)
+        return self._add(service_name, points, jobs_per_message, not_before, priority, sweep=True)
+
+    def _add(
+        self,
+        service_name: str,
+        points: list[dict[str, Any]],
+        jobs_per_message: int | None,
+        not_before: datetime | timedelta | None,
+        priority: int,
+        *,
+        sweep: bool,
+    ) -> list[uuid.UUID]:
+        """``submit_many``'s work; ``sweep`` says whether errors name a point by its index."""
+        delay = times.delay(not_before) if isinstance(not_before, timedelta) else None
+        when = times.aware(not_before) if not_before is not None and delay is None else None
+        priorities.check(priority)
         with self.session() as session:
             service, now = _service_and_clock(session, service_name)
             if session.get_bind().dialect.name == "postgresql":
@@ -257,11 +318,12 @@ class Producer:
                 now,
                 points,
                 per_message or packing.choose(session, service.id, len(points)),
-                not_before=not_before,
+                not_before=now + delay if delay is not None else when,
                 priority=priority,
+                indexed=sweep,
             )
 
-    def resubmit(self, job_id: uuid.UUID, *, by: str | None = None) -> uuid.UUID:
+    def resubmit(self, job_id: Id, *, by: str | None = None) -> uuid.UUID:
         """Submit a new job with another job's parameters; returns the new job's id.
 
         The parameters are validated again, against the service's contract as
@@ -272,6 +334,7 @@ class Producer:
         ``by`` is who resubmits (the new job's ``submitted_by``): this
         process's person unless told (the gateway names its caller).
         """
+        job_id = as_uuid(job_id)
         with self.session() as session:
             original = session.get(JobRow, job_id)
             if original is None:
@@ -295,23 +358,23 @@ class Producer:
             )
             return new_id
 
-    def job(self, job_id: uuid.UUID) -> dict[str, Any]:
+    def job(self, job_id: Id) -> dict[str, Any]:
         """A snapshot of the job as SQL has it now."""
         return self.reader.job(job_id)
 
-    def history(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    def history(self, job_id: Id) -> list[dict[str, Any]]:
         """Every move of the job, oldest first: at, from, to, by, attempt, detail.
 
         The first is its submission (``from`` None, ``by`` who submitted it).
         """
         return self.reader.history(job_id)
 
-    def provenance(self, job_id: uuid.UUID) -> dict[str, Any]:
+    def provenance(self, job_id: Id) -> dict[str, Any]:
         """Who submitted the job, its schemas' fingerprint, and what ran it (``run``)."""
         return self.reader.provenance(job_id)
 
     def cancel(
-        self, job_id: uuid.UUID, *, detail: str = "cancelled before it ran", by: str | None = None
+        self, job_id: Id, *, detail: str = "cancelled before it ran", by: str | None = None
     ) -> bool:
         """Cancel a REGISTERED job: it becomes CANCELLED and never runs.
 
@@ -323,6 +386,8 @@ class Producer:
         has already claimed cannot be cancelled. Returns False if the job was
         cancelled already (cancelling is idempotent, but a user wants to know).
         """
+        job_id = as_uuid(job_id)
+        claims = self._claims  # a stopped stack is said before anything is read
         with open_session(self.settings.database_url) as session, session.begin():
             row = session.get(JobRow, job_id)
             if row is None:
@@ -331,7 +396,7 @@ class Producer:
             if status is Status.CANCELLED:
                 return False
             lifecycle.check_move(job_id, status, Status.CANCELLED)
-            claimed = self._claims.cancel(job_id)
+            claimed = claims.cancel(job_id)
             if claimed is not ClaimResult.CANCELLED:
                 raise InvalidTransitionError(job_id, Status.WORKING.value, Status.CANCELLED.value)
             who = by or actors.person()
@@ -340,7 +405,7 @@ class Producer:
                 raise InvalidTransitionError(job_id, row.status, Status.CANCELLED.value)
             return True
 
-    def abort(self, job_id: uuid.UUID, reason: str = "", *, by: str | None = None) -> str:
+    def abort(self, job_id: Id, reason: str = "", *, by: str | None = None) -> str:
         """Stop a job: cancel it if it has not started, or ask its running handler to stop.
 
         Returns ``"cancelled"`` (it had not started: the same as ``cancel``),
@@ -350,7 +415,8 @@ class Producer:
         A finished job raises ``JobNotAbortableError``. ``by`` names who asks
         (the gateway's caller); a Python or CLI caller is ``user@host:pid``.
         """
-        who = by or actors.person()
+        job_id, who = as_uuid(job_id), by or actors.person()
+        claims = self._claims  # a stopped stack is said before anything is read
         status = Status(self.reader.job(job_id)["status"])
         if status is Status.REGISTERED:
             cause = f": {reason}" if reason else ""
@@ -363,7 +429,7 @@ class Producer:
                 status = Status.WORKING  # a worker took it meanwhile: abort its run
         if status in lifecycle.TERMINAL:
             raise JobNotAbortableError(job_id, status.value, _FINISHED)
-        outcome, _at = self._claims.abort(job_id, reason, who)
+        outcome, _at = claims.abort(job_id, reason, who)
         if outcome in ("requested", "already"):
             return outcome
         if outcome == ClaimResult.RETRYING.value:
@@ -373,7 +439,7 @@ class Producer:
         raise JobNotAbortableError(job_id, status.value, f"{_FINISHED} (its claim is {outcome})")
 
     def wait(
-        self, job_id: uuid.UUID, timeout: float = 60.0, *, watch: Watch | None = None
+        self, job_id: Id, timeout: float = 60.0, *, watch: Watch | None = None
     ) -> dict[str, Any]:
         """Wait for a job to finish and return its results.
 
@@ -385,13 +451,13 @@ class Producer:
         return self.wait_all([job_id], timeout, watch=watch)[0]
 
     def wait_all(
-        self, job_ids: Sequence[uuid.UUID], timeout: float = 60.0, *, watch: Watch | None = None
+        self, job_ids: Sequence[Id], timeout: float = 60.0, *, watch: Watch | None = None
     ) -> list[dict[str, Any]]:
         """Wait for every job; return their results in order (see ``wait``)."""
         return self.reader.wait_all(job_ids, timeout, watch=watch)
 
     def outcomes(
-        self, job_ids: Sequence[uuid.UUID], timeout: float = 60.0, *, watch: Watch | None = None
+        self, job_ids: Sequence[Id], timeout: float = 60.0, *, watch: Watch | None = None
     ) -> list[Outcome]:
         """Wait up to ``timeout`` s; every job's outcome, failures and all, in order.
 
@@ -418,7 +484,7 @@ def _service_and_clock(session: Session, name: str) -> tuple[Service, datetime]:
     found = session.execute(
         sa.select(ServiceRow, sa.func.clock_timestamp()).where(ServiceRow.name == name)
     ).first()
-    if found is None:
-        raise ServiceWithNameNotFound(name)
+    if found is None:  # the one owner of the miss: it names the services close to ``name``
+        return ServiceList(session).by_name(name), database_now(session)
     row, now = found
     return Service(row), now.astimezone(UTC)

@@ -2,6 +2,7 @@
 
 Apart from ``Producer`` because reading needs no message broker: ``topchef jobs
 show`` and ``wait`` still work on the database of a stack that has stopped.
+Every id is taken as a ``uuid.UUID`` or as its text (``broker.contract.ids``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from broker.contract.ids import Id, as_uuid
 from broker.errors import (
     JobCancelledError,
     JobFailedError,
@@ -79,28 +81,29 @@ class Reader:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
 
-    def job(self, job_id: uuid.UUID) -> dict[str, Any]:
+    def job(self, job_id: Id) -> dict[str, Any]:
         """A snapshot of the job as SQL has it now."""
+        job_id = as_uuid(job_id)
         with open_session(self.database_url) as session:
             row = session.get(JobRow, job_id)
             if row is None:
                 raise JobWithUUIDNotFound(job_id)
             return Job(row).as_dict()
 
-    def history(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    def history(self, job_id: Id) -> list[dict[str, Any]]:
         """Every move of the job, oldest first (``broker.models.history``)."""
         with open_session(self.database_url) as session:
-            return [entry.as_dict() for entry in history.of_job(session, job_id)]
+            return [entry.as_dict() for entry in history.of_job(session, as_uuid(job_id))]
 
-    def provenance(self, job_id: uuid.UUID) -> dict[str, Any]:
+    def provenance(self, job_id: Id) -> dict[str, Any]:
         """Who submitted the job, the fingerprint of its schemas, what ran it."""
         with open_session(self.database_url) as session:
-            return history.provenance(session, job_id)
+            return history.provenance(session, as_uuid(job_id))
 
-    def earlier_attempts(self, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    def earlier_attempts(self, job_id: Id) -> list[dict[str, Any]]:
         """The job's attempts before its current one (retried, or superseded), oldest first."""
         with open_session(self.database_url) as session:
-            return attempts.shown(session, job_id)
+            return attempts.shown(session, as_uuid(job_id))
 
     def find(self, reference: str) -> uuid.UUID:
         """The job whose id is ``reference``, or the one job whose id starts with it.
@@ -128,7 +131,7 @@ class Reader:
         raise JobReferenceError(reference, int(matches or 0), SHORTEST_REFERENCE)
 
     def outcomes(
-        self, job_ids: Sequence[uuid.UUID], timeout: float, *, watch: Watch | None = None
+        self, job_ids: Sequence[Id], timeout: float, *, watch: Watch | None = None
     ) -> list[Outcome]:
         """Wait up to ``timeout`` s for every job to finish; each one's outcome, in order.
 
@@ -139,7 +142,8 @@ class Reader:
         """
         deadline = time.monotonic() + timeout
         interval = 0.005
-        remaining = set(job_ids)
+        ids = [as_uuid(job_id) for job_id in job_ids]
+        remaining = set(ids)
         self._require_known(remaining)
         total = len(remaining)
         finished: dict[uuid.UUID, Outcome] = {}
@@ -153,10 +157,10 @@ class Reader:
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
             interval = min(MAX_POLL_INTERVAL, interval * 2)
         unfinished = self._statuses(remaining)
-        return [finished.get(job_id) or unfinished[job_id] for job_id in job_ids]
+        return [finished.get(job_id) or unfinished[job_id] for job_id in ids]
 
     def wait_all(
-        self, job_ids: Sequence[uuid.UUID], timeout: float = 60.0, *, watch: Watch | None = None
+        self, job_ids: Sequence[Id], timeout: float = 60.0, *, watch: Watch | None = None
     ) -> list[Any]:
         """Every job's results, in order; raises for the first that has none.
 

@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
 from broker import actors
-from broker.contract import Contract
+from broker.contract import Contract, times
 from broker.errors import DeserializationError
 from broker.messaging import outbox, priorities
 from broker.messaging.messages import JobMessage
@@ -120,22 +120,23 @@ def add_job_at_once(
     parameters: dict[str, Any],
     submitted_by: str,
     priority: int = priorities.DEFAULT,
-) -> uuid.UUID | None:
+) -> tuple[uuid.UUID | None, dict[str, Any]]:
     """Validate and commit one job in one statement (PostgreSQL).
 
-    Returns ``None``, having written nothing, if the service was renamed or
-    deleted since ``destination`` was read.
+    Returns its id and its parameters as registered (``Contract.validate``'s
+    plain copy), or ``None`` for the id, having written nothing, if the service
+    was renamed or deleted since ``destination`` was read.
 
     A lone submit is what an instrument waiting for its next job waits on,
     and its cost is round trips: this one is an autocommitted INSERT that reads
     the service and the clock itself, instead of a transaction's BEGIN,
     SELECT, INSERT and COMMIT.
     """
-    destination.contract.validate(parameters, source="parameters")
+    registered = destination.contract.validate(parameters, source="parameters")
     job_id = uuid.uuid4()
     values = {
         "job_id": job_id,
-        "parameters": parameters,
+        "parameters": registered,
         "service_id": destination.service_id,
         "name": destination.name,
         "priority": priority,
@@ -143,17 +144,30 @@ def add_job_at_once(
     }
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         inserted = connection.execute(_INSERT_ONE, values).scalar()
-    return job_id if inserted == job_id else None
+    return (job_id if inserted == job_id else None), registered
 
 
-def check_not_before(value: object) -> None:
-    """Refuse a ``not_before`` that is not an aware time: a lab's clock zone is no guess."""
-    if value is None:
-        return
-    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
-        raise DeserializationError(
-            "not_before", f"must be a time with its zone, e.g. 2026-12-24T08:00:00Z, got {value!r}"
-        )
+def registered_parameters(
+    contract: Contract, parameter_sets: Sequence[dict[str, Any]], *, indexed: bool
+) -> list[dict[str, Any]]:
+    """Each set validated, as it is registered, stored and sent: ``Contract.validate``'s copy.
+
+    That copy is plain JSON (a NumPy number is a Python one) and has whole
+    numbers as integers where the schema says ``integer``, so the handler
+    reads what the contract promised and the registration's digest is of
+    exactly what the worker receives. ``indexed``: a sweep's error names its
+    point (``parameters[137].points``).
+    """
+    if not indexed:
+        return [contract.validate(parameters, source="parameters") for parameters in parameter_sets]
+    checked = []
+    for index, parameters in enumerate(parameter_sets):
+        try:
+            checked.append(contract.validate(parameters, source="parameters"))
+        except DeserializationError as error:
+            path = (index, *error.path)
+            raise DeserializationError(error.source, error.validator_error_message, path) from None
+    return checked
 
 
 def add_jobs(
@@ -166,10 +180,12 @@ def add_jobs(
     submitted_by: str | None = None,
     not_before: datetime | None = None,
     priority: int = priorities.DEFAULT,
+    indexed: bool = False,
 ) -> list[uuid.UUID]:
     """``Service.new_job`` for many jobs at once: the same rows and messages, in bulk.
 
-    One invalid parameter set refuses them all, before anything is written.
+    One invalid parameter set refuses them all, before anything is written;
+    ``indexed`` (a sweep) names it by its index (``registered_parameters``).
     ``per_message`` is how many jobs go in each Celery message, or the sizes
     of consecutive messages (``packing.sizes``).
     ``submitted_by`` is recorded on every job (``actors.person`` by default).
@@ -177,11 +193,11 @@ def add_jobs(
     and beat publishes them when due (``broker.beat.recovery.publish_due``).
     """
     submitted_by = submitted_by or actors.person()
-    check_not_before(not_before)
+    if not_before is not None:
+        not_before = times.aware(not_before)
     priorities.check(priority)
     destination = Destination.of(service)
-    for parameters in parameter_sets:
-        destination.contract.validate(parameters, source="parameters")
+    parameter_sets = registered_parameters(destination.contract, parameter_sets, indexed=indexed)
     if not parameter_sets:
         return []
     ids = [uuid.uuid4() for _ in parameter_sets]

@@ -8,13 +8,13 @@ message the report carries.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from broker.contract import Contract, compile_contract
+from broker.contract.bounds import check_payload
 from broker.errors import DeserializationError
 from broker.messaging.messages import ServiceDescriptor, StateMessage
 from broker.models.interfaces.job import Job
@@ -135,8 +135,8 @@ def execute(
         return aborted(watch.seen, results)
     # A handler that never looked ran to its end: that is what happened
     # (its report adds that an abort was asked meanwhile, if one was).
-    try:
-        served.results.validate(results, source="results")
+    try:  # what is reported is the contract's plain copy: NumPy's values as JSON
+        results = served.results.validate(results, source="results")
     except DeserializationError as violation:
         return outcome(Status.ERROR, detail=f"invalid results: {violation.detail}")
     return outcome(Status.COMPLETED, results=results)
@@ -150,10 +150,10 @@ def _partial(results: object) -> tuple[dict[str, Any] | None, str]:
     """
     if results is None:
         return None, ""
-    if not isinstance(results, dict):
-        return None, f"; its results were dropped: not a JSON object ({type(results).__name__})"
     try:
-        json.dumps(results, allow_nan=False)
-    except (TypeError, ValueError) as error:
-        return None, f"; its results were dropped: not JSON ({error})"
-    return results, ""
+        kept = check_payload(results, "results").value
+    except DeserializationError as error:
+        return None, f"; its results were dropped: {error.detail}"
+    if not isinstance(kept, dict):
+        return None, f"; its results were dropped: not a JSON object ({type(results).__name__})"
+    return kept, ""
