@@ -22,6 +22,7 @@ from broker.errors import ConfigurationError
 from broker.messaging.connections import redis_client, warn_unless_noeviction
 from broker.settings import Settings
 from broker.worker import handlers
+from broker.worker.connection import PatientConsumer, expect_running_jobs_to_go_on
 from broker.worker.runtime import ServedService, WorkerRuntime, install
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,12 @@ def serve(
     worker_shutdown.connect(lambda **_: runtime.stop(clean=True), weak=False)
     names = ", ".join(served.descriptor.name for served in runtime.services.values())
     log.info("serving %s (%s, concurrency %d)", names, pool, concurrency)
+    expect_running_jobs_to_go_on()
     app.Worker(
         queues=runtime.queues,
         pool=pool,
         concurrency=concurrency,
         loglevel=loglevel,
         hostname=nodename,
+        consumer_cls=PatientConsumer,
     ).start()

@@ -557,8 +557,8 @@ class WorkerRuntime:
                 held = dict(self._leases)
             try:
                 self._claims.renew(held)
-            except redis.RedisError:
-                log.warning("could not renew leases; retrying", exc_info=True)
+            except redis.RedisError as error:
+                log.warning("cannot renew leases (%s); retrying", error, exc_info=_unusual(error))
 
     def check_in(self, available: bool = True) -> None:
         """Tell the mirror every served service is alive; ``available=False``: this worker leaves.
@@ -594,8 +594,8 @@ class WorkerRuntime:
         while not self._stop.wait(self.check_in_interval):
             try:
                 self.check_in(available=True)
-            except redis.RedisError:
-                log.warning("check-in failed; retrying", exc_info=True)
+            except redis.RedisError as error:
+                log.warning("check-in failed (%s); retrying", error, exc_info=_unusual(error))
 
     def start(self) -> None:
         """Mark the services available and start checking in."""
@@ -657,3 +657,8 @@ def current_runtime() -> WorkerRuntime:
             "no worker runtime installed: start workers with `topchef worker MODULE`"
         )
     return _runtime
+
+
+def _unusual(error: redis.RedisError) -> bool:
+    """Whether an error deserves its traceback: a broker out of reach is said in one line."""
+    return not isinstance(error, redis.ConnectionError | redis.TimeoutError)
