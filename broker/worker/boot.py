@@ -22,7 +22,7 @@ from broker.errors import ConfigurationError
 from broker.messaging.connections import redis_client, warn_unless_noeviction
 from broker.settings import Settings
 from broker.worker import handlers
-from broker.worker.connection import PatientConsumer, expect_running_jobs_to_go_on
+from broker.worker.connection import PatientConsumer
 from broker.worker.runtime import ServedService, WorkerRuntime, install
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ def serve(
     worker_shutdown.connect(lambda **_: runtime.stop(clean=True), weak=False)
     names = ", ".join(served.descriptor.name for served in runtime.services.values())
     log.info("serving %s (%s, concurrency %d)", names, pool, concurrency)
-    expect_running_jobs_to_go_on()
     app.Worker(
         queues=runtime.queues,
         pool=pool,
@@ -80,4 +79,10 @@ def serve(
         loglevel=loglevel,
         hostname=nodename,
         consumer_cls=PatientConsumer,
+        # Other workers' events (gossip) and a census at each connect (mingle) serve
+        # Celery's revokes and elections, which TopChef does without (a job's claim
+        # decides); Celery 5.7 logs a traceback restarting gossip after a lost broker,
+        # and mingle costs a second at every reconnect.
+        without_gossip=True,
+        without_mingle=True,
     ).start()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from typing import Any
 
 from celery.exceptions import CPendingDeprecationWarning
 from celery.worker.consumer import Consumer
@@ -31,21 +32,20 @@ RETRY_SECONDS = 2.0
 REMIND_SECONDS = 60.0
 
 
-def expect_running_jobs_to_go_on() -> None:
-    """Silence Celery's warning, at every lost connection, that 6.0 will cancel running jobs.
-
-    ``celeryconfig`` sets ``worker_cancel_long_running_tasks_on_connection_loss``
-    itself (an instrument's run goes on), so the warning tells a lab nothing.
-    """
-    warnings.filterwarnings(
-        "ignore",
-        message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
-        category=CPendingDeprecationWarning,
-    )
-
-
 class PatientConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, but its broker connection is waited for, forever, in words."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # At every lost connection Celery warns that 6.0 will cancel the jobs
+        # running; celeryconfig sets that itself (an instrument's run goes on),
+        # so the warning tells a lab nothing. Here, because the worker's logging
+        # setup, done before the consumer is made, lets every such warning through.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
+            category=CPendingDeprecationWarning,
+        )
 
     def ensure_connected(self, conn: Connection) -> Connection:
         outage = Outage(masked(conn.as_uri(include_password=True)))

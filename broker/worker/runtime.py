@@ -215,8 +215,10 @@ class WorkerRuntime:
     def _discover_quietly(self) -> list[ServedService]:
         try:
             return self.discover()
-        except redis.RedisError:
-            log.warning("cannot read the service directory; retrying", exc_info=True)
+        except redis.RedisError as error:
+            log.warning(
+                "cannot read the service directory (%s); retrying", error, exc_info=_unusual(error)
+            )
             return []
 
     def _serve(self, descriptor: ServiceDescriptor, declaration: Declaration) -> ServedService:
