@@ -376,6 +376,13 @@ def test_a_worker_started_on_its_own_serves_again_within_seconds_of_a_restart_of
         (echo_line,) = [line for line in status.stdout.splitlines() if line.startswith("Echo ")]
         assert echo_line.split()[2] == "1"  # one live worker: the second PC's
         assert "no worker" not in echo_line
+
+        # Waiting for a broker that is gone, the worker still stops when told to.
+        assert _stop(up, signal.SIGINT) == 0
+        wait_for(lambda: worker_log.read_text().count("out of reach") == 2, 30, "a second miss")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+        assert "Traceback" not in worker_log.read_text()
     finally:
         if worker is not None:
             _stop(worker, signal.SIGTERM)

@@ -4,12 +4,14 @@
 ``--listen``, its port and a generated password there too
 (``broker.ops.network``), so that what a second PC was told stays true. The
 whole story through real processes (restart ``up``, submit, the worker
-started on its own runs it) is in ``test_cli_process.py``.
+started on its own runs it) is in ``test_cli_process.py``; here too, what
+such a worker says while its broker is gone (``broker.worker.connection``).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import socket
 import stat
@@ -22,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from support import free_port
 
+from broker.app import make_app
 from broker.errors import ConfigurationError
 from broker.ops.embedded import MAX_SOCKET_PATH, SOCKET_FILE, EmbeddedRedis, socket_path
 from broker.ops.network import (
@@ -34,6 +37,7 @@ from broker.ops.network import (
     reachable_host,
 )
 from broker.settings import STATE_DIR, URL_FILE, Settings, announced_url, masked
+from broker.worker.connection import REMIND_SECONDS, RETRY_SECONDS, Outage
 
 HERE = "127.0.0.1"  # the only network this sandbox has; --listen 0.0.0.0 takes the same path
 
@@ -168,7 +172,7 @@ def _exported(line: str, variable: str) -> str:
 def test_up_tells_how_a_second_pc_joins_a_stack_that_listens(tmp_path):
     access = NetworkAccess.kept_in(tmp_path, Listen(HERE))
     embedded = Settings(broker_url="redis+socket:///x/redis.sock", database_url="sqlite:///x")
-    lines = another_pc(embedded, Listen(HERE), tmp_path)
+    lines = another_pc(embedded, Listen(HERE), tmp_path, embedded=True)
     export = _export_line(lines, "TOPCHEF_BROKER_URL")
     assert _exported(export, "TOPCHEF_BROKER_URL") == access.url(HERE)
     assert any("the HTTP API" in line for line in lines)  # SQLite is this PC's alone
@@ -177,10 +181,16 @@ def test_up_tells_how_a_second_pc_joins_a_stack_that_listens(tmp_path):
 
 def test_up_tells_how_to_open_a_stack_that_does_not_listen(tmp_path):
     embedded = Settings(broker_url="redis+socket:///x/redis.sock", database_url="sqlite:///x")
-    (line,) = another_pc(embedded, None, tmp_path)
+    (line,) = another_pc(embedded, None, tmp_path, embedded=True)
     assert "topchef up --listen 0.0.0.0" in line
-    loopback = Settings(broker_url="redis://127.0.0.1:6379/0", database_url="sqlite:///x")
-    assert another_pc(loopback, None, tmp_path) == [line]
+
+
+def test_up_says_when_the_broker_it_was_given_is_this_pcs_alone(tmp_path):
+    loopback = Settings(broker_url="redis://:pw@127.0.0.1:6379/0", database_url="sqlite:///x")
+    (line,) = another_pc(loopback, None, tmp_path, embedded=False)
+    assert "Only this PC can reach the broker TOPCHEF_BROKER_URL names" in line
+    assert "redis://:***@127.0.0.1:6379/0" in line
+    assert "--listen" not in line  # refused with a broker set
 
 
 def test_up_with_shared_servers_passes_on_both_urls_exactly(tmp_path):
@@ -188,7 +198,7 @@ def test_up_with_shared_servers_passes_on_both_urls_exactly(tmp_path):
         broker_url="redis://:pa$$'word@lab-redis:6379/0",
         database_url="postgresql://lab:secret@lab-db/topchef",
     )
-    lines = another_pc(shared, None, tmp_path)
+    lines = another_pc(shared, None, tmp_path, embedded=False)
     broker = _export_line(lines, "TOPCHEF_BROKER_URL")
     database = _export_line(lines, "TOPCHEF_DATABASE_URL")
     assert _exported(broker, "TOPCHEF_BROKER_URL") == shared.broker_url
@@ -277,3 +287,34 @@ def test_listening_asks_every_connection_for_the_password(tmp_path):
             with pytest.raises(redis.AuthenticationError):
                 stranger.ping()
     assert NetworkAccess.kept_in(state, Listen(HERE)) == access  # its port is free again
+
+
+# -- a worker whose broker is gone ---------------------------------------------------------
+
+
+def test_a_worker_without_its_broker_says_so_once_then_once_a_minute_then_that_it_is_back(
+    caplog,
+):
+    now = [1000.0]
+    outage = Outage("redis://:***@lab-pc:6400/0", clock=lambda: now[0])
+    refused = ConnectionRefusedError(111, "Connection refused")
+    with caplog.at_level(logging.INFO, logger="broker.worker.connection"):
+        for _ in range(int(REMIND_SECONDS / RETRY_SECONDS) + 1):  # a minute of tries
+            outage.failed(refused, RETRY_SECONDS)
+            now[0] += RETRY_SECONDS
+        outage.over()
+        outage.over()  # connected already: nothing more to say
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 3, said
+    first, reminder, back = said
+    assert first.startswith("the message broker redis://:***@lab-pc:6400/0 is out of reach")
+    assert "Connection refused" in first
+    assert f"trying again every {RETRY_SECONDS:g} s" in first
+    assert "for as long as it takes" in first
+    assert f"still out of reach after {REMIND_SECONDS:.0f} s" in reminder
+    assert back.endswith(f"answers again after {REMIND_SECONDS + RETRY_SECONDS:.0f} s; serving")
+
+
+def test_every_topchef_process_waits_for_a_lost_broker_without_a_limit():
+    app = make_app(Settings(broker_url="redis://127.0.0.1:1/0"))
+    assert app.conf.broker_connection_max_retries is None  # 0 would be "never retry"

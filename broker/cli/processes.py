@@ -179,7 +179,7 @@ def demo(job_count: int, timeout: float) -> None:
 )
 @user_errors
 def up(workers: tuple[str, ...], concurrency: int, listen: str | None, port: int | None) -> None:
-    """Run mirror, beat and workers in the foreground until Ctrl-C (a single-PC lab).
+    """Run mirror, beat and workers in the foreground until Ctrl-C (a lab's main PC).
 
     Unconfigured, it starts an embedded Redis and uses topchef.sqlite3 here;
     other `topchef` commands run in this directory find it. With --listen,
@@ -189,22 +189,23 @@ def up(workers: tuple[str, ...], concurrency: int, listen: str | None, port: int
     from broker.errors import ConfigurationError
     from broker.ops.network import Listen, another_pc, listen_address
     from broker.ops.supervisor import local_stack
-    from broker.settings import STATE_DIR
+    from broker.settings import STATE_DIR, Settings
 
     if port is not None and listen is None:
-        raise ConfigurationError("--port is the port of --listen: give both, or neither")
+        raise ConfigurationError("--port is the port of --listen: give --listen too, or no --port")
     opening = None if listen is None else Listen(listen_address(listen), port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     here = Path.cwd()
+    embedded = not Settings.from_env(os.environ).broker_url  # else it is reached as it is set
     with local_stack(here, workers, concurrency, listen=opening) as (settings, supervisor):
         click.echo(
             f"TopChef is up. Broker: {masked(settings.broker_url)}  "
             f"Database: {masked(settings.database_url)}"
         )
         click.echo("Logs: .topchef/logs/   Stop with Ctrl-C.")
-        for line in another_pc(settings, opening, here / STATE_DIR):
+        for line in another_pc(settings, opening, here / STATE_DIR, embedded=embedded):
             click.echo(line)
         while not stop.wait(0.5):
             supervisor.check()

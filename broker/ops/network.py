@@ -29,7 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from broker.errors import ConfigurationError
-from broker.settings import Settings
+from broker.settings import Settings, masked
 
 #: Where a stack keeps its port and password, in its ``.topchef`` directory.
 NETWORK_FILE = "network.json"
@@ -147,20 +147,29 @@ def reachable_host(address: str) -> str:
     return socket.gethostname()
 
 
-def another_pc(settings: Settings, listen: Listen | None, state: Path) -> list[str]:
+def another_pc(
+    settings: Settings, listen: Listen | None, state: Path, *, embedded: bool
+) -> list[str]:
     """What ``topchef up`` tells its user about adding a PC: what to set there, or how to open up.
 
-    A lab worker needs the broker alone; a producer needs the database too,
-    or the HTTP API where the database is on this PC only (SQLite).
+    ``embedded``: the broker is the Redis ``topchef up`` started (no
+    ``TOPCHEF_BROKER_URL``). A lab worker needs the broker alone; a producer
+    needs the database too, or the HTTP API where the database is on this PC
+    only (SQLite).
     """
     access = None if listen is None else NetworkAccess.load(state)  # kept by the start
     if listen is not None and access is not None:
         broker = access.url(reachable_host(listen.address))
         where = f"listening on {listen.address}:{access.port}; password in {state / NETWORK_FILE}"
-    elif only_here(settings.broker_url):
+    elif embedded:
         return [
             "Only this PC can reach this stack: `topchef up --listen 0.0.0.0` opens it "
             "to workers on other PCs."
+        ]
+    elif only_here(settings.broker_url):
+        return [
+            f"Only this PC can reach the broker TOPCHEF_BROKER_URL names "
+            f"({masked(settings.broker_url)}): workers on other PCs need one they can reach."
         ]
     else:
         broker, where = settings.broker_url, "as TOPCHEF_BROKER_URL is set here"

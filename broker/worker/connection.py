@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import CPendingDeprecationWarning
@@ -38,9 +39,10 @@ class PatientConsumer(Consumer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # At every lost connection Celery warns that 6.0 will cancel the jobs
-        # running; celeryconfig sets that itself (an instrument's run goes on),
-        # so the warning tells a lab nothing. Here, because the worker's logging
-        # setup, done before the consumer is made, lets every such warning through.
+        # running; celeryconfig decides that itself (an instrument's run goes
+        # on), so the warning tells a lab nothing. Filtered here: the worker's
+        # logging setup, which runs before its consumer is made, lets every
+        # Celery deprecation warning through, overriding any filter set earlier.
         warnings.filterwarnings(
             "ignore",
             message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
@@ -65,13 +67,15 @@ class PatientConsumer(Consumer):  # type: ignore[misc]
 class Outage:
     """What a worker says while its broker is out of reach: a line now and then, not each try."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.where = where
+        self.clock = clock
         self.began: float | None = None
         self.said = 0.0
 
     def failed(self, error: Exception, interval: float) -> None:
-        now = time.monotonic()
+        """kombu's errback: a try failed, and the next comes in ``interval`` s."""
+        now = self.clock()
         if self.began is None:
             self.began = self.said = now
             log.warning(
@@ -95,7 +99,7 @@ class Outage:
             log.info(
                 "the message broker %s answers again after %.0f s; serving",
                 self.where,
-                time.monotonic() - self.began,
+                self.clock() - self.began,
             )
             self.began = None
 

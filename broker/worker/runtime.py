@@ -614,8 +614,12 @@ class WorkerRuntime:
         if clean:
             try:
                 self.check_in(available=False)
-            except redis.RedisError:
-                log.warning("could not withdraw this worker from its services", exc_info=True)
+            except redis.RedisError as error:
+                log.warning(
+                    "could not withdraw this worker from its services (%s)",
+                    error,
+                    exc_info=_unusual(error),
+                )
 
     def _ensure_thread(self, name: str, target: Any) -> None:
         # Keyed by pid too: a prefork child inherits the dict but not the threads.
