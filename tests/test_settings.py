@@ -70,6 +70,10 @@ def test_a_producer_with_nothing_configured_refuses_in_words(tmp_path, monkeypat
         ("postgresql://lab:secret@db/topchef", "postgresql://lab:***@db/topchef"),
         ("postgresql://lab@db/topchef", "postgresql://lab@db/topchef"),
         ("redis+socket:///tmp/x/redis.socket", "redis+socket:///tmp/x/redis.socket"),
+        (
+            "redis+socket://:secret@/lab/.topchef/redis.sock",
+            "redis+socket://:***@/lab/.topchef/redis.sock",
+        ),
     ],
 )
 def test_masked_hides_only_the_password(url, shown):

