@@ -16,13 +16,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import task_prerun, worker_ready, worker_shutdown, worker_shutting_down
 
 from broker.errors import ConfigurationError
 from broker.messaging.connections import redis_client, warn_unless_noeviction
 from broker.settings import Settings
 from broker.worker import handlers
 from broker.worker.runtime import ServedService, WorkerRuntime, install
+from broker.worker.shutdown import DEFAULT_ABORT_GRACE, Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,14 @@ def serve(
     pool: str = "threads",
     concurrency: int = 1,
     loglevel: str = "INFO",
+    abort_grace: float = DEFAULT_ABORT_GRACE,
 ) -> None:
     """Import the lab modules, wait for their services, and serve them until shut down.
 
     Services that do not exist yet are waited for and served as they appear
-    (within one directory sync), so lab PCs may boot in any order.
+    (within one directory sync), so lab PCs may boot in any order. The first
+    Ctrl-C waits for the running jobs; a second aborts them, giving their
+    handlers ``abort_grace`` seconds to stop (``broker.worker.shutdown``).
     """
     modules = list(modules)
     for module in modules:
@@ -62,12 +66,17 @@ def serve(
         app.control.add_consumer(served.descriptor.queue, destination=[nodename], reply=False)
         runtime.check_in(available=True)
 
-    def ready(**_: Any) -> None:
+    shutdown = Shutdown(runtime, pool, abort_grace)
+
+    def ready(sender: Any = None, **_: Any) -> None:
         runtime.start()
         runtime.watch_directory(serve_new)
+        shutdown.install(sender)
 
     worker_ready.connect(ready, weak=False)
-    worker_shutting_down.connect(lambda **_: runtime.drain(), weak=False)
+    if pool == "prefork":  # the handlers run in child processes
+        task_prerun.connect(shutdown.install_child, weak=False)
+    worker_shutting_down.connect(shutdown.warm, weak=False)
     worker_shutdown.connect(lambda **_: runtime.stop(clean=True), weak=False)
     names = ", ".join(served.descriptor.name for served in runtime.services.values())
     log.info("serving %s (%s, concurrency %d)", names, pool, concurrency)
