@@ -68,7 +68,7 @@ def stepping(parameters: dict[str, Any]) -> dict[str, Any]:
 
 @handles(EXPOSING)
 def exposing(parameters: dict[str, Any]) -> dict[str, Any]:
-    """One long exposure, with no call to ``progress`` or ``aborted``: it ends when the light does."""
+    """One long exposure that never calls ``progress`` or ``aborted``: it ends with the light."""
     tag = parameters["tag"]
     _open_shutter(tag)
     client = _redis()
