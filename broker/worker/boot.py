@@ -16,7 +16,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_prerun, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    task_prerun,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from broker.errors import ConfigurationError
 from broker.messaging.connections import redis_client, warn_unless_noeviction
@@ -75,6 +81,7 @@ def serve(
 
     worker_ready.connect(ready, weak=False)
     if pool == "prefork":  # the handlers run in child processes
+        worker_process_init.connect(shutdown.shield_child, weak=False)
         task_prerun.connect(shutdown.install_child, weak=False)
     worker_shutting_down.connect(shutdown.warm, weak=False)
     worker_shutdown.connect(lambda **_: runtime.stop(clean=True), weak=False)

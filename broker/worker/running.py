@@ -73,7 +73,7 @@ class RunningJobs:
     def abort_all(
         self, abort: Aborted, ask: Callable[[uuid.UUID], None], grace: float
     ) -> list[HeldRun]:
-        """Abort every held run; return those whose handler still ran after ``grace`` seconds.
+        """Abort every held run; return those that have not ended when it gives up.
 
         ``ask`` records the abort of one job (``Claims.abort``, as a user's
         abort is recorded); ``abort`` is what it records, for the callbacks
@@ -83,7 +83,8 @@ class RunningJobs:
         callbacks of those that did not look, so every instrument is made
         safe. The other half is theirs to return. Runs whose handler returned
         are waited for until their reports land (at most ``REPORT_GRACE``
-        more); the handlers still running are the caller's to give up.
+        more). What is left is the caller's to give up: handlers still
+        running, and (with Redis out of reach) reports that could not land.
         """
         with self._changed:
             self.aborting = abort.reason
@@ -101,7 +102,7 @@ class RunningJobs:
                 )
         self._wait(lambda runs: not runs, start + grace)
         self._wait(lambda runs: all(not r.returned for r in runs), start + grace + REPORT_GRACE)
-        return [run for run in self.held() if not run.returned]
+        return self.held()
 
     def _wait(self, done: Callable[[list[HeldRun]], bool], deadline: float) -> None:
         with self._changed:

@@ -35,7 +35,7 @@ from typing import Any
 
 from celery.worker import state
 
-from broker.worker.running import REPORT_GRACE
+from broker.worker.running import REPORT_GRACE, HeldRun
 from broker.worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -137,27 +137,20 @@ class Shutdown:
             log.warning("no job is running; the worker exits within %.0f s", self.bound)
         if self._prefork:
             self._to_children(signal.SIGQUIT)
-        elif stuck := self._runtime.abort_running(SHUTDOWN_REASON, self._grace):
-            self._exit(
-                [(f"job {run.job.hex[:8]} ({run.service.name})", run.service.id) for run in stuck]
-            )
+        elif left := self._runtime.abort_running(SHUTDOWN_REASON, self._grace):
+            self._exit([self._fate(_run_label(run), run.service.id, run.returned) for run in left])
         time.sleep(max(0.0, self._deadline - time.monotonic()))
         # Still here: a prefork child's handler ignored the abort, or Celery hangs.
-        self._exit(
-            [(_label(fields, self._name(fields)), _service_id(fields)) for fields in _active()]
-        )
+        left_over = _active() if self._prefork else []
+        self._exit([self._fate(_label(f, self._name(f)), _service_id(f), False) for f in left_over])
 
     def _name(self, fields: dict[str, Any]) -> str:
         served = self._runtime.services.get(_service_id(fields) or uuid.UUID(int=0))
         return served.descriptor.name if served else "?"
 
-    def _exit(self, abandoned: list[tuple[str, uuid.UUID | None]]) -> None:
+    def _exit(self, fates: list[str]) -> None:
         """Leave now, without the runs that did not end; one line says what becomes of them."""
-        log.warning(
-            "exiting: %s",
-            "; ".join(self._fate(label, service) for label, service in abandoned)
-            or "Celery did not finish its shutdown in time",
-        )
+        log.warning("exiting: %s", "; ".join(fates) or "Celery did not finish its shutdown in time")
         if self._prefork:
             self._to_children(signal.SIGKILL)
         withdraw = threading.Thread(target=self._runtime.stop, daemon=True)
@@ -167,15 +160,21 @@ class Shutdown:
             handler.flush()
         os._exit(1)
 
-    def _fate(self, label: str, service_id: uuid.UUID | None) -> str:
-        """What becomes of a run whose handler ignored the abort: its service's policy says."""
+    def _fate(self, label: str, service_id: uuid.UUID | None, returned: bool) -> str:
+        """What becomes of a run the worker exits without: its service's policy says.
+
+        ``returned``: its handler did stop, but its report could not reach
+        Redis in time (so nothing records it either).
+        """
         served = self._runtime.services.get(service_id or uuid.UUID(int=0))
         policy = served.descriptor.worker_loss_policy if served else ""
         fate = _FATES.get(policy, "follows its service's worker-loss policy")
-        return (
-            f"{label}: its handler did not stop within {self._grace:g} s of the abort; as"
-            f" after a crash, it {fate} once its lease lapses"
+        why = (
+            f"its report could not reach the broker within {REPORT_GRACE:g} s"
+            if returned
+            else f"its handler did not stop within {self._grace:g} s of the abort"
         )
+        return f"{label}: {why}; as after a crash, it {fate} once its lease lapses"
 
     def _waiting_line(self) -> str:
         running = [_label(fields, self._name(fields)) for fields in _active()]
@@ -192,19 +191,33 @@ class Shutdown:
         """Pass ``signum`` on to a prefork pool's children, which run the handlers."""
         if not self._prefork or self._pool is None:
             return
-        for pid in self._pool.info.get("processes", []):
+        try:
+            children = self._pool.info.get("processes", [])
+        except Exception:  # a pool Celery has already torn down: no child left
+            return
+        for pid in children:
             if pid != os.getpid():
                 with contextlib.suppress(ProcessLookupError):  # it has just exited
                     os.kill(pid, signum)
 
     # -- a prefork child ------------------------------------------------------
 
-    def install_child(self, **_: Any) -> None:
-        """In a prefork child, as it starts a task: drain on SIGTERM, abort on SIGQUIT.
+    @staticmethod
+    def shield_child(**_: Any) -> None:
+        """In a new prefork child (``worker_process_init``): ignore SIGTERM and SIGQUIT for now.
 
-        Not at the child's start (``worker_process_init``): billiard sets
-        both signals to exit the child after that, which would end a handler
-        mid-run. A child that has run no task yet has nothing to lose.
+        billiard then leaves them ignored, where it would make them exit the
+        child (mid-run, or as it starts a task) — until ``install_child``
+        gives them their meaning.
+        """
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+    def install_child(self, **_: Any) -> None:
+        """In a prefork child starting a task (``task_prerun``): SIGTERM drains, SIGQUIT aborts.
+
+        Its parent passes both on; its first task's start is the first moment
+        they can be taken after billiard's set-up.
         """
         if self._child == os.getpid():
             return
@@ -258,6 +271,10 @@ def _label(fields: dict[str, Any], service: str) -> str:
     if isinstance(jobs, list):
         return f"batch {str(fields.get('batch_id'))[:8]} ({len(jobs)} jobs of {service})"
     return f"job {str(fields.get('job_id'))[:8]} ({service})"
+
+
+def _run_label(run: HeldRun) -> str:
+    return f"job {run.job.hex[:8]} ({run.service.name})"
 
 
 def _listed(labels: list[str]) -> str:
