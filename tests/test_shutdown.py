@@ -25,6 +25,7 @@ import lab_shutdown as ls
 import pytest
 from support import environment, wait_for
 
+from broker.ops.supervisor import Supervisor
 from broker.storage.tables import JobRow, open_session
 from broker.worker.running import REPORT_GRACE
 from broker.worker.shutdown import EXIT_MARGIN, SHUTDOWN_REASON
@@ -220,3 +221,21 @@ def test_ctrl_c_twice_mid_batch_aborts_its_running_job_and_hands_back_the_rest(s
     )
     assert [stack.runs(tag) for tag in tags] == [1, 1, 1]
     assert [_shutter_closings(stack, tag) for tag in tags] == [1, 0, 0]
+
+
+def test_a_stack_stopping_aborts_the_jobs_its_worker_has_not_finished_in_time(stack, tmp_path):
+    """``topchef up``'s Ctrl-C: a job still running when the warm shutdown's time is up."""
+    for name in (ls.STEPPING, ls.EXPOSING, ls.STUCK):
+        stack.producer.create_service(name, "a shutter", ls.SCHEMA, ls.RESULTS)
+    stack.start_mirror()
+    supervisor = Supervisor(environment(stack.settings), tmp_path / "logs")
+    worker = supervisor.start("worker", "worker", "lab_shutdown", "--abort-grace", str(GRACE))
+    tag, job = _running(stack, ls.STEPPING)
+
+    supervisor.stop(timeout=1.0, names={"worker"}, abort_within=EXITED_WITHIN + 1)
+
+    assert worker.popen.returncode == 0  # it exited by itself, not killed
+    ended = stack.wait_status(job, "CANCELLED")
+    assert ended["detail"].endswith(f": {SHUTDOWN_REASON}")
+    assert _shutter_closings(stack, tag) == 1
+    assert stack.runs(tag) == 1

@@ -19,7 +19,7 @@ from broker.cli.options import (
     required_settings,
     user_errors,
 )
-from broker.settings import masked
+from broker.settings import ABORT_GRACE_SECONDS, masked
 
 
 @click.command()
@@ -42,7 +42,7 @@ from broker.settings import masked
 @click.option(
     "--abort-grace",
     type=SECONDS,
-    default=10.0,
+    default=ABORT_GRACE_SECONDS,
     show_default=True,
     help="Seconds running handlers have to stop after a second Ctrl-C.",
 )

@@ -26,10 +26,10 @@ from celery.signals import (
 
 from broker.errors import ConfigurationError
 from broker.messaging.connections import redis_client, warn_unless_noeviction
-from broker.settings import Settings
+from broker.settings import ABORT_GRACE_SECONDS, Settings
 from broker.worker import handlers
 from broker.worker.runtime import ServedService, WorkerRuntime, install
-from broker.worker.shutdown import DEFAULT_ABORT_GRACE, Shutdown
+from broker.worker.shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def serve(
     pool: str = "threads",
     concurrency: int = 1,
     loglevel: str = "INFO",
-    abort_grace: float = DEFAULT_ABORT_GRACE,
+    abort_grace: float = ABORT_GRACE_SECONDS,
 ) -> None:
     """Import the lab modules, wait for their services, and serve them until shut down.
 

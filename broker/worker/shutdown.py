@@ -35,6 +35,7 @@ from typing import Any
 
 from celery.worker import state
 
+from broker.settings import ABORT_GRACE_SECONDS
 from broker.worker.running import REPORT_GRACE, HeldRun
 from broker.worker.runtime import WorkerRuntime
 
@@ -42,8 +43,6 @@ log = logging.getLogger(__name__)
 
 #: What a job aborted by a shutdown says of why (its detail ends with it).
 SHUTDOWN_REASON = "the worker was shut down (a second Ctrl-C or SIGQUIT)"
-#: How long running handlers have to stop after a second Ctrl-C, by default.
-DEFAULT_ABORT_GRACE = 10.0
 #: Beyond the handlers' grace and their reports' (``REPORT_GRACE``): Celery's
 #: own end, and a prefork parent's wait for its children's.
 EXIT_MARGIN = 2.0
@@ -51,6 +50,11 @@ EXIT_MARGIN = 2.0
 WITHDRAW_TIMEOUT = 2.0
 
 _SignalHandler = Callable[[int, FrameType | None], Any]
+
+
+def exit_bound(grace: float = ABORT_GRACE_SECONDS) -> float:
+    """How long after a second Ctrl-C a worker with that ``grace`` has exited, at the latest."""
+    return grace + REPORT_GRACE + EXIT_MARGIN
 
 
 class Shutdown:
@@ -70,8 +74,7 @@ class Shutdown:
 
     @property
     def bound(self) -> float:
-        """How long after a second Ctrl-C the worker has exited, at the latest."""
-        return self._grace + REPORT_GRACE + EXIT_MARGIN
+        return exit_bound(self._grace)
 
     # -- the main process -----------------------------------------------------
 
