@@ -77,11 +77,11 @@ class RunningJobs:
 
         ``ask`` records the abort of one job (``Claims.abort``, as a user's
         abort is recorded); ``abort`` is what it records, for the callbacks
-        to run with should Redis not answer. Half the grace is the handlers' to see the abort
-        themselves, at a ``progress()`` or ``aborted()``, and call their
-        ``on_abort`` callbacks in their own thread; then this thread calls the
-        callbacks of those that did not look, so every instrument is made
-        safe. The other half is theirs to return. Runs whose handler returned
+        to run with should Redis not answer. Half the grace is the handlers'
+        to see the abort themselves, at a ``progress()`` or ``aborted()``,
+        and call their ``on_abort`` callbacks in their own thread; then this
+        thread calls the callbacks of those that did not look, so every
+        instrument is made safe. The other half is theirs to return. Runs whose handler returned
         are waited for until their reports land (at most ``REPORT_GRACE``
         more). What is left is the caller's to give up: handlers still
         running, and (with Redis out of reach) reports that could not land.

@@ -616,7 +616,7 @@ class WorkerRuntime:
         self._draining.set()
 
     def abort_running(self, reason: str, grace: float) -> list[HeldRun]:
-        """A shutdown's abort of every run here; the runs whose handler ignored it.
+        """A shutdown's abort of every run here; the runs that had not ended when it gave up.
 
         Each is aborted as a user would abort it (``Claims.abort``), by this
         worker, for ``reason``, so that it ends CANCELLED the same way
@@ -628,11 +628,6 @@ class WorkerRuntime:
         return self._running.abort_all(
             Aborted(reason, self.name(), now), lambda job: self._ask_abort(job, reason), grace
         )
-
-    @property
-    def held(self) -> list[HeldRun]:
-        """The runs this process holds now: claimed, not reported yet."""
-        return self._running.held()
 
     def _ask_abort(self, job: uuid.UUID, reason: str) -> None:
         try:
