@@ -138,10 +138,14 @@ class Shutdown:
             )
         else:
             log.warning("no job is running; the worker exits within %.0f s", self.bound)
-        if self._prefork:
-            self._to_children(signal.SIGQUIT)
-        elif left := self._runtime.abort_running(SHUTDOWN_REASON, self._grace):
-            self._exit([self._fate(_run_label(run), run.service.id, run.returned) for run in left])
+        try:
+            if self._prefork:
+                self._to_children(signal.SIGQUIT)
+            elif left := self._runtime.abort_running(SHUTDOWN_REASON, self._grace):
+                fates = [self._fate(_run_label(r), r.service.id, r.returned) for r in left]
+                self._exit(fates)
+        except Exception as error:  # the bound holds all the same
+            log.warning("the abort failed (%s: %s)", type(error).__name__, error)
         time.sleep(max(0.0, self._deadline - time.monotonic()))
         # Still here: a prefork child's handler ignored the abort, or Celery hangs.
         left_over = _active() if self._prefork else []
