@@ -27,6 +27,9 @@ STATE_DIR = ".topchef"
 URL_FILE = "broker.url"
 #: The SQLite file ``topchef up`` keeps its jobs in, in its working directory.
 DATABASE_FILE = "topchef.sqlite3"
+#: How long a worker's running handlers have to stop after a second Ctrl-C,
+#: unless ``topchef worker --abort-grace`` says otherwise (``broker.worker.shutdown``).
+ABORT_GRACE_SECONDS = 10.0
 
 
 def announced_url(directory: Path | None = None) -> str | None:

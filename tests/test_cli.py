@@ -208,6 +208,14 @@ def test_worker_module_that_does_not_exist(run):
     _one_line_error(run("worker", "no_such_module_here"), "cannot import 'no_such_module_here'")
 
 
+@pytest.mark.parametrize("grace", ["-1", "soon", "nan", "inf", ""])
+def test_a_worker_abort_grace_that_is_no_number_of_seconds_is_refused(run, grace):
+    result = run("worker", "lab", "--abort-grace", grace)
+    assert result.exit_code == 2
+    assert "Invalid value for '--abort-grace'" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_submit_show_list_cancel_and_status(run):
     submitted = run("jobs", "submit", lab.SQUARE, '{"x": 7}')
     assert submitted.exit_code == 0

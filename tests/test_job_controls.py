@@ -1,8 +1,9 @@
 """The job controls' rules on their own: the lifecycle moves on SQLite and PostgreSQL,
-the retry rule, and the abort watch on a real Redis."""
+the retry rule, and the abort watch (and a shutdown's abort of every run) on a real Redis."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import timedelta
 
@@ -21,7 +22,8 @@ from broker.models.moves import Move
 from broker.models.service import Service
 from broker.storage.tables import JobRow, database_now
 from broker.worker.controls import RunAbortWatch, judge_retry
-from broker.worker.handlers import Retry
+from broker.worker.handlers import Aborted, Retry
+from broker.worker.running import HeldRun, RunningJobs
 
 SCHEMA = {"type": "object"}
 
@@ -141,6 +143,114 @@ def test_the_abort_watch_reads_redis_at_most_once_per_interval_and_calls_back_on
     assert watch.requested() is seen
     assert called == [1]
     assert client.hget(keys.claim(job), "state") == b"running"  # the run decides its end
+
+
+def _claimed(client: redis.Redis, count: int = 1) -> tuple[Claims, list[uuid.UUID]]:
+    """``count`` jobs registered and claimed by worker ``w``."""
+    claims = Claims(client)
+    service = uuid.uuid4()
+    jobs = [uuid.uuid4() for _ in range(count)]
+    claims.register(pipeline := client.pipeline(), service, [(job, "d") for job in jobs])
+    pipeline.execute()
+    for job in jobs:
+        working = StateMessage("status", service, job, status="WORKING", worker="w")
+        assert claims.claim(job, 1, "w", working, "d").value == "claimed"
+    return claims, jobs
+
+
+SHUTDOWN = Aborted("the worker was shut down", "lab-pc:7", "2026-01-01T00:00:00.000+00:00")
+
+
+@pytest.mark.redis
+def test_a_shutdown_calls_back_once_for_a_handler_that_never_looked(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    claims, (job,) = _claimed(client)
+    watch = RunAbortWatch(claims, job, interval=0.0)
+    called = []
+    watch.on_abort(lambda: called.append("safe"))
+    claims.abort(job, "drift", "alice@lab:1")  # a user's abort came first: it stands
+
+    assert watch.call_back(SHUTDOWN) is True
+    assert called == ["safe"]
+    assert (watch.seen.by, watch.called_back_by_worker) == ("alice@lab:1", True)
+    assert watch.call_back(SHUTDOWN) is False
+    assert watch.requested() is watch.seen  # the handler now sees it, without a second call
+    assert called == ["safe"]
+
+
+@pytest.mark.redis
+def test_a_shutdown_leaves_alone_a_run_with_no_safe_state_to_reach(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    claims, (job,) = _claimed(client)
+    claims.abort(job, "shutdown", "lab-pc:7")
+    watch = RunAbortWatch(claims, job, interval=0.0)
+
+    assert watch.call_back(SHUTDOWN) is False
+    assert watch.seen is None  # its handler may still look, or run to its end
+
+
+def test_a_shutdown_makes_the_instrument_safe_even_with_redis_gone():
+    gone = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)  # nothing listens
+    watch = RunAbortWatch(Claims(gone), uuid.uuid4(), interval=0.0)
+    called = []
+    watch.on_abort(lambda: called.append("safe"))
+
+    assert watch.call_back(SHUTDOWN) is True
+    assert (called, watch.seen) == (["safe"], SHUTDOWN)
+
+
+@pytest.mark.redis
+def test_the_handler_and_the_shutdown_racing_call_the_callbacks_once(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    claims, jobs = _claimed(client, 20)
+    for job in jobs:
+        claims.abort(job, "shutdown", "lab-pc:7")
+    assert [_race(claims, job) for job in jobs] == [[1]] * len(jobs)
+
+
+def _race(claims: Claims, job: uuid.UUID) -> list[int]:
+    """The callbacks' calls when the handler looks just as the shutdown calls back."""
+    watch = RunAbortWatch(claims, job, interval=0.0)
+    called: list[int] = []
+    watch.on_abort(lambda: called.append(1))
+    start = threading.Barrier(2)
+    handler = threading.Thread(target=lambda: (start.wait(), watch.requested()))
+    handler.start()
+    start.wait()
+    watch.call_back(SHUTDOWN)
+    handler.join(5)
+    return called
+
+
+@pytest.mark.redis
+def test_a_shutdown_waits_for_runs_that_stop_and_gives_up_on_the_ones_that_do_not(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    claims, (heeding, deaf) = _claimed(client, 2)
+    descriptor = ServiceDescriptor(uuid.uuid4(), "Oven", SCHEMA, 30.0)
+    running = RunningJobs()
+    watches = {job: RunAbortWatch(claims, job, interval=0.0) for job in (heeding, deaf)}
+    for job, watch in watches.items():
+        assert running.start(HeldRun(job, descriptor, watch)) is False
+    safe: list[uuid.UUID] = []
+    watches[deaf].on_abort(lambda: safe.append(deaf))
+
+    def heed() -> None:  # a handler that looks, stops, and reports
+        while watches[heeding].requested() is None:
+            threading.Event().wait(0.01)
+        running.returned(heeding)
+        running.reported(heeding)
+
+    handler = threading.Thread(target=heed)
+    handler.start()
+    stuck = running.abort_all(SHUTDOWN, lambda job: claims.abort(job, "shutdown", "lab-pc:7"), 0.4)
+    handler.join(5)
+
+    assert [run.job for run in stuck] == [deaf]
+    assert safe == [deaf]  # its callback, called by the shutdown
+    assert watches[heeding].called_back_by_worker is False
+    assert claims.abort_request(deaf).by == "lab-pc:7"
+    late = uuid.uuid4()  # a run that starts while the shutdown aborts is aborted as it starts
+    assert running.start(HeldRun(late, descriptor, RunAbortWatch(claims, late))) is True
 
 
 def test_a_finish_that_asks_after_aborts_ends_no_run_that_had_one_until_it_is_told(redis_url):

@@ -19,7 +19,7 @@ from broker.cli.options import (
     required_settings,
     user_errors,
 )
-from broker.settings import masked
+from broker.settings import ABORT_GRACE_SECONDS, masked
 
 
 @click.command()
@@ -39,12 +39,23 @@ from broker.settings import masked
     show_default=True,
     help="Jobs run at once by this worker.",
 )
+@click.option(
+    "--abort-grace",
+    type=SECONDS,
+    default=ABORT_GRACE_SECONDS,
+    show_default=True,
+    help="Seconds running handlers have to stop after a second Ctrl-C.",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 @user_errors
-def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str) -> None:
+def worker(
+    modules: tuple[str, ...], pool: str, concurrency: int, abort_grace: float, loglevel: str
+) -> None:
     """Serve every handler declared in MODULES (e.g. workers.echo workers.rabi).
 
     Services that do not exist yet are waited for, and served as they appear.
+    Ctrl-C waits for the running jobs; a second Ctrl-C aborts them (their
+    on_abort callbacks run) and exits.
     """
     from broker.app import make_app
     from broker.tasks import job
@@ -55,7 +66,15 @@ def worker(modules: tuple[str, ...], pool: str, concurrency: int, loglevel: str)
     app = make_app(settings)
     job.register(app)
     sys.path.insert(0, os.getcwd())
-    serve(app, settings, modules, pool=pool, concurrency=concurrency, loglevel=loglevel)
+    serve(
+        app,
+        settings,
+        modules,
+        pool=pool,
+        concurrency=concurrency,
+        loglevel=loglevel,
+        abort_grace=abort_grace,
+    )
 
 
 @click.command()

@@ -92,11 +92,19 @@ class Supervisor:
                     f"its log ({child.log_path}) ends:\n{child.tail()}"
                 )
 
-    def stop(self, timeout: float = 20.0, names: Collection[str] | None = None) -> None:
+    def stop(
+        self,
+        timeout: float = 20.0,
+        names: Collection[str] | None = None,
+        abort_within: float | None = None,
+    ) -> None:
         """SIGTERM the children (all, or those ``names``), then SIGKILL what is left.
 
         A worker's SIGTERM is Celery's warm shutdown: it finishes the jobs it
-        is running and reports them before it exits.
+        is running and reports them before it exits. ``abort_within``: the
+        children still running after ``timeout`` are sent SIGQUIT first, and
+        given that long more — a worker's SIGQUIT aborts its running jobs,
+        bringing their instruments to a safe state, and exits within it.
         """
         stopping = [c for c in self.children if names is None or c.name in names]
         for child in stopping:
@@ -106,9 +114,10 @@ class Supervisor:
             try:
                 child.popen.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", child.name)
-                _signal(child, signal.SIGKILL)
-                child.popen.wait(5)
+                if abort_within is None or not _aborted(child, abort_within):
+                    log.warning("%s did not stop in time; killing it", child.name)
+                    _signal(child, signal.SIGKILL)
+                    child.popen.wait(5)
             _signal(child, signal.SIGKILL)  # anything its process group left behind
         self.children = [c for c in self.children if c not in stopping]
         if not self.children:
@@ -118,6 +127,17 @@ class Supervisor:
 
     def alive(self, name: str) -> bool:
         return any(c.name == name and c.popen.poll() is None for c in self.children)
+
+
+def _aborted(child: Child, within: float) -> bool:
+    """Whether ``child``, sent SIGQUIT, exits ``within`` that many seconds."""
+    log.warning("%s is still running jobs: aborting them", child.name)
+    _signal(child, signal.SIGQUIT)
+    try:
+        child.popen.wait(within)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _signal(child: Child, signum: int) -> None:
@@ -185,13 +205,16 @@ def local_stack(
 def shut_down(supervisor: Supervisor, settings: Settings, drain_timeout: float = 30.0) -> None:
     """Stop a stack so that SQL ends up true: workers first, the mirror last.
 
-    The workers' warm shutdown reports the jobs they finish; the mirror then
-    applies the state stream to its end before it stops, so that no job whose
-    run ended is left WORKING until the stack's next start.
+    The workers' warm shutdown reports the jobs they finish (those that do
+    not finish in time are aborted, their instruments made safe); the mirror
+    then applies the state stream to its end before it stops, so that no job
+    whose run ended is left WORKING until the stack's next start.
     """
     from broker.messaging.connections import redis_client
+    from broker.worker.shutdown import exit_bound
 
-    supervisor.stop(names={"worker"})
+    # A job still running after the warm shutdown's time is aborted, not killed.
+    supervisor.stop(names={"worker"}, abort_within=exit_bound() + 1)
     client = redis_client(settings.broker_url)
     deadline = time.monotonic() + drain_timeout
     try:

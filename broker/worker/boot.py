@@ -16,14 +16,21 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    task_prerun,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 from broker.errors import ConfigurationError
 from broker.messaging.connections import redis_client, warn_unless_noeviction
-from broker.settings import Settings
+from broker.settings import ABORT_GRACE_SECONDS, Settings
 from broker.worker import handlers
 from broker.worker.connection import PatientConsumer
 from broker.worker.runtime import ServedService, WorkerRuntime, install
+from broker.worker.shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +43,14 @@ def serve(
     pool: str = "threads",
     concurrency: int = 1,
     loglevel: str = "INFO",
+    abort_grace: float = ABORT_GRACE_SECONDS,
 ) -> None:
     """Import the lab modules, wait for their services, and serve them until shut down.
 
     Services that do not exist yet are waited for and served as they appear
-    (within one directory sync), so lab PCs may boot in any order.
+    (within one directory sync), so lab PCs may boot in any order. The first
+    Ctrl-C waits for the running jobs; a second aborts them, giving their
+    handlers ``abort_grace`` seconds to stop (``broker.worker.shutdown``).
     """
     modules = list(modules)
     for module in modules:
@@ -63,12 +73,18 @@ def serve(
         app.control.add_consumer(served.descriptor.queue, destination=[nodename], reply=False)
         runtime.check_in(available=True)
 
-    def ready(**_: Any) -> None:
+    shutdown = Shutdown(runtime, pool, abort_grace)
+
+    def ready(sender: Any = None, **_: Any) -> None:
         runtime.start()
         runtime.watch_directory(serve_new)
+        shutdown.install(sender)
 
     worker_ready.connect(ready, weak=False)
-    worker_shutting_down.connect(lambda **_: runtime.drain(), weak=False)
+    if pool == "prefork":  # the handlers run in child processes
+        worker_process_init.connect(shutdown.shield_child, weak=False)
+        task_prerun.connect(shutdown.install_child, weak=False)
+    worker_shutting_down.connect(shutdown.warm, weak=False)
     worker_shutdown.connect(lambda **_: runtime.stop(clean=True), weak=False)
     names = ", ".join(served.descriptor.name for served in runtime.services.values())
     log.info("serving %s (%s, concurrency %d)", names, pool, concurrency)

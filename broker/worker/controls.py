@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -38,10 +39,18 @@ def aborted_signal(request: AbortRequest) -> Aborted:
     return Aborted(request.reason, request.by, at)
 
 
-def abort_detail(abort: Aborted) -> str:
-    """The detail of a job that ended CANCELLED because it was aborted while running."""
+def abort_detail(abort: Aborted, called_back_by_worker: bool = False) -> str:
+    """The detail of a job that ended CANCELLED because it was aborted while running.
+
+    ``called_back_by_worker``: its handler never looked, and a shutdown called
+    its safe-state callbacks (``RunAbortWatch.call_back``); the detail says so,
+    since whatever it returned was measured with the instrument made safe.
+    """
     reason = f": {abort.reason}" if abort.reason else ""
-    return f"aborted while running at {abort.at} by {abort.by}{reason}"
+    detail = f"aborted while running at {abort.at} by {abort.by}{reason}"
+    if called_back_by_worker:
+        detail += "; its handler had not looked for the abort, so the worker called its on_abort"
+    return detail
 
 
 def unheeded_abort(final: StateMessage, abort: Aborted) -> StateMessage:
@@ -59,7 +68,12 @@ def unheeded_abort(final: StateMessage, abort: Aborted) -> StateMessage:
 
 
 class RunAbortWatch:
-    """One run's view of its abort request: polled lazily, its callbacks called once."""
+    """One run's view of its abort request: polled lazily, its callbacks called once.
+
+    The handler's thread asks (``requested``); at a shutdown, the worker's own
+    thread may call the callbacks of an abort the handler has not seen yet
+    (``call_back``). A lock makes the two agree on who calls them: exactly once.
+    """
 
     def __init__(
         self,
@@ -74,8 +88,11 @@ class RunAbortWatch:
         self._clock = clock
         self._last = -interval
         self._callbacks: list[Callable[[], object]] = []
+        self._lock = threading.Lock()
         #: The abort, once the handler has been told of it.
         self.seen: Aborted | None = None
+        #: Whether the worker, not the handler, called the callbacks (at a shutdown).
+        self.called_back_by_worker = False
 
     def requested(self) -> Aborted | None:
         if self.seen is not None:
@@ -86,21 +103,49 @@ class RunAbortWatch:
         self._last = now
         found = self._read()
         if found is not None:
-            self.seen = found
-            callbacks, self._callbacks = self._callbacks, []
-            for callback in callbacks:
-                _call_safely(callback)
+            self._see(found)
         return self.seen
 
     def on_abort(self, callback: Callable[[], object]) -> None:
-        if self.seen is not None:
-            _call_safely(callback)
-        else:
-            self._callbacks.append(callback)
+        with self._lock:
+            if self.seen is None:
+                self._callbacks.append(callback)
+                return
+        _call_safely(callback)
+
+    def call_back(self, fallback: Aborted) -> bool:
+        """Call the safe-state callbacks of an abort the handler has not seen; True if any ran.
+
+        For a shutdown that cannot wait for a handler to look: its instrument
+        is made safe all the same, and the run counts as aborted from then on
+        (its ``progress`` raises, its ``aborted()`` is True, and it ends
+        CANCELLED whatever it returns). The abort is the one Redis records, or
+        ``fallback`` if Redis cannot say: safety does not wait for the broker.
+        A run with no callback is left alone: nothing was made safe, so its
+        outcome stays its handler's.
+        """
+        if self.seen is not None or not self._callbacks:
+            return False
+        return self._see(self._read() or fallback, by_worker=True)
 
     def unseen(self) -> Aborted | None:
         """An abort requested that the handler never asked about (read now, unthrottled)."""
         return None if self.seen is not None else self._read()
+
+    def _see(self, abort: Aborted, by_worker: bool = False) -> bool:
+        """Record ``abort`` as seen and call the callbacks, unless another thread did first.
+
+        ``by_worker``: only if there is a callback to call (see ``call_back``).
+        """
+        with self._lock:
+            if self.seen is not None or (by_worker and not self._callbacks):
+                return False
+            self.seen = abort
+            self.called_back_by_worker = by_worker
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            _call_safely(callback)
+        return True
 
     def _read(self) -> Aborted | None:
         try:

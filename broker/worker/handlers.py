@@ -141,7 +141,10 @@ def on_abort(callback: Callable[[], object]) -> None:
 
     For the safe state of an instrument: close a shutter, park a stage. It
     runs in the handler's thread, at the ``progress`` or ``aborted`` call that
-    sees the abort first. Outside a job it does nothing.
+    sees the abort first; or, when the worker is shut down (a second Ctrl-C)
+    and the handler does not look in time, in the worker's own thread, so that
+    the instrument is made safe even by a handler that never looks. Outside a
+    job it does nothing.
     """
     watch = _watch.get()
     if watch is not None:

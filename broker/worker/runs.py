@@ -97,7 +97,7 @@ def execute(
 
     def aborted(abort: Aborted, results: object = None, note: str = "") -> StateMessage:
         kept, dropped = _partial(results)
-        detail = abort_detail(abort) + note + dropped
+        detail = abort_detail(abort, watch.called_back_by_worker) + note + dropped
         log.info("job %s was aborted while running: %s", job, detail)
         return outcome(Status.CANCELLED, results=kept, detail=detail, extra={"aborted": True})
 

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -43,12 +44,14 @@ from broker.worker.controls import (
     unheeded_abort,
 )
 from broker.worker.handlers import (
+    Aborted,
     Declaration,
     handles,
     progress,
 )
 from broker.worker.outcomes import RETRYING, UNSTARTED, Outcome
 from broker.worker.parking import Parker
+from broker.worker.running import HeldRun, RunningJobs
 from broker.worker.runs import ServedService
 
 __all__ = [
@@ -124,6 +127,7 @@ class WorkerRuntime:
         self._batches = Batches(self._client, settings.lease_seconds)
         self._presence = Presence(self._client)
         self._parker = Parker()
+        self._running = RunningJobs()
         #: Lease key → holder, for every job and batch this process is running.
         self._leases: dict[str, str] = {}
         self._leases_lock = threading.Lock()
@@ -341,6 +345,9 @@ class WorkerRuntime:
         """Run a claimed delivery's handler while this worker renews the job's lease."""
         lease = keys.lease(delivery.job)
         self._hold(lease, delivery.worker)
+        watch = RunAbortWatch(self._claims, delivery.job)
+        if self._running.start(HeldRun(delivery.job, delivery.served.descriptor, watch)):
+            self._ask_abort(delivery.job, self._running.aborting or "")
         try:
             return runs.execute(
                 delivery.served,
@@ -349,14 +356,16 @@ class WorkerRuntime:
                 delivery.attempt,
                 delivery.worker,
                 delivery.run,
-                RunAbortWatch(self._claims, delivery.job),
+                watch,
                 self._progress_reporter(delivery.served.descriptor.id, delivery.job),
             )
         finally:
+            self._running.returned(delivery.job)
             self._release(lease)
 
     def _reported(self, delivery: _Delivery, final: StateMessage, landed: Finish) -> Outcome:
         """A reported run's outcome, as its Celery task ends."""
+        self._running.reported(delivery.job)
         if not landed.on_time:
             log.warning(
                 "job %s (attempt %d) finished after beat presumed its worker lost (%s); "
@@ -607,6 +616,29 @@ class WorkerRuntime:
     def drain(self) -> None:
         """Shutdown has begun: finish the jobs running, start no more of a batch's."""
         self._draining.set()
+
+    def abort_running(self, reason: str, grace: float) -> list[HeldRun]:
+        """A shutdown's abort of every run here; the runs that had not ended when it gave up.
+
+        Each is aborted as a user would abort it (``Claims.abort``), by this
+        worker, for ``reason``, so that it ends CANCELLED the same way
+        (``RunningJobs.abort_all`` says how long each step waits). No batch
+        starts another job.
+        """
+        self._draining.set()
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        return self._running.abort_all(
+            Aborted(reason, self.name(), now), lambda job: self._ask_abort(job, reason), grace
+        )
+
+    def _ask_abort(self, job: uuid.UUID, reason: str) -> None:
+        try:
+            asked, _at = self._claims.abort(job, reason, self.name())
+        except redis.RedisError as error:  # its callbacks still run (``RunningJobs.abort_all``)
+            log.warning("could not record the abort of job %s: %s", job, error)
+            return
+        if asked not in ("requested", "already"):
+            log.info("job %s was not aborted: its claim is %s", job, asked)
 
     def stop(self, clean: bool = True) -> None:
         """Stop background work; on a clean shutdown, withdraw this worker's presence."""
