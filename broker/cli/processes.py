@@ -58,10 +58,12 @@ def worker(
     on_abort callbacks run) and exits.
     """
     from broker.app import make_app
+    from broker.ops.supervisor import follow_supervisor
     from broker.tasks import job
     from broker.worker.boot import serve
 
     configure_logging(loglevel)
+    follow_supervisor()
     settings = required_settings(broker=True)
     app = make_app(settings)
     job.register(app)
@@ -84,9 +86,11 @@ def worker(
 def mirror(batch_size: int, loglevel: str) -> None:
     """Mirror job states from the message broker into SQL."""
     from broker.mirror.process import Mirror
+    from broker.ops.supervisor import follow_supervisor
     from broker.storage.migrate import upgrade
 
     configure_logging(loglevel)
+    follow_supervisor()
     settings = required_settings(broker=True, database=True)
     upgrade(settings.database_url)
     stop = threading.Event()
@@ -113,10 +117,12 @@ def beat(loglevel: str) -> None:
     """Run the periodic tasks: timeouts, lost workers' jobs, the outbox."""
     from broker.app import make_app
     from broker.beat import process as beat_process
+    from broker.ops.supervisor import follow_supervisor
     from broker.storage.migrate import upgrade
     from broker.tasks import beat as beat_tasks
 
     configure_logging(loglevel)
+    follow_supervisor()
     settings = required_settings(broker=True, database=True)
     upgrade(settings.database_url)
     app = make_app(settings)

