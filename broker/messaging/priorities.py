@@ -20,7 +20,18 @@ the one Celery's own ``send_task(priority=…)`` uses.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
+
 from broker.errors import DeserializationError
+
+
+class _Prioritised(Protocol):
+    @property
+    def priority(self) -> int: ...
+
+
+P = TypeVar("P", bound=_Prioritised)
 
 LOWEST = 0
 HIGHEST = 9
@@ -49,6 +60,19 @@ def queue_list(queue: str, priority: int) -> str:
     """The Redis list kombu keeps ``queue``'s messages of ``priority`` in."""
     step = kombu_priority(priority)
     return f"{queue}{SEPARATOR}{step}" if step else queue
+
+
+def highest_first(jobs: Iterable[P]) -> list[P]:
+    """``jobs`` in the order they must be pushed onto their queues' lists: highest first.
+
+    A worker waiting in BRPOP on every list of its queue is not served from the
+    first list it names but from the first one that received data: after each
+    command (or each script or transaction) Redis serves its waiting clients in
+    the order their lists were pushed to. So whatever pushes jobs of several
+    priorities in one go pushes the highest first; jobs of one priority keep
+    the order given. ``lua/slots.lua``'s ``release_parked`` keeps the same rule.
+    """
+    return sorted(jobs, key=lambda job: -job.priority)
 
 
 def queue_lists(queue: str) -> list[str]:
