@@ -136,7 +136,10 @@ def environment(settings: Settings) -> dict[str, str]:
 class Process:
     """A ``topchef`` subcommand running as a real child process, logging to a file."""
 
-    def __init__(self, args: list[str], settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], settings: Settings, log_path: Path, cwd: Path | None = None
+    ) -> None:
+        """``cwd``: where it runs (for one whose directory has a ``celeryconfig.py`` of its own)."""
         self.args = args
         self.log_path = log_path
         self._log = log_path.open("ab")
@@ -146,6 +149,7 @@ class Process:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=cwd,
         )
 
     @property

@@ -127,7 +127,7 @@ def test_a_parked_job_keeps_its_place_and_its_priority(claims, client, redis_url
 def _handed_to_waiting_workers(
     redis_url: str, release: Callable[[], object], workers: int = 1
 ) -> list[uuid.UUID]:
-    """The jobs that consumers already waiting on every list of the queue are handed by ``release``."""
+    """The jobs ``release`` hands consumers already waiting on every list of the queue."""
     handed = popped_by_waiting_consumers(redis_url, priorities.queue_lists(QUEUE), release, workers)
     return [uuid.UUID(json.loads(message)["job"]) for _list, message in handed]
 
