@@ -11,8 +11,12 @@ high priorities for what must jump the queue.
 kombu's Redis transport emulates priorities with one list per priority step
 (``priority_steps``): a queue ``q`` has lists ``q`` and ``q<sep>1`` …
 ``q<sep>9``, and a worker's BRPOP names them in that order, so kombu's
-priority 0 is taken first. Ours is the other way round (higher first, as
-users read it), so a job of priority ``p`` carries kombu's ``HIGHEST - p``.
+priority 0 is taken first from lists that hold jobs already. A worker
+already waiting in BRPOP, though, is handed a job from whichever list is
+pushed to first, so whatever pushes several priorities at once pushes the
+highest first (``highest_first``). Ours is the other way round from kombu's
+(higher first, as users read it), so a job of priority ``p`` carries kombu's
+``HIGHEST - p``.
 Every process configures the same ten steps (``broker.app``), and
 ``tests/test_wire_celery.py`` pins the list the publisher pushes to against
 the one Celery's own ``send_task(priority=…)`` uses.
