@@ -450,6 +450,17 @@ class Run:
             f"priority: {fmt(jumped.median)} low jobs started in between; "
             f"waited {fmt(waited.median)} ms"
         )
+        for pool in ("solo", "threads", "prefork"):
+            held = f"{n:,} of priority 1 then one of 9, parked while held; one {pool} worker"
+            first = self.figure(
+                "priority",
+                f"low jobs started before the urgent one, after a resume ({pool})",
+                "jobs",
+                held,
+            )
+            for _ in range(self.plan.repeat):
+                first.values.append(controls.priority_after_resume(self.ours, n, pool).overtaken_by)
+            say(f"priority after a resume ({pool}): {fmt(first.median)} low jobs started first")
 
     def exclusive(self) -> None:
         assert self.ours is not None
@@ -704,6 +715,13 @@ class Run:
                 "a priority-9 job after 1,000 of priority 1: ≤ 1 low job (the one in hand) first",
                 f"{fmt(jumped.high)} (worst of {len(jumped.values)})",
                 jumped.high <= 1,
+            )
+        resumed = [f for f in self.figures if f.name.startswith("low jobs started before the")]
+        if resumed:
+            target(
+                "after a resume, the priority-9 job starts first, on every pool",
+                ", ".join(f"{fmt(f.high)} ({f.name.rsplit('(', 1)[1]}" for f in resumed),
+                all(f.high == 0 for f in resumed),
             )
         most = self._find("exclusive", "most jobs WORKING at once (claims)")
         completed = self._find("exclusive", "jobs completed")

@@ -7,6 +7,12 @@ that submit and before the urgent job did (the handlers' own ledger of starts,
 in Redis). The rule says at most the one low job the worker had already taken
 when the urgent one arrived.
 
+``priority_after_resume``: the same service, held, gets ``low_jobs`` jobs of
+priority 1 and then one of priority 9, all parked by one worker of the pool
+measured; then it is resumed. The figure is how many low-priority jobs started
+before the urgent one: the rule says none, on every pool, since a held
+service's jobs wait parked and none in a worker.
+
 ``exclusive``: a service with ``max_running=1`` served by three worker
 processes of two threads each runs ``jobs`` jobs; the figure is the largest
 number of its jobs WORKING at once, from the claims' own reports (each
@@ -32,6 +38,7 @@ from bench.jobs import INSTRUMENT_ACTIVE, INSTRUMENT_MOST, INSTRUMENT_STARTED
 from bench.ours import OurStack
 from bench.payload import EXCLUSIVE_SERVICE, INSTRUMENT_SCHEMA, INSTRUMENT_SERVICE, RESULTS_SCHEMA
 from broker.messaging import keys
+from broker.messaging.claims import Claims
 from broker.messaging.messages import StateMessage
 from broker.storage.tables import JobRow, open_session
 
@@ -110,6 +117,41 @@ def priority_jump(ours: OurStack, low_jobs: int) -> Jump:
     finally:
         ours.stop_workers()
         ours.purge()
+
+
+def priority_after_resume(ours: OurStack, low_jobs: int, pool: str) -> Jump:
+    """Held; ``low_jobs`` of priority 1, then one of 9, all parked; resumed: who starts first."""
+    service_id = instrument_service(ours, INSTRUMENT_SERVICE)
+    ours.purge()
+    _reset_ledger(ours)
+    ours.producer.hold_service(INSTRUMENT_SERVICE, "benchmark: priority after a resume")
+    ours.start_workers(1, pool, 1)
+    try:
+        points = [{"index": index, "seconds": LOW_SECONDS} for index in range(low_jobs)]
+        ours.producer.submit_many(INSTRUMENT_SERVICE, points, priority=1, jobs_per_message=1)
+        ours.producer.submit(INSTRUMENT_SERVICE, {"index": URGENT, "seconds": 0}, priority=9)
+        claims = Claims(ours.redis)
+        deadline = time.monotonic() + 120
+        while claims.parked([service_id]) != [low_jobs + 1]:  # the worker parks each
+            if time.monotonic() > deadline:
+                raise TimeoutError("the held service's jobs were not all parked")
+            time.sleep(0.01)
+        resumed = time.monotonic()
+        ours.producer.resume_service(INSTRUMENT_SERVICE)
+        while URGENT not in (starts := _started(ours)):
+            if time.monotonic() > resumed + 60:
+                raise TimeoutError("the urgent job did not start after the resume")
+            time.sleep(0.002)
+        return Jump(starts.index(URGENT), 0, time.monotonic() - resumed)
+    finally:
+        ours.producer.resume_service(INSTRUMENT_SERVICE)
+        ours.stop_workers()
+        ours.purge()
+
+
+def _started(ours: OurStack) -> list[int]:
+    """The instrument's ledger: each run's index, in the order the runs started."""
+    return [int(value) for value in ours.redis.lrange(INSTRUMENT_STARTED, 0, -1)]
 
 
 def exclusive(ours: OurStack, jobs: int) -> Exclusive:

@@ -53,15 +53,15 @@ class Stack:
         self._mirror = threading.Thread(target=mirror.run, args=(self._stop, 0.2), daemon=True)
         self._mirror.start()
 
-    def process(self, *args: str) -> Process:
+    def process(self, *args: str, cwd: Path | None = None) -> Process:
         name = "-".join(a.replace("/", "_") for a in args)[:40]
         log = self.tmp_path / f"{name}-{len(self.processes)}.log"
-        process = Process(list(args), self.settings, log)
+        process = Process(list(args), self.settings, log, cwd)
         self.processes.append(process)
         return process
 
-    def worker(self, *extra: str, module: str = "lab") -> Process:
-        return self.process("worker", module, "--loglevel", "INFO", *extra)
+    def worker(self, *extra: str, module: str = "lab", cwd: Path | None = None) -> Process:
+        return self.process("worker", module, "--loglevel", "INFO", *extra, cwd=cwd)
 
     def tick(self, overtaken_after: float | None = None) -> TickReport:
         """One beat tick, run here (the same functions ``topchef beat`` runs)."""

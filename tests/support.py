@@ -9,9 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
+
+import redis
 
 from broker.settings import Settings
 
@@ -59,6 +62,62 @@ def wait_for(condition: Callable[[], T], timeout: float = 30.0, what: str = "con
         interval = min(0.1, interval * 1.5)
 
 
+def waiting_in_brpop(client: redis.Redis) -> int:
+    """How many clients of ``client``'s database wait, blocked, in BRPOP now.
+
+    An idle worker's consumer waits so on its queues' lists: a test that
+    needs a worker to be waiting (not busy between two messages) waits for it.
+    """
+    db = int(client.connection_pool.connection_kwargs.get("db", 0))
+    return sum(
+        1
+        for other in client.client_list()
+        if other.get("cmd") == "brpop" and "b" in other.get("flags", "") and int(other["db"]) == db
+    )
+
+
+def popped_by_waiting_consumers(
+    url: str, lists: Sequence[str], push: Callable[[], object], consumers: int = 1
+) -> list[tuple[str, bytes]]:
+    """The (list, message) that ``push`` hands each of ``consumers`` already waiting in BRPOP.
+
+    Each consumer blocks on ``lists`` in turn, as idle workers do (kombu names
+    a queue's lists highest priority first, ``priorities.queue_lists``), and
+    only once all wait is ``push`` called; the answers come in the order they
+    started waiting, the order Redis serves them in. A consumer that is not
+    yet waiting would read the lists in the order it names them, and could
+    not show which push reached it first.
+    """
+    names = [f"waiting-{uuid.uuid4().hex[:8]}" for _ in range(consumers)]
+    clients = [redis.Redis.from_url(url, client_name=name) for name in names]
+    observer = redis.Redis.from_url(url)
+    popped: dict[int, tuple[bytes, bytes] | None] = {}
+
+    def wait(index: int) -> None:
+        popped[index] = clients[index].brpop(lists, 20)
+
+    def waiting(name: str) -> bool:
+        return any(
+            other.get("name") == name and other.get("cmd") == "brpop"
+            for other in observer.client_list()
+        )
+
+    threads = [threading.Thread(target=wait, args=(index,)) for index in range(consumers)]
+    try:
+        for thread, name in zip(threads, names, strict=True):
+            thread.start()
+            wait_for(lambda name=name: waiting(name), 10, "a consumer to wait in BRPOP")
+        push()
+    finally:
+        for thread in threads:
+            thread.join(30)
+        for client in (*clients, observer):
+            client.close()
+    answers = [popped.get(index) for index in range(consumers)]
+    assert None not in answers, f"a waiting consumer got nothing: {answers}"
+    return [(key.decode(), message) for key, message in filter(None, answers)]
+
+
 def environment(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process use ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOPCHEF_")}
@@ -77,7 +136,10 @@ def environment(settings: Settings) -> dict[str, str]:
 class Process:
     """A ``topchef`` subcommand running as a real child process, logging to a file."""
 
-    def __init__(self, args: list[str], settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], settings: Settings, log_path: Path, cwd: Path | None = None
+    ) -> None:
+        """``cwd``: where it runs (for one whose directory has a ``celeryconfig.py`` of its own)."""
         self.args = args
         self.log_path = log_path
         self._log = log_path.open("ab")
@@ -87,6 +149,7 @@ class Process:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=cwd,
         )
 
     @property

@@ -16,6 +16,7 @@ import lab
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from support import popped_by_waiting_consumers
 
 from broker import actors
 from broker.beat.recovery import republish_overtaken, sync_directory
@@ -113,8 +114,7 @@ def test_a_job_is_queued_on_its_priority_list_and_keeps_its_priority_in_sql(prod
     queue = keys.service_queue(service_id)
 
     def queued(priority: int) -> list[str]:
-        raw = client.lrange(priorities.queue_list(queue, priority), 0, -1)
-        return [json.loads(base64.b64decode(json.loads(m)["body"]))[1]["job_id"] for m in raw]
+        return [_job_id(m) for m in client.lrange(priorities.queue_list(queue, priority), 0, -1)]
 
     assert queued(9) == [str(urgent)]
     assert queued(5) == [str(routine)]
@@ -140,6 +140,35 @@ def test_the_outbox_republishes_a_job_on_its_priority_list(producer):
         _unpublish(session, job)
         assert publish_outbox(session, producer.publisher, database_now(session), grace=0) == 1
     assert client.llen(queue) == 1
+
+
+@pytest.mark.redis
+def test_a_republish_of_several_priorities_reaches_a_waiting_worker_highest_first(
+    producer, redis_url
+):
+    """Beat sends jobs again in one go (outbox, overtaken, lost workers): the 9 must start first."""
+    from broker.beat.recovery import publish_outbox
+
+    routine = [producer.submit(lab.SQUARE, {"x": x}, priority=1) for x in range(3)]
+    urgent = producer.submit(lab.SQUARE, {"x": 9}, priority=9)
+    client = redis_client(producer.settings.broker_url)
+    lists = priorities.queue_lists(keys.service_queue(_service_id(producer, lab.SQUARE)))
+    client.delete(*lists)  # their messages never left, as far as beat can tell
+    with open_session(producer.settings.database_url) as session:
+        for job in [*routine, urgent]:
+            _unpublish(session, job)
+
+        def republish() -> None:
+            assert publish_outbox(session, producer.publisher, database_now(session), 0) == 4
+
+        [(_list, first)] = popped_by_waiting_consumers(redis_url, lists, republish)
+    rest = [_job_id(m) for name in lists for m in reversed(client.lrange(name, 0, -1))]
+    assert [_job_id(first), *rest] == [str(job) for job in (urgent, *routine)]
+
+
+def _job_id(message: bytes) -> str:
+    """The job a task message on a queue's list carries."""
+    return str(json.loads(base64.b64decode(json.loads(message)["body"]))[1]["job_id"])
 
 
 def _unpublish(session: Session, job: uuid.UUID) -> None:

@@ -1,5 +1,12 @@
 """Holds, ``max_running`` and priorities through real worker, beat and mirror processes.
 
+Priority is checked on every path that parks or releases work, each on the
+pools it differs on: a resume and a freed slot (solo, threads, prefork), beat
+sending lost messages again, and the bound a worker's prefetch sets, with the
+messages a dead worker had taken coming back. Where a release must reach a
+worker that waits for its queue (as an idle one mostly does, blocked in
+BRPOP), the test waits until it does and releases at once.
+
 Each run writes itself into a ledger of its own (``lab_slots``), so what ran,
 how often, in which order and how many at once is counted apart from SQL: the
 handler counts the runs inside it in Redis, atomically; and how many were
@@ -13,21 +20,29 @@ applied by different batches, appear to overlap it there.)
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
+import lab
 import lab_slots
 import pytest
 import sqlalchemy as sa
-from support import wait_for
+from support import Process, wait_for, waiting_in_brpop
 
-from broker.messaging import keys
+import celeryconfig
+from broker.beat.recovery import publish_outbox
+from broker.messaging import keys, priorities
 from broker.messaging.messages import StateMessage
-from broker.storage.tables import JobRow, open_session
+from broker.storage.tables import JobRow, database_now, open_session
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 INSTRUMENT = lab_slots.INSTRUMENT
+POOLS = ["solo", "threads", "prefork"]
 
 
 def _instrument(stack, **options) -> uuid.UUID:
@@ -187,3 +202,157 @@ def test_a_higher_priority_job_submitted_after_many_lower_ones_starts_next(stack
 
     lows = [f"low{i}" for i in range(50)]
     assert _starts(stack) == ["blocker", "urgent", "normal", *lows]  # FIFO within a priority
+
+
+def _lows(count: int) -> list[str]:
+    return [f"low{i}" for i in range(count)]
+
+
+def _wait_idle(stack) -> None:
+    """Until a ready worker waits for its queue, blocked in BRPOP, as an idle one mostly does.
+
+    A release that comes while it does not (kombu's wait lapses every second
+    and is taken up again a moment later; for its first second a worker waits
+    on Celery's start-up replies instead) finds a worker that reads the lists
+    in the order it names them, which would pass these tests whatever the
+    order of the pushes. So a test releases at once after this.
+    """
+    stack.wait_available(INSTRUMENT)  # its check-in comes once Celery's start-up is over
+    wait_for(lambda: waiting_in_brpop(stack.redis) >= 1, 30, "a worker to wait for its queue")
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_resume_starts_the_urgent_job_before_the_routine_ones_queued_while_held(stack, pool):
+    """Held, 15 jobs at priority 1 then one at 9, resumed: the 9 starts first (issue 24)."""
+    service_id = _instrument(stack)
+    stack.start_mirror()
+    assert stack.producer.hold_service(INSTRUMENT, "swapping the sample")
+    stack.worker("--pool", pool, module="lab_slots")
+    routine = [_submit(stack, tag, priority=1) for tag in _lows(15)]
+    urgent = _submit(stack, "urgent", priority=9)
+    _wait_parked(stack, service_id, 16)
+
+    _wait_idle(stack)
+    assert stack.producer.resume_service(INSTRUMENT)
+    stack.producer.wait_all([*routine, urgent], timeout=60)
+    assert _starts(stack) == ["urgent", *_lows(15)]
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_freed_slot_starts_the_highest_priority_parked_job(stack, pool):
+    service_id = _instrument(stack, max_running=1)
+    stack.start_mirror()
+    for _ in range(2):  # one runs the blocker, the other parks what comes meanwhile
+        stack.worker("--pool", pool, module="lab_slots")
+    blocker = _submit(stack, "blocker", hold=True)
+    stack.wait_status(blocker, "WORKING")
+    routine = [_submit(stack, tag, priority=1) for tag in _lows(5)]
+    urgent = _submit(stack, "urgent", priority=9)
+    _wait_parked(stack, service_id, 6)
+
+    _wait_idle(stack)
+    _release(stack, "blocker")
+    stack.producer.wait_all([blocker, *routine, urgent], timeout=60)
+    assert _starts(stack) == ["blocker", "urgent", *_lows(5)]
+
+
+def test_beat_sends_lost_messages_again_highest_priority_first(stack):
+    """The outbox's re-publish (the one beat's tick runs), of jobs of two priorities at once."""
+    service_id = _instrument(stack)
+    stack.start_mirror()
+    routine = [_submit(stack, tag, priority=1) for tag in _lows(3)]
+    urgent = _submit(stack, "urgent", priority=9)
+    stack.tick()  # beat marks them published
+    # Their messages are gone, and as far as beat can tell they never left.
+    stack.redis.delete(*priorities.queue_lists(keys.service_queue(service_id)))
+    stack.worker(module="lab_slots")
+    with open_session(stack.settings.database_url) as session:
+        session.execute(sa.update(JobRow).values(published_at=None))
+        session.commit()
+        now = database_now(session)
+        _wait_idle(stack)
+        assert publish_outbox(session, stack.producer.publisher, now, grace=0) == 4
+    stack.producer.wait_all([*routine, urgent], timeout=60)
+    assert _starts(stack) == ["urgent", *_lows(3)]
+
+
+def _prefetching_worker(stack, multiplier: int) -> Process:
+    """A threads worker that reserves ``multiplier`` jobs per thread, not one.
+
+    Its own ``celeryconfig.py`` (the project's, with Celery's
+    ``worker_prefetch_multiplier`` changed, as a lab would edit it) is in the
+    directory it runs in, which Python searches first.
+    """
+    directory = stack.tmp_path / f"prefetch-{multiplier}"
+    directory.mkdir()
+    settings = Path(celeryconfig.__file__).read_text(encoding="utf-8")
+    (directory / "celeryconfig.py").write_text(
+        f"{settings}\nworker_prefetch_multiplier = {multiplier}\n", encoding="utf-8"
+    )
+    return stack.worker("--pool", "threads", module="lab_slots", cwd=directory)
+
+
+def _wait_queue(stack, length: int) -> None:
+    wait_for(lambda: stack.queue_length(INSTRUMENT) == length, 30, f"{length} queued jobs")
+
+
+def test_an_urgent_job_starts_after_what_the_worker_had_already_taken_and_no_more(stack):
+    """The bound: a worker's prefetch (4 here: one thread, multiplier 4) is taken already."""
+    _instrument(stack)
+    stack.start_mirror()
+    _prefetching_worker(stack, 4)
+    blocker = _submit(stack, "blocker", hold=True)
+    stack.wait_status(blocker, "WORKING")
+    routine = [_submit(stack, tag, priority=1) for tag in _lows(6)]
+    _wait_queue(stack, 3)  # the worker holds four: the blocker and three waiting in it
+    urgent = _submit(stack, "urgent", priority=9)
+
+    _release(stack, "blocker")
+    stack.producer.wait_all([blocker, *routine, urgent], timeout=60)
+    assert _starts(stack) == ["blocker", *_lows(3), "urgent", "low3", "low4", "low5"]
+
+
+def test_jobs_a_dead_worker_had_taken_come_back_each_on_its_priority_list(stack):
+    """Redelivered after a crash: each message goes back to the list of its own priority.
+
+    kombu's redelivery is done by whichever worker is alive, for every queue:
+    here one of another service, so that where each lands can be read before
+    anything takes it. It brings a message back once the visibility timeout
+    has passed since it was taken; those whose time has come at one check go
+    back together, the last taken first, so two of one priority taken apart
+    may come back in either order.
+    """
+    stack.producer.create_service(lab.SQUARE, "squares x", lab.NUMBER_SCHEMA, lab.SQUARE_RESULTS)
+    service_id = _instrument(stack)
+    stack.start_mirror()
+    doomed = _prefetching_worker(stack, 4)
+    blocker = _submit(stack, "blocker", hold=True)
+    stack.wait_status(blocker, "WORKING")
+    taken = []
+    for tag, priority in (("low0", 1), ("low1", 1), ("urgent", 9)):
+        taken.append(_submit(stack, tag, priority=priority))
+        _wait_queue(stack, 0)  # taken by the worker, not started: its one thread is busy
+
+    doomed.kill()
+    stack.worker(module="lab")
+    _wait_queue(stack, 4)  # after the visibility timeout: the three, and the blocker's
+    queue = keys.service_queue(service_id)
+    landed = {p: _tags(stack, priorities.queue_list(queue, p)) for p in (9, 5, 1)}
+    assert landed == {9: ["urgent"], 5: ["blocker"], 1: ["low0", "low1"]}
+    stack.worker(module="lab_slots")
+    stack.producer.wait_all(taken, timeout=60)
+    starts = _starts(stack)
+    assert starts[:2] == ["blocker", "urgent"]  # the blocker's copy is refused: it ran once
+    assert sorted(starts[2:]) == ["low0", "low1"]
+
+
+def _tags(stack, queue_list: str) -> list[str]:
+    """The tags of the jobs on one list, sorted (their order within it is kombu's)."""
+    messages = stack.redis.lrange(queue_list, 0, -1)
+    return sorted(_kwargs(message)["parameters"]["tag"] for message in messages)
+
+
+def _kwargs(message: bytes) -> dict[str, Any]:
+    """A task message's keyword arguments, as kombu's Redis transport stores it."""
+    body = json.loads(base64.b64decode(json.loads(message)["body"]))
+    return dict(body[1])

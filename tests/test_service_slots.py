@@ -3,17 +3,21 @@
 Real Lua on real Redis (both backends): the control hash is written by the
 publisher, as a producer's commit and beat's tick write it; deliveries are
 claimed as a worker claims them, and what a release sends back is read off
-the queue's lists in the order a worker's BRPOP would take it.
+the queue's lists in the order a worker's BRPOP would take it: by a consumer
+that is already waiting when the release comes, as an idle worker is (Redis
+hands such a consumer the first list a script pushed to, whatever the order
+it names them in), and then by one that finds the lists full.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
+from support import popped_by_waiting_consumers
 
 from broker.app import make_app
 from broker.messaging import keys, priorities
@@ -120,6 +124,46 @@ def test_a_parked_job_keeps_its_place_and_its_priority(claims, client, redis_url
     assert _taken(client) == [urgent, low, later_low]
 
 
+def _handed_to_waiting_workers(
+    redis_url: str, release: Callable[[], object], workers: int = 1
+) -> list[uuid.UUID]:
+    """The jobs ``release`` hands consumers already waiting on every list of the queue."""
+    handed = popped_by_waiting_consumers(redis_url, priorities.queue_lists(QUEUE), release, workers)
+    return [uuid.UUID(json.loads(message)["job"]) for _list, message in handed]
+
+
+def test_a_worker_waiting_when_a_resume_comes_is_handed_the_highest_priority_job(
+    claims, client, redis_url
+):
+    """Parked lowest first (15 at priority 1, then 1 at 9): the waiting worker gets the 9."""
+    _control(client, redis_url, held=True)
+    routine = [_registered(claims) for _ in range(15)]
+    urgent = _registered(claims)
+    for job in routine:
+        _deliver(claims, job, priority=1)
+    _deliver(claims, urgent, priority=9)
+    _control(client, redis_url, held=False)
+
+    handed = _handed_to_waiting_workers(redis_url, lambda: claims.release_parked(SERVICE))
+    assert [*handed, *_taken(client)] == [urgent, *routine]
+
+
+def test_every_priority_a_resume_sends_back_reaches_waiting_workers_in_order(
+    claims, client, redis_url
+):
+    """Three at 1, three at 5, three at 9, parked lowest first; four workers wait."""
+    _control(client, redis_url, held=True)
+    by_priority = {priority: [_registered(claims) for _ in range(3)] for priority in (1, 5, 9)}
+    for priority, jobs in by_priority.items():
+        for job in jobs:
+            _deliver(claims, job, priority=priority)
+    _control(client, redis_url, held=False)
+
+    handed = _handed_to_waiting_workers(redis_url, lambda: claims.release_parked(SERVICE), 4)
+    expected = by_priority[9] + by_priority[5] + by_priority[1]
+    assert [*handed, *_taken(client)] == expected
+
+
 def test_max_running_parks_beyond_the_limit_and_each_end_lets_one_more_start(
     claims, client, redis_url
 ):
@@ -148,6 +192,22 @@ def test_a_raised_limit_lets_as_many_more_go(claims, client, redis_url):
     _control(client, redis_url, most=3)
     assert claims.release_parked(SERVICE) == 2
     assert _taken(client) == jobs[1:3]
+
+
+def test_a_raised_limit_hands_a_waiting_worker_the_highest_priority_parked_job(
+    claims, client, redis_url
+):
+    _control(client, redis_url, most=1)
+    running, low, urgent, later_low = (_registered(claims) for _ in range(4))
+    assert _deliver(claims, running) is ClaimResult.CLAIMED
+    assert _deliver(claims, low, priority=1) is ClaimResult.PARKED
+    assert _deliver(claims, urgent, priority=9) is ClaimResult.PARKED
+    assert _deliver(claims, later_low, priority=1) is ClaimResult.PARKED
+    _control(client, redis_url, most=3)
+
+    handed = _handed_to_waiting_workers(redis_url, lambda: claims.release_parked(SERVICE))
+    assert [*handed, *_taken(client)] == [urgent, low]  # two slots free: two go
+    assert claims.parked([SERVICE]) == [1]
 
 
 def test_a_cancelled_parked_job_is_never_sent_back(claims, client, redis_url):

@@ -11,8 +11,12 @@ high priorities for what must jump the queue.
 kombu's Redis transport emulates priorities with one list per priority step
 (``priority_steps``): a queue ``q`` has lists ``q`` and ``q<sep>1`` …
 ``q<sep>9``, and a worker's BRPOP names them in that order, so kombu's
-priority 0 is taken first. Ours is the other way round (higher first, as
-users read it), so a job of priority ``p`` carries kombu's ``HIGHEST - p``.
+priority 0 is taken first from lists that hold jobs already. A worker
+already waiting in BRPOP, though, is handed a job from whichever list is
+pushed to first, so whatever pushes several priorities at once pushes the
+highest first (``highest_first``). Ours is the other way round from kombu's
+(higher first, as users read it), so a job of priority ``p`` carries kombu's
+``HIGHEST - p``.
 Every process configures the same ten steps (``broker.app``), and
 ``tests/test_wire_celery.py`` pins the list the publisher pushes to against
 the one Celery's own ``send_task(priority=…)`` uses.
@@ -20,7 +24,18 @@ the one Celery's own ``send_task(priority=…)`` uses.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
+
 from broker.errors import DeserializationError
+
+
+class _Prioritised(Protocol):
+    @property
+    def priority(self) -> int: ...
+
+
+P = TypeVar("P", bound=_Prioritised)
 
 LOWEST = 0
 HIGHEST = 9
@@ -49,6 +64,19 @@ def queue_list(queue: str, priority: int) -> str:
     """The Redis list kombu keeps ``queue``'s messages of ``priority`` in."""
     step = kombu_priority(priority)
     return f"{queue}{SEPARATOR}{step}" if step else queue
+
+
+def highest_first(jobs: Iterable[P]) -> list[P]:
+    """``jobs`` in the order they must be pushed onto their queues' lists: highest first.
+
+    A worker waiting in BRPOP on every list of its queue is not served from the
+    first list it names but from the first one that received data: after each
+    command (or each script or transaction) Redis serves its waiting clients in
+    the order their lists were pushed to. So whatever pushes jobs of several
+    priorities in one go pushes the highest first; jobs of one priority keep
+    the order given. ``lua/slots.lua``'s ``release_parked`` keeps the same rule.
+    """
+    return sorted(jobs, key=lambda job: -job.priority)
 
 
 def queue_lists(queue: str) -> list[str]:

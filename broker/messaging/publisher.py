@@ -117,10 +117,15 @@ class CeleryPublisher:
         (``messages.batched``). Each chunk's messages go to their queue's list
         for their priority (``priorities.queue_list``, the one kombu's own
         publish would use) in one multi-value ``LPUSH``, which queues them in
-        the order given, as one ``LPUSH`` each would.
+        the order given, as one ``LPUSH`` each would. They are pushed highest
+        priority first (``priorities.highest_first``): a worker waiting for its
+        queue takes the first job that reaches any of its lists, so a re-publish
+        of several priorities pushed in submission order could start a low one
+        first.
         """
         if not messages:
             return
+        messages = priorities.highest_first(messages)
         sent_events = self._events_wanted()
         topic = self._event_topic() if sent_events else ""
         pipeline = self._client.pipeline(transaction=False)

@@ -21,21 +21,45 @@ local function free_slots(running, control)
   return math.max(0, most - redis.call('SCARD', running))
 end
 
--- Send up to n (-1: all) parked jobs back to their queue's list, the oldest of
+-- Send up to n (-1: all) parked jobs back to their queue's lists, the oldest of
 -- the highest priority first, to the end a worker's BRPOP takes first.
 -- Returns how many went.
+--
+-- The order of the pushes matters as much as where they land. A worker
+-- waiting in BRPOP on every priority list of its queue is not served from the
+-- first list it names: once a script has pushed onto several lists, Redis
+-- serves a client that waits on more than one of them from the list that
+-- received the script's first push. So the lists are pushed highest priority
+-- first (the parked set's order), and within each list the youngest job goes
+-- first, so that its oldest ends nearest the consumers.
 local function release_parked(parked, n)
   if n == 0 then
     return 0
   end
   local members = redis.call('ZRANGE', parked, 0, n < 0 and -1 or n - 1)
-  -- The youngest is pushed first, so the oldest ends nearest the consumers.
-  for i = #members, 1, -1 do
-    local claim = members[i]
-    local message = redis.call('HGET', claim, 'parked_message')
-    if message and redis.call('HEXISTS', claim, 'parked') == 1 then
-      redis.call('RPUSH', redis.call('HGET', claim, 'parked_to'), message)
+  -- Runs of the members still parked that go to one list (one priority), in
+  -- the set's order: each run is the list and its members' positions.
+  local runs = {}
+  for i, claim in ipairs(members) do
+    if redis.call('HEXISTS', claim, 'parked') == 1 then
+      local to = redis.call('HGET', claim, 'parked_to')
+      local last = runs[#runs]
+      if to and last and last.to == to then
+        last[#last + 1] = i
+      elseif to then
+        runs[#runs + 1] = {to = to, i}
+      end
     end
+  end
+  for _, run in ipairs(runs) do
+    for k = #run, 1, -1 do
+      local message = redis.call('HGET', members[run[k]], 'parked_message')
+      if message then
+        redis.call('RPUSH', run.to, message)
+      end
+    end
+  end
+  for _, claim in ipairs(members) do
     redis.call('HDEL', claim, 'parked', 'parked_message')
   end
   if #members > 0 then
