@@ -2,7 +2,9 @@
 
 Rows go in with one ``INSERT ... SELECT generate_series`` per service (the
 models would take minutes), spread over ten services with a realistic mix
-of statuses, then the table is vacuumed and analysed as autovacuum would.
+of statuses and priorities (routine work at 5, a tenth at 1, one in a
+hundred urgent at 9), then the table is vacuumed and analysed as autovacuum
+would.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import uuid
 from collections.abc import Callable
 
 from bench.servers import PostgresSchema
+from broker.gateway.dispatch import due_registered
 from broker.models.interfaces.job import Job
 from broker.models.job_list import JobList
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
-from broker.storage.tables import open_session
+from broker.storage.tables import database_now, open_session
 
 Status = Job.JobStatus
 SERVICES = 10
@@ -24,6 +27,8 @@ SERVICES = 10
 #: Of every 100 jobs: 5 REGISTERED, 1 WORKING, 7 ERROR, the rest COMPLETED.
 _STATUS_SQL = """CASE WHEN i %% 100 < 5 THEN 'REGISTERED' WHEN i %% 100 = 5 THEN 'WORKING'
   WHEN i %% 100 < 13 THEN 'ERROR' ELSE 'COMPLETED' END"""
+#: Of every 100 jobs, by their index's last digits: one at 9, ten at 1, the rest at 5.
+_PRIORITY_SQL = "CASE WHEN i %% 100 = 50 THEN 9 WHEN i %% 10 = 7 THEN 1 ELSE 5 END"
 
 
 def fill(schema: PostgresSchema, total: int, service_id: uuid.UUID) -> float:
@@ -45,14 +50,15 @@ def fill(schema: PostgresSchema, total: int, service_id: uuid.UUID) -> float:
         for service in ids:
             connection.execute(
                 f"""INSERT INTO jobs (id, service_id, status, parameters, results, attempts,
-                  date_submitted, date_started, date_finished, published_at, version)
+                  date_submitted, date_started, date_finished, published_at, version, priority)
                 SELECT gen_random_uuid(), %s, {_STATUS_SQL},
                   jsonb_build_object('sample', 'Si-28 wafer 7', 'frequency_hz', 5.1e9 + i,
                     'amplitude', 0.25, 'repetitions', 200, 'index', i),
                   CASE WHEN i %% 100 >= 13 THEN '{{"ok": true}}'::jsonb END, 1,
                   now() - interval '30 days' + i * interval '1 second',
                   now() - interval '30 days' + i * interval '1 second',
-                  now() - interval '30 days' + i * interval '1 second', now(), 1
+                  now() - interval '30 days' + i * interval '1 second', now(), 1,
+                  {_PRIORITY_SQL}
                 FROM generate_series(1, %s) AS i""",
                 (service, per_service),
             )
@@ -74,6 +80,12 @@ def queries(url: str, service_name: str) -> dict[str, Callable[[], object]]:
         with open_session(url) as session:
             return JobList(session).with_status(Status.ERROR).page(0, 50)
 
+    def http_next() -> object:
+        """The gateway's search for the job an HTTP worker takes next (its first page)."""
+        with open_session(url) as session:
+            service = ServiceList(session).by_name(service_name)
+            return next(due_registered(session, service.id, database_now(session)), [])
+
     return {
         "next REGISTERED job of a service": on_service(
             lambda s: s.jobs.with_status(Status.REGISTERED).oldest(1)
@@ -82,6 +94,7 @@ def queries(url: str, service_name: str) -> dict[str, Callable[[], object]]:
             lambda s: s.jobs.with_status(Status.REGISTERED).oldest(10)
         ),
         "len(service.jobs)": on_service(lambda s: len(s.jobs)),
+        "next job an HTTP worker takes (priority, then age)": http_next,
         "listing: 50 newest ERROR jobs": listing,
     }
 

@@ -354,6 +354,34 @@ def test_queue_and_next_show_the_oldest_unclaimed_jobs(api, stack):
     assert _envelope(api.post(f"/services/{service}/jobs/claim"))["data"]["id"] == jobs[55]
 
 
+def test_http_workers_take_the_highest_priority_first_then_the_oldest(api, stack):
+    """The priority rule, over HTTP as for Celery workers, across pages and not-before."""
+    service = api.create_service()
+    later = "2099-01-01T00:00:00Z"
+
+    def submit(priority: int, **extra) -> str:
+        body = {"parameters": {"x": priority}, "priority": priority, **extra}
+        answer = api.post(f"/services/{service}/jobs", json=body)
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["data"]["id"])
+
+    routine = [str(j) for j in stack.producer.submit_many(lab.SQUARE, [{"x": 1}] * 55, priority=1)]
+    not_yet = submit(9, not_before=later)  # the highest, but not due: no one's yet
+    urgent = [submit(7), submit(7)]
+    middle = submit(5)
+
+    queue = _envelope(api.get(f"/services/{service}/queue"))
+    assert [job["id"] for job in queue["data"]] == [*urgent, middle, *routine[:7]]
+    assert _envelope(api.get(f"/services/{service}/jobs/next"))["data"]["id"] == urgent[0]
+    taken = [
+        _envelope(api.post(f"/services/{service}/jobs/claim"))["data"]["id"] for _ in range(58)
+    ]
+    # Past a page of candidates (50) within one priority, and never the job not due.
+    assert taken == [*urgent, middle, *routine]
+    assert not_yet not in taken
+    assert api.post(f"/services/{service}/jobs/claim").status_code == 204
+
+
 def _working(stack, service, job):
     from broker.messaging.messages import StateMessage
 

@@ -53,8 +53,11 @@ MAX_WAIT = 60.0
 MAX_POLL_INTERVAL = 0.5
 #: REGISTERED jobs read per SQL round trip when looking for an unclaimed one.
 CANDIDATES = 50
-#: The order jobs are handed out and shown in: by submission, ties by id.
+#: The order of the jobs a caller holds: by submission, ties by id.
 _OLDEST_FIRST = (JobRow.date_submitted, JobRow.id)
+#: The order waiting jobs are handed out and shown in, the priority rule's
+#: (``broker.messaging.priorities``): highest priority first, then oldest.
+_NEXT_FIRST = (JobRow.priority.desc(), JobRow.date_submitted, JobRow.id)
 #: Jobs whose leases one script call renews.
 RENEW_CHUNK = 500
 
@@ -85,13 +88,13 @@ class Dispatcher:
     # -- finding and claiming --------------------------------------------------
 
     def unclaimed(self, session: Session, service_id: uuid.UUID, limit: int) -> list[JobRow]:
-        """The oldest REGISTERED jobs of a service that nobody has claimed, oldest first.
+        """A service's REGISTERED jobs that nobody has claimed, in the order they are handed out.
 
         SQL may still say REGISTERED of a job a Celery worker has just claimed
         (the mirror has not caught up); the claims in Redis say otherwise.
         """
         found: list[uuid.UUID] = []
-        for page in _due_registered(session, service_id, database_now(session)):
+        for page in due_registered(session, service_id, database_now(session)):
             free = self._base.unclaimed(page)
             found += [job_id for job_id in page if job_id in free]
             if len(found) >= limit:
@@ -100,7 +103,7 @@ class Dispatcher:
             return []
         return list(
             session.scalars(
-                sa.select(JobRow).where(JobRow.id.in_(found[:limit])).order_by(*_OLDEST_FIRST)
+                sa.select(JobRow).where(JobRow.id.in_(found[:limit])).order_by(*_NEXT_FIRST)
             ).all()
         )
 
@@ -138,7 +141,7 @@ class Dispatcher:
         rows = session.scalars(
             sa.select(JobRow)
             .where(JobRow.service_id == service_id, JobRow.status == Status.WORKING.value)
-            .order_by(*_OLDEST_FIRST)
+            .order_by(*_NEXT_FIRST)
             .limit(CANDIDATES)
         ).all()
         holders = self._base.holders([row.id for row in rows])
@@ -285,7 +288,7 @@ class Dispatcher:
         Then jobs whose worker was lost and that beat handed back.
         """
         now = database_now(session)
-        for page in _due_registered(session, service_id, now):
+        for page in due_registered(session, service_id, now):
             for job_id in page:
                 claimed = self._take(session, job_id, service_id, timeout, worker, 1, now)
                 if claimed is ClaimResult.CLAIMED:
@@ -390,29 +393,47 @@ class Dispatcher:
         self._claims(timeout).renew_http(service_id, members, RENEW_CHUNK)
 
 
-def _due_registered(
+def due_registered(
     session: Session, service_id: uuid.UUID, now: datetime
 ) -> Iterator[list[uuid.UUID]]:
-    """The ids of the service's REGISTERED jobs that are due at ``now``, oldest first.
+    """The ids of the service's REGISTERED jobs that are due at ``now``, next first.
 
-    In pages of ``CANDIDATES``, each read when the caller asks for it (keyset
-    paging): a caller that finds its job in the first page reads no other.
+    Highest priority first, then oldest, as Celery workers take them: HTTP
+    workers follow the same priority rule. A priority at a time, each found
+    as the highest below the last (one probe of the index of waiting jobs,
+    ``ix_jobs_waiting``), its jobs in pages of ``CANDIDATES`` read when the
+    caller asks for them (keyset paging): a caller that finds its job in the
+    first page reads no other, and the first page costs one statement.
     """
+    waiting = (JobRow.service_id == service_id, JobRow.status == Status.REGISTERED.value)
     # A job held until a time is no one's before it (nor a retry before its backoff).
     due = sa.or_(JobRow.not_before.is_(None), JobRow.not_before <= now)
-    query = (
-        sa.select(*_OLDEST_FIRST)
-        .where(JobRow.service_id == service_id, JobRow.status == Status.REGISTERED.value, due)
-        .order_by(*_OLDEST_FIRST)
-        .limit(CANDIDATES)
-    )
-    page = session.execute(query).all()
-    while page:
-        yield [job_id for _submitted, job_id in page]
-        if len(page) < CANDIDATES:
-            return
-        after = sa.tuple_(*_OLDEST_FIRST) > sa.tuple_(*page[-1])
-        page = session.execute(query.where(after)).all()
+    oldest = (JobRow.date_submitted, JobRow.id)
+    below: int | None = None
+    while True:
+        highest = sa.select(sa.func.max(JobRow.priority)).where(*waiting)
+        if below is not None:
+            highest = highest.where(JobRow.priority < below)
+        first = (
+            sa.select(JobRow.priority, *oldest)
+            .where(*waiting, due, JobRow.priority == highest.scalar_subquery())
+            .order_by(*oldest)
+            .limit(CANDIDATES)
+        )
+        page = session.execute(first).all()
+        if not page:  # none waits at this priority, or none of its jobs is due yet
+            below = session.scalar(highest)
+            if below is None:
+                return
+            continue
+        below = page[0][0]
+        query = first.where(JobRow.priority == below)
+        while page:
+            yield [job_id for _priority, _submitted, job_id in page]
+            if len(page) < CANDIDATES:
+                break
+            after = sa.tuple_(*oldest) > sa.tuple_(*page[-1][1:])
+            page = session.execute(query.where(after)).all()
 
 
 def _text(value: object) -> str | None:

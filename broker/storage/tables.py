@@ -167,6 +167,17 @@ class JobRow(Base):
         sa.Index("ix_jobs_service_status_submitted", "service_id", "status", "date_submitted"),
         sa.Index("ix_jobs_status_submitted", "status", "date_submitted"),
         sa.Index("ix_jobs_submitted", "date_submitted"),
+        # A service's waiting jobs by priority, then oldest: the HTTP claim's
+        # next job is the oldest of the highest priority. Waiting jobs only.
+        sa.Index(
+            "ix_jobs_waiting",
+            "service_id",
+            "priority",
+            "date_submitted",
+            "id",
+            postgresql_where=sa.text("status = 'REGISTERED'"),
+            sqlite_where=sa.text("status = 'REGISTERED'"),
+        ),
         # An original's resubmissions; only resubmitted jobs are in it.
         sa.Index(
             "ix_jobs_resubmitted_from",
