@@ -227,6 +227,23 @@ def _kinds(value: object) -> object:
             {"n": 2.0},
             {"n": 2},
         ),
+        (  # integers along plain properties only: found without an evaluation
+            {
+                "properties": {
+                    "scan": {"properties": {"steps": {"type": "integer"}}},
+                    "type": {"type": ["integer", "null"]},  # a field named "type"
+                    "hz": {"type": "number"},
+                },
+                "default": {"type": "integer"},  # data, not a schema
+            },
+            {"scan": {"steps": 3.0}, "type": 1.0, "hz": 5.1e9},
+            {"scan": {"steps": 3}, "type": 1, "hz": 5.1e9},
+        ),
+        (  # and an integer under items is found by the evaluation
+            {"properties": {"n": {"type": "integer"}, "v": {"items": {"type": "integer"}}}},
+            {"n": 1.0, "v": [2.0, 3]},
+            {"n": 1, "v": [2, 3]},
+        ),
         ({"properties": {"x": {"type": "integer"}}}, {"x": 2.5}, None),  # invalid: refused
         ({"type": "object"}, {"x": 2.0}, {"x": 2.0}),  # no integer anywhere: nothing to do
     ],
