@@ -133,6 +133,49 @@ def environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def unconfigured_environment(**variables: str) -> dict[str, str]:
+    """This environment with no ``TOPCHEF_*`` or ``FLOWER_*`` variable, but ``variables``.
+
+    What a user's shell has: a command falls back on the ``topchef up`` of
+    its working directory, or says what is missing.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOPCHEF_", "FLOWER_"))}
+    env.update(variables)
+    return env
+
+
+def topchef(*args: str) -> list[str]:
+    """The argv of a ``topchef`` command, run by this interpreter."""
+    return [sys.executable, "-m", "broker", *args]
+
+
+def start_in_session(
+    argv: list[str], cwd: Path, env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    """A process in a session of its own, as a terminal starts it, writing to ``log``."""
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def stop_session(process: subprocess.Popen[bytes], signum: int) -> int:
+    """Send ``signum`` to the process's session (SIGINT: Ctrl-C); kill it if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, signum)
+    try:
+        return process.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.wait(10)
+
+
 class Process:
     """A ``topchef`` subcommand running as a real child process, logging to a file."""
 

