@@ -51,6 +51,7 @@ from broker.worker.handlers import (
 )
 from broker.worker.outcomes import RETRYING, UNSTARTED, Outcome
 from broker.worker.parking import Parker
+from broker.worker.progress import Send, ThrottledProgress
 from broker.worker.running import HeldRun, RunningJobs
 from broker.worker.runs import ServedService
 
@@ -67,8 +68,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 Status = Job.JobStatus
 
-#: Progress reports closer together than this are dropped (the last one is kept).
-PROGRESS_INTERVAL = 0.25
 #: How often a worker looks in the directory for services it waits for.
 DISCOVERY_INTERVAL = 1.0
 #: A run's report waits this long for Redis at first, doubling up to the most.
@@ -348,6 +347,9 @@ class WorkerRuntime:
         watch = RunAbortWatch(self._claims, delivery.job)
         if self._running.start(HeldRun(delivery.job, delivery.served.descriptor, watch)):
             self._ask_abort(delivery.job, self._running.aborting or "")
+        progress = ThrottledProgress(
+            self._progress_sender(delivery.served.descriptor.id, delivery.job)
+        )
         try:
             return runs.execute(
                 delivery.served,
@@ -357,9 +359,10 @@ class WorkerRuntime:
                 delivery.worker,
                 delivery.run,
                 watch,
-                self._progress_reporter(delivery.served.descriptor.id, delivery.job),
+                progress,
             )
         finally:
+            progress.flush()  # ahead of the outcome on the stream
             self._running.returned(delivery.job)
             self._release(lease)
 
@@ -533,22 +536,15 @@ class WorkerRuntime:
         """Report a run's outcome on its own (``_report``); return it as its task ends."""
         return self._reported(delivery, final, self._report(delivery.job, delivery.attempt, final))
 
-    def _progress_reporter(self, service: uuid.UUID, job: uuid.UUID) -> Any:
-        last_sent = 0.0
-
-        def report(fraction: float, message: str | None) -> None:
-            nonlocal last_sent
-            now = time.monotonic()
-            if fraction < 1.0 and now - last_sent < PROGRESS_INTERVAL:
-                return
-            last_sent = now
+    def _progress_sender(self, service: uuid.UUID, job: uuid.UUID) -> Send:
+        def send(fraction: float, message: str | None) -> None:
             entry = StateMessage("progress", service, job, progress=fraction, message=message)
             try:
                 self._client.xadd(keys.STATE_STREAM, entry.to_fields())  # type: ignore[arg-type]
             except redis.RedisError as error:  # progress is a courtesy: never fail the run for it
                 log.warning("could not report job %s's progress: %s", job, error)
 
-        return report
+        return send
 
     # -- leases and check-ins ----------------------------------------------
 
