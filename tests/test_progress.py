@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from broker.worker.progress import ThrottledProgress
+from broker.worker.progress_reports import ThrottledProgress
 
 
 class Clock:
@@ -44,3 +44,12 @@ def test_a_report_of_one_always_goes_and_leaves_nothing_held():
     progress(1.0, "done")
     progress.flush()
     assert sent == [(0.5, None), (1.0, "done")]
+
+
+def test_the_package_keeps_handing_out_the_progress_function():
+    """A module of the worker package named ``progress`` would shadow the function."""
+    import broker.worker
+    import broker.worker.runtime  # imports every module the worker runs
+    from broker.worker import handlers
+
+    assert broker.worker.progress is handlers.progress

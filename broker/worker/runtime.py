@@ -51,7 +51,7 @@ from broker.worker.handlers import (
 )
 from broker.worker.outcomes import RETRYING, UNSTARTED, Outcome
 from broker.worker.parking import Parker
-from broker.worker.progress import Send, ThrottledProgress
+from broker.worker.progress_reports import Send, ThrottledProgress
 from broker.worker.running import HeldRun, RunningJobs
 from broker.worker.runs import ServedService
 
