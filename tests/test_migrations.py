@@ -6,6 +6,7 @@ PostgreSQL schema (reached, like ``postgres_url``, through ``search_path``).
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import subprocess
 import sys
@@ -329,3 +330,40 @@ def _counts(url: str) -> dict[uuid.UUID, int]:
         counted = sa.select(jobs.c.service_id, sa.func.count()).group_by(jobs.c.service_id)
         assert kept == dict(connection.execute(counted).all())
     return kept
+
+
+def _open_and_count(url: str, start: Any, answers: Any) -> None:
+    engine = engine_for(url)  # made before the start: connecting is what races
+    start.wait()
+    try:
+        with engine.connect() as connection:
+            mode = connection.execute(sa.text("PRAGMA journal_mode")).scalar_one()
+        answers.put(mode)
+    except Exception as error:  # the answer is what the parent counts
+        answers.put(repr(error))
+
+
+def test_processes_opening_one_new_sqlite_file_at_once_all_get_in(tmp_path: Path) -> None:
+    """Every process switches a fresh file to WAL; SQLite refuses a racing one outright.
+
+    Found by CI: readers started together on an empty file, one answered
+    "database is locked" although the busy timeout was 30 s.
+    """
+    context = multiprocessing.get_context("fork")
+    failures = []
+    for round_ in range(30):
+        path = tmp_path / f"fresh{round_}.sqlite3"
+        path.touch()
+        answers = context.Queue()
+        start = context.Barrier(6)
+        children = [
+            context.Process(target=_open_and_count, args=(f"sqlite:///{path}", start, answers))
+            for _ in range(6)
+        ]
+        for child in children:
+            child.start()
+        modes = [answers.get(timeout=60) for _ in children]
+        for child in children:
+            child.join()
+        failures += [mode for mode in modes if mode != "wal"]
+    assert failures == []

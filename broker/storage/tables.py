@@ -9,7 +9,9 @@ transaction manager: models add and change rows in it, the caller commits.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -295,13 +297,36 @@ job_counts.install(metadata.tables["job_counts"], metadata.tables["jobs"])
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     """Make SQLite behave like a server database for several processes."""
     cursor = dbapi_connection.cursor()
-    # First: switching to WAL takes a lock that another process starting at the
-    # same moment may hold, and only a busy timeout makes it wait for it.
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+_SQLITE_BUSY_MS = 30_000
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Switch a new file to WAL, waiting for others that switch it at the same moment.
+
+    Two processes switching one fresh file each hold a shared lock and want an
+    exclusive one; SQLite answers one of them "database is locked" at once,
+    without calling the busy handler (waiting could deadlock). The loser's
+    statement has then let its lock go, so trying again is what the busy handler
+    would have done. Once the file is in WAL the pragma takes no lock at all.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 _engines: dict[str, Engine] = {}
