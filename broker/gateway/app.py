@@ -98,7 +98,7 @@ def _reported(error: Exception) -> TopChefError:
     if isinstance(error, redis.RedisError):
         log.warning("message broker unavailable: %s", error)
         return BrokerUnavailableError("The message broker cannot be reached")
-    log.exception("unexpected error in %s %s", request.method, request.path, exc_info=error)
+    log.exception("unexpected error in %s %r", request.method, request.path, exc_info=error)
     return ServerError(500, "Internal error", "An unexpected error; see the gateway's log")
 
 
@@ -130,7 +130,7 @@ class Generations:
     """Serve TopChefClient's older API under ``/legacy``, beside the current one at ``/``.
 
     The prefix moves to ``SCRIPT_NAME``, so the same routes answer and every
-    link the gateway writes (``url_for``) stays under the prefix the client was
+    link the gateway writes (``links.link``) stays under the prefix the client was
     given; the handlers ask ``context.legacy()`` where the two APIs differ.
     """
 
