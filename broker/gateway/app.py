@@ -58,10 +58,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _before_request() -> None:
+    """A body over the limit is refused first, token or not, as waitress refuses one far over it."""
     settings = gateway().settings
-    check_token(settings.api_token)
     if (request.content_length or 0) > settings.api_max_body_bytes:
         raise PayloadTooLargeError(settings.api_max_body_bytes)
+    check_token(settings.api_token)
 
 
 def _error(error: Exception) -> Response:
