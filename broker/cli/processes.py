@@ -99,10 +99,15 @@ def mirror(batch_size: int, loglevel: str) -> None:
         signal.signal(signum, lambda *_: stop.set())
     metrics = None
     if settings.metrics_port:
+        from broker.ops.exposure import is_loopback
         from broker.ops.metrics import serve
 
         metrics = serve(settings, settings.metrics_port, host=settings.metrics_host)
-        click.echo(f"metrics on http://{settings.metrics_host}:{metrics.port}/metrics", err=True)
+        # Opened by TOPCHEF_METRICS_HOST alone, for a scraper elsewhere: said, not refused.
+        reach = "" if is_loopback(settings.metrics_host) else " (no login: anyone who reaches it)"
+        click.echo(
+            f"metrics on http://{settings.metrics_host}:{metrics.port}/metrics{reach}", err=True
+        )
     click.echo("mirroring job states into SQL", err=True)
     try:
         Mirror(settings, batch_size=batch_size).run(stop)
