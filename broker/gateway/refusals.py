@@ -9,7 +9,8 @@ those as text; a TopChef client reads ``{"errors": [...]}``. Waitress has no
 documented setting for its error bodies, so its channel is given the one
 class it takes its error answers from (``error_task_class``, an attribute of
 its ``HTTPChannel`` since waitress 1.0); ``tests/test_gateway_exposure.py``
-checks every one of these answers through a real ``topchef api``.
+checks the 413s, a malformed request and an unknown coding through a real
+``topchef api``, so a waitress that changed this would fail there.
 
 Details are ours, never waitress's text: that quotes parts of the request
 (a malformed header line, a method), and nothing a request carries is sent back.
