@@ -23,7 +23,7 @@ from typing import Any
 import lab
 import pytest
 import requests
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import (
     environment,
@@ -117,6 +117,37 @@ def test_no_answer_names_the_host_a_request_forged(gateway, prefix):
     assert set(paged) == {"self", "next", "prev"}
     service = answers[4].json()["data"]["id"]
     assert paged["next"] == f"{prefix}/services/{service}/jobs?offset=2&limit=1"
+
+
+def test_no_host_a_request_forges_comes_back_on_any_route(gateway, api):
+    """Hypothesis: forged Host and X-Forwarded-* values, any route and method, either prefix."""
+    service = api.create_service()
+    job = api.submit(service, {"x": 1})
+    paths = [
+        re.sub(r"<job_id>", job, re.sub(r"<service_id>", service, rule))
+        for rule in {r.rule for r in gateway.server.app.url_map.iter_rules()}
+    ]
+    hosts = st.from_regex(r"[a-z0-9-]{1,20}(\.[a-z0-9-]{1,10}){0,3}(:[0-9]{1,5})?", fullmatch=True)
+
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True)
+    @given(
+        host=hosts.map(lambda text: f"zq{text}"),  # a prefix nothing the gateway writes holds
+        path=st.sampled_from(paths),
+        method=st.sampled_from(["GET", "POST", "PATCH", "DELETE", "PUT"]),
+        prefix=st.sampled_from(["", "/legacy"]),
+    )
+    def check(host: str, path: str, method: str, prefix: str) -> None:
+        forged = {"Host": host, "X-Forwarded-Host": host, "X-Forwarded-Server": host}
+        if path.endswith("/claim"):
+            path += "?wait=0"
+        response = requests.request(
+            method, gateway.url + prefix + path, headers=forged, json={}, timeout=30
+        )
+        assert response.status_code < 500, response.text
+        assert host not in response.text, (method, path, response.text)
+        assert all(host not in value for value in response.headers.values()), response.headers
+
+    check()
 
 
 def test_links_start_with_the_configured_base_url(make_gateway):
