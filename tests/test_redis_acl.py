@@ -93,7 +93,7 @@ def acl_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AclRed
 
 
 def _worker_refusals(client: redis.Redis) -> set[tuple[str, str]]:
-    """What Redis refused the worker user (ACL LOG), as (reason, command, key or channel refused)."""
+    """What Redis refused the worker user (ACL LOG): (reason, the command, key or channel)."""
     return {
         (entry["reason"], entry["object"].partition("|")[0])  # 7.0 adds the subcommand
         for entry in client.acl_log(count=1000)

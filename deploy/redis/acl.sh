@@ -18,9 +18,9 @@ worker=$(digest REDIS_WORKER_PASSWORD "${REDIS_WORKER_PASSWORD:-}")
 umask 077
 # Drop comments and blank lines; an indented line goes on the line above.
 awk '
-    /^[[:space:]]*#([[:space:]]|$)/ { next }
-    /^[[:space:]]*$/ { next }
-    /^[[:space:]]/ { sub(/^[[:space:]]+/, ""); line = line " " $0; next }
+    /^[ \t]*#([ \t]|$)/ { next }
+    /^[ \t]*$/ { next }
+    /^[ \t]/ { sub(/^[ \t]+/, ""); line = line " " $0; next }
     { if (line != "") print line; line = $0 }
     END { if (line != "") print line }
 ' "$template" |
