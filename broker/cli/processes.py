@@ -218,7 +218,7 @@ def up(workers: tuple[str, ...], concurrency: int, listen: str | None, port: int
     workers on other PCs join it too, with the URL it prints (the same at
     every start). A worker, the mirror or beat that dies is started again,
     after 1 s doubling to 60 s while it keeps dying; the stack stops if its
-    Redis dies.
+    embedded Redis dies.
     """
     from broker.errors import ConfigurationError
     from broker.ops.network import Listen, another_pc, listen_address

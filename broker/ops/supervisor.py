@@ -1,8 +1,19 @@
 """A whole TopChef stack on one PC: the processes ``topchef demo`` and ``topchef up`` run.
 
 Each part runs as its own ``topchef`` child process — the same commands an
-operator would start by hand — in its own process group, so that stopping the
-stack stops everything it started, and nothing is left behind.
+operator would start by hand, one worker per module — in its own process
+group, so that stopping the stack stops everything it started, and nothing is
+left behind.
+
+The stack outlives its parts: a worker, the mirror or beat that dies, however
+it dies, is started again with backoff (``broker.ops.restarts``), told in one
+line, while the rest runs on; the job a dead worker held meets its service's
+worker-loss policy once its lease lapses, as on any PC. Two ends stop the
+whole stack instead, with the reason: a part that refuses its configuration
+(it would refuse again), and the embedded Redis gone (every part needs it; a
+new ``topchef up`` starts it again on its append-only file). A configured
+broker is not the stack's to watch: its parts wait for it, or die and are
+started again until it is back.
 
 A ``topchef up`` killed outright (``kill -9``, a crash) cannot stop what it
 started, so each child watches it (``follow_supervisor``) and stops itself,
