@@ -155,22 +155,18 @@ def test_a_dead_worker_is_started_again_and_its_jobs_meet_their_policy(tmp_path)
         assert _ran_on(producer, last) not in (first.pid, second, third)
 
         # A worker that dies as it starts waits twice as long each time: no busy loop.
-        doomed = wait_for(
-            lambda: len(found := _deaths(out, "worker lab_doomed")) >= 4 and found, 120, "deaths"
-        )
+        starts = tmp_path / ".topchef" / "logs" / "worker-lab_doomed.log"
+
+        def waiting_long() -> list[re.Match[str]]:
+            """Its deaths once it waits 16 s or more to start again (one start per death)."""
+            deaths = _deaths(out, "worker lab_doomed")
+            started = starts.read_text().count("lab_doomed: starting")
+            return deaths if len(deaths) >= 5 and started == len(deaths) else []
+
+        doomed = wait_for(waiting_long, 120, "the doomed worker to wait 16 s")
         delays = [int(m["delay"]) for m in doomed]
         assert delays == [2**n for n in range(len(delays))], delays
-        starts = tmp_path / ".topchef" / "logs" / "worker-lab_doomed.log"
-        # Stopped while it waits to start again (its log has a start per death):
-        wait_for(
-            lambda: (
-                starts.read_text().count("lab_doomed: starting")
-                == len(_deaths(out, "worker lab_doomed"))
-            ),
-            60,
-            "the doomed worker to wait for its next start",
-        )
-        waited = len(_deaths(out, "worker lab_doomed"))
+        waited = len(doomed)
         parts = psutil.Process(up.pid).children()
         began = time.monotonic()
         os.kill(up.pid, signal.SIGTERM)
@@ -178,10 +174,13 @@ def test_a_dead_worker_is_started_again_and_its_jobs_meet_their_policy(tmp_path)
         took = time.monotonic() - began
     finally:
         stop_session(up, signal.SIGKILL)
-    assert took < 20, took  # not the backoff's wait, nor a worker's abort bound
+    assert took < delays[-1], took  # stopped at once, not after the backoff's wait
     _gone, alive = psutil.wait_procs(parts, timeout=10)
     assert not alive
     assert starts.read_text().count("lab_doomed: starting") == waited  # not started again
+    # One line per death, and none for the parts that stopped with the stack.
+    assert len(_deaths(out, crash)) == 3
+    assert len(_deaths(out, "mirror")) == len(_deaths(out, "beat")) == 1
     said = out.read_text()
     assert "Traceback" not in said
     assert said.rstrip().endswith("stopped")
