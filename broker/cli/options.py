@@ -19,6 +19,7 @@ import redis
 import sqlalchemy.exc as sa_exc
 
 from broker.errors import ConfigurationError, DeserializationError, SQLAlchemyError, TopChefError
+from broker.ops.restarts import REFUSED
 from broker.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,6 +32,8 @@ def user_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except ConfigurationError as error:
+            raise _refusal(sentence(error)) from None
         except TopChefError as error:
             raise click.ClickException(sentence(error)) from None
         except sa_exc.SQLAlchemyError as error:
@@ -41,6 +44,22 @@ def user_errors(command: F) -> F:
             raise click.ClickException(f"message broker error: {error}") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class _StackRefusal(click.ClickException):
+    """A configuration a part of a stack refuses: started again, it would refuse again."""
+
+    exit_code = REFUSED
+
+
+def _refusal(message: str) -> click.ClickException:
+    """A configuration refused; as a part of a stack, with the status that stops the stack.
+
+    A part that refuses is not started again (``broker.ops.restarts``).
+    """
+    from broker.ops.supervisor import supervised
+
+    return _StackRefusal(message) if supervised() else click.ClickException(message)
 
 
 def sentence(error: TopChefError) -> str:

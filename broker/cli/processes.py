@@ -228,7 +228,14 @@ def demo(job_count: int, timeout: float) -> None:
     show_default=True,
     help="Worker modules to serve (repeat for several).",
 )
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Jobs each worker runs at once (one worker process per module).",
+)
 @click.option(
     "--listen",
     metavar="ADDRESS",
@@ -248,7 +255,9 @@ def up(workers: tuple[str, ...], concurrency: int, listen: str | None, port: int
     Unconfigured, it starts an embedded Redis and uses topchef.sqlite3 here;
     other `topchef` commands run in this directory find it. With --listen,
     workers on other PCs join it too, with the URL it prints (the same at
-    every start).
+    every start). A worker, the mirror or beat that dies is started again,
+    after 1 s doubling to 60 s while it keeps dying; the stack stops if its
+    embedded Redis dies.
     """
     from broker.errors import ConfigurationError
     from broker.ops.network import Listen, another_pc, listen_address
