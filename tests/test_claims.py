@@ -17,6 +17,7 @@ from broker.messaging.claims import LUA_SCRIPTS, ClaimResult, Claims, RunEnd
 from broker.messaging.connections import warn_unless_noeviction
 from broker.messaging.messages import StateMessage, parameters_digest
 from broker.messaging.presence import Presence
+from broker.mirror.dead_letters import DeadLetters
 
 pytestmark = pytest.mark.redis
 
@@ -400,6 +401,8 @@ def test_every_lua_file_is_loaded_by_a_script_and_every_script_by_a_file():
     }
     # Workers' presences are no claim: their one script is Presence's.
     scripts["presence"] = Presence(redis.Redis())._script.script
+    # Nor is the state stream's clock: the mirror's dead letters restamp it.
+    scripts["restamp"] = DeadLetters(redis.Redis())._restamp.script
     files = _lua_files()
     assert files, f"no scripts found in {LUA_SCRIPTS}"
     # slots.lua is no script: its functions are prepended to those that use them.
