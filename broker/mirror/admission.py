@@ -115,7 +115,7 @@ def read_message(fields: Mapping[Any, Any]) -> StateMessage:
     if unknown:
         raise RefusedEntry(Reason.INVALID, f"unknown field(s) in 'm': {', '.join(unknown)[:200]}")
     kind = data.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise RefusedEntry(Reason.UNKNOWN_KIND, f"unknown kind {_shown(kind)}")
     values = {name: rule(data.get(name), name) for name, rule in _RULES.items()}
     message = StateMessage(**values)
