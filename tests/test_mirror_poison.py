@@ -220,6 +220,15 @@ POISONS: list[tuple[str, Poison, Reason]] = [
         Reason.UNKNOWN_JOB,
     ),
     (
+        "a provenance whose text SQL cannot store",
+        lambda s, j: _m(
+            kind="provenance",
+            service_id=s,
+            extra={"worker": "w", "module": "m", "code_version": "v" * 150, "python": "3"},
+        ),
+        Reason.INVALID_PROVENANCE,
+    ),
+    (
         "a provenance that is none",
         lambda s, j: _m(kind="provenance", service_id=s, extra={"worker": 1}),
         Reason.INVALID_PROVENANCE,
@@ -250,6 +259,37 @@ def test_a_poison_entry_is_dead_lettered_and_the_reports_around_it_applied(
     # Acknowledged and deleted: a restarted mirror does not read it again.
     assert client.xlen(keys.STATE_STREAM) == 0
     assert client.xpending(keys.STATE_STREAM, keys.MIRROR_GROUP)["pending"] == 0
+
+
+def test_an_entry_that_fails_in_a_way_no_rule_foresaw_is_dead_lettered_alone(
+    lab_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever applying one entry raises, the others of its reading are applied."""
+    job, service = _job(lab_stack)
+    other = lab_stack.producer.submit(lab.SQUARE, {"x": 4})
+    original = Mirror._apply_progress
+
+    def refusing(self: Mirror, session: Any, changes: Any) -> None:
+        if other in changes.progress:
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "a value the driver cannot send")
+        original(self, session, changes)
+
+    monkeypatch.setattr(Mirror, "_apply_progress", refusing)
+    mirror = Mirror(lab_stack.settings, block_ms=10)
+    mirror.ensure_group()
+    for message in (
+        StateMessage("status", service, job, "WORKING", worker="w:1"),
+        StateMessage("progress", service, other, progress=0.5),
+        StateMessage("progress", service, job, progress=0.5),
+        StateMessage("status", service, job, "COMPLETED", results={"square": 9}),
+    ):
+        lab_stack.redis.xadd(keys.STATE_STREAM, message.to_fields())  # type: ignore[arg-type]
+    assert mirror.step() == 4
+    assert (lab_stack.status(job), lab_stack.job(job)["progress"]) == ("COMPLETED", 0.5)
+    (dead,) = _dead(lab_stack.redis)
+    assert dead[b"reason"] == b"unappliable"
+    assert b"UnicodeEncodeError" in dead[b"error"]
+    assert lab_stack.job(other)["progress"] is None
 
 
 def test_free_text_is_stored_as_sql_can_store_it(lab_stack: Stack) -> None:

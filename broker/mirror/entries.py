@@ -136,9 +136,6 @@ class Reading:
         """Refuse a report that was read: it is dead-lettered instead of applied."""
         self.refused.append(DeadLetter(report.entry_id, report.fields, reason, detail))
 
-    def is_refused(self, report: Report) -> bool:
-        return any(dead.entry_id == report.entry_id for dead in self.refused)
-
 
 @dataclass
 class Changes:
