@@ -493,3 +493,54 @@ def test_a_real_workers_outcome_is_recorded_after_the_stream_was_exhausted(
     assert abs(finished - datetime.now(UTC)) < timedelta(seconds=30)
     assert lab_stack.runs(tag) == 1
     assert [d[b"reason"] for d in _dead(client)] == [b"future", b"unknown_kind"]
+
+
+def _running_mirror(stack: Stack, stop: threading.Event, **options: Any) -> threading.Thread:
+    mirror = Mirror(stack.settings, block_ms=10, **options)
+    thread = threading.Thread(target=mirror.run, args=(stop, 0.05), daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_value_written_over_the_stream_is_moved_aside(lab_stack: Stack) -> None:
+    """SET over the stream's key (one write) would fail every report: the mirror moves it."""
+    job, service = _job(lab_stack)
+    client = lab_stack.redis
+    client.set(keys.STATE_STREAM, "taken")
+    stop = threading.Event()
+    thread = _running_mirror(lab_stack, stop)
+    completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
+
+    def reported() -> bool:
+        try:
+            client.xadd(keys.STATE_STREAM, completed.to_fields())  # type: ignore[arg-type]
+        except redis.ResponseError as error:
+            if "WRONGTYPE" not in str(error):
+                raise
+            return False
+        return True
+
+    try:
+        wait_for(reported, 15, "the stream to take reports again")
+        lab_stack.wait_status(job, "COMPLETED", 15)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert client.get(keys.CLOBBERED_STATE) == b"taken"
+
+
+def test_entries_a_stranger_reads_and_sits_on_are_taken_over(lab_stack: Stack) -> None:
+    """Any Redis writer can read entries as a consumer of the mirrors' group and keep them."""
+    job, service = _job(lab_stack)
+    client = lab_stack.redis
+    Mirror(lab_stack.settings).ensure_group()
+    completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
+    client.xadd(keys.STATE_STREAM, completed.to_fields())  # type: ignore[arg-type]
+    client.xreadgroup(keys.MIRROR_GROUP, "stranger", {keys.STATE_STREAM: ">"})
+    stop = threading.Event()
+    thread = _running_mirror(lab_stack, stop, abandoned_after_ms=200)
+    try:
+        lab_stack.wait_status(job, "COMPLETED", 15)
+    finally:
+        stop.set()
+        thread.join(10)

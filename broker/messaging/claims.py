@@ -86,8 +86,8 @@ T = TypeVar("T")
 #: restamp a stream whose last id was forged to the largest (it does so within
 #: a reading, or ``dead_letters.CHECK_SECONDS``), before it fails as an outage would.
 EXHAUSTED_WAIT_SECONDS = 15.0
-#: What Redis answers an append to such a stream.
-_EXHAUSTED = "exhausted the last possible ID"
+#: What Redis answers an append to such a stream, or to one written over.
+_EXHAUSTED = ("exhausted the last possible ID", "WRONGTYPE")
 
 #: Where the scripts below live, one ``.lua`` file each, shipped as package data.
 #: Each file's header names its KEYS and ARGV, one per line, and what it returns.
@@ -633,8 +633,8 @@ class Claims:
 
 def _appending(call: Callable[[], T]) -> T:
     """``call`` (a script that appends to the state stream), made again while the stream is
-    exhausted, for up to ``EXHAUSTED_WAIT_SECONDS``: the script changed nothing (it appends
-    first), and the mirror sets the stream's last id back.
+    exhausted or written over, for up to ``EXHAUSTED_WAIT_SECONDS``: the script changed
+    nothing (it appends first), and the mirror repairs the stream.
     """
     deadline = time.monotonic() + EXHAUSTED_WAIT_SECONDS
     delay = 0.05
@@ -642,7 +642,7 @@ def _appending(call: Callable[[], T]) -> T:
         try:
             return call()
         except redis.ResponseError as error:
-            if _EXHAUSTED not in str(error) or time.monotonic() > deadline:
+            if not any(t in str(error) for t in _EXHAUSTED) or time.monotonic() > deadline:
                 raise
             log.warning("the state stream is exhausted (a forged id); waiting for the mirror")
         time.sleep(delay)  # waiting for the mirror's repair, which no signal announces

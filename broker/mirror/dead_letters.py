@@ -28,13 +28,17 @@ entry is whatever its writer chose: its fields, its size, its id.
   delivered again, and applying one twice changes nothing). It does so as soon
   as it reads such an entry, and checks the stream's last id every
   ``CHECK_SECONDS`` besides, for a last id set ahead with no entry (XSETID).
+- Its key cannot be taken: a value of another type written over the stream
+  (SET, HSET…) is moved aside to ``keys.CLOBBERED_STATE`` at that check, and a
+  consumer that reads entries into its own pending list and sits on them has
+  them taken over by the mirror (``Mirror.abandoned_after_ms``).
 - A report that failed meanwhile is not lost: every script that appends to
   the stream appends first, before it changes anything, so a failed append
   leaves the claim as it was, and ``Claims`` waits the repair out
   (``broker.messaging.claims``).
 
-What this module cannot stop is a write that is not an append: DEL, XTRIM,
-XGROUP DESTROY, FLUSHDB, CONFIG. Those are for Redis ACLs to take from a lab
+What this cannot undo is a write that destroys entries: DEL, XTRIM, XDEL,
+FLUSHDB (or CONFIG, SHUTDOWN). Those are for Redis ACLs to take from a lab
 PC's Redis user, which needs none of them; the mirror creates its group again
 should it be destroyed all the same.
 """
@@ -90,7 +94,7 @@ class DeadLetters:
             )
             pipeline.hincrby(keys.DEAD_STATE_REASONS, letter.reason.value, 1)
 
-    def restamp(self, client: redis.Redis, read_ahead: bool) -> set[bytes]:
+    def restamp(self, client: redis.Redis, read_ahead: bool = False) -> set[bytes]:
         """Restamp the stream if it is ahead of Redis's clock; the ids of the entries moved.
 
         Runs when the mirror read an entry ahead (``read_ahead``), and at most
@@ -102,7 +106,12 @@ class DeadLetters:
         self._checked_at = now
         try:
             rewound, *moved = self._restamp(
-                keys=[keys.STATE_STREAM, keys.DEAD_STATE_STREAM, keys.DEAD_STATE_REASONS],
+                keys=[
+                    keys.STATE_STREAM,
+                    keys.DEAD_STATE_STREAM,
+                    keys.DEAD_STATE_REASONS,
+                    keys.CLOBBERED_STATE,
+                ],
                 args=[keys.MIRROR_GROUP, FUTURE_BOUND_MS, DEAD_LETTERS_KEPT],
                 client=client,
             )
@@ -110,7 +119,12 @@ class DeadLetters:
             # A key of the wrong type (someone wrote there): Redis ACLs' to prevent.
             log.error("cannot restamp the state stream: %s", error)
             return set()
-        if moved or int(rewound):
+        if int(rewound) == 2:
+            log.error(
+                "something was written over the state stream; moved aside to %s",
+                keys.CLOBBERED_STATE,
+            )
+        elif moved or int(rewound):
             log.error(
                 "the state stream was ahead of Redis's clock: %d entries restamped and "
                 "dead-lettered (reason 'future'), its ids set back",

@@ -26,6 +26,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -85,6 +86,7 @@ class Mirror:
         block_ms: int = 200,
         linger_ms: int = 50,
         consumer: str | None = None,
+        abandoned_after_ms: int = ABANDONED_AFTER_MS,
     ) -> None:
         self.settings = settings
         self.batch_size = batch_size
@@ -100,6 +102,9 @@ class Mirror:
         #: Provenance digests this process has stored already.
         self._provenances: set[str] = set()
         self._pending_first = True
+        #: Entries idle this long in another consumer's pending list are taken over.
+        self.abandoned_after_ms = abandoned_after_ms
+        self._taken_over_at = time.monotonic()
         self.applied = 0
 
     def ensure_group(self) -> None:
@@ -121,7 +126,7 @@ class Mirror:
                     keys.STATE_STREAM,
                     keys.MIRROR_GROUP,
                     self.consumer,
-                    min_idle_time=ABANDONED_AFTER_MS,
+                    min_idle_time=self.abandoned_after_ms,
                     count=self.batch_size,
                 )
                 entries = [(entry_id, fields) for entry_id, fields in claimed if fields]
@@ -157,6 +162,12 @@ class Mirror:
         those that still fail are dead-lettered. Entries ahead of Redis's
         clock are restamped first (``DeadLetters.restamp``).
         """
+        self._dead_letters.restamp(self._client)
+        if time.monotonic() - self._taken_over_at > self.abandoned_after_ms / 1000:
+            # Not only at a start: a "consumer" that read entries and sits on
+            # them (any Redis writer can make one) must not keep them for ever.
+            self._taken_over_at = time.monotonic()
+            self._pending_first = True
         reading = self.read()
         moved = self._dead_letters.restamp(self._client, read_ahead=bool(reading.ahead))
         for entry_id, fields in reading.ahead:
@@ -476,7 +487,7 @@ class Mirror:
 
     def run(self, stop: threading.Event, retry_seconds: float = 1.0) -> None:
         """Mirror until ``stop`` is set; while the database is down, wait and retry."""
-        self.ensure_group()
+        self._ensure_group_again()
         while not stop.is_set():
             try:
                 applied = self.step()

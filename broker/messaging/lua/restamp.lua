@@ -6,12 +6,21 @@
 -- KEYS[1]  state stream topchef:state
 -- KEYS[2]  dead-letter stream topchef:state:dead
 -- KEYS[3]  dead-letter counts by reason topchef:state:dead:reasons
+-- KEYS[4]  where a value of another type found at KEYS[1] is moved topchef:state:clobbered
 -- ARGV[1]  the mirrors' consumer group
 -- ARGV[2]  how far ahead of Redis's clock an id may be (ms)
 -- ARGV[3]  how many dead letters the dead-letter stream keeps (approximately)
 -- Returns: {rewound, id...}: 1 if the stream's last id or the group's was set
---   back, else 0; then the ids of the entries that were ahead.
-if redis.call('EXISTS', KEYS[1]) == 0 then
+--   back, else 0; then the ids of the entries that were ahead. {2}: a value of
+--   another type was at KEYS[1], and was moved aside.
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'stream' and kind ~= 'none' then
+  -- Written over (SET, HSET...): every append would fail. Moved aside, the
+  -- next append makes the stream again, and the mirror its group.
+  redis.call('RENAME', KEYS[1], KEYS[4])
+  return {2}
+end
+if kind == 'none' then
   return {0}
 end
 local group, bound, keep = ARGV[1], tonumber(ARGV[2]), ARGV[3]
