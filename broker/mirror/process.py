@@ -9,9 +9,14 @@ every status change is ``lifecycle.advance``'s compare-and-set, so a
 redelivered or out-of-order entry never moves a job backwards, and the mirror
 only ever updates rows, so it never duplicates one.
 
-The stream is not trusted: an entry for a job SQL does not know, or that names
-another service than the job's own, is dead-lettered with its reason and never
-applied; results are checked against the job's own service's schema.
+The stream is not trusted: every lab PC can write to it. Each entry is read
+strictly and bounded first (``broker.mirror.admission``); an entry that breaks a
+rule, reports on a job SQL does not know, names another service than the job's
+own, or that the database refuses, is dead-lettered with its reason and never
+applied, and nothing in an entry can make the mirror's loop raise; results are
+checked against the job's own service's schema; an entry id ahead of Redis's
+clock is restamped (``broker.mirror.dead_letters``, which also says how no
+single write stops other workers from reporting).
 
 Every transition is stamped with when it happened: the stream entry's id is
 Redis's clock at the report, translated to the database's clock (the one clock
