@@ -43,6 +43,7 @@ json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers()
+    | st.integers(min_value=10**300, max_value=10**400)
     | st.floats()
     | st.text(max_size=10)
     | st.uuids().map(str),

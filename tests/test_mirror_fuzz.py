@@ -58,7 +58,10 @@ WRONG: dict[str, st.SearchStrategy[Any]] = {
     "status": st.text(max_size=12).filter(lambda s: s not in STATUSES - {"REGISTERED"}) | not_text,
     "results": st.lists(json_values) | st.integers() | st.text(max_size=5),
     "detail": not_text | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-    "progress": st.floats(min_value=1.0001) | st.floats(max_value=-0.0001) | st.text(max_size=4),
+    "progress": st.floats(min_value=1.0001)
+    | st.floats(max_value=-0.0001)
+    | st.integers(min_value=2)
+    | st.text(max_size=4),
     "message": not_text,
     "attempt": st.integers(max_value=0)
     | st.integers(min_value=2**31)

@@ -188,6 +188,13 @@ POISONS: list[tuple[str, Poison, Reason]] = [
         Reason.INVALID,
     ),
     (
+        "progress a 400-digit number",
+        lambda s, j: {
+            "m": f'{{"kind":"progress","service_id":"{s}","job_id":"{j}","progress":{"9" * 400}}}'
+        },
+        Reason.INVALID,
+    ),
+    (
         "availability not a bool",
         lambda s, j: _m(kind="checkin", service_id=s, available="yes"),
         Reason.INVALID,
@@ -544,3 +551,21 @@ def test_entries_a_stranger_reads_and_sits_on_are_taken_over(lab_stack: Stack) -
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_an_entry_ahead_with_thousands_of_fields_is_dead_lettered_and_not_appended(
+    lab_stack: Stack,
+) -> None:
+    """Lua's unpack takes a few thousand values: such an entry must not stop the restamp."""
+    _job(lab_stack)
+    client = lab_stack.redis
+    mirror = Mirror(lab_stack.settings, block_ms=10)
+    mirror.ensure_group()
+    client.xadd(keys.STATE_STREAM, {f"f{n}": "x" for n in range(10_000)}, id=MAX_ID)
+    _drain(mirror, client)
+    (dead,) = _dead(client)
+    assert dead[b"reason"] == b"future"
+    assert b"not appended again: 10000 fields" in dead[b"error"]
+    assert len(dead) == 16 + 2
+    entry = client.xadd(keys.STATE_STREAM, {"m": "{}"})
+    assert abs(int(entry.split(b"-")[0]) - _redis_ms(client)) < 5_000

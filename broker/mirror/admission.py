@@ -17,14 +17,14 @@ them and refusing would drop what it measured:
 - entry fields other than ``m``, ``late``, ``since`` and ``take`` are ignored
   (so a field another version adds is harmless), and a ``take`` that is not a
   positive 31-bit number is no take (``entries._take``);
-- a ``job_id`` on a check-in or a provenance entry is ignored.
+- on a check-in or a provenance entry, the fields about a job are read by
+  the same rules, and not used.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import math
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -217,7 +217,7 @@ def _fraction(value: object, name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RefusedEntry(Reason.INVALID, f"{name} must be a number, got {_shown(value)}")
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+    if not 0 <= value <= 1:  # compared as it is: a float of a 400-digit int would overflow
         raise RefusedEntry(Reason.INVALID, f"{name} must be between 0 and 1, got {_shown(value)}")
     return float(value)
 
