@@ -7,16 +7,24 @@ every step consumes the next batch of the stream, in order, and leaves nothing
 pending, so no entry waits for a later batch; each valid report is in SQL by
 the end of the step that read it; every malformed entry is dead-lettered,
 or is of a kind that changes no job (a check-in of a service that does not exist).
+
+Entry ids a writer chooses are fuzzed apart: an entry restamped is appended
+again at the end of the stream, so it waits for what is ahead of it there, not
+for one batch; what is asserted is that every valid report is applied, none is
+stamped ahead of Redis's clock, and the stream takes reports again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import lab
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stack import REAL_REDIS_ONLY, Stack
@@ -25,7 +33,9 @@ from test_mirror_poison import lab_stack  # noqa: F401  (the fixture)
 from broker.messaging import keys
 from broker.messaging.messages import StateMessage
 from broker.mirror.admission import KINDS, RefusedEntry, read_message
+from broker.mirror.entries import FUTURE_BOUND_MS
 from broker.mirror.process import Mirror
+from broker.storage.tables import database_now, open_session
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -273,3 +283,94 @@ def test_no_stream_of_entries_stops_the_mirror_or_loses_a_valid_one(
         )
     assert total >= 2000
     assert fuzz.dead + fuzz.ignored == fuzz.malformed
+
+
+MAX_MS = 2**64 - 1
+YEAR_MS = 365 * 24 * 3600 * 1000
+
+
+#: How far ahead of Redis's clock a Redis writer puts an id: a little, a lot, or all the way.
+ahead_offsets = (
+    st.integers(FUTURE_BOUND_MS + 1_000, YEAR_MS) | st.integers(YEAR_MS, MAX_MS) | st.just(MAX_MS)
+)
+
+
+def _forged_id(client: redis.Redis, offset: int, sequence: int) -> str:
+    seconds, micros = client.time()
+    return f"{min(MAX_MS, int(seconds) * 1000 + int(micros) // 1000 + offset)}-{sequence}"
+
+
+def _append(fuzz: Fuzz, fields: dict[str, str]) -> None:
+    """A worker's report: it waits while the stream is exhausted, as ``Claims`` does."""
+    for _ in range(20):
+        try:
+            fuzz.stack.redis.xadd(keys.STATE_STREAM, fields)  # type: ignore[arg-type]
+            return
+        except redis.ResponseError as error:
+            if "exhausted" not in str(error):
+                raise
+        fuzz.mirror.step()  # the mirror's next reading repairs it
+    raise AssertionError("the stream stayed exhausted")
+
+
+@REAL_REDIS_ONLY
+def test_forged_ids_never_stamp_a_transition_ahead_nor_stop_reports(
+    lab_stack: Stack,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fuzz = Fuzz(lab_stack)
+    client = lab_stack.redis
+    forged = {"count": 0}
+
+    @settings(
+        max_examples=EXAMPLES // 2,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(data=st.data())
+    def example(data: st.DataObject) -> None:
+        jobs = lab_stack.producer.submit_many(lab.SQUARE, [{"x": n} for n in range(2)])
+        reports = [
+            StateMessage("status", fuzz.service, job, status, results=results, worker="w:1")
+            for job in jobs
+            for status, results in (("WORKING", None), ("COMPLETED", {"square": 0}))
+        ]
+        jobs_done = {job: n for n, job in enumerate(jobs)}
+        for report in reports:
+            if data.draw(st.booleans()):
+                offset = data.draw(ahead_offsets)
+                entry_id = _forged_id(client, offset, data.draw(st.integers(0, MAX_MS)))
+                with contextlib.suppress(redis.ResponseError):  # not after the last id: refused
+                    client.xadd(keys.STATE_STREAM, {"m": "{}"}, id=entry_id)
+                    forged["count"] += 1
+            fields = report.to_fields()
+            if report.status == "COMPLETED":
+                fields = StateMessage(
+                    "status",
+                    fuzz.service,
+                    report.job_id,
+                    "COMPLETED",
+                    results={"square": jobs_done[report.job_id] ** 2},
+                    worker="w:1",
+                ).to_fields()
+            _append(fuzz, fields)
+        while client.xlen(keys.STATE_STREAM):
+            fuzz.mirror.step()
+        fuzz.valid += len(reports)
+        with open_session(lab_stack.settings.database_url) as session:
+            latest = database_now(session) + timedelta(milliseconds=FUTURE_BOUND_MS)
+        for job in jobs:
+            row = lab_stack.job(job)
+            assert row["status"] == "COMPLETED"
+            for stamp in ("date_started", "date_finished"):
+                assert datetime.fromisoformat(row[stamp]) <= latest, (stamp, row[stamp])
+        entry = client.xadd(keys.STATE_STREAM, {"m": "{}"})
+        seconds, _micros = client.time()
+        assert int(entry.split(b"-")[0]) <= (int(seconds) + 1) * 1000 + FUTURE_BOUND_MS
+
+    example()
+    with capsys.disabled():
+        print(
+            f"\nforged ids: {forged['count']} entries with ids ahead of Redis's clock among "
+            f"{fuzz.valid} valid reports, all applied and none stamped ahead"
+        )
