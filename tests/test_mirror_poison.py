@@ -413,7 +413,9 @@ def test_a_group_whose_last_delivered_id_was_set_ahead_is_set_back(lab_stack: St
     assert lab_stack.status(job) == "COMPLETED"
 
 
-def test_a_destroyed_group_is_created_again(lab_stack: Stack) -> None:
+@pytest.mark.parametrize("destroy", ["XGROUP DESTROY", "DEL"])
+def test_a_destroyed_group_or_stream_is_created_again(lab_stack: Stack, destroy: str) -> None:
+    """One write each (a worker's Redis user may DEL); the reports after it are applied."""
     job, service = _job(lab_stack)
     client = lab_stack.redis
     stop = threading.Event()
@@ -422,7 +424,10 @@ def test_a_destroyed_group_is_created_again(lab_stack: Stack) -> None:
     thread.start()
     try:
         wait_for(lambda: _has_group(client), 10, "the mirror's group")
-        client.xgroup_destroy(keys.STATE_STREAM, keys.MIRROR_GROUP)
+        if destroy == "DEL":
+            client.delete(keys.STATE_STREAM)
+        else:
+            client.xgroup_destroy(keys.STATE_STREAM, keys.MIRROR_GROUP)
         completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
         client.xadd(keys.STATE_STREAM, completed.to_fields())  # type: ignore[arg-type]
         lab_stack.wait_status(job, "COMPLETED", 15)

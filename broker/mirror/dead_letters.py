@@ -29,7 +29,7 @@ entry is whatever its writer chose: its fields, its size, its id.
   as it reads such an entry, and checks the stream's last id every
   ``CHECK_SECONDS`` besides, for a last id set ahead with no entry (XSETID).
 - Its key cannot be taken: a value of another type written over the stream
-  (SET, HSET…) is moved aside to ``keys.CLOBBERED_STATE`` at that check, and a
+  (a SET) is moved aside to ``keys.CLOBBERED_STATE`` at that check, and a
   consumer that reads entries into its own pending list and sits on them has
   them taken over by the mirror (``Mirror.abandoned_after_ms``).
 - A report that failed meanwhile is not lost: every script that appends to
@@ -37,10 +37,14 @@ entry is whatever its writer chose: its fields, its size, its id.
   leaves the claim as it was, and ``Claims`` waits the repair out
   (``broker.messaging.claims``).
 
-What this cannot undo is a write that destroys entries: DEL, XTRIM, XDEL,
-FLUSHDB (or CONFIG, SHUTDOWN). Those are for Redis ACLs to take from a lab
-PC's Redis user, which needs none of them; the mirror creates its group again
-should it be destroyed all the same.
+What this cannot undo is a write that destroys entries not yet applied. A
+lab worker's Redis user is refused XTRIM, XDEL and FLUSHDB by its ACL, but it
+needs DEL (its leases) and XADD, and Redis 6.2's ACLs cannot tie a command to
+one key: a DEL of the stream, or an XADD with MAXLEN, loses the entries waiting
+at that moment (about a reading's worth: the mirror reads continuously). It
+stops nothing: the next report makes the stream again, and the mirror its
+group. Only streams of their own per worker (or Redis 7's ACL selectors) would
+take that away too.
 """
 
 from __future__ import annotations
