@@ -17,6 +17,14 @@ validator is jsonschema-rs, built with:
 - ``validate_formats=True``: ``format`` is an assertion in every draft, as it was
   with jsonschema's format checker.
 
+Linear is not enough: the engine's time grows with a pattern's expanded size
+times the text's length, holding Python's lock. So each pattern's weight, the
+schema's summed weight, the compiled size and the work of one payload are
+bounded (``broker.contract.patterns``). The same checks run whenever a schema
+is compiled, not only when a service is created: a schema stored before a
+limit existed is refused where it would be used (a job's registration or
+results fail with the reason) rather than stalling the process that uses it.
+
 Schemas and payloads are bounded (``broker.contract.bounds``) before the validator
 sees them, and so is the number of references in a schema: a chain of references
 is recursion in Rust, which overflows the stack (killing the process) instead of
@@ -35,8 +43,18 @@ from urllib.parse import urlsplit
 
 import jsonschema_rs
 
-from broker.contract.bounds import canonical_json, check_payload
+from broker.contract.bounds import MAX_BYTES, canonical_json, check_payload
 from broker.contract.integers import WholeNumbers
+from broker.contract.patterns import (
+    BASE_WEIGHT,
+    MAX_COMPILED_BYTES,
+    MAX_SCHEMA_WEIGHT,
+    MAX_WORK,
+    pattern_problem,
+    pattern_weight,
+    schema_patterns,
+    text_length,
+)
 from broker.errors import DeserializationError, InvalidSchemaError
 
 #: How many reference keywords a schema may hold. Each link of a chain of
@@ -82,6 +100,8 @@ class Contract:
             raise InvalidSchemaError(source, "a schema must be a JSON object")
         plain = json.loads(canonical_json(dict(schema), source, InvalidSchemaError))
         self._text = json.dumps(plain)  # insertion order kept; ``schema`` copies it
+        #: The pattern work each character of a payload's text costs.
+        self._weight = _check_patterns(plain, source)
         self._validator, dialect = _compile_validator(plain, source)
         #: Only a schema that names ``integer`` can turn a float into an int.
         self._whole_numbers = (
@@ -107,6 +127,7 @@ class Contract:
         """
         checked = check_payload(instance, source)
         value = checked.value
+        self._check_work(value, source)
         try:
             self._validator.validate(value)
         except jsonschema_rs.ValidationError as first:
@@ -121,12 +142,29 @@ class Contract:
     def is_valid(self, instance: object) -> bool:
         try:
             value = check_payload(instance, "parameters").value
+            self._check_work(value, "parameters")
         except DeserializationError:
             return False
         try:
             return self._validator.is_valid(value)
         except ValueError:
             return False
+
+    def _check_work(self, value: object, source: str) -> None:
+        """Refuse a payload whose text would take this schema's patterns too long to read."""
+        if not self._weight:
+            return
+        if self._weight * MAX_BYTES <= MAX_WORK:  # no payload can exceed it
+            return
+        most = MAX_WORK // self._weight
+        length = text_length(value)
+        if length > most:
+            raise DeserializationError(
+                source,
+                f"{length} bytes of text (UTF-8, in strings and keys): this schema's "
+                f"patterns may read at most {most} in one payload, so that validating "
+                "it takes bounded time; send long text as a file, or loosen the patterns",
+            )
 
 
 @functools.lru_cache(maxsize=256)
@@ -160,7 +198,7 @@ def build_validator(schema: dict[str, Any], dialect: type[_Validator]) -> _Valid
     return dialect(
         schema,
         validate_formats=True,
-        pattern_options=jsonschema_rs.RegexOptions(),
+        pattern_options=jsonschema_rs.RegexOptions(size_limit=MAX_COMPILED_BYTES),
         offline=True,
     )
 
@@ -179,6 +217,26 @@ def _compile_validator(schema: dict[str, Any], source: str) -> tuple[_Validator,
         raise InvalidSchemaError(source, _schema_reason(error), error.instance_path) from None
     except (ValueError, jsonschema_rs.ReferencingError) as failure:
         raise InvalidSchemaError(source, f"cannot be compiled: {failure}") from None
+
+
+def _check_patterns(schema: dict[str, Any], source: str) -> int:
+    """Refuse a pattern, or a schema's patterns together, too costly to validate against;
+    return what one character of a payload costs them all (``Contract._check_work``).
+    """
+    total = 0
+    for path, pattern in schema_patterns(schema):
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            raise InvalidSchemaError(source, problem, path)
+        total += pattern_weight(pattern) + BASE_WEIGHT
+        if total > MAX_SCHEMA_WEIGHT:
+            message = (
+                f"the patterns expand to more than {MAX_SCHEMA_WEIGHT} positions in all "
+                "(each counts its repeats multiplied, plus "
+                f"{BASE_WEIGHT}); that is the limit"
+            )
+            raise InvalidSchemaError(source, message, path)
+    return total
 
 
 def _normalized(uri: str) -> str:
@@ -244,8 +302,9 @@ def _schema_reason(error: jsonschema_rs.ValidationError) -> str:
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Format) and kind.format == "regex":
         return (
             f"pattern {_clipped(error.instance)} is not supported by the linear-time regex "
-            "engine; lookarounds and backreferences are refused because they can take "
-            "exponential time"
+            "engine: lookarounds and backreferences are refused because they can take "
+            "exponential time, and a pattern compiling to more than "
+            f"{MAX_COMPILED_BYTES} bytes because its time grows with its size"
         )
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Referencing):
         return f"a reference cannot be resolved: {kind.error}"
