@@ -28,8 +28,8 @@ results fail with the reason) rather than stalling the process that uses it.
 Schemas and payloads are bounded (``broker.contract.bounds``) before the validator
 sees them, and so is the number of references in a schema: a chain of references
 is recursion in Rust, which overflows the stack (killing the process) instead of
-raising. Checking a schema costs far more than a validation, so contracts are
-cached.
+raising; and so is what references multiply (``broker.contract.references``).
+Checking a schema costs far more than a validation, so contracts are cached.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from broker.contract.patterns import (
     schema_patterns,
     text_length,
 )
+from broker.contract.references import MAX_EXPANSION, LoopingReferences, evaluations
 from broker.errors import DeserializationError, InvalidSchemaError
 
 #: How many reference keywords a schema may hold. Each link of a chain of
@@ -294,6 +295,28 @@ def _check_document(schema: dict[str, Any], source: str) -> None:
                     raise InvalidSchemaError(source, message, path)
             if key == "$schema" and where and _normalized(value) not in _DIALECTS:
                 raise InvalidSchemaError(source, f"unknown $schema {value!r}", path)
+    if references > 1:  # one reference cannot fan out
+        _check_expansion(schema, source)
+
+
+def _check_expansion(schema: dict[str, Any], source: str) -> None:
+    """Refuse references that multiply the evaluations on one value (``references``)."""
+    try:
+        counted = evaluations(schema)
+    except LoopingReferences as loop:
+        message = (
+            "references loop back here, without descending into the value, in more than "
+            "one way: such a loop constrains nothing, and its turns multiply"
+        )
+        raise InvalidSchemaError(source, message, loop.where) from None
+    if counted.most > counted.own + MAX_EXPANSION:
+        shown = "more than 10**15" if counted.most >= 10**15 else str(counted.most)
+        message = (
+            f"references make {shown} subschema evaluations on one value (each use of a "
+            f"$ref evaluates its target again); at most {MAX_EXPANSION} more than the "
+            "schema's own are accepted"
+        )
+        raise InvalidSchemaError(source, message, counted.heaviest)
 
 
 def _schema_reason(error: jsonschema_rs.ValidationError) -> str:
