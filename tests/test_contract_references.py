@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from broker.contract import Contract
 from broker.contract.references import MAX_EXPANSION, LoopingReferences, evaluations
-from broker.errors import InvalidSchemaError
+from broker.errors import DeserializationError, InvalidSchemaError
 
 
 def doubling(levels: int, top: int) -> dict:
@@ -96,3 +96,25 @@ def test_any_schema_is_counted_or_its_loop_refused(schema):
         return
     assert counted.most >= 1
     assert counted.own >= 1
+
+
+def test_a_pattern_applied_again_by_references_counts_again():
+    heavy = {"type": "string", "pattern": "a[ab]{998}c"}  # 1000 positions
+    eight = doubling(4, 3)
+    eight["$defs"]["d0"] = heavy
+    contract = Contract(eight)  # eight evaluations of the pattern on one string
+    with pytest.raises(DeserializationError, match="may read at most 2460"):
+        contract.validate("ab" * 1231)
+    sixteen = doubling(4, 4)
+    sixteen["$defs"]["d0"] = heavy
+    with pytest.raises(InvalidSchemaError, match="references apply patterns expanding to 16256"):
+        Contract(sixteen)
+
+
+def test_patterns_at_different_levels_do_not_add():
+    schema = {
+        "$defs": {"id": {"type": "string", "pattern": "^[0-9a-f]{900}$"}},
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/id"}, "b": {"$ref": "#/$defs/id"}},
+    }
+    assert evaluations(schema).patterns == 902 + 16  # one string is read by one of them

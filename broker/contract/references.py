@@ -17,6 +17,11 @@ references that do not descend into the payload are cut by the validator after
 one turn; one that can turn in more than one way (``allOf [$ref #, $ref #]``)
 is refused, as it constrains nothing and its turns multiply.
 
+The same count, with each schema object weighing what its patterns weigh
+instead of one, gives the pattern work on one value: a pattern that references
+apply to a string several times is read several times
+(``broker.contract.patterns``).
+
 A reference is resolved as a JSON pointer (``#/$defs/a``) or an anchor
 (``#name``) within the document; one that resolves otherwise (against a nested
 ``$id``) is counted as a reference to the root, which recursion reaches anyway.
@@ -31,6 +36,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from broker.contract.bounds import MAX_DEPTH
+from broker.contract.patterns import BASE_WEIGHT, pattern_weight
 
 #: How many evaluations references may add, on one value, to what the schema's own
 #: subschemas cost there.
@@ -75,6 +81,8 @@ class _Unit:
 
     #: How many schema objects it holds at each level below the value it applies to.
     own: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    #: The weight of its patterns at each level (``broker.contract.patterns``).
+    patterns: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     #: (target, levels down, the first child's name or _ANY, where the reference is).
     out: list[tuple[Pointer, int, object, Pointer]] = field(default_factory=list)
 
@@ -89,6 +97,9 @@ class Evaluations:
     own: int
     #: The reference into the target that costs most: where to look.
     heaviest: Pointer
+    #: The most pattern weight evaluated on any one value: references applying a
+    #: pattern again count it again.
+    patterns: int
 
 
 def evaluations(schema: dict[str, Any]) -> Evaluations:
@@ -98,20 +109,31 @@ def evaluations(schema: dict[str, Any]) -> Evaluations:
     inline = _Unit()  # the whole schema, references not followed
     for _ in _walk(schema, (), inline, set()):
         pass
-    best = own_best = 0
+    counts = _per_level(units, order, "own")
+    patterns = _per_level(units, order, "patterns")
+    every = {u: [t for t, _, _, _ in unit.out] for u, unit in units.items()}
+    used = _reachable((), every) | {()}
+    edges = [(t, w) for u in used for t, _, _, w in units[u].out]
+    heaviest = max(edges, key=lambda e: max(h[e[0]] for h in counts), default=((), ()))[1]
+    return Evaluations(
+        most=max(level[()] for level in counts),
+        own=max(inline.own.values(), default=0),
+        heaviest=heaviest,
+        patterns=max(level[()] for level in patterns),
+    )
+
+
+def _per_level(
+    units: dict[Pointer, _Unit], order: list[list[Pointer]], measure: str
+) -> list[dict[Pointer, int]]:
+    """Each unit's ``measure`` (``own`` or ``patterns``) on one value at each level."""
     history: list[dict[Pointer, int]] = []
     for level in range(MAX_DEPTH + 1):
         current: dict[Pointer, int] = {}
         for group in order:
-            _settle(group, units, level, current, history)
-        best = max(best, current[()])
-        own_best = max(own_best, inline.own.get(level, 0))
+            _settle(group, units, level, current, history, measure)
         history.append(current)
-    every = {u: [t for t, _, _, _ in unit.out] for u, unit in units.items()}
-    used = _reachable((), every) | {()}
-    edges = [(t, w) for u in used for t, _, _, w in units[u].out]
-    heaviest = max(edges, key=lambda e: max(h[e[0]] for h in history), default=((), ()))[1]
-    return Evaluations(best, own_best, heaviest)
+    return history
 
 
 # -- the units and their references ---------------------------------------------------
@@ -163,6 +185,9 @@ def _walk(
             yield path, path, level, name
             continue
         unit.own[level] += 1
+        weight = _pattern_weights(item)
+        if weight:
+            unit.patterns[level] += weight
         for key, value in item.items():
             here = (*path, key)
             first = name if level else _ANY
@@ -183,6 +208,18 @@ def _walk(
                 stack.extend((child, (*here, k), level, name) for k, child in value.items())
             else:
                 stack.append((value, here, level, name))
+
+
+def _pattern_weights(node: dict[str, Any]) -> int:
+    """What one evaluation of this schema object's own patterns weighs, per byte read."""
+    weight = 0
+    pattern = node.get("pattern")
+    if isinstance(pattern, str):
+        weight += pattern_weight(pattern) + BASE_WEIGHT
+    keyed = node.get("patternProperties")
+    if isinstance(keyed, dict):
+        weight += sum(pattern_weight(key) + BASE_WEIGHT for key in keyed)
+    return weight
 
 
 def _at(schema: object, where: Pointer) -> object:
@@ -286,6 +323,7 @@ def _settle(
     level: int,
     current: dict[Pointer, int],
     history: list[dict[Pointer, int]],
+    measure: str,
 ) -> None:
     """The evaluations at ``level`` below one evaluation of each unit of ``group``
     (``history[n]``: each unit's at level ``n``, for references that descend).
@@ -297,7 +335,7 @@ def _settle(
     total = 0
     for member in group:
         unit = units[member]
-        total += unit.own.get(level, 0)
+        total += getattr(unit, measure).get(level, 0)
         below: dict[object, int] = defaultdict(int)
         for target, levels, name, _ in unit.out:
             if levels == 0:

@@ -101,9 +101,10 @@ class Contract:
             raise InvalidSchemaError(source, "a schema must be a JSON object")
         plain = json.loads(canonical_json(dict(schema), source, InvalidSchemaError))
         self._text = json.dumps(plain)  # insertion order kept; ``schema`` copies it
-        #: The pattern work each character of a payload's text costs.
-        self._weight = _check_patterns(plain, source)
+        total = _check_patterns(plain, source)
         self._validator, dialect = _compile_validator(plain, source)
+        #: The pattern work each byte of a payload's text costs.
+        self._weight = _weigh(plain, source, total)
         #: Only a schema that names ``integer`` can turn a float into an int.
         self._whole_numbers = (
             WholeNumbers(plain, self._validator, _DRAFTS[dialect])
@@ -295,12 +296,16 @@ def _check_document(schema: dict[str, Any], source: str) -> None:
                     raise InvalidSchemaError(source, message, path)
             if key == "$schema" and where and _normalized(value) not in _DIALECTS:
                 raise InvalidSchemaError(source, f"unknown $schema {value!r}", path)
-    if references > 1:  # one reference cannot fan out
-        _check_expansion(schema, source)
 
 
-def _check_expansion(schema: dict[str, Any], source: str) -> None:
-    """Refuse references that multiply the evaluations on one value (``references``)."""
+def _weigh(schema: dict[str, Any], source: str, total: int) -> int:
+    """The pattern work per byte of text, ``total`` (every pattern once) unless references
+    can apply a subschema again; then refuse references that multiply the evaluations
+    on one value (``broker.contract.references``), and count the patterns as applied.
+    """
+    text = json.dumps(schema)
+    if sum(text.count(f'"{key}"') for key in _REFERENCES) < 2:  # one cannot fan out
+        return total
     try:
         counted = evaluations(schema)
     except LoopingReferences as loop:
@@ -317,6 +322,13 @@ def _check_expansion(schema: dict[str, Any], source: str) -> None:
             "schema's own are accepted"
         )
         raise InvalidSchemaError(source, message, counted.heaviest)
+    if counted.patterns > MAX_SCHEMA_WEIGHT:
+        message = (
+            f"references apply patterns expanding to {counted.patterns} positions to one "
+            f"value; at most {MAX_SCHEMA_WEIGHT} are accepted"
+        )
+        raise InvalidSchemaError(source, message, counted.heaviest)
+    return counted.patterns
 
 
 def _schema_reason(error: jsonschema_rs.ValidationError) -> str:
