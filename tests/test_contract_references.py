@@ -7,7 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.contract import Contract
-from broker.contract.references import MAX_EXPANSION, LoopingReferences, evaluations
+from broker.contract.references import (
+    MAX_EVALUATIONS,
+    MAX_EXPANSION,
+    LoopingReferences,
+    evaluations,
+)
 from broker.errors import DeserializationError, InvalidSchemaError
 
 
@@ -118,3 +123,26 @@ def test_patterns_at_different_levels_do_not_add():
         "properties": {"a": {"$ref": "#/$defs/id"}, "b": {"$ref": "#/$defs/id"}},
     }
     assert evaluations(schema).patterns == 902 + 16  # one string is read by one of them
+
+
+def test_a_payload_too_large_for_its_schema_is_refused_before_validation():
+    schema = {"type": "array", "items": {"allOf": [{"minimum": -i} for i in range(1000)]}}
+    contract = Contract(schema)  # a thousand evaluations on each item
+    assert contract.validate([0] * (MAX_EVALUATIONS // 1000 - 10)) is not None
+    with pytest.raises(DeserializationError, match="subschema evaluations") as error:
+        contract.validate([0] * (MAX_EVALUATIONS // 1000 + 1))
+    assert f"at most {MAX_EVALUATIONS}" in error.value.detail
+    assert not contract.is_valid([0] * (MAX_EVALUATIONS // 1000 + 1))
+
+
+def test_a_large_payload_with_an_ordinary_schema_is_taken():
+    schema = {
+        "type": "object",
+        "properties": {
+            **{f"p{i}": {"type": "string", "maxLength": 20} for i in range(20)},
+            "spectrum": {"type": "array", "items": {"type": "number"}},
+        },
+    }
+    spectrum = [0.5] * 200_000  # about 1 MiB of JSON
+    assert Contract(schema).validate({"p1": "x", "spectrum": spectrum})["p1"] == "x"
+    assert evaluations(schema).profile[:3] == (1, 21, 1)

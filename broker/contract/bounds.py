@@ -61,6 +61,11 @@ class Checked(NamedTuple):
     value: Any
     #: Whether a float in it has a whole value (``10.0``): see ``broker.contract.integers``.
     whole_floats: bool
+    #: A lower bound of its length as compact JSON (at least one character a value).
+    size: int = 0
+    #: How many values it holds at each depth (the value itself at 0): what a
+    #: schema's work is counted against (``broker.contract.references``).
+    shape: tuple[int, ...] = ()
 
 
 def check_payload(value: object, source: str) -> Checked:
@@ -89,7 +94,7 @@ def _check(value: object, source: str, error: type[DeserializationError]) -> Che
         walk = _walked(value, source, error)  # the copy's own bounds, and where it fails
     if walk.upper > MAX_BYTES:
         _dumps(value, source, error, sort_keys=False)  # the exact length decides
-    return Checked(value, walk.whole_floats)
+    return Checked(value, walk.whole_floats, walk.lower, tuple(walk.shape))
 
 
 def _dumps(
@@ -110,6 +115,10 @@ class _Walk(NamedTuple):
     #: Whether every item has an exact JSON type (else a plain copy is made).
     plain: bool
     whole_floats: bool
+    #: A lower bound of the value's compact JSON length.
+    lower: int
+    #: Values at each depth.
+    shape: list[int]
 
 
 class _Refusal(Exception):
@@ -141,6 +150,7 @@ def _walk(value: object) -> _Walk:
     lower = upper = 0
     plain = True
     whole = False
+    shape = [1] + [0] * (MAX_DEPTH + 1)
     while stack:
         item, depth = pop()
         kind = type(item)
@@ -182,6 +192,8 @@ def _walk(value: object) -> _Walk:
         if item and kind in _CONTAINERS and depth >= MAX_DEPTH:
             raise _Refusal(item, f"nested deeper than {MAX_DEPTH} levels")
         depth += 1
+        if children:
+            shape[depth] += len(item)
         for child in children:
             kind = type(child)
             if kind is str:
@@ -211,7 +223,7 @@ def _walk(value: object) -> _Walk:
                 push((child, depth))
         if lower > MAX_BYTES:
             raise _Refusal(None, f"more than {MAX_BYTES} bytes of JSON; that is the limit")
-    return _Walk(upper, plain, whole)
+    return _Walk(upper, plain, whole, lower, shape)
 
 
 def _scalar(item: Any, kind: type) -> tuple[int, int]:

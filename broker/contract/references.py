@@ -41,6 +41,9 @@ from broker.contract.patterns import BASE_WEIGHT, pattern_weight
 #: How many evaluations references may add, on one value, to what the schema's own
 #: subschemas cost there.
 MAX_EXPANSION = 100_000
+#: How many subschema evaluations one payload may take (its values at each depth
+#: times the schema's most evaluations on a value there).
+MAX_EVALUATIONS = 3_000_000
 
 _REFERENCES = ("$ref", "$dynamicRef", "$recursiveRef")
 #: Keywords whose subschemas apply to a value's children, not to the value.
@@ -100,6 +103,8 @@ class Evaluations:
     #: The most pattern weight evaluated on any one value: references applying a
     #: pattern again count it again.
     patterns: int
+    #: The most evaluations on one value at each depth of a payload (0: the payload).
+    profile: tuple[int, ...]
 
 
 def evaluations(schema: dict[str, Any]) -> Evaluations:
@@ -120,6 +125,7 @@ def evaluations(schema: dict[str, Any]) -> Evaluations:
         own=max(inline.own.values(), default=0),
         heaviest=heaviest,
         patterns=max(level[()] for level in patterns),
+        profile=tuple(level[()] for level in counts),
     )
 
 

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 import jsonschema_rs
 
-from broker.contract.bounds import MAX_BYTES, canonical_json, check_payload
+from broker.contract.bounds import MAX_BYTES, Checked, canonical_json, check_payload
 from broker.contract.integers import WholeNumbers
 from broker.contract.patterns import (
     BASE_WEIGHT,
@@ -55,7 +55,13 @@ from broker.contract.patterns import (
     schema_patterns,
     text_length,
 )
-from broker.contract.references import MAX_EXPANSION, LoopingReferences, evaluations
+from broker.contract.references import (
+    MAX_EVALUATIONS,
+    MAX_EXPANSION,
+    Evaluations,
+    LoopingReferences,
+    evaluations,
+)
 from broker.errors import DeserializationError, InvalidSchemaError
 
 #: How many reference keywords a schema may hold. Each link of a chain of
@@ -101,10 +107,14 @@ class Contract:
             raise InvalidSchemaError(source, "a schema must be a JSON object")
         plain = json.loads(canonical_json(dict(schema), source, InvalidSchemaError))
         self._text = json.dumps(plain)  # insertion order kept; ``schema`` copies it
-        total = _check_patterns(plain, source)
+        _check_patterns(plain, source)
         self._validator, dialect = _compile_validator(plain, source)
+        counted = _count(plain, source)
         #: The pattern work each byte of a payload's text costs.
-        self._weight = _weigh(plain, source, total)
+        self._weight = counted.patterns
+        #: The most evaluations on one value at each depth of a payload.
+        self._profile = counted.profile
+        self._most = max(counted.profile)
         #: Only a schema that names ``integer`` can turn a float into an int.
         self._whole_numbers = (
             WholeNumbers(plain, self._validator, _DRAFTS[dialect])
@@ -129,7 +139,7 @@ class Contract:
         """
         checked = check_payload(instance, source)
         value = checked.value
-        self._check_work(value, source)
+        self._check_work(checked, source)
         try:
             self._validator.validate(value)
         except jsonschema_rs.ValidationError as first:
@@ -143,8 +153,9 @@ class Contract:
 
     def is_valid(self, instance: object) -> bool:
         try:
-            value = check_payload(instance, "parameters").value
-            self._check_work(value, "parameters")
+            checked = check_payload(instance, "parameters")
+            value = checked.value
+            self._check_work(checked, "parameters")
         except DeserializationError:
             return False
         try:
@@ -152,14 +163,24 @@ class Contract:
         except ValueError:
             return False
 
-    def _check_work(self, value: object, source: str) -> None:
-        """Refuse a payload whose text would take this schema's patterns too long to read."""
-        if not self._weight:
-            return
-        if self._weight * MAX_BYTES <= MAX_WORK:  # no payload can exceed it
+    def _check_work(self, checked: Checked, source: str) -> None:
+        """Refuse a payload that would take this schema too long to validate: too many
+        subschema evaluations for its shape, or too much text for its patterns.
+        """
+        if self._most * checked.size > MAX_EVALUATIONS:  # else no shape can exceed it
+            work = sum(a * n for a, n in zip(self._profile, checked.shape, strict=False))
+            if work > MAX_EVALUATIONS:
+                raise DeserializationError(
+                    source,
+                    f"validating it would take {work} subschema evaluations (its values "
+                    "at each depth times the schema's subschemas there); at most "
+                    f"{MAX_EVALUATIONS} are accepted in one payload: send large data as "
+                    "a file, or simplify the schema",
+                )
+        if not self._weight or self._weight * MAX_BYTES <= MAX_WORK:
             return
         most = MAX_WORK // self._weight
-        length = text_length(value)
+        length = text_length(checked.value)
         if length > most:
             raise DeserializationError(
                 source,
@@ -221,9 +242,9 @@ def _compile_validator(schema: dict[str, Any], source: str) -> tuple[_Validator,
         raise InvalidSchemaError(source, f"cannot be compiled: {failure}") from None
 
 
-def _check_patterns(schema: dict[str, Any], source: str) -> int:
-    """Refuse a pattern, or a schema's patterns together, too costly to validate against;
-    return what one character of a payload costs them all (``Contract._check_work``).
+def _check_patterns(schema: dict[str, Any], source: str) -> None:
+    """Refuse a pattern, or a schema's patterns together, too costly to validate against
+    (what they cost a payload is counted by ``_count``).
     """
     total = 0
     for path, pattern in schema_patterns(schema):
@@ -238,7 +259,6 @@ def _check_patterns(schema: dict[str, Any], source: str) -> int:
                 f"{BASE_WEIGHT}); that is the limit"
             )
             raise InvalidSchemaError(source, message, path)
-    return total
 
 
 def _normalized(uri: str) -> str:
@@ -298,14 +318,11 @@ def _check_document(schema: dict[str, Any], source: str) -> None:
                 raise InvalidSchemaError(source, f"unknown $schema {value!r}", path)
 
 
-def _weigh(schema: dict[str, Any], source: str, total: int) -> int:
-    """The pattern work per byte of text, ``total`` (every pattern once) unless references
-    can apply a subschema again; then refuse references that multiply the evaluations
-    on one value (``broker.contract.references``), and count the patterns as applied.
+def _count(schema: dict[str, Any], source: str) -> Evaluations:
+    """What one payload value can cost (``broker.contract.references``): references that
+    multiply the evaluations on a value, or apply patterns again past the limit, are
+    refused.
     """
-    text = json.dumps(schema)
-    if sum(text.count(f'"{key}"') for key in _REFERENCES) < 2:  # one cannot fan out
-        return total
     try:
         counted = evaluations(schema)
     except LoopingReferences as loop:
@@ -328,7 +345,7 @@ def _weigh(schema: dict[str, Any], source: str, total: int) -> int:
             f"value; at most {MAX_SCHEMA_WEIGHT} are accepted"
         )
         raise InvalidSchemaError(source, message, counted.heaviest)
-    return counted.patterns
+    return counted
 
 
 def _schema_reason(error: jsonschema_rs.ValidationError) -> str:
