@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from broker.errors import DeserializationError
@@ -65,7 +65,7 @@ class Checked(NamedTuple):
     size: int = 0
     #: How many values it holds at each depth (the value itself at 0): what a
     #: schema's work is counted against (``broker.contract.references``).
-    shape: tuple[int, ...] = ()
+    shape: Sequence[int] = ()
 
 
 def check_payload(value: object, source: str) -> Checked:
@@ -94,7 +94,7 @@ def _check(value: object, source: str, error: type[DeserializationError]) -> Che
         walk = _walked(value, source, error)  # the copy's own bounds, and where it fails
     if walk.upper > MAX_BYTES:
         _dumps(value, source, error, sort_keys=False)  # the exact length decides
-    return Checked(value, walk.whole_floats, walk.lower, tuple(walk.shape))
+    return Checked(value, walk.whole_floats, walk.lower, walk.shape)
 
 
 def _dumps(
@@ -150,7 +150,7 @@ def _walk(value: object) -> _Walk:
     lower = upper = 0
     plain = True
     whole = False
-    shape = [1] + [0] * (MAX_DEPTH + 1)
+    shape = [1]
     while stack:
         item, depth = pop()
         kind = type(item)
@@ -192,8 +192,11 @@ def _walk(value: object) -> _Walk:
         if item and kind in _CONTAINERS and depth >= MAX_DEPTH:
             raise _Refusal(item, f"nested deeper than {MAX_DEPTH} levels")
         depth += 1
-        if children:
-            shape[depth] += len(item)
+        if children:  # a container's parent came first: the list reaches its depth
+            if depth < len(shape):
+                shape[depth] += len(item)
+            else:
+                shape.append(len(item))
         for child in children:
             kind = type(child)
             if kind is str:

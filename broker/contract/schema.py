@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 import jsonschema_rs
 
-from broker.contract.bounds import MAX_BYTES, Checked, canonical_json, check_payload
+from broker.contract.bounds import Checked, canonical_json, check_payload
 from broker.contract.integers import WholeNumbers
 from broker.contract.patterns import (
     BASE_WEIGHT,
@@ -177,7 +177,7 @@ class Contract:
                     f"{MAX_EVALUATIONS} are accepted in one payload: send large data as "
                     "a file, or simplify the schema",
                 )
-        if not self._weight or self._weight * MAX_BYTES <= MAX_WORK:
+        if self._weight * checked.size <= MAX_WORK:  # its text is at most that long
             return
         most = MAX_WORK // self._weight
         length = text_length(checked.value)
