@@ -61,7 +61,8 @@ class Checked(NamedTuple):
     value: Any
     #: Whether a float in it has a whole value (``10.0``): see ``broker.contract.integers``.
     whole_floats: bool
-    #: A lower bound of its length as compact JSON (at least one character a value).
+    #: A lower bound of its length as compact JSON: at least its number of values,
+    #: and at least the characters of its strings and keys (a quarter of their bytes).
     size: int = 0
     #: How many values it holds at each depth (the value itself at 0): what a
     #: schema's work is counted against (``broker.contract.references``).

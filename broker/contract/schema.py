@@ -177,7 +177,7 @@ class Contract:
                     f"{MAX_EVALUATIONS} are accepted in one payload: send large data as "
                     "a file, or simplify the schema",
                 )
-        if self._weight * checked.size <= MAX_WORK:  # its text is at most that long
+        if self._weight * 4 * checked.size <= MAX_WORK:  # UTF-8: at most 4 bytes a character
             return
         most = MAX_WORK // self._weight
         length = text_length(checked.value)
