@@ -1,7 +1,9 @@
-"""The worst validation a schema's patterns may cost, at the limits of ``broker.contract.patterns``.
+"""The worst validation a schema may cost, at the limits of ``broker.contract``.
 
-``python -m bench.contract_cost``: each line is a pattern, the text it reads
-(the most its weight allows, or 1 MiB), and the slowest of five validations.
+``python -m bench.contract_cost``: first each pattern, the text it reads (the
+most its weight allows, or 1 MiB), and the slowest of five validations; then
+``items: allOf [k subschemas]`` over as many items as the evaluation budget
+allows (``broker.contract.references``), the fastest of three.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 
 from broker.contract import Contract
 from broker.contract.patterns import BASE_WEIGHT, MAX_WORK, pattern_weight
+from broker.contract.references import MAX_EVALUATIONS, evaluations
 from broker.errors import DeserializationError
 
 #: Patterns at the weight limit, and the text that costs each the most.
@@ -38,6 +41,18 @@ def main() -> None:
                 contract.validate(text)
             worst = max(worst, time.perf_counter() - start)
         print(f"{pattern:16} {len(text):>9} bytes  worst {worst * 1000:7.1f} ms")
+    for k in (10, 100, 1000, 10000):
+        schema = {"type": "array", "items": {"allOf": [{"minimum": -i} for i in range(k)]}}
+        contract = Contract(schema)
+        items = [0] * ((MAX_EVALUATIONS - 1) // evaluations(schema).profile[1])
+        best = min(_timed(contract, items) for _ in range(3))
+        print(f"allOf of {k:<6} {len(items):>9} items  best  {best * 1000:7.1f} ms")
+
+
+def _timed(contract: Contract, payload: object) -> float:
+    start = time.perf_counter()
+    contract.validate(payload)
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":
