@@ -17,6 +17,8 @@ from broker.contract.patterns import (
     pattern_weight,
 )
 from broker.errors import DeserializationError, InvalidSchemaError
+from broker.models.service import Service
+from broker.models.service_list import ServiceList
 
 # -- the scanner ---------------------------------------------------------------------
 
@@ -252,3 +254,11 @@ def test_non_ascii_text_counts_its_bytes():
 def test_a_schema_with_light_patterns_takes_any_payload_within_the_bounds():
     contract = Contract({"type": "string", "pattern": "^a+$"})
     contract.validate("a" * 1_000_000)
+
+
+def test_a_costly_schema_is_refused_when_a_producer_creates_the_service(session):
+    with pytest.raises(InvalidSchemaError) as error:
+        Service.new("Costly", "", {"type": "string", "pattern": "a{40000}"}, {}, session)
+    assert error.value.source == "job_registration_schema"
+    assert error.value.path == ("pattern",)
+    assert len(ServiceList(session)) == 0
