@@ -455,8 +455,9 @@ class Mirror:
         invalid: dict[uuid.UUID, Report] = {}
         for job, report in reports.items():
             message = report.message
-            contract = self._contract(session, services.get(job, message.service_id))
             try:
+                # A schema stored before a limit existed is refused here, as invalid results.
+                contract = self._contract(session, services.get(job, message.service_id))
                 if contract is None:
                     raise DeserializationError("results", "the job's service does not exist")
                 contract.validate(message.results, source="results")
