@@ -22,6 +22,7 @@ from broker.messaging.connections import redis_client
 from broker.messaging.publisher import CeleryPublisher
 from broker.settings import Settings
 from broker.storage.tables import database_now, open_session
+from broker.trust.registrations import Registrar
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ def _tools(app: Celery, settings: Settings) -> tuple[Claims, Batches, CeleryPubl
     client = redis_client(settings.broker_url)
     lease = settings.lease_seconds
     claims = Claims.configured(client, settings)
-    return claims, Batches(client, lease), CeleryPublisher(app, client), Directory(client)
+    publisher = CeleryPublisher(app, client, Registrar.from_file(settings.registration_signing_key))
+    return claims, Batches(client, lease), publisher, Directory(client)
 
 
 class _Every:

@@ -120,10 +120,12 @@ def beat(loglevel: str) -> None:
     from broker.ops.supervisor import follow_supervisor
     from broker.storage.migrate import upgrade
     from broker.tasks import beat as beat_tasks
+    from broker.trust.registrations import Registrar
 
     configure_logging(loglevel)
     follow_supervisor()
     settings = required_settings(broker=True, database=True)
+    Registrar.from_file(settings.registration_signing_key)  # beat re-publishes: it signs
     upgrade(settings.database_url)
     app = make_app(settings)
     beat_tasks.register(app, settings)

@@ -54,6 +54,7 @@ from broker.producer import packing, submission
 from broker.producer.reader import Outcome, Reader, Watch
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, database_now, engine_for, open_session
+from broker.trust.registrations import Registrar
 
 Status = lifecycle.Status
 
@@ -90,7 +91,9 @@ class Producer:
 
     @functools.cached_property
     def publisher(self) -> CeleryPublisher:
-        return CeleryPublisher(self.app, self._client)
+        """Publishes and signs this producer's jobs: no signing key, no publisher (one error)."""
+        registrar = Registrar.from_file(self._with_broker().registration_signing_key)
+        return CeleryPublisher(self.app, self._client, registrar)
 
     @functools.cached_property
     def _claims(self) -> Claims:
