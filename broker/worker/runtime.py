@@ -276,6 +276,7 @@ class WorkerRuntime:
 
     def run(
         self,
+        /,
         job_id: object = None,
         service_id: object = None,
         parameters: object = None,
