@@ -18,7 +18,7 @@ from typing import TypeVar
 import redis
 
 from broker.settings import PUBLIC_KEY_FILE, SIGNING_KEY_FILE, Settings
-from broker.trust.registrations import ensure_pair
+from broker.trust.registrations import Registrar, ensure_pair
 
 T = TypeVar("T")
 
@@ -33,6 +33,16 @@ def registration_keys(directory: Path) -> dict[str, str]:
     private, public = directory / SIGNING_KEY_FILE, directory / PUBLIC_KEY_FILE
     ensure_pair(private, public)
     return {"registration_signing_key": str(private), "registration_public_key": str(public)}
+
+
+def signing_key_file() -> str:
+    """The session's private registration key file (``registration_keys``)."""
+    return os.environ["TOPCHEF_REGISTRATION_SIGNING_KEY"]
+
+
+def registrar() -> Registrar:
+    """What signs the session's jobs, for a test that signs by hand."""
+    return Registrar.from_file(signing_key_file())
 
 
 def keyed(settings: Settings) -> Settings:

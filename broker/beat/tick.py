@@ -22,7 +22,6 @@ from broker.messaging.connections import redis_client
 from broker.messaging.publisher import CeleryPublisher
 from broker.settings import Settings
 from broker.storage.tables import database_now, open_session
-from broker.trust.registrations import Registrar
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ def _tools(app: Celery, settings: Settings) -> tuple[Claims, Batches, CeleryPubl
     client = redis_client(settings.broker_url)
     lease = settings.lease_seconds
     claims = Claims.configured(client, settings)
-    publisher = CeleryPublisher(app, client, Registrar.from_file(settings.registration_signing_key))
+    publisher = CeleryPublisher(app, client, settings.registration_signing_key)
     return claims, Batches(client, lease), publisher, Directory(client)
 
 

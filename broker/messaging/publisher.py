@@ -96,14 +96,17 @@ def encode(
 class CeleryPublisher:
     """The outbox's publisher: jobs through Celery, services into the Redis directory.
 
-    Each job message goes out signed by ``registrar`` (``broker.trust.registrations``):
-    a worker runs nothing else.
+    Each job message goes out signed (``broker.trust.registrations``) with the
+    private key in the file ``signing_key``: a worker runs nothing else. The
+    key is read when first needed, so that a process that publishes services
+    only (a hold, a resume) needs none.
     """
 
-    def __init__(self, app: Celery, client: redis.Redis, registrar: Registrar) -> None:
+    def __init__(self, app: Celery, client: redis.Redis, signing_key: str) -> None:
         self._app = app
         self._client = client
-        self._registrar = registrar
+        self._signing_key = signing_key
+        self._registrar: Registrar | None = None
         self._claims = Claims(client)
         self._sent_topic: str | None = None
         self._listeners = False
@@ -135,6 +138,7 @@ class CeleryPublisher:
         """
         if not messages:
             return
+        registrar = self.registrar  # no key: nothing of it goes
         messages = priorities.highest_first(messages)
         sent_events = self._events_wanted()
         topic = self._event_topic() if sent_events else ""
@@ -150,7 +154,7 @@ class CeleryPublisher:
                 self._claims.register(pipeline, service_id, registrations)
             by_queue: dict[str, list[str]] = {}
             for message in batched(chunk):
-                signed = self._signed(message, digests)
+                signed = _signed(registrar, message, digests)
                 task_message, event = encode(self._encoder, message, signed, sent_events)
                 by_queue.setdefault(message_list(message), []).append(task_message)
                 if event is not None:
@@ -160,11 +164,16 @@ class CeleryPublisher:
             pipeline.sadd(keys.PUBLISHED, *(str(message.job_id) for message in chunk))
             pipeline.execute()
 
-    def _signed(self, message: JobMessage | JobBatch, digests: dict[uuid.UUID, str]) -> Signed:
-        """The core's signature over every job ``message`` carries (``registrations.document``)."""
-        jobs = message.jobs if isinstance(message, JobBatch) else (message,)
-        registered = [(job.job_id, digests[job.job_id]) for job in jobs]
-        return Signed(self._registrar.sign(jobs[0].service_id, registered))
+    @property
+    def registrar(self) -> Registrar:
+        """What signs the jobs; a ``ConfigurationError`` naming the setting if there is no key.
+
+        A producer asks before it commits a job, so that a missing key is an
+        error there and then, not a job left for beat to publish.
+        """
+        if self._registrar is None:
+            self._registrar = Registrar.from_file(self._signing_key)
+        return self._registrar
 
     def take_published(self, limit: int) -> list[uuid.UUID]:
         """Remove and return up to ``limit`` ids of jobs published but not yet marked."""
@@ -221,6 +230,15 @@ class CeleryPublisher:
             pipeline.hset(keys.SERVICE_DESCRIPTORS, service_id, descriptor.to_json())
             _control(pipeline, descriptor)
         pipeline.execute()
+
+
+def _signed(
+    registrar: Registrar, message: JobMessage | JobBatch, digests: dict[uuid.UUID, str]
+) -> Signed:
+    """The core's signature over every job ``message`` carries (``registrations.document``)."""
+    jobs = message.jobs if isinstance(message, JobBatch) else (message,)
+    registered = [(job.job_id, digests[job.job_id]) for job in jobs]
+    return Signed(registrar.sign(jobs[0].service_id, registered))
 
 
 def _control(pipeline: redis.client.Pipeline, descriptor: ServiceDescriptor) -> None:

@@ -54,7 +54,6 @@ from broker.producer import packing, submission
 from broker.producer.reader import Outcome, Reader, Watch
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, database_now, engine_for, open_session
-from broker.trust.registrations import Registrar
 
 Status = lifecycle.Status
 
@@ -91,9 +90,12 @@ class Producer:
 
     @functools.cached_property
     def publisher(self) -> CeleryPublisher:
-        """Publishes and signs this producer's jobs: no signing key, no publisher (one error)."""
-        registrar = Registrar.from_file(self._with_broker().registration_signing_key)
-        return CeleryPublisher(self.app, self._client, registrar)
+        """Publishes this producer's jobs, signed, and its services."""
+        return CeleryPublisher(self.app, self._client, self._with_broker().registration_signing_key)
+
+    def require_signing_key(self) -> None:
+        """Raise, naming the setting, unless this producer can sign the jobs it is to commit."""
+        _ = self.publisher.registrar
 
     @functools.cached_property
     def _claims(self) -> Claims:
@@ -252,6 +254,7 @@ class Producer:
         a second of that time (``Settings.due_interval``).
         """
         priorities.check(priority)
+        self.require_signing_key()
         destination = self._destinations.get(service_name)
         if destination is not None and not_before is None:
             engine = engine_for(self.settings.database_url)
@@ -310,6 +313,7 @@ class Producer:
         delay = times.delay(not_before) if isinstance(not_before, timedelta) else None
         when = times.aware(not_before) if not_before is not None and delay is None else None
         priorities.check(priority)
+        self.require_signing_key()
         with self.session() as session:
             service, now = _service_and_clock(session, service_name)
             if session.get_bind().dialect.name == "postgresql":
@@ -338,6 +342,7 @@ class Producer:
         process's person unless told (the gateway names its caller).
         """
         job_id = as_uuid(job_id)
+        self.require_signing_key()
         with self.session() as session:
             original = session.get(JobRow, job_id)
             if original is None:
