@@ -60,11 +60,13 @@ def worker(
     from broker.app import make_app
     from broker.ops.supervisor import follow_supervisor
     from broker.tasks import job
+    from broker.trust.registrations import RegistrationCheck
     from broker.worker.boot import serve
 
     configure_logging(loglevel)
     follow_supervisor()
     settings = required_settings(broker=True)
+    RegistrationCheck.from_setting(settings.registration_public_key)  # before any connection
     app = make_app(settings)
     job.register(app)
     sys.path.insert(0, os.getcwd())
