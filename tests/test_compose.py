@@ -70,3 +70,22 @@ def test_redis_persists_and_never_evicts():
     assert options["--appendonly"] == "yes"
     assert options["--maxmemory-policy"] == "noeviction"
     assert options["--requirepass"].startswith("${REDIS_PASSWORD:?")
+
+
+def test_the_private_registration_key_goes_only_where_jobs_are_published():
+    """beat and the tools sign; the worker, standing for a lab PC, mounts the public key only."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+
+    def volumes(name: str) -> set[str]:
+        return {volume.split(":")[0] for volume in services[name].get("volumes", [])}
+
+    assert services["keys"]["command"][:2] == ["keys", "init"]
+    for signer in ("beat", "topchef"):
+        assert "registration-key" in volumes(signer)
+        key = services[signer]["environment"]["TOPCHEF_REGISTRATION_SIGNING_KEY"]
+        assert key.startswith("/keys/")
+    assert volumes("worker") == {"registration-public"}
+    assert services["worker"]["environment"]["TOPCHEF_REGISTRATION_PUBLIC_KEY"].startswith(
+        "/public/"
+    )
+    assert not any("registration-key" in volumes(name) for name in ("mirror", "flower", "worker"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import stat
 import uuid
 from typing import Any
 
@@ -32,7 +33,7 @@ from broker.producer import Producer
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, open_session
 from broker.trust.registrations import Registrar, RegistrationCheck
-from broker.trust.signing import SigningKey
+from broker.trust.signing import SigningKey, read_private, read_public
 from broker.worker.handlers import Declaration
 from broker.worker.registrations import Registrations
 from broker.worker.runtime import Refused, WorkerRuntime
@@ -332,3 +333,26 @@ def test_a_producer_without_the_signing_key_refuses_in_one_line(real_redis_url, 
     settings = Settings(broker_url=real_redis_url, database_url=postgres_url)
     with pytest.raises(ConfigurationError, match="TOPCHEF_REGISTRATION_SIGNING_KEY"):
         Producer(settings)
+
+
+def test_keys_init_makes_the_pair_once_and_says_where_each_half_goes(tmp_path):
+    from click.testing import CliRunner
+
+    from broker.cli import main
+
+    runner = CliRunner()
+    first = runner.invoke(
+        main, ["keys", "init", str(tmp_path / "k"), "--public-dir", str(tmp_path / "p")]
+    )
+    assert first.exit_code == 0, first.output
+    private, public = tmp_path / "k" / "registration.key", tmp_path / "p" / "registration.pub"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    key = read_private(private)
+    assert read_public(str(public)) == key.verify_key
+    assert f"TOPCHEF_REGISTRATION_SIGNING_KEY={private}" in first.output
+    assert key.verify_key.text in first.output and key.text not in first.output
+    again = runner.invoke(
+        main, ["keys", "init", str(tmp_path / "k"), "--public-dir", str(tmp_path / "p")]
+    )
+    assert again.exit_code == 0, again.output
+    assert read_private(private).text == key.text  # never replaced
