@@ -350,7 +350,8 @@ def test_keys_init_makes_the_pair_once_and_says_where_each_half_goes(tmp_path):
     key = read_private(private)
     assert read_public(str(public)) == key.verify_key
     assert f"TOPCHEF_REGISTRATION_SIGNING_KEY={private}" in first.output
-    assert key.verify_key.text in first.output and key.text not in first.output
+    assert key.verify_key.text in first.output
+    assert key.text not in first.output
     again = runner.invoke(
         main, ["keys", "init", str(tmp_path / "k"), "--public-dir", str(tmp_path / "p")]
     )
