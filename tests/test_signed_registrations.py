@@ -329,10 +329,22 @@ def test_a_worker_without_the_public_key_refuses_to_start_in_one_line(real_redis
         WorkerRuntime(settings, [])
 
 
-def test_a_producer_without_the_signing_key_refuses_in_one_line(real_redis_url, postgres_url):
-    settings = Settings(broker_url=real_redis_url, database_url=postgres_url)
-    with pytest.raises(ConfigurationError, match="TOPCHEF_REGISTRATION_SIGNING_KEY"):
-        Producer(settings)
+def test_a_producer_without_the_signing_key_refuses_a_submit_before_committing_it(
+    real_redis_url, postgres_url
+):
+    from conftest import truncate_all
+
+    truncate_all(postgres_url)
+    producer = Producer(Settings(broker_url=real_redis_url, database_url=postgres_url))
+    producer.create_service("Unsigned", "", {"type": "object"}, {"type": "object"})
+    for submit in (
+        lambda: producer.submit("Unsigned", {}),
+        lambda: producer.submit_many("Unsigned", [{}, {}]),
+    ):
+        with pytest.raises(ConfigurationError, match="TOPCHEF_REGISTRATION_SIGNING_KEY"):
+            submit()
+    with open_session(postgres_url) as session:
+        assert session.query(JobRow).count() == 0
 
 
 def test_keys_init_makes_the_pair_once_and_says_where_each_half_goes(tmp_path):
