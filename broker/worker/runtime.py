@@ -520,7 +520,7 @@ class WorkerRuntime:
         # A run whose report waits for the next job's claim, to go with it.
         ended: tuple[_Delivery, StateMessage] | None = None
         try:
-            for index, job in enumerate(reads):
+            for index, read in enumerate(reads):
                 if self._draining.is_set():
                     log.info("shutting down: batch %s's unstarted jobs go back to beat", batch_id)
                     outcomes += self._report_ended(ended)
@@ -528,7 +528,7 @@ class WorkerRuntime:
                     self._batches.abandon(batch_id)
                     return outcomes + [Outcome(job_id, UNSTARTED) for job_id in job_ids[index:]]
                 try:
-                    delivery = self._delivery(job, proof)
+                    delivery = self._delivery(read, proof)
                     if ended is None:
                         claimed = self._claims.claim(*delivery.claim_args)
                     else:
@@ -574,14 +574,14 @@ class WorkerRuntime:
                 for job in jobs
             ]
         except (TypeError, ValueError, RecursionError, DeserializationError) as error:
-            self.refuse("malformed", None, f"unreadable batch {batch_id!r}: {error}")
+            self.refuse("malformed", None, f"unreadable batch {batch_id[:100]!r}: {error}")
             return [Outcome(job_id, "refused:malformed") for job_id in job_ids]
         service = reads[0].service if reads else uuid.UUID(int=0)
         proof = self._registrations.batch(
             batch_id, service, [(read.job, read.digest) for read in reads], signature
         )
         if proof is None:
-            detail = f"batch {batch_id!r} of {len(reads)} job(s): {_forged(signature)}"
+            detail = f"batch {batch_id[:100]!r} of {len(reads)} job(s): {_forged(signature)}"
             self.refuse("forged", None, detail)
             return [Outcome(job_id, "refused:forged") for job_id in job_ids]
         return reads, proof
