@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import controls, fleet, footprint, http_loop, producers, report, sql, sweeps
+from bench import controls, fleet, footprint, http_loop, producers, report, signing, sql, sweeps
 from bench import not_before as held
 from bench.ours import DRAIN_CHUNK, OurStack
 from bench.payload import FLEET_SERVED, SERVICE
@@ -44,6 +44,7 @@ WORKLOADS = (
     "fleet",
     "producers",
     "http",
+    "signing",
 )
 
 
@@ -219,7 +220,7 @@ class Run:
         if "memory" in self.only:
             say("== memory, few jobs in SQL")
             self.memory(many=False)
-        for workload in ("priority", "exclusive", "sweep", "fleet", "producers", "http"):
+        for workload in ("priority", "exclusive", "sweep", "fleet", "producers", "http", "signing"):
             if workload in self.only:
                 say(f"== {workload}")
                 getattr(self, workload)()
@@ -429,6 +430,24 @@ class Run:
                     ours.mirror.stop()
                     ours.mirror = None
         say(f"memory: mirror {fmt(mirror.median)} MiB, worker {fmt(worker.median)} MiB ({label})")
+
+    # -- signed registrations (``bench.signing``) --------------------------------------
+
+    def signing(self) -> None:
+        rounds = max(200, self.plan.jobs // 10)
+        for jobs in (1, self.plan.per_message):
+            what = "a job sent alone" if jobs == 1 else f"a packed message of {jobs} jobs"
+            note = f"{rounds:,} messages, in the bench process"
+            sign = self.figure("signing", f"sign {what}", "µs", note)
+            verify = self.figure("signing", f"verify {what}", "µs", note)
+            for _ in range(self.plan.repeat):
+                measured = signing.cost(jobs, rounds)
+                sign.values.append(measured.sign_us)
+                verify.values.append(measured.verify_us)
+            say(
+                f"signing: {what}: sign {fmt(sign.median)} µs, verify {fmt(verify.median)} µs; "
+                f"per job {fmt(sign.median / jobs)} and {fmt(verify.median / jobs)} µs"
+            )
 
     # -- 7. service controls (``bench.controls``) ------------------------------------
 

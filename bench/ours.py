@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from bench.jobs import STARTED
 from bench.payload import PARAMETERS_SCHEMA, PROBE_SERVICE, RESULTS_SCHEMA, SERVICE, parameters
-from bench.servers import PYTHON, Child, PostgresSchema, python_env
+from bench.servers import PYTHON, Child, PostgresSchema, python_env, registration_keys
 from bench.stats import percentile
 from broker.messaging import keys, outbox, priorities
 from broker.producer import Producer
@@ -30,7 +30,9 @@ class OurStack:
     def __init__(self, redis_url: str, schema: PostgresSchema, log_dir: Path) -> None:
         self.schema = schema
         self.log_dir = log_dir
-        self.settings = Settings(database_url=schema.url, broker_url=redis_url)
+        self.settings = Settings(
+            database_url=schema.url, broker_url=redis_url, **registration_keys()
+        )
         self.producer = Producer(self.settings)
         self.redis = redis.Redis.from_url(redis_url)
         self.service_ids = {}

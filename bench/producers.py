@@ -46,15 +46,17 @@ def rate(ours: OurStack, producers: int, one_service: bool, mode: str, jobs: int
         subprocess.Popen([PYTHON, "-m", "bench.producers", name, mode, str(jobs)], env=ours.env())
         for name in names
     ]
+    # Its own client: redis-py's default socket timeout (5 s) is shorter than these waits.
+    waiter = redis.Redis.from_url(ours.settings.broker_url, socket_timeout=None)
     try:
         for _ in children:
-            if ours.redis.blpop([READY], timeout=60) is None:
+            if waiter.blpop([READY], timeout=60) is None:
                 raise TimeoutError("a producer did not start")
         go = time.monotonic()
         ours.redis.rpush(GO, *["go"] * producers)
         ends = []
         for _ in children:
-            reply = ours.redis.blpop([DONE], timeout=300)
+            reply = waiter.blpop([DONE], timeout=300)
             if reply is None:
                 raise TimeoutError("a producer did not finish")
             ends.append(float(reply[1]))
@@ -63,6 +65,7 @@ def rate(ours: OurStack, producers: int, one_service: bool, mode: str, jobs: int
                 raise RuntimeError(f"a producer exited with {child.returncode}")
         return producers * jobs / (max(ends) - go)
     finally:
+        waiter.close()
         for child in children:
             child.kill()
         ours.purge()

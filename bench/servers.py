@@ -7,6 +7,8 @@ runs on the same machine.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import signal
@@ -22,7 +24,9 @@ import psycopg
 import redis
 from sqlalchemy.engine import make_url
 
+from broker.settings import PUBLIC_KEY_FILE, SIGNING_KEY_FILE
 from broker.storage.tables import create_schema, engine_for
+from broker.trust.registrations import ensure_pair
 
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get(
@@ -176,11 +180,26 @@ class Child:
         self._log.close()
 
 
+@functools.cache
+def registration_keys() -> dict[str, str]:
+    """The run's registration key pair, as ``Settings`` fields: what signs and checks its jobs.
+
+    Made once, in a directory removed when the run ends, and handed to every
+    child (``python_env``): producers sign, workers verify, as deployed.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="topchef-bench-keys-"))
+    atexit.register(shutil.rmtree, directory, True)
+    private, public = directory / SIGNING_KEY_FILE, directory / PUBLIC_KEY_FILE
+    ensure_pair(private, public)
+    return {"registration_signing_key": str(private), "registration_public_key": str(public)}
+
+
 def python_env(**extra: str) -> dict[str, str]:
     """The environment of a child: this repository importable, no stray TOPCHEF_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOPCHEF_")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
+    env.update({f"TOPCHEF_{name.upper()}": value for name, value in registration_keys().items()})
     env.update(extra)
     return env
 

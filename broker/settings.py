@@ -27,6 +27,11 @@ STATE_DIR = ".topchef"
 URL_FILE = "broker.url"
 #: The SQLite file ``topchef up`` keeps its jobs in, in its working directory.
 DATABASE_FILE = "topchef.sqlite3"
+#: The registration key pair (``broker.trust.registrations``) a stack keeps in its
+#: state directory, and ``topchef keys init`` writes: the private key signs the
+#: jobs the core publishes, the public one lets a worker check them.
+SIGNING_KEY_FILE = "registration.key"
+PUBLIC_KEY_FILE = "registration.pub"
 #: How long a worker's running handlers have to stop after a second Ctrl-C,
 #: unless ``topchef worker --abort-grace`` says otherwise (``broker.worker.shutdown``).
 ABORT_GRACE_SECONDS = 10.0
@@ -112,6 +117,12 @@ class Settings:
     #: absolute paths (``/jobs/<id>``). Never taken from a request's ``Host``,
     #: which whoever sends the request chooses.
     api_base_url: str = ""
+    #: The file of the private key that signs every job message the core
+    #: publishes (producers, the gateway, beat). Never on a lab PC.
+    registration_signing_key: str = ""
+    #: The public half, as its text or the path of its file: a worker runs only
+    #: what it verifies.
+    registration_public_key: str = ""
 
     @property
     def due_interval(self) -> float:
@@ -167,17 +178,29 @@ class Settings:
         return settings.with_stack_in(Path.cwd()) if environ is None else settings
 
     def with_stack_in(self, directory: Path) -> Settings:
-        """Fill an unset broker and database from the ``topchef up`` stack in ``directory``.
+        """Fill an unset broker, database and keys from the ``topchef up`` stack in ``directory``.
 
         Its broker only while it runs (the URL it announces answers); its
-        SQLite file whenever it exists, so that jobs stay readable after a stop.
+        SQLite file whenever it exists, so that jobs stay readable after a stop;
+        its registration keys whenever it has made them.
         """
         broker_url, database_url = self.broker_url, self.database_url
         if not broker_url:
             broker_url = announced_url(directory) or ""
         if not database_url and (directory / DATABASE_FILE).is_file():
             database_url = stack_database_url(directory)
-        return replace(self, broker_url=broker_url, database_url=database_url)
+        signing, public = self.registration_signing_key, self.registration_public_key
+        if not signing and (directory / STATE_DIR / SIGNING_KEY_FILE).is_file():
+            signing = str(directory / STATE_DIR / SIGNING_KEY_FILE)
+        if not public and (directory / STATE_DIR / PUBLIC_KEY_FILE).is_file():
+            public = str(directory / STATE_DIR / PUBLIC_KEY_FILE)
+        return replace(
+            self,
+            broker_url=broker_url,
+            database_url=database_url,
+            registration_signing_key=signing,
+            registration_public_key=public,
+        )
 
     def require(self, *, broker: bool = False, database: bool = False) -> Settings:
         """These settings, if they name what a command needs; else say how to name it.
@@ -223,6 +246,8 @@ _FIELDS: dict[str, type] = {
     "api_token": str,
     "api_max_body_bytes": int,
     "api_base_url": str,
+    "registration_signing_key": str,
+    "registration_public_key": str,
 }
 
 #: Secrets whose blank value is a mistake to refuse, never "none": a token of

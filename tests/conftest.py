@@ -100,6 +100,29 @@ def session(database_url: str) -> Iterator[Session]:
         session.close()
 
 
+# -- Registration keys ----------------------------------------------------------
+#
+# Every process that publishes jobs signs them, every worker checks them: the
+# session makes one key pair and puts it where a deployment puts it, in the
+# environment (``Settings.from_env`` and the children a test starts read it).
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _registration_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    from support import registration_keys
+
+    made = registration_keys(tmp_path_factory.mktemp("registration-keys"))
+    variables = {f"TOPCHEF_{name.upper()}": value for name, value in made.items()}
+    kept = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    yield
+    for name, value in kept.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 # -- Redis and whole stacks (see stack.py) -----------------------------------------
 
 from stack import (  # noqa: E402, F401

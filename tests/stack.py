@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from support import Process, wait_for
+from support import Process, keyed, wait_for
 
 from broker.beat.recovery import TickReport, tick
 from broker.cli import main
@@ -234,13 +234,15 @@ def stack_settings(postgres_url: str, redis_url: str) -> Settings:
     from conftest import truncate_all
 
     truncate_all(postgres_url)
-    return Settings(
-        database_url=postgres_url,
-        broker_url=_celery_spelling(redis_url),
-        lease_seconds=1.0,
-        beat_interval=0.5,
-        outbox_grace_seconds=0.2,
-        visibility_timeout=5.0,
+    return keyed(
+        Settings(
+            database_url=postgres_url,
+            broker_url=_celery_spelling(redis_url),
+            lease_seconds=1.0,
+            beat_interval=0.5,
+            outbox_grace_seconds=0.2,
+            visibility_timeout=5.0,
+        )
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -16,9 +17,41 @@ from typing import TypeVar
 
 import redis
 
-from broker.settings import Settings
+from broker.settings import PUBLIC_KEY_FILE, SIGNING_KEY_FILE, Settings
+from broker.trust.registrations import Registrar, ensure_pair
 
 T = TypeVar("T")
+
+
+def registration_keys(directory: Path) -> dict[str, str]:
+    """A registration key pair made in ``directory``, as ``Settings`` fields.
+
+    The test session makes one (``conftest``) and puts it in the environment,
+    as a deployment gives its producers the private key and its workers the
+    public one; ``keyed`` adds it to settings a test builds itself.
+    """
+    private, public = directory / SIGNING_KEY_FILE, directory / PUBLIC_KEY_FILE
+    ensure_pair(private, public)
+    return {"registration_signing_key": str(private), "registration_public_key": str(public)}
+
+
+def signing_key_file() -> str:
+    """The session's private registration key file (``registration_keys``)."""
+    return os.environ["TOPCHEF_REGISTRATION_SIGNING_KEY"]
+
+
+def registrar() -> Registrar:
+    """What signs the session's jobs, for a test that signs by hand."""
+    return Registrar.from_file(signing_key_file())
+
+
+def keyed(settings: Settings) -> Settings:
+    """``settings`` with the session's registration keys (``registration_keys``)."""
+    return dataclasses.replace(
+        settings,
+        registration_signing_key=os.environ["TOPCHEF_REGISTRATION_SIGNING_KEY"],
+        registration_public_key=os.environ["TOPCHEF_REGISTRATION_PUBLIC_KEY"],
+    )
 
 
 def free_port() -> int:
@@ -128,6 +161,8 @@ def environment(settings: Settings) -> dict[str, str]:
         TOPCHEF_BEAT_INTERVAL=str(settings.beat_interval),
         TOPCHEF_OUTBOX_GRACE_SECONDS=str(settings.outbox_grace_seconds),
         TOPCHEF_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
+        TOPCHEF_REGISTRATION_SIGNING_KEY=settings.registration_signing_key,
+        TOPCHEF_REGISTRATION_PUBLIC_KEY=settings.registration_public_key,
         PYTHONPATH=str(Path(__file__).parent) + os.pathsep + env.get("PYTHONPATH", ""),
     )
     return env

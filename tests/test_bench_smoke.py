@@ -56,10 +56,13 @@ def test_smoke_run_measures_every_workload(postgres_url, tmp_path):
         "fleet",
         "producers",
         "http",
+        "signing",
     }
     names = " ".join(figure["name"] for figure in result["figures"])
     for peer in ("celery", "rq", "dramatiq", "topchef"):
         assert peer in names
+    signing = [f for f in result["figures"] if f["workload"] == "signing"]
+    assert {f["name"].split()[0] for f in signing} == {"sign", "verify"}
     assert all(figure["values"] for figure in result["figures"])
     assert result["targets"], "the targets are evaluated"
     assert "median" in run.stdout  # the table is printed

@@ -56,6 +56,7 @@ def test_help_lists_every_command(run):
         "demo",
         "flower",
         "jobs",
+        "keys",
         "mirror",
         "services",
         "status",

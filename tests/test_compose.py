@@ -92,3 +92,22 @@ def test_redis_runs_on_the_shipped_users_and_workers_log_in_as_worker():
     assert "TOPCHEF_DATABASE_URL" not in worker  # a worker needs Redis alone
     core = compose["x-environment"]["TOPCHEF_BROKER_URL"]
     assert core.startswith("redis://topchef:${REDIS_PASSWORD:?")
+
+
+def test_the_private_registration_key_goes_only_where_jobs_are_published():
+    """beat and the tools sign; the worker, standing for a lab PC, mounts the public key only."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+
+    def volumes(name: str) -> set[str]:
+        return {volume.split(":")[0] for volume in services[name].get("volumes", [])}
+
+    assert services["keys"]["command"][:2] == ["keys", "init"]
+    for signer in ("beat", "topchef"):
+        assert "registration-key" in volumes(signer)
+        key = services[signer]["environment"]["TOPCHEF_REGISTRATION_SIGNING_KEY"]
+        assert key.startswith("/keys/")
+    assert volumes("worker") == {"registration-public"}
+    assert services["worker"]["environment"]["TOPCHEF_REGISTRATION_PUBLIC_KEY"].startswith(
+        "/public/"
+    )
+    assert not any("registration-key" in volumes(name) for name in ("mirror", "flower", "worker"))

@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+from support import keyed
 
 from broker.beat.directory import SLICE, Directory
 from broker.messaging import keys
@@ -38,7 +39,7 @@ class Counting:
 @pytest.fixture
 def producer(database_url: str, redis_url: str) -> Producer:
     broker_url = redis_url.replace("unix://", "redis+socket://")
-    return Producer(Settings(database_url=database_url, broker_url=broker_url))
+    return Producer(keyed(Settings(database_url=database_url, broker_url=broker_url)))
 
 
 def _services(producer: Producer, count: int) -> list[uuid.UUID]:

@@ -209,7 +209,7 @@ def test_a_cancelled_job_or_a_refused_delivery_is_no_success(stack, flower):
     assert revoked["succeeded"] is None
     refused = flower.wait_state(_task_id(forged), "FAILURE")
     assert refused["exception"] == (
-        "RefusedDelivery('refused (unregistered): no producer registered this job')"
+        "RefusedDelivery('refused (forged): it carries no signature of the core')"
     )
     assert stack.status(cancelled) == "CANCELLED"
     assert flower.counts()[node].get("task-succeeded", 0) == 0

@@ -7,6 +7,7 @@ all fork a process whose pools already hold connections.
 from __future__ import annotations
 
 import multiprocessing
+from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
@@ -14,7 +15,6 @@ import sqlalchemy as sa
 from broker.messaging import keys, priorities
 from broker.messaging.connections import redis_client
 from broker.producer import Producer
-from broker.settings import Settings
 from broker.storage.tables import JobRow, create_schema, open_session
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -40,7 +40,7 @@ def test_children_of_a_forked_producer_submit_with_pools_of_their_own(
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'fork.sqlite3'}"
         create_schema(url)
-    settings = Settings(database_url=url, broker_url=stack_settings.broker_url)
+    settings = replace(stack_settings, database_url=url)
     _producer = Producer(settings)
     service = _producer.create_service("Forked", "", SCHEMA, {"type": "object"})
     # The parent uses its pools (the one-statement path is primed on PostgreSQL).

@@ -22,6 +22,7 @@ PACKAGE = Path(broker.__file__).parent
 #: Each part of ``broker`` and its layer; a part is a subpackage or a top-level module.
 LAYERS = {
     "errors": 1,
+    "trust": 2,
     "actors": 1,
     "settings": 2,
     "storage": 2,
@@ -100,9 +101,11 @@ def _loaded_after(code: str) -> set[str]:
 
 def test_a_producer_loads_no_worker_and_no_beat():
     loaded = _loaded_after(
+        "import os\n"
         "from broker.producer import Producer\n"
         "from broker.settings import Settings\n"
-        "producer = Producer(Settings(database_url='sqlite://', broker_url='redis://127.0.0.1:1/0'))\n"
+        "producer = Producer(Settings(database_url='sqlite://', broker_url='redis://127.0.0.1:1/0',"
+        " registration_signing_key=os.environ['TOPCHEF_REGISTRATION_SIGNING_KEY']))\n"
         "assert not [name for name in producer.app.tasks if name.startswith('topchef')]"
     )
     assert {

@@ -14,6 +14,7 @@ import lab
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from support import keyed
 
 from broker.cli import main
 from broker.errors import DeserializationError, JobWithUUIDNotFound
@@ -30,7 +31,7 @@ pytest_plugins = ["gateway_support"]  # the gateway and api fixtures
 def producer(database_url: str, redis_url: str) -> Producer:
     """A producer over a clean database of each backend and an empty Redis database."""
     broker_url = redis_url.replace("unix://", "redis+socket://")
-    producer = Producer(Settings(database_url=database_url, broker_url=broker_url))
+    producer = Producer(keyed(Settings(database_url=database_url, broker_url=broker_url)))
     producer.create_service(lab.SQUARE, "squares x", lab.NUMBER_SCHEMA, lab.SQUARE_RESULTS)
     return producer
 

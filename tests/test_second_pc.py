@@ -17,12 +17,13 @@ import socket
 import stat
 import subprocess
 import tempfile
+from pathlib import Path
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from support import free_port
+from support import free_port, keyed
 
 from broker.app import make_app
 from broker.errors import ConfigurationError
@@ -37,6 +38,7 @@ from broker.ops.network import (
     reachable_host,
 )
 from broker.settings import STATE_DIR, URL_FILE, Settings, announced_url, masked
+from broker.trust.signing import read_private, read_public
 from broker.worker.connection import REMIND_SECONDS, RETRY_SECONDS, Outage
 
 HERE = "127.0.0.1"  # the only network this sandbox has; --listen 0.0.0.0 takes the same path
@@ -171,10 +173,19 @@ def _exported(line: str, variable: str) -> str:
 
 def test_up_tells_how_a_second_pc_joins_a_stack_that_listens(tmp_path):
     access = NetworkAccess.kept_in(tmp_path, Listen(HERE))
-    embedded = Settings(broker_url="redis+socket:///x/redis.sock", database_url="sqlite:///x")
+    embedded = keyed(
+        Settings(broker_url="redis+socket:///x/redis.sock", database_url="sqlite:///x")
+    )
     lines = another_pc(embedded, Listen(HERE), tmp_path, embedded=True)
     export = _export_line(lines, "TOPCHEF_BROKER_URL")
     assert _exported(export, "TOPCHEF_BROKER_URL") == access.url(HERE)
+    # The public key as its text: nothing to copy but what is printed.
+    public = _export_line(lines, "TOPCHEF_REGISTRATION_PUBLIC_KEY")
+    key = read_public(embedded.registration_public_key)
+    assert _exported(public, "TOPCHEF_REGISTRATION_PUBLIC_KEY") == key.text
+    assert not any(
+        read_private(Path(embedded.registration_signing_key)).text in line for line in lines
+    )
     assert any("the HTTP API" in line for line in lines)  # SQLite is this PC's alone
     assert not any("export TOPCHEF_DATABASE_URL" in line for line in lines)
 

@@ -16,7 +16,7 @@ import lab
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from support import popped_by_waiting_consumers
+from support import keyed, popped_by_waiting_consumers
 
 from broker import actors
 from broker.beat.recovery import republish_overtaken, sync_directory
@@ -34,7 +34,7 @@ pytest_plugins = ["gateway_support"]  # the gateway and api fixtures
 @pytest.fixture
 def producer(database_url: str, redis_url: str) -> Producer:
     broker_url = redis_url.replace("unix://", "redis+socket://")
-    producer = Producer(Settings(database_url=database_url, broker_url=broker_url))
+    producer = Producer(keyed(Settings(database_url=database_url, broker_url=broker_url)))
     producer.create_service(lab.SQUARE, "squares x", lab.NUMBER_SCHEMA, lab.SQUARE_RESULTS)
     return producer
 

@@ -50,7 +50,10 @@ def claims(client: redis.Redis) -> Claims:
 def _control(client: redis.Redis, redis_url: str, *, held: bool = False, most: int | None = None):
     """Write the service's hold and limit as a producer's commit (or beat) does."""
     descriptor = ServiceDescriptor(SERVICE, "Oven", {}, 30.0, held=held, max_running=most)
-    CeleryPublisher(make_app(Settings(broker_url=redis_url)), client).publish_services([descriptor])
+    # Services only: no signing key needed.
+    CeleryPublisher(make_app(Settings(broker_url=redis_url)), client, "").publish_services(
+        [descriptor]
+    )
 
 
 def _registered(claims: Claims) -> uuid.UUID:

@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from support import wait_for
+from support import registrar, signing_key_file, wait_for
 
 from broker.app import make_app
 from broker.messaging import priorities
 from broker.messaging.celery_wire import bounded_repr
-from broker.messaging.messages import JobBatch, JobMessage, batched
+from broker.messaging.messages import JobBatch, JobMessage, Signed, batched, parameters_digest
 from broker.messaging.publisher import CeleryPublisher
 from broker.settings import Settings
 
@@ -76,7 +76,7 @@ def _job(
     )
 
 
-def _celery_send(app: Celery, message: JobMessage | JobBatch) -> None:
+def _celery_send(app: Celery, message: JobMessage | JobBatch, signed: Signed) -> None:
     """Send ``message`` through Celery's own message builder and publisher, with our options.
 
     This is ``send_task``'s path (``amqp.create_task_message`` then
@@ -92,7 +92,7 @@ def _celery_send(app: Celery, message: JobMessage | JobBatch) -> None:
     else:
         task_id, task_name = f"{message.job_id}.{message.attempt}", message.task_name
         shadow = f"{message.service_name} (job)"
-    kwargs = message.task_kwargs()
+    kwargs = message.task_kwargs(signed)
     task_message = app.amqp.create_task_message(
         task_id,
         task_name,
@@ -173,7 +173,7 @@ def test_the_published_message_and_event_are_those_celery_sends(
     events = _Events(client)
     try:
         wait_for(lambda: client.pubsub_numpat() > 0, 10, "the pattern subscription")
-        CeleryPublisher(app, client).publish_jobs(jobs)
+        CeleryPublisher(app, client, signing_key_file()).publish_jobs(jobs)
         ours = client.lrange(queue, 0, -1)
         assert len(ours) == 1
         # A batch's id is drawn as it is published: Celery sends the same batch.
@@ -183,7 +183,7 @@ def test_the_published_message_and_event_are_those_celery_sends(
         (our_event,) = events.of(_task_id(message))
         client.delete(queue)
 
-        _celery_send(app, message)
+        _celery_send(app, message, Signed(_decode(ours[0])[1][1]["signature"]))
         theirs = client.lrange(queue, 0, -1)
         (their_event,) = events.of(_task_id(message))
         # Celery put it on no other list of the queue.
@@ -300,9 +300,10 @@ def test_celerys_event_receiver_gets_the_task_sent_events(
     receiver = _Receiver(_app(redis_url, **options), client, lambda e: e["uuid"] == task_id)
     receiver.wait_subscribed()
 
-    CeleryPublisher(_app(redis_url, **options), client).publish_jobs([job])
+    CeleryPublisher(_app(redis_url, **options), client, signing_key_file()).publish_jobs([job])
     receiver.join()
 
     (event,) = [e for e in receiver.events if e["uuid"] == task_id]
     assert (event["type"], event["name"], event["queue"]) == ("task-sent", job.task_name, job.queue)
-    assert event["kwargs"] == bounded_repr(job.task_kwargs())
+    signature = registrar().sign(job.service_id, [(job.job_id, parameters_digest(job.parameters))])
+    assert event["kwargs"] == bounded_repr(job.task_kwargs(Signed(signature)))

@@ -25,7 +25,7 @@ from bench.chaos.handlers import SERVED_ENV
 from bench.chaos.processes import Child
 from bench.chaos.servers import PostgresCluster, RedisServer
 from bench.chaos.services import SPECS
-from bench.servers import python_env, wait_until
+from bench.servers import python_env, registration_keys, wait_until
 from broker.producer import Producer
 from broker.settings import Settings
 from broker.storage.migrate import upgrade
@@ -105,6 +105,7 @@ class Stack:
             beat_interval=timings.beat_interval,
             outbox_grace_seconds=timings.outbox_grace_seconds,
             visibility_timeout=timings.visibility_timeout,
+            **registration_keys(),
         )
         self.producer = Producer(self.settings)
 

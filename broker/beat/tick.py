@@ -32,7 +32,8 @@ def _tools(app: Celery, settings: Settings) -> tuple[Claims, Batches, CeleryPubl
     client = redis_client(settings.broker_url)
     lease = settings.lease_seconds
     claims = Claims.configured(client, settings)
-    return claims, Batches(client, lease), CeleryPublisher(app, client), Directory(client)
+    publisher = CeleryPublisher(app, client, settings.registration_signing_key)
+    return claims, Batches(client, lease), publisher, Directory(client)
 
 
 class _Every:

@@ -61,11 +61,13 @@ def worker(
     from broker.app import make_app
     from broker.ops.supervisor import follow_supervisor
     from broker.tasks import job
+    from broker.trust.registrations import RegistrationCheck
     from broker.worker.boot import serve
 
     configure_logging(loglevel)
     follow_supervisor()
     settings = required_settings(broker=True)
+    RegistrationCheck.from_setting(settings.registration_public_key)  # before any connection
     app = make_app(settings)
     job.register(app)
     sys.path.insert(0, os.getcwd())
@@ -126,10 +128,12 @@ def beat(loglevel: str) -> None:
     from broker.ops.supervisor import follow_supervisor
     from broker.storage.migrate import upgrade
     from broker.tasks import beat as beat_tasks
+    from broker.trust.registrations import Registrar
 
     configure_logging(loglevel)
     follow_supervisor()
     settings = required_settings(broker=True, database=True)
+    Registrar.from_file(settings.registration_signing_key)  # beat re-publishes: it signs
     upgrade(settings.database_url)
     app = make_app(settings)
     beat_tasks.register(app, settings)

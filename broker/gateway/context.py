@@ -25,6 +25,7 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.producer = Producer(settings)
+        self.producer.require_signing_key()  # it publishes the jobs it is sent: it signs them
         self.redis = redis_client(settings.broker_url)
         #: Set when the server shuts down, so that waiting claims return at once.
         self.closing = threading.Event()

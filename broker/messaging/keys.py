@@ -73,6 +73,15 @@ def batch_lease(batch_id: str) -> str:
     return f"{PREFIX}:lease:batch:{batch_id}"
 
 
+def signed_batch(batch_id: uuid.UUID | str) -> str:
+    """A batch's signed registration, stored by a worker that parked one of its jobs.
+
+    The parked job's message carries the batch's signature and id; the
+    registration it covers is the batch's, every job of it (``broker.worker.signatures``).
+    """
+    return f"{PREFIX}:signed:batch:{batch_id}"
+
+
 def service_workers(service_id: uuid.UUID | str) -> str:
     """Sorted set of the workers serving a service now: worker → when its presence lapses (ms)."""
     return f"{PREFIX}:workers:{service_id}"

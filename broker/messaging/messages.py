@@ -20,14 +20,41 @@ from broker.messaging import keys, priorities
 def parameters_digest(parameters: object) -> str:
     """A fingerprint of a job's parameters, the same wherever they are computed.
 
-    The publisher records it with the job's registration and the worker
-    compares it with the parameters a delivery carries, so a message altered
-    on the way (or forged with a registered job's id) is refused. Keys are
-    sorted and the text is ASCII, so the same JSON value always gives the
-    same digest, whichever process parsed it.
+    The publisher records it with the job's registration and signs it
+    (``broker.trust.registrations``); the worker computes it over the
+    parameters a delivery carries, so a message altered on the way (or forged
+    with a registered job's id) is refused. Keys are sorted and the text is
+    ASCII, so the same JSON value always gives the same digest, whichever
+    process parsed it. 256 bits: a signature covers it, so no two parameter
+    sets may be found that share it.
     """
     text = json.dumps(parameters, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(text.encode(), digest_size=32).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """What proves a job message's registration (``broker.trust.registrations``).
+
+    ``signature`` is the core's over the message's own jobs; a job parked out
+    of a batch carries the batch's, and the batch's id (``batch``), under
+    which the worker that parked it stored the batch's registration
+    (``keys.signed_batch``).
+    """
+
+    signature: str
+    batch: str = ""
+
+    def as_kwargs(self) -> dict[str, str]:
+        kwargs = {SIGNATURE: self.signature}
+        if self.batch:
+            kwargs[SIGNED_BATCH] = self.batch
+        return kwargs
+
+
+#: The task keyword arguments that carry a message's ``Signed``.
+SIGNATURE = "signature"
+SIGNED_BATCH = "signed_batch"
 
 
 def requeues_lost_work(worker_loss_policy: str) -> bool:
@@ -58,9 +85,9 @@ class JobMessage:
     def queue(self) -> str:
         return keys.service_queue(self.service_id)
 
-    def task_kwargs(self) -> dict[str, Any]:
-        """The Celery task's keyword arguments (JSON-serialisable)."""
-        return {
+    def task_kwargs(self, signed: Signed | None = None) -> dict[str, Any]:
+        """The Celery task's keyword arguments (JSON-serialisable), with their proof."""
+        kwargs = {
             "job_id": str(self.job_id),
             "service_id": str(self.service_id),
             "service_name": self.service_name,
@@ -70,6 +97,9 @@ class JobMessage:
             # job (``broker.worker.parking``) sends it again with this one.
             "priority": self.priority,
         }
+        if signed is not None:
+            kwargs |= signed.as_kwargs()
+        return kwargs
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +129,9 @@ class JobBatch:
     def priority(self) -> int:
         return self.first.priority
 
-    def task_kwargs(self) -> dict[str, Any]:
-        """The batch task's keyword arguments (JSON-serialisable)."""
-        return {
+    def task_kwargs(self, signed: Signed | None = None) -> dict[str, Any]:
+        """The batch task's keyword arguments (JSON-serialisable), with their proof."""
+        kwargs = {
             "batch_id": self.batch_id,
             "service_id": str(self.first.service_id),
             "service_name": self.first.service_name,
@@ -115,6 +145,9 @@ class JobBatch:
                 for job in self.jobs
             ],
         }
+        if signed is not None:
+            kwargs |= signed.as_kwargs()
+        return kwargs
 
 
 def batched(messages: Sequence[JobMessage]) -> Iterator[JobMessage | JobBatch]:

@@ -32,9 +32,11 @@ from broker.messaging.messages import (
     JobBatch,
     JobMessage,
     ServiceDescriptor,
+    Signed,
     batched,
     parameters_digest,
 )
+from broker.trust.registrations import Registrar
 
 #: Messages sent to Redis per pipeline round trip.
 PIPELINE_CHUNK = 1000
@@ -72,12 +74,13 @@ def message_list(message: JobMessage | JobBatch) -> str:
 
 
 def encode(
-    encoder: TaskEncoder, message: JobMessage | JobBatch, event: bool = False
+    encoder: TaskEncoder, message: JobMessage | JobBatch, signed: Signed, event: bool = False
 ) -> tuple[str, str | None]:
     """The kombu envelope of the task message, and that of its ``task-sent`` event.
 
     The one way a job message is encoded: the publisher's, and a worker's
-    that parks a delivery and must be able to send it again as it was.
+    that parks a delivery and must be able to send it again as it was, with
+    the signature it came with (a worker cannot sign).
     """
     if isinstance(message, JobBatch):
         task_id, task_name = message.batch_id, keys.JOB_BATCH_TASK
@@ -85,17 +88,25 @@ def encode(
     else:
         task_id, task_name = f"{message.job_id}.{message.attempt}", message.task_name
         shadow = f"{message.service_name} (job)"
-    kwargs = message.task_kwargs()
+    kwargs = message.task_kwargs(signed)
     priority = priorities.kombu_priority(message.priority)
     return encoder.encode(task_id, task_name, shadow, message.queue, kwargs, event, priority)
 
 
 class CeleryPublisher:
-    """The outbox's publisher: jobs through Celery, services into the Redis directory."""
+    """The outbox's publisher: jobs through Celery, services into the Redis directory.
 
-    def __init__(self, app: Celery, client: redis.Redis) -> None:
+    Each job message goes out signed (``broker.trust.registrations``) with the
+    private key in the file ``signing_key``: a worker runs nothing else. The
+    key is read when first needed, so that a process that publishes services
+    only (a hold, a resume) needs none.
+    """
+
+    def __init__(self, app: Celery, client: redis.Redis, signing_key: str) -> None:
         self._app = app
         self._client = client
+        self._signing_key = signing_key
+        self._registrar: Registrar | None = None
         self._claims = Claims(client)
         self._sent_topic: str | None = None
         self._listeners = False
@@ -111,7 +122,9 @@ class CeleryPublisher:
         for beat to mark in SQL (``outbox.mark_taken``).
 
         Each job's registration (``Claims.register``) goes first in the same
-        round trip, so no worker can see a message before what it must match.
+        round trip, so no worker can see a message before what it must match;
+        each message carries the core's signature over its jobs' ids, service
+        and parameters' digests (one signature per message, a batch's too).
 
         Jobs travel alone, or in batches where their ``per_message`` allows
         (``messages.batched``). Each chunk's messages go to their queue's list
@@ -125,6 +138,7 @@ class CeleryPublisher:
         """
         if not messages:
             return
+        registrar = self.registrar  # no key: nothing of it goes
         messages = priorities.highest_first(messages)
         sent_events = self._events_wanted()
         topic = self._event_topic() if sent_events else ""
@@ -132,14 +146,16 @@ class CeleryPublisher:
         for start in range(0, len(messages), PIPELINE_CHUNK):
             chunk = messages[start : start + PIPELINE_CHUNK]
             by_service: dict[uuid.UUID, list[tuple[uuid.UUID, str]]] = {}
+            digests: dict[uuid.UUID, str] = {}
             for job in chunk:
-                registration = (job.job_id, parameters_digest(job.parameters))
-                by_service.setdefault(job.service_id, []).append(registration)
+                digest = digests[job.job_id] = parameters_digest(job.parameters)
+                by_service.setdefault(job.service_id, []).append((job.job_id, digest))
             for service_id, registrations in by_service.items():
                 self._claims.register(pipeline, service_id, registrations)
             by_queue: dict[str, list[str]] = {}
             for message in batched(chunk):
-                task_message, event = encode(self._encoder, message, sent_events)
+                signed = _signed(registrar, message, digests)
+                task_message, event = encode(self._encoder, message, signed, sent_events)
                 by_queue.setdefault(message_list(message), []).append(task_message)
                 if event is not None:
                     pipeline.publish(topic, event)
@@ -147,6 +163,17 @@ class CeleryPublisher:
                 pipeline.lpush(queue, *task_messages)
             pipeline.sadd(keys.PUBLISHED, *(str(message.job_id) for message in chunk))
             pipeline.execute()
+
+    @property
+    def registrar(self) -> Registrar:
+        """What signs the jobs; a ``ConfigurationError`` naming the setting if there is no key.
+
+        A producer asks before it commits a job, so that a missing key is an
+        error there and then, not a job left for beat to publish.
+        """
+        if self._registrar is None:
+            self._registrar = Registrar.from_file(self._signing_key)
+        return self._registrar
 
     def take_published(self, limit: int) -> list[uuid.UUID]:
         """Remove and return up to ``limit`` ids of jobs published but not yet marked."""
@@ -203,6 +230,15 @@ class CeleryPublisher:
             pipeline.hset(keys.SERVICE_DESCRIPTORS, service_id, descriptor.to_json())
             _control(pipeline, descriptor)
         pipeline.execute()
+
+
+def _signed(
+    registrar: Registrar, message: JobMessage | JobBatch, digests: dict[uuid.UUID, str]
+) -> Signed:
+    """The core's signature over every job ``message`` carries (``registrations.document``)."""
+    jobs = message.jobs if isinstance(message, JobBatch) else (message,)
+    registered = [(job.job_id, digests[job.job_id]) for job in jobs]
+    return Signed(registrar.sign(jobs[0].service_id, registered))
 
 
 def _control(pipeline: redis.client.Pipeline, descriptor: ServiceDescriptor) -> None:

@@ -271,7 +271,7 @@ def _redis_metrics(reading: _RedisReading, services: Sequence[ServiceReading]) -
     refused = CounterMetricFamily(
         "topchef_refused_deliveries",
         "Job deliveries workers refused without running them, as not registered work "
-        "(unregistered, altered, misrouted, invalid, malformed).",
+        "(forged, unregistered, altered, misrouted, invalid, malformed).",
         labels=["reason"],
     )
     for reason, count in sorted(reading.refused.items()):

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from broker.errors import ConfigurationError
 from broker.settings import Settings, masked
+from broker.trust.signing import read_public
 
 #: Where a stack keeps its port and password, in its ``.topchef`` directory.
 NETWORK_FILE = "network.json"
@@ -174,8 +175,9 @@ def another_pc(
     else:
         broker, where = settings.broker_url, "as TOPCHEF_BROKER_URL is set here"
     lines = [
-        f"Workers on another PC need only the broker ({where}):",
+        f"Workers on another PC need the broker ({where}) and the key that checks jobs:",
         f"  export TOPCHEF_BROKER_URL={shlex.quote(broker)}",
+        *_public_key_line(settings),
         "  topchef worker YOUR_MODULE",
     ]
     if only_here(settings.database_url):
@@ -184,9 +186,22 @@ def another_pc(
             "TOPCHEF_API_TOKEN set); this stack's database is on this PC only."
         )
     else:
-        lines.append("Producers there need the database too:")
+        lines.append(
+            "Producers there need the database too, and a copy of the private signing key "
+            f"{settings.registration_signing_key or '(TOPCHEF_REGISTRATION_SIGNING_KEY)'} "
+            "(mode 600; never on a lab PC):"
+        )
         lines.append(f"  export TOPCHEF_DATABASE_URL={shlex.quote(settings.database_url)}")
+        lines.append("  export TOPCHEF_REGISTRATION_SIGNING_KEY=/path/to/registration.key")
     return lines
+
+
+def _public_key_line(settings: Settings) -> list[str]:
+    """The public registration key, as a worker elsewhere sets it (text: nothing to copy)."""
+    if not settings.registration_public_key:
+        return []
+    text = read_public(settings.registration_public_key).text
+    return [f"  export TOPCHEF_REGISTRATION_PUBLIC_KEY={text}"]
 
 
 def only_here(url: str) -> bool:

@@ -51,12 +51,16 @@ from broker.ops.network import Listen
 from broker.ops.restarts import REFUSED, Backoff, ending
 from broker.settings import (
     PREFIX,
+    PUBLIC_KEY_FILE,
+    SIGNING_KEY_FILE,
     STATE_DIR,
     Settings,
     announced_url,
     masked,
     stack_database_url,
 )
+from broker.trust.registrations import ensure_pair
+from broker.trust.signing import read_private
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +262,26 @@ def child_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env[PREFIX + "BROKER_URL"] = settings.broker_url
     env[PREFIX + "DATABASE_URL"] = settings.database_url
+    env[PREFIX + "REGISTRATION_SIGNING_KEY"] = settings.registration_signing_key
+    env[PREFIX + "REGISTRATION_PUBLIC_KEY"] = settings.registration_public_key
     return env
+
+
+def with_registration_keys(settings: Settings, state: Path) -> Settings:
+    """``settings`` with the stack's registration keys: those set, else the pair kept in ``state``.
+
+    Made at the first start and kept (``registrations.ensure_pair``): every
+    message queued or parked was signed with it. A signing key set without its
+    public half gives its own to the stack's workers.
+    """
+    signing, public = settings.registration_signing_key, settings.registration_public_key
+    if not signing:
+        signing, kept = str(state / SIGNING_KEY_FILE), state / PUBLIC_KEY_FILE
+        ensure_pair(Path(signing), kept)
+        public = public or str(kept)
+    elif not public:
+        public = read_private(Path(signing)).verify_key.text
+    return _replace(settings, registration_signing_key=signing, registration_public_key=public)
 
 
 @contextlib.contextmanager
@@ -303,6 +326,7 @@ def local_stack(
             cleanup.callback((state / PID_FILE).unlink, missing_ok=True)
         if not settings.database_url:
             settings = _replace(settings, database_url=stack_database_url(directory))
+        settings = with_registration_keys(settings, state)
         upgrade(settings.database_url)
         ensure_example_services(settings)
         supervisor = Supervisor(child_environment(settings), state / "logs")

@@ -90,7 +90,12 @@ class Producer:
 
     @functools.cached_property
     def publisher(self) -> CeleryPublisher:
-        return CeleryPublisher(self.app, self._client)
+        """Publishes this producer's jobs, signed, and its services."""
+        return CeleryPublisher(self.app, self._client, self._with_broker().registration_signing_key)
+
+    def require_signing_key(self) -> None:
+        """Raise, naming the setting, unless this producer can sign the jobs it is to commit."""
+        _ = self.publisher.registrar
 
     @functools.cached_property
     def _claims(self) -> Claims:
@@ -250,6 +255,7 @@ class Producer:
         a second of that time (``Settings.due_interval``).
         """
         priorities.check(priority)
+        self.require_signing_key()
         destination = self._destinations.get(service_name)
         if destination is not None and not_before is None:
             engine = engine_for(self.settings.database_url)
@@ -308,6 +314,7 @@ class Producer:
         delay = times.delay(not_before) if isinstance(not_before, timedelta) else None
         when = times.aware(not_before) if not_before is not None and delay is None else None
         priorities.check(priority)
+        self.require_signing_key()
         with self.session() as session:
             service, now = _service_and_clock(session, service_name)
             if session.get_bind().dialect.name == "postgresql":
@@ -336,6 +343,7 @@ class Producer:
         process's person unless told (the gateway names its caller).
         """
         job_id = as_uuid(job_id)
+        self.require_signing_key()
         with self.session() as session:
             original = session.get(JobRow, job_id)
             if original is None:

@@ -132,11 +132,11 @@ def run_batch(*args: Any, **fields: Any) -> dict[str, list[str]]:
     which and why. Each job's own record is in SQL, as for a job sent alone.
     """
     try:
-        batch_id, service_id, jobs = _batch_fields(*args, **fields)
+        batch_id, service_id, jobs, signature = _batch_fields(*args, **fields)
     except (TypeError, ValueError) as error:
         refusal = current_runtime().refuse("malformed", None, f"unreadable batch: {error}")
         raise RefusedDelivery(str(refusal)) from None
-    outcomes = current_runtime().run_batch(batch_id, service_id, jobs)
+    outcomes = current_runtime().run_batch(batch_id, service_id, jobs, signature)
     failure = failure_summary(outcomes)
     if failure is not None:
         raise JobError(failure)
@@ -144,11 +144,16 @@ def run_batch(*args: Any, **fields: Any) -> dict[str, list[str]]:
 
 
 def _batch_fields(
-    batch_id: object = None, service_id: object = None, jobs: object = None, **_ignored: Any
-) -> tuple[str, str, list[dict[str, Any]]]:
+    batch_id: object = None,
+    service_id: object = None,
+    jobs: object = None,
+    signature: object = None,
+    **_ignored: Any,
+) -> tuple[str, str, list[dict[str, Any]], object]:
     if not isinstance(batch_id, str) or not isinstance(jobs, list):
         raise ValueError("a batch needs a batch_id and a list of jobs")
-    return batch_id, str(service_id), [job for job in jobs if isinstance(job, dict)]
+    # A job that is not an object is dropped here: the batch's signature then fails.
+    return batch_id, str(service_id), [job for job in jobs if isinstance(job, dict)], signature
 
 
 class _RefusalLoggedOnce(logging.Filter):

@@ -21,7 +21,7 @@ from celery.utils.time import utcoffset
 
 from broker.messaging.celery_wire import TaskEncoder
 from broker.messaging.claims import Parking
-from broker.messaging.messages import JobMessage, ServiceDescriptor, requeues_lost_work
+from broker.messaging.messages import JobMessage, ServiceDescriptor, Signed, requeues_lost_work
 from broker.messaging.publisher import encode, message_list
 
 
@@ -39,7 +39,13 @@ class Parker:
         parameters: dict[str, Any],
         attempt: int,
         priority: int,
+        signed: Signed,
     ) -> Parking:
+        """The delivery's message as it came, with the signature it came with.
+
+        A worker cannot sign: the parked message proves its registration as
+        the delivery did, so that it verifies when it comes back.
+        """
         message = JobMessage(
             job_id=job_id,
             service_id=descriptor.id,
@@ -49,5 +55,5 @@ class Parker:
             attempt=attempt,
             priority=priority,
         )
-        task_message, _event = encode(self._encoder, message)
+        task_message, _event = encode(self._encoder, message, signed)
         return Parking(task_message, message_list(message), priority)

@@ -33,10 +33,17 @@ from broker.messaging import keys, priorities
 from broker.messaging.batches import Batches
 from broker.messaging.claims import ClaimResult, Claims, Finish, RunEnd
 from broker.messaging.connections import redis_client, text
-from broker.messaging.messages import ServiceDescriptor, StateMessage, parameters_digest
+from broker.messaging.messages import (
+    SIGNATURE,
+    SIGNED_BATCH,
+    ServiceDescriptor,
+    StateMessage,
+    parameters_digest,
+)
 from broker.messaging.presence import ARRIVE, LEAVE, Presence
 from broker.models.interfaces.job import Job
 from broker.settings import Settings
+from broker.trust.registrations import RegistrationCheck
 from broker.worker import provenance, runs
 from broker.worker.controls import (
     RunAbortWatch,
@@ -52,6 +59,7 @@ from broker.worker.handlers import (
 from broker.worker.outcomes import RETRYING, UNSTARTED, Outcome
 from broker.worker.parking import Parker
 from broker.worker.progress_reports import Send, ThrottledProgress
+from broker.worker.registrations import Proof, Registrations
 from broker.worker.running import HeldRun, RunningJobs
 from broker.worker.runs import ServedService
 
@@ -93,6 +101,19 @@ class Refused(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class _Fields:
+    """A job message's fields, read: what its signature is checked over."""
+
+    job: uuid.UUID
+    service: uuid.UUID
+    parameters: dict[str, Any]
+    attempt: int
+    priority: int
+    #: The digest of ``parameters``, exactly as handed over.
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Delivery:
     """A job message read and checked: what its claim and its run need."""
 
@@ -106,6 +127,8 @@ class _Delivery:
     run: str
     working: StateMessage
     digest: str
+    #: Its signature, carried on in its message should it park.
+    proof: Proof
 
     @property
     def claim_args(self) -> tuple[uuid.UUID, int, str, StateMessage, str]:
@@ -121,7 +144,10 @@ class WorkerRuntime:
         self._declared = {declaration.service_name: declaration for declaration in declarations}
         self._services: dict[uuid.UUID, ServedService] = {}
         self._services_lock = threading.Lock()
+        # No key, no worker: one line says what to set, before anything starts.
+        check = RegistrationCheck.from_setting(settings.registration_public_key)
         self._client = redis_client(settings.broker_url)
+        self._registrations = Registrations(self._client, check)
         self._claims = Claims.configured(self._client, settings)
         self._batches = Batches(self._client, settings.lease_seconds)
         self._presence = Presence(self._client)
@@ -250,43 +276,50 @@ class WorkerRuntime:
 
     def run(
         self,
+        /,
         job_id: object = None,
         service_id: object = None,
         parameters: object = None,
         attempt: object = 1,
         priority: object = priorities.DEFAULT,
-        **_ignored: Any,
+        **fields: Any,
     ) -> Outcome:
         """Run one delivery of a job, if it is registered work and wins the claim.
 
         Returns what happened (the run's status and detail, or the claim state
         that kept it from running: cancelled, or a duplicate); raises
-        ``Refused`` for a delivery that is not registered work.
+        ``Refused`` for a delivery that is not registered work: first of all,
+        one whose signature does not register exactly these parameters.
         """
-        delivery = self._delivery(job_id, service_id, parameters, attempt, priority)
+        read = self._fields(job_id, service_id, parameters, attempt, priority)
+        proof = self._registrations.single(
+            read.service, read.job, read.digest, fields.get(SIGNATURE), fields.get(SIGNED_BATCH)
+        )
+        if proof is None:
+            raise self.refuse("forged", read.job, _forged(fields.get(SIGNATURE)))
+        delivery = self._delivery(read, proof)
         claimed = self._claims.claim(*delivery.claim_args)
         if (skipped := self._take(delivery, claimed)) is not None:
             return skipped
         return self._end(delivery, self._execute_held(delivery))
 
-    def _delivery(
+    def _fields(
         self,
         job_id: object,
         service_id: object,
         parameters: object,
         attempt: object,
         priority: object,
-    ) -> _Delivery:
-        """A job message's fields, read and checked against its service's contract."""
+    ) -> _Fields:
+        """A job message's fields, read; ``Refused`` (malformed) if they cannot be."""
         try:
-            job, service = uuid.UUID(str(job_id)), uuid.UUID(str(service_id))
-            if not isinstance(parameters, dict):
-                raise ValueError("parameters must be an object")
-            if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
-                raise ValueError(f"attempt must be a positive integer, got {attempt!r}")
-            rank = priorities.check(priority)
-        except (TypeError, ValueError, DeserializationError) as error:
+            return _read(job_id, service_id, parameters, attempt, priority)
+        except (TypeError, ValueError, RecursionError, DeserializationError) as error:
             raise self.refuse("malformed", None, f"unreadable job message: {error}") from None
+
+    def _delivery(self, read: _Fields, proof: Proof) -> _Delivery:
+        """A signed delivery, checked against its service's contract."""
+        job, service, parameters, attempt = read.job, read.service, read.parameters, read.attempt
         served = self._served_for(service)
         if served is None:
             raise self.refuse("misrouted", job, f"this worker does not serve service {service}")
@@ -309,12 +342,13 @@ class WorkerRuntime:
             served,
             job,
             attempt,
-            rank,
+            read.priority,
             parameters,
             worker,
             run,
             working,
-            parameters_digest(parameters),
+            read.digest,
+            proof,
         )
 
     def _take(self, delivery: _Delivery, claimed: ClaimResult) -> Outcome | None:
@@ -324,8 +358,14 @@ class WorkerRuntime:
         """
         if claimed is ClaimResult.MUST_PARK:
             served, job = delivery.served, delivery.job
+            self._registrations.keep(delivery.proof)  # a batch's, for its job to verify later
             parking = self._parker.parking(
-                served.descriptor, job, delivery.parameters, delivery.attempt, delivery.priority
+                served.descriptor,
+                job,
+                delivery.parameters,
+                delivery.attempt,
+                delivery.priority,
+                delivery.proof.signed,
             )
             claimed = self._claims.claim(*delivery.claim_args, parking=parking)
         if claimed.refused:
@@ -447,10 +487,19 @@ class WorkerRuntime:
         return Refused(reason, detail)
 
     def run_batch(
-        self, batch_id: str, service_id: str, jobs: list[dict[str, Any]], **_ignored: Any
+        self,
+        batch_id: str,
+        service_id: str,
+        jobs: list[dict[str, Any]],
+        signature: object = None,
+        **_ignored: Any,
     ) -> list[Outcome]:
         """Run a batch's jobs one after another; return how each ended, in order.
 
+        Nothing of the batch runs unless its signature registers every job it
+        carries, with exactly those parameters (one check for the message):
+        else each job's outcome is ``refused:forged`` (or ``refused:malformed``
+        for a message that cannot be read), counted once for the message.
         The batch is recorded (``broker.messaging.batches``) for as long as it runs, so
         that if this process dies, beat re-queues the jobs it had not started.
         A worker asked to shut down stops between jobs and leaves the rest to
@@ -460,6 +509,10 @@ class WorkerRuntime:
         """
         worker = self.name()
         job_ids = [str(job.get("job_id")) for job in jobs if isinstance(job, dict)]
+        checked = self._signed_batch(batch_id, service_id, jobs, signature)
+        if isinstance(checked, list):
+            return checked  # refused: nothing of it ran
+        reads, proof = checked
         self._batches.open(batch_id, job_ids, worker)
         lease = keys.batch_lease(batch_id)
         self._hold(lease, worker)
@@ -467,7 +520,7 @@ class WorkerRuntime:
         # A run whose report waits for the next job's claim, to go with it.
         ended: tuple[_Delivery, StateMessage] | None = None
         try:
-            for index, job in enumerate(jobs):
+            for index, read in enumerate(reads):
                 if self._draining.is_set():
                     log.info("shutting down: batch %s's unstarted jobs go back to beat", batch_id)
                     outcomes += self._report_ended(ended)
@@ -475,13 +528,7 @@ class WorkerRuntime:
                     self._batches.abandon(batch_id)
                     return outcomes + [Outcome(job_id, UNSTARTED) for job_id in job_ids[index:]]
                 try:
-                    delivery = self._delivery(
-                        job.get("job_id"),
-                        service_id,
-                        job.get("parameters"),
-                        job.get("attempt", 1),
-                        job.get("priority", priorities.DEFAULT),
-                    )
+                    delivery = self._delivery(read, proof)
                     if ended is None:
                         claimed = self._claims.claim(*delivery.claim_args)
                     else:
@@ -509,6 +556,35 @@ class WorkerRuntime:
             # Whatever stops the batch, a run that happened is reported.
             self._report_ended(ended)
             self._release(lease)
+
+    def _signed_batch(
+        self, batch_id: str, service_id: str, jobs: list[dict[str, Any]], signature: object
+    ) -> tuple[list[_Fields], Proof] | list[Outcome]:
+        """A batch's jobs, read, and its proof; or, refused, each job's outcome."""
+        job_ids = [str(job.get("job_id")) for job in jobs]
+        try:
+            reads = [
+                _read(
+                    job.get("job_id"),
+                    service_id,
+                    job.get("parameters"),
+                    job.get("attempt", 1),
+                    job.get("priority", priorities.DEFAULT),
+                )
+                for job in jobs
+            ]
+        except (TypeError, ValueError, RecursionError, DeserializationError) as error:
+            self.refuse("malformed", None, f"unreadable batch {batch_id[:100]!r}: {error}")
+            return [Outcome(job_id, "refused:malformed") for job_id in job_ids]
+        service = reads[0].service if reads else uuid.UUID(int=0)
+        proof = self._registrations.batch(
+            batch_id, service, [(read.job, read.digest) for read in reads], signature
+        )
+        if proof is None:
+            detail = f"batch {batch_id[:100]!r} of {len(reads)} job(s): {_forged(signature)}"
+            self.refuse("forged", None, detail)
+            return [Outcome(job_id, "refused:forged") for job_id in job_ids]
+        return reads, proof
 
     def _finish_then_claim(
         self, ended: tuple[_Delivery, StateMessage], delivery: _Delivery
@@ -666,6 +742,26 @@ def _asks_for_unheeded_abort(final: StateMessage) -> bool:
     CANCELLED): its report asks, to say the abort went unheeded.
     """
     return final.kind == "status" and final.status != Status.CANCELLED.value
+
+
+def _read(
+    job_id: object, service_id: object, parameters: object, attempt: object, priority: object
+) -> _Fields:
+    """A job message's fields, read and their digest taken; raises what it cannot read."""
+    job, service = uuid.UUID(str(job_id)), uuid.UUID(str(service_id))
+    if not isinstance(parameters, dict):
+        raise ValueError("parameters must be an object")
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise ValueError(f"attempt must be a positive integer, got {attempt!r}")
+    rank = priorities.check(priority)
+    return _Fields(job, service, parameters, attempt, rank, parameters_digest(parameters))
+
+
+def _forged(signature: object) -> str:
+    """Why a delivery's signature does not register it, for the refusal's log."""
+    if signature is None:
+        return "it carries no signature of the core"
+    return "its signature is not the core's over this job, service and parameters"
 
 
 _REFUSAL_DETAIL: Mapping[ClaimResult, str] = {
