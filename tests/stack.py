@@ -21,6 +21,7 @@ from redis.retry import Retry
 from support import Process, keyed, wait_for
 
 from broker.beat.recovery import TickReport, tick
+from broker.beat.refusals import Refusals
 from broker.cli import main
 from broker.messaging import keys, priorities
 from broker.messaging.batches import Batches
@@ -63,7 +64,9 @@ class Stack:
     def worker(self, *extra: str, module: str = "lab", cwd: Path | None = None) -> Process:
         return self.process("worker", module, "--loglevel", "INFO", *extra, cwd=cwd)
 
-    def tick(self, overtaken_after: float | None = None) -> TickReport:
+    def tick(
+        self, overtaken_after: float | None = None, refusals: Refusals | None = None
+    ) -> TickReport:
         """One beat tick, run here (the same functions ``topchef beat`` runs)."""
         with open_session(self.settings.database_url) as session:
             return tick(
@@ -73,6 +76,7 @@ class Stack:
                 self.producer.publisher,
                 self.settings.outbox_grace_seconds,
                 overtaken_after=overtaken_after,
+                refusals=refusals,
             )
 
     def tick_looking_for_overtaken(self, stale: float) -> TickReport:

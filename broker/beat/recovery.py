@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from broker import actors
 from broker.beat.directory import Directory
+from broker.beat.refusals import Refusals
 from broker.messaging import outbox
 from broker.messaging.batches import Batches
 from broker.messaging.claims import ClaimResult, Claims
@@ -267,7 +268,49 @@ def republish_overtaken(
             .where(JobRow.id.in_(oldest), JobRow.published_at.is_not(None), overtaken)
         ).all()
     ]
-    # Unclaimed, or a retry's next attempt that no delivery took ('retrying').
+    republished = _publish_unclaimed(found, claims, publisher)
+    if republished:
+        log.warning(
+            "re-published %d job(s) whose message was lost (jobs after them have run)",
+            len(republished),
+        )
+    return republished
+
+
+def republish_refused(
+    session: Session, claims: Claims, publisher: Publisher, job_ids: list[uuid.UUID]
+) -> list[uuid.UUID]:
+    """Send again, from SQL, the waiting jobs a worker refused a delivery of.
+
+    A refused message may have been the job's only one (a parked message
+    rewritten in Redis); the job waits REGISTERED and unclaimed with nothing to
+    deliver it. Sending a job whose genuine message is still queued is
+    harmless: its claim runs it once (``broker.beat.refusals``).
+    """
+    if not job_ids:
+        return []
+    found = [
+        (job, service)
+        for job, service in session.execute(
+            sa.select(JobRow, ServiceRow)
+            .join(ServiceRow, ServiceRow.id == JobRow.service_id)
+            .where(JobRow.id.in_(job_ids), JobRow.status == Status.REGISTERED.value)
+        ).all()
+    ]
+    republished = _publish_unclaimed(found, claims, publisher)
+    if republished:
+        log.warning(
+            "re-published %d job(s) a worker refused a delivery of: %s",
+            len(republished),
+            ", ".join(str(job) for job in republished[:5]),
+        )
+    return republished
+
+
+def _publish_unclaimed(
+    found: list[tuple[JobRow, ServiceRow]], claims: Claims, publisher: Publisher
+) -> list[uuid.UUID]:
+    """Publish those of ``found`` no delivery holds: unclaimed, or a retry's next attempt."""
     holders = claims.holders([job.id for job, _service in found])
     messages = [
         Service(service).message_for(job, job.attempts + 1)
@@ -276,10 +319,6 @@ def republish_overtaken(
     ]
     if messages:
         publisher.publish_jobs(messages)
-        log.warning(
-            "re-published %d job(s) whose message was lost (jobs after them have run)",
-            len(messages),
-        )
     return [message.job_id for message in messages]
 
 
@@ -344,6 +383,7 @@ def tick(
     grace: float,
     overtaken_after: float | None = None,
     directory: Directory | None = None,
+    refusals: Refusals | None = None,
 ) -> TickReport:
     """One round of beat's duties, each committed on its own.
 
@@ -351,6 +391,8 @@ def tick(
     (``republish_overtaken``); beat does so once per redelivery window.
     ``directory`` re-publishes only the services that changed (beat's own,
     kept between ticks); without it, every service is published again.
+    ``refusals`` (beat's place in the refused-deliveries log) sends again the
+    waiting jobs a worker refused a delivery of.
     """
     report = TickReport()
     if directory is None:
@@ -369,6 +411,9 @@ def tick(
     session.commit()
     if overtaken_after is not None:
         report.republished = republish_overtaken(session, claims, publisher, now, overtaken_after)
+        session.commit()
+    if refusals is not None:
+        report.republished += republish_refused(session, claims, publisher, refusals.new_jobs())
         session.commit()
     outbox.mark_taken(session.get_bind(), publisher)
     report.published = publish_outbox(session, publisher, database_now(session), grace)

@@ -16,6 +16,7 @@ from celery import Celery
 
 from broker.beat.directory import Directory
 from broker.beat.recovery import publish_due, tick
+from broker.beat.refusals import Refusals
 from broker.messaging.batches import Batches
 from broker.messaging.claims import Claims
 from broker.messaging.connections import redis_client
@@ -27,13 +28,15 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4)
-def _tools(app: Celery, settings: Settings) -> tuple[Claims, Batches, CeleryPublisher, Directory]:
-    """The Redis tools, and what this process last published of the directory."""
+def _tools(
+    app: Celery, settings: Settings
+) -> tuple[Claims, Batches, CeleryPublisher, Directory, Refusals]:
+    """The Redis tools, and this process's own state: its directory, its place in the refusals."""
     client = redis_client(settings.broker_url)
     lease = settings.lease_seconds
     claims = Claims.configured(client, settings)
     publisher = CeleryPublisher(app, client, settings.registration_signing_key)
-    return claims, Batches(client, lease), publisher, Directory(client)
+    return claims, Batches(client, lease), publisher, Directory(client), Refusals(client)
 
 
 class _Every:
@@ -57,7 +60,7 @@ _LOOKED_FOR_OVERTAKEN = _Every()
 
 def run_tick(app: Celery, settings: Settings) -> dict[str, Any]:
     """One tick, in a fresh session; returns a summary for the task's log line."""
-    claims, batches, publisher, directory = _tools(app, settings)
+    claims, batches, publisher, directory, refusals = _tools(app, settings)
     overtaken = settings.redelivery_window + settings.beat_interval
     look = _LOOKED_FOR_OVERTAKEN.due(overtaken)
     with open_session(settings.database_url) as session:
@@ -69,6 +72,7 @@ def run_tick(app: Celery, settings: Settings) -> dict[str, Any]:
             settings.outbox_grace_seconds,
             overtaken_after=overtaken if look else None,
             directory=directory,
+            refusals=refusals,
         )
     summary = {
         "timed_out": [str(s) for s in report.timed_out],
@@ -89,7 +93,7 @@ def run_due(app: Celery, settings: Settings) -> int:
     indexed query), so that a job held until a time starts within about a
     second of it, whatever ``beat_interval`` the other chores run at.
     """
-    _claims, _batches, publisher, _directory = _tools(app, settings)
+    _claims, _batches, publisher, _directory, _refusals = _tools(app, settings)
     with open_session(settings.database_url) as session:
         published = publish_due(session, publisher, database_now(session))
         session.commit()
