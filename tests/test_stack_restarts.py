@@ -20,7 +20,7 @@ import redis
 from support import start_in_session, stop_session, topchef, unconfigured_environment, wait_for
 
 from broker.producer import Producer
-from broker.settings import Settings, announced_url, stack_database_url
+from broker.settings import Settings, announced_url
 
 pytestmark = pytest.mark.slow  # every test starts a stack
 
@@ -61,9 +61,8 @@ def _part(up, *command: str):  # type: ignore[no-untyped-def]
 
 
 def _producer(directory: Path) -> Producer:
-    url = announced_url(directory)
-    assert url is not None
-    return Producer(Settings(broker_url=url, database_url=stack_database_url(directory)))
+    assert announced_url(directory) is not None
+    return Producer(Settings().with_stack_in(directory))  # as a producer in that directory
 
 
 def _redis_pid(directory: Path) -> int:
