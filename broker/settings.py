@@ -25,6 +25,8 @@ PREFIX = "TOPCHEF_"
 #: announces its URL, for every command started in the same directory to find.
 STATE_DIR = ".topchef"
 URL_FILE = "broker.url"
+#: The credential ``topchef up`` enrolls for its workers, in its state directory.
+WORKER_KEY_FILE = "worker.key"
 #: The SQLite file ``topchef up`` keeps its jobs in, in its working directory.
 DATABASE_FILE = "topchef.sqlite3"
 #: How long a worker's running handlers have to stop after a second Ctrl-C,
@@ -107,6 +109,9 @@ class Settings:
     api_token: str = field(default="", repr=False)
     #: Request bodies larger than this are refused by the gateway with 413.
     api_max_body_bytes: int = 1024 * 1024
+    #: The file of the credential a worker signs its reports with
+    #: (``topchef workers enroll`` writes it); a worker does not start without one.
+    worker_key: str = ""
 
     @property
     def due_interval(self) -> float:
@@ -160,14 +165,19 @@ class Settings:
         """Fill an unset broker and database from the ``topchef up`` stack in ``directory``.
 
         Its broker only while it runs (the URL it announces answers); its
-        SQLite file whenever it exists, so that jobs stay readable after a stop.
+        SQLite file whenever it exists, so that jobs stay readable after a stop;
+        its workers' credential, for a worker started there by hand.
         """
-        broker_url, database_url = self.broker_url, self.database_url
+        broker_url, database_url, worker_key = self.broker_url, self.database_url, self.worker_key
         if not broker_url:
             broker_url = announced_url(directory) or ""
         if not database_url and (directory / DATABASE_FILE).is_file():
             database_url = stack_database_url(directory)
-        return replace(self, broker_url=broker_url, database_url=database_url)
+        if not worker_key and (directory / STATE_DIR / WORKER_KEY_FILE).is_file():
+            worker_key = str(directory / STATE_DIR / WORKER_KEY_FILE)
+        return replace(
+            self, broker_url=broker_url, database_url=database_url, worker_key=worker_key
+        )
 
     def require(self, *, broker: bool = False, database: bool = False) -> Settings:
         """These settings, if they name what a command needs; else say how to name it.
@@ -212,6 +222,7 @@ _FIELDS: dict[str, type] = {
     "metrics_host": str,
     "api_token": str,
     "api_max_body_bytes": int,
+    "worker_key": str,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import threading
@@ -26,10 +27,14 @@ from broker.messaging import keys, priorities
 from broker.messaging.batches import Batches
 from broker.messaging.claims import Claims
 from broker.messaging.connections import redis_client
+from broker.messaging.messages import StateMessage
 from broker.mirror.process import Mirror
 from broker.producer import Producer
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, open_session
+from broker.trust import credentials, enrollment
+from broker.trust.credentials import Credential
+from broker.trust.signing import SigningKey
 
 
 class Stack:
@@ -44,6 +49,18 @@ class Stack:
         self.processes: list[Process] = []
         self._stop = threading.Event()
         self._mirror: threading.Thread | None = None
+
+    @functools.cached_property
+    def credential(self) -> Credential:
+        """The credential enrolled for the stack's workers (its ``worker_key``)."""
+        return credentials.read(Path(self.settings.worker_key))
+
+    def report(self, message: StateMessage, **entry: Any) -> bytes:
+        """Append ``message`` to the state stream as a worker would: signed by the credential.
+
+        ``entry``: more of ``XADD``'s arguments (``id=`` stamps the entry).
+        """
+        return self.redis.xadd(keys.STATE_STREAM, self.credential.fields(message), **entry)  # type: ignore[arg-type, no-any-return]
 
     # -- processes ----------------------------------------------------------
 
@@ -228,13 +245,27 @@ def _celery_spelling(url: str) -> str:
     return "redis+socket://" + url.removeprefix("unix://") if url.startswith("unix://") else url
 
 
+def enroll_worker(database_url: str, directory: Path, name: str = "lab-tests") -> Path:
+    """Enroll a credential named ``name``; the path of its file, as ``topchef workers enroll``."""
+    credential = Credential(name, SigningKey.generate())
+    path = directory / f"{name}.key"
+    with open_session(database_url) as session, session.begin():
+        enrollment.enroll(session, name, credential.key.verify_key)
+    credentials.write(path, credential)
+    return path
+
+
 @pytest.fixture
-def stack_settings(postgres_url: str, redis_url: str) -> Settings:
-    """Settings for a stack on clean PostgreSQL tables and an empty Redis database."""
+def stack_settings(postgres_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    """Settings for a stack on clean PostgreSQL tables and an empty Redis database.
+
+    Its workers run with a credential enrolled for them (``TOPCHEF_WORKER_KEY``).
+    """
     from conftest import truncate_all
 
     truncate_all(postgres_url)
     return Settings(
+        worker_key=str(enroll_worker(postgres_url, tmp_path)),
         database_url=postgres_url,
         broker_url=_celery_spelling(redis_url),
         lease_seconds=1.0,

@@ -128,6 +128,7 @@ def environment(settings: Settings) -> dict[str, str]:
         TOPCHEF_BEAT_INTERVAL=str(settings.beat_interval),
         TOPCHEF_OUTBOX_GRACE_SECONDS=str(settings.outbox_grace_seconds),
         TOPCHEF_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
+        TOPCHEF_WORKER_KEY=settings.worker_key,
         PYTHONPATH=str(Path(__file__).parent) + os.pathsep + env.get("PYTHONPATH", ""),
     )
     return env

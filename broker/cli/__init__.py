@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from broker.cli import jobs, processes, services, stack
+from broker.cli import jobs, processes, services, stack, workers
 
 
 @click.group()
@@ -33,6 +33,7 @@ for command in (
     processes.demo,
     processes.up,
     processes.flower,
+    workers.workers,
 ):
     main.add_command(command)
 

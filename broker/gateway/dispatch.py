@@ -40,7 +40,9 @@ from broker.models import lifecycle
 from broker.models.moves import Move
 from broker.models.service import Service
 from broker.settings import Settings
-from broker.storage.tables import JobRow, ServiceRow, database_now
+from broker.storage.tables import JobRow, ServiceRow, database_now, open_session
+from broker.trust import enrollment, holders
+from broker.trust.credentials import CORE
 
 Status = lifecycle.Status
 log = logging.getLogger(__name__)
@@ -78,9 +80,22 @@ class Dispatcher:
         self._base = Claims.configured(client, settings)
         #: HTTP workers' presences, beside Celery workers' (``broker.messaging.presence``).
         self.presence = Presence(client)
+        self._database_url = settings.database_url
+        self._signing: Claims | None = None
+        self._signing_lock = threading.Lock()
 
     def _claims(self, timeout: float) -> Claims:
-        return self._base.leased(lease_seconds(timeout))
+        """The claims of a service with this ``timeout``, signing what they report.
+
+        The gateway reports for its HTTP workers, as the core: with the core's
+        credential (``broker.trust.enrollment.core``), read (or made, and
+        committed at once) the first time it reports.
+        """
+        with self._signing_lock:
+            if self._signing is None:
+                with open_session(self._database_url) as session, session.begin():
+                    self._signing = self._base.signed_by(enrollment.core(session))
+        return self._signing.leased(lease_seconds(timeout))
 
     def holder(self, job_id: uuid.UUID) -> Holder:
         return self._base.holder(job_id)
@@ -194,6 +209,8 @@ class Dispatcher:
             columns = {"worker": worker, "attempts": attempt}
             move = Move(job_id, at or database_now(session), columns, by=worker)
             lifecycle.advance(session, Status.WORKING, [move])
+            # Moved here, not by the mirror: the hold its copy of the move checks against.
+            holders.record(session, job_id, attempt, CORE)
         return result
 
     def release(self, session: Session, job: JobRow, timeout: float, worker: str) -> bool:

@@ -55,6 +55,7 @@ from broker.storage.tables import (
     database_now,
     engine_for,
 )
+from broker.trust import holders
 
 log = logging.getLogger(__name__)
 Status = lifecycle.Status
@@ -199,6 +200,8 @@ class Mirror:
     def apply(self, session: Session, reading: Reading) -> None:
         """Write one reading in ``session``'s transaction (the caller commits)."""
         clock = SourceClock(_redis_ms(self._client), database_now(session))
+        # Only what a credential that may report on it signed goes on (broker.trust.holders).
+        holders.screen(session, reading)
         self._apply_check_ins(session, reading, clock)
         self._apply_provenances(session, reading, clock)
         services = self._verify(session, reading)

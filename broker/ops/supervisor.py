@@ -166,6 +166,8 @@ def child_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env[PREFIX + "BROKER_URL"] = settings.broker_url
     env[PREFIX + "DATABASE_URL"] = settings.database_url
+    if settings.worker_key:
+        env[PREFIX + "WORKER_KEY"] = settings.worker_key
     return env
 
 
@@ -211,6 +213,8 @@ def local_stack(
         if not settings.database_url:
             settings = _replace(settings, database_url=stack_database_url(directory))
         upgrade(settings.database_url)
+        if not settings.worker_key:
+            settings = _replace(settings, worker_key=str(_stack_credential(settings, state)))
         ensure_example_services(settings)
         supervisor = Supervisor(child_environment(settings), state / "logs")
         cleanup.callback(shut_down, supervisor, settings)
@@ -317,6 +321,15 @@ def shut_down(supervisor: Supervisor, settings: Settings, drain_timeout: float =
     except redis.RedisError as error:
         log.warning("cannot see the state stream (%s); stopping the mirror now", error)
     supervisor.stop()
+
+
+def _stack_credential(settings: Settings, state: Path) -> Path:
+    """The credential of the stack's workers (``.topchef/worker.key``), enrolled if need be."""
+    from broker.storage.tables import open_session
+    from broker.trust.enrollment import stack_credential
+
+    with open_session(settings.database_url) as session, session.begin():
+        return stack_credential(session, state)
 
 
 def _replace(settings: Settings, **changes: str) -> Settings:

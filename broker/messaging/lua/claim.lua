@@ -18,6 +18,8 @@
 -- ARGV[9]  the delivery's message, to park it with ('' if the caller has not encoded it)
 -- ARGV[10] the queue list a parked message goes back to
 -- ARGV[11] the job's priority (0-9, higher first)
+-- ARGV[12] the name of the credential that signed the WORKING entry (broker.trust.reports)
+-- ARGV[13] its signature, carried to the stream unchanged
 -- Each take of a claim is numbered ('takes'), and its WORKING entry carries the
 -- number ('take'), so that the mirror can tell the report of a take its holder
 -- gave back since (release.lua) from one of the take that runs now.
@@ -83,5 +85,5 @@ local take = redis.call('HINCRBY', KEYS[1], 'takes', 1)
 redis.call('PERSIST', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[4], KEYS[1])
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[4], 'take', take)
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[4], 'by', ARGV[12], 'sig', ARGV[13], 'take', take)
 return 'claimed'

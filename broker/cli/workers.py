@@ -1,0 +1,89 @@
+"""``topchef workers``: enroll, revoke and list the credentials workers report with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from broker.cli.options import database_settings, user_errors
+
+#: Where ``enroll`` writes the credential unless told: a file named after it, here.
+KEY_SUFFIX = ".key"
+
+
+@click.group()
+def workers() -> None:
+    """The credentials workers sign their reports with (one per worker PC)."""
+
+
+@workers.command()
+@click.argument("name")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the worker's credential (mode 0600); default: NAME.key here.",
+)
+@user_errors
+def enroll(name: str, key_file: Path | None) -> None:
+    """Enroll a worker as NAME: record its public key, write its private key to a file.
+
+    Copy the file to the worker's PC (and nowhere else), and start the worker
+    there with TOPCHEF_WORKER_KEY set to its path.
+    """
+    from broker.storage.tables import open_session
+    from broker.trust import credentials, enrollment
+    from broker.trust.signing import SigningKey
+
+    credentials.check_name(name)
+    path = key_file if key_file is not None else Path(f"{name}{KEY_SUFFIX}")
+    if path.exists():
+        raise click.ClickException(f"{path} exists already: choose another --key-file")
+    settings = database_settings()
+    credential = credentials.Credential(name, SigningKey.generate())
+    with open_session(settings.database_url) as session, session.begin():
+        enrollment.enroll(session, name, credential.key.verify_key)
+        # Written before the commit: a file that cannot be written enrolls nothing.
+        credentials.write(path, credential)
+    click.echo(f"enrolled {name!r}; its credential is in {path} (keep it secret: mode 0600)")
+    click.echo("On the worker's PC:")
+    click.echo(f"  export TOPCHEF_WORKER_KEY=/path/to/{path.name}")
+    click.echo("  topchef worker YOUR_MODULE")
+
+
+@workers.command()
+@click.argument("name")
+@user_errors
+def revoke(name: str) -> None:
+    """Revoke NAME: the mirror refuses its reports from now on, and its jobs' later outcomes."""
+    from broker.storage.tables import open_session
+    from broker.trust import enrollment
+
+    settings = database_settings()
+    with open_session(settings.database_url) as session, session.begin():
+        revoked = enrollment.revoke(session, name)
+    at = revoked.revoked_at.isoformat(timespec="seconds") if revoked.revoked_at else "now"
+    click.echo(f"revoked {name!r} at {at}: its reports are refused from now on")
+
+
+@workers.command("list")
+@user_errors
+def list_workers() -> None:
+    """List the enrolled credentials, and those revoked."""
+    from broker.storage.tables import open_session
+    from broker.trust import enrollment
+
+    settings = database_settings()
+    with open_session(settings.database_url) as session:
+        rows = enrollment.enrolled(session)
+    if not rows:
+        click.echo("no worker is enrolled: `topchef workers enroll NAME` enrolls one")
+        return
+    for row in rows:
+        enrolled = row.enrolled_at.isoformat(timespec="seconds")
+        state = (
+            f"revoked {row.revoked_at.isoformat(timespec='seconds')}"
+            if row.revoked_at is not None
+            else "enrolled"
+        )
+        click.echo(f"{row.name:<24} {state:<34} since {enrolled}  key {row.public_key}")

@@ -1,0 +1,229 @@
+"""Who may report on a job: the credential holding its attempt, and no one else.
+
+Anyone with the Redis password can append to the state stream, so the mirror
+trusts an entry only for what its signature proves (``broker.trust.reports``):
+
+- every entry — a job's report, a check-in, a provenance — must be signed by a
+  credential an operator enrolled and has not revoked, over its exact report;
+- the first verified WORKING report of a job's attempt makes its credential
+  that attempt's *holder*, recorded in SQL (``job_holders``) in the same
+  transaction as the WORKING move; every later report on that attempt —
+  progress, retry, release, its outcome, late or not — must come from the
+  holder. A release by the holder ends its hold, so that the next take of
+  the attempt starts a hold of its own.
+
+What this does not decide is who may start holding a job nobody holds yet:
+no one in the core hands a job to a worker (workers take their service's
+messages from a shared queue), so a WORKING signed by an enrolled credential
+for a job waiting in its queue makes that credential the holder, just as its
+worker taking the message would. A compromised lab PC can therefore affect
+the jobs it holds and the jobs it takes, as any worker can, and no other:
+not a job another credential holds, not a finished job, nothing once its
+credential is revoked.
+
+Everything refused is dead-lettered by the mirror with the reason given here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from broker.mirror.entries import Reading, Report
+from broker.models import lifecycle
+from broker.storage.tables import JobHolderRow, JobRow, WorkerCredentialRow
+from broker.trust.reports import Signed, signed
+from broker.trust.signing import VerifyKey
+
+Status = lifecycle.Status
+
+#: A job may start an attempt (be held anew) only in these states.
+_STARTABLE = frozenset({Status.REGISTERED.value, Status.WORKING.value})
+#: Public keys already parsed, by their text: parsing costs more than a lookup.
+_KEYS: dict[str, VerifyKey] = {}
+#: Rows asked for per query (SQLite binds at most a few thousand parameters).
+_CHUNK = 500
+
+Attempt = tuple[uuid.UUID, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    service_id: uuid.UUID
+    status: str
+    attempts: int
+
+
+def screen(session: Session, reading: Reading) -> None:
+    """Refuse every entry of ``reading`` that its signature does not entitle; record new holders.
+
+    Refused job reports join ``reading.refused`` (the mirror applies none of
+    them); refused check-ins and provenances leave the reading for it too.
+    A report on a job SQL does not know, or of another service than the
+    job's, is left to the mirror, which refuses it for that.
+    """
+    every = [*reading.reports, *reading.check_ins.values(), *reading.provenances]
+    if not every:
+        return
+    claims = {id(report): signed(report.fields) for report in every}
+    names = {claim.name for claim in claims.values() if isinstance(claim, Signed)}
+    keys = _keys(session, names)
+    verdicts: dict[int, str | Signed] = {}
+
+    def verdict(report: Report) -> str | Signed:
+        found = verdicts.get(id(report))
+        if found is None:
+            found = verdicts[id(report)] = _verified(claims[id(report)], keys)
+        return found
+
+    refused: list[tuple[Report, str]] = []
+    for service, report in list(reading.check_ins.items()):
+        if isinstance(reason := verdict(report), str):
+            del reading.check_ins[service]
+            refused.append((report, f"check-in {reason}"))
+    kept = []
+    for report in reading.provenances:
+        if isinstance(reason := verdict(report), str):
+            refused.append((report, f"provenance {reason}"))
+        else:
+            kept.append(report)
+    reading.provenances[:] = kept
+    refused += _holders(session, reading.reports, verdict)
+    reading.refused += refused
+
+
+def record(session: Session, job_id: uuid.UUID, attempt: int, credential: str) -> None:
+    """``credential`` holds ``attempt`` of the job, unless a credential does already.
+
+    For the HTTP gateway, which moves the jobs it claims itself: its WORKING
+    entry reaches the mirror after the move, and must find it held.
+    """
+    _insert(session, [(job_id, attempt, credential)])
+
+
+def _verified(claim: Signed | str, keys: dict[str, VerifyKey | str]) -> Signed | str:
+    if isinstance(claim, str):
+        return claim
+    key = keys.get(claim.name)
+    if key is None:
+        return f"unknown credential: {claim.name!r} is not enrolled"
+    if isinstance(key, str):
+        return key
+    if not claim.verifies(key):
+        return f"forged: the signature is not {claim.name!r}'s over this report"
+    return claim
+
+
+def _keys(session: Session, names: Iterable[str]) -> dict[str, VerifyKey | str]:
+    """Each enrolled name's key, or why it signs nothing (revoked, or a key unreadable)."""
+    found: dict[str, VerifyKey | str] = {}
+    wanted = sorted(names)
+    for start in range(0, len(wanted), _CHUNK):
+        rows = session.execute(
+            sa.select(
+                WorkerCredentialRow.name,
+                WorkerCredentialRow.public_key,
+                WorkerCredentialRow.revoked_at,
+            ).where(WorkerCredentialRow.name.in_(wanted[start : start + _CHUNK]))
+        )
+        for name, text, revoked_at in rows:
+            if revoked_at is not None:
+                found[name] = f"revoked: {name!r} was revoked at {revoked_at.isoformat()}"
+                continue
+            key = _KEYS.get(text)
+            if key is None:
+                key = _KEYS[text] = VerifyKey(text)
+            found[name] = key
+    return found
+
+
+def _holders(
+    session: Session, reports: Sequence[Report], check: Callable[[Report], str | Signed]
+) -> list[tuple[Report, str]]:
+    """Check each job report against its attempt's holder, in stream order; record new holds."""
+    jobs, held = _jobs(session, {report.message.job_id for report in reports})  # type: ignore[misc]
+    before = dict(held)
+    refused: list[tuple[Report, str]] = []
+    for report in reports:
+        message = report.message
+        job_id: uuid.UUID = message.job_id  # type: ignore[assignment]
+        job = jobs.get(job_id)
+        if job is None or job.service_id != message.service_id:
+            continue  # the mirror refuses it: no such job, or not of that service
+        claim = check(report)
+        if isinstance(claim, str):
+            refused.append((report, claim))
+            continue
+        attempt = (job_id, message.attempt)
+        holder = held.get(attempt)
+        if message.kind == "status" and message.status == Status.WORKING.value:
+            if holder is None and job.status in _STARTABLE and message.attempt >= job.attempts:
+                held[attempt] = claim.name
+                continue
+            if holder is None:
+                reason = f"job {job_id} is {job.status}: its attempt {message.attempt} cannot start"
+                refused.append((report, f"not the holder: {reason}"))
+                continue
+        if holder != claim.name:
+            whose = "nobody" if holder is None else repr(holder)
+            reason = f"attempt {message.attempt} of job {job_id} is held by {whose}"
+            refused.append((report, f"not the holder: {reason}, not {claim.name!r}"))
+        elif message.kind == "release":
+            del held[attempt]
+    _write(session, before, held)
+    return refused
+
+
+def _jobs(
+    session: Session, job_ids: set[uuid.UUID]
+) -> tuple[dict[uuid.UUID, _Job], dict[Attempt, str]]:
+    """The reported jobs as SQL has them, and the holders of their attempts."""
+    jobs: dict[uuid.UUID, _Job] = {}
+    held: dict[Attempt, str] = {}
+    wanted = sorted(job_ids)
+    for start in range(0, len(wanted), _CHUNK):
+        rows = session.execute(
+            sa.select(
+                JobRow.id,
+                JobRow.service_id,
+                JobRow.status,
+                JobRow.attempts,
+                JobHolderRow.attempt,
+                JobHolderRow.credential,
+            )
+            .outerjoin(JobHolderRow, JobHolderRow.job_id == JobRow.id)
+            .where(JobRow.id.in_(wanted[start : start + _CHUNK]))
+        )
+        for job_id, service_id, status, attempts, attempt, credential in rows:
+            jobs[job_id] = _Job(service_id, status, attempts or 0)
+            if credential is not None:
+                held[(job_id, attempt)] = credential
+    return jobs, held
+
+
+def _write(session: Session, before: dict[Attempt, str], after: dict[Attempt, str]) -> None:
+    """Make SQL's holders ``after``'s, from ``before``'s: holds given back, holds taken."""
+    gone = [attempt for attempt, name in before.items() if after.get(attempt) != name]
+    if gone:
+        session.execute(
+            sa.delete(JobHolderRow).where(
+                sa.tuple_(JobHolderRow.job_id, JobHolderRow.attempt).in_(gone)
+            )
+        )
+    new = [(job, n, name) for (job, n), name in after.items() if before.get((job, n)) != name]
+    _insert(session, new)
+
+
+def _insert(session: Session, holds: list[tuple[uuid.UUID, int, str]]) -> None:
+    if not holds:
+        return
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(
+        dialect.insert(JobHolderRow).on_conflict_do_nothing(),
+        [{"job_id": job, "attempt": n, "credential": name} for job, n, name in holds],
+    )
