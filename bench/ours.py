@@ -18,6 +18,7 @@ from broker.messaging import keys, outbox, priorities
 from broker.producer import Producer
 from broker.settings import Settings
 from broker.storage.tables import JobRow, engine_for, open_session
+from broker.trust.enrollment import stack_credential
 
 #: How many jobs one ``submit_many`` call takes while draining: the worker starts
 #: on the first chunk while the producer validates and records the next.
@@ -32,6 +33,9 @@ class OurStack:
         self.log_dir = log_dir
         self.settings = Settings(database_url=schema.url, broker_url=redis_url)
         self.producer = Producer(self.settings)
+        with open_session(schema.url) as session, session.begin():
+            #: The credential the workers sign their reports with, as ``topchef up``'s.
+            self.worker_key = stack_credential(session, log_dir)
         self.redis = redis.Redis.from_url(redis_url)
         self.service_ids = {}
         for name in (SERVICE, PROBE_SERVICE):
@@ -48,6 +52,7 @@ class OurStack:
         return python_env(
             TOPCHEF_BROKER_URL=self.settings.broker_url,
             TOPCHEF_DATABASE_URL=self.settings.database_url,
+            TOPCHEF_WORKER_KEY=str(self.worker_key),
             **self.extra_env,
         )
 

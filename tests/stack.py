@@ -32,7 +32,7 @@ from broker.mirror.process import Mirror
 from broker.producer import Producer
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, open_session
-from broker.trust import credentials, enrollment
+from broker.trust import credentials, enrollment, holders
 from broker.trust.credentials import Credential
 from broker.trust.signing import SigningKey
 
@@ -58,9 +58,17 @@ class Stack:
     def report(self, message: StateMessage, **entry: Any) -> bytes:
         """Append ``message`` to the state stream as a worker would: signed by the credential.
 
-        ``entry``: more of ``XADD``'s arguments (``id=`` stamps the entry).
+        A WORKING report takes the job's claim as ``claim.lua`` does (its take
+        numbered, and who took it), so that the mirror finds the credential
+        took the job. ``entry``: more of ``XADD``'s arguments (``id=`` stamps it).
         """
-        return self.redis.xadd(keys.STATE_STREAM, self.credential.fields(message), **entry)  # type: ignore[arg-type, no-any-return]
+        fields: dict[str, Any] = dict(self.credential.fields(message))
+        if message.kind == "status" and message.status == "WORKING" and message.job_id:
+            claim = keys.claim(message.job_id)
+            take = int(self.redis.hincrby(claim, "takes", 1))
+            self.redis.hset(claim, keys.claim_taker(take), self.credential.name)
+            fields["take"] = take
+        return self.redis.xadd(keys.STATE_STREAM, fields, **entry)  # type: ignore[no-any-return]
 
     # -- processes ----------------------------------------------------------
 
@@ -276,12 +284,30 @@ def stack_settings(postgres_url: str, redis_url: str, tmp_path: Path) -> Setting
 
 
 @pytest.fixture
-def stack(stack_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+def stack(
+    stack_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    """A stack; at its end, no entry a worker or the gateway signed may have been refused.
+
+    A test that forges entries on purpose is marked ``forgeries``.
+    """
     running = Stack(stack_settings, tmp_path)
     try:
         yield running
     finally:
         running.close()
+    if request.node.get_closest_marker("forgeries") is None:
+        refused = trust_refusals(running.redis)
+        assert not refused, f"the mirror refused legitimate entries: {refused}"
+
+
+def trust_refusals(client: redis.Redis) -> list[str]:
+    """The reasons of the dead-lettered entries refused for their signature or holder."""
+    reasons = [
+        fields.get(b"error", b"").decode(errors="replace")
+        for _id, fields in client.xrange(keys.DEAD_STATE_STREAM)
+    ]
+    return [reason for reason in reasons if reason.startswith(holders.REFUSALS)]
 
 
 class Cli:

@@ -29,7 +29,8 @@ from bench.servers import python_env, wait_until
 from broker.producer import Producer
 from broker.settings import Settings
 from broker.storage.migrate import upgrade
-from broker.storage.tables import forget_engine
+from broker.storage.tables import forget_engine, open_session
+from broker.trust.enrollment import stack_credential
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,9 @@ class Stack:
             visibility_timeout=timings.visibility_timeout,
         )
         self.producer = Producer(self.settings)
+        with open_session(postgres.url) as session, session.begin():
+            #: The credential the workers sign their reports with, as ``topchef up``'s.
+            self.worker_key = stack_credential(session, self.directory)
 
     # -- processes -------------------------------------------------------------
 
@@ -117,6 +121,7 @@ class Stack:
             TOPCHEF_BROKER_URL=self.redis.url,
             TOPCHEF_DATABASE_URL=self.postgres.url,
             CHAOS_LEDGER=str(self.ledger_path),
+            TOPCHEF_WORKER_KEY=str(self.worker_key),
             TMPDIR=str(tmp),
             **self.timings.environment(),
             **extra,

@@ -24,8 +24,15 @@ def workers() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the worker's credential (mode 0600); default: NAME.key here.",
 )
+@click.option(
+    "--reuse",
+    is_flag=True,
+    help="If the key file holds NAME's credential already, check that it is enrolled (and "
+    "enroll it if the database does not know it) instead of refusing: for a container's "
+    "every start.",
+)
 @user_errors
-def enroll(name: str, key_file: Path | None) -> None:
+def enroll(name: str, key_file: Path | None, reuse: bool) -> None:
     """Enroll a worker as NAME: record its public key, write its private key to a file.
 
     Copy the file to the worker's PC (and nowhere else), and start the worker
@@ -37,9 +44,17 @@ def enroll(name: str, key_file: Path | None) -> None:
 
     credentials.check_name(name)
     path = key_file if key_file is not None else Path(f"{name}{KEY_SUFFIX}")
+    settings = database_settings()
+    if reuse and path.exists():
+        kept = credentials.read(path)
+        if kept.name != name:
+            raise click.ClickException(f"{path} holds the credential {kept.name!r}, not {name!r}")
+        with open_session(settings.database_url) as session, session.begin():
+            enrollment.ensure_enrolled(session, name, kept.key.verify_key)
+        click.echo(f"{name!r} is enrolled with the key in {path}")
+        return
     if path.exists():
         raise click.ClickException(f"{path} exists already: choose another --key-file")
-    settings = database_settings()
     credential = credentials.Credential(name, SigningKey.generate())
     with open_session(settings.database_url) as session, session.begin():
         enrollment.enroll(session, name, credential.key.verify_key)
@@ -56,14 +71,18 @@ def enroll(name: str, key_file: Path | None) -> None:
 @user_errors
 def revoke(name: str) -> None:
     """Revoke NAME: the mirror refuses its reports from now on, and its jobs' later outcomes."""
+    from broker import actors
     from broker.storage.tables import open_session
     from broker.trust import enrollment
 
     settings = database_settings()
     with open_session(settings.database_url) as session, session.begin():
         revoked = enrollment.revoke(session, name)
+        failed = enrollment.fail_held(session, name, actors.person())
     at = revoked.revoked_at.isoformat(timespec="seconds") if revoked.revoked_at else "now"
     click.echo(f"revoked {name!r} at {at}: its reports are refused from now on")
+    if failed:
+        click.echo(f"{len(failed)} job(s) it was running ended ERROR (`topchef jobs resubmit ID`)")
 
 
 @workers.command("list")

@@ -153,7 +153,7 @@ def another_pc(
     """What ``topchef up`` tells its user about adding a PC: what to set there, or how to open up.
 
     ``embedded``: the broker is the Redis ``topchef up`` started (no
-    ``TOPCHEF_BROKER_URL``). A lab worker needs the broker alone; a producer
+    ``TOPCHEF_BROKER_URL``). A lab worker needs the broker and its credential; a producer
     needs the database too, or the HTTP API where the database is on this PC
     only (SQLite).
     """
@@ -174,8 +174,10 @@ def another_pc(
     else:
         broker, where = settings.broker_url, "as TOPCHEF_BROKER_URL is set here"
     lines = [
-        f"Workers on another PC need only the broker ({where}):",
+        f"Workers on another PC need the broker ({where}) and a credential of their own:",
+        "  topchef workers enroll NAME   # here: writes NAME.key; copy it to that PC alone",
         f"  export TOPCHEF_BROKER_URL={shlex.quote(broker)}",
+        "  export TOPCHEF_WORKER_KEY=/path/to/NAME.key",
         "  topchef worker YOUR_MODULE",
     ]
     if only_here(settings.database_url):

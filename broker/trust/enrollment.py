@@ -15,6 +15,7 @@ which only the core reaches, and made the first time a gateway needs it.
 from __future__ import annotations
 
 import secrets
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +25,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from broker.errors import ConfigurationError, ConflictError
-from broker.storage.tables import WorkerCredentialRow, database_now
+from broker.models import lifecycle
+from broker.models.moves import Move
+from broker.storage.tables import JobHolderRow, JobRow, WorkerCredentialRow, database_now
 from broker.trust.credentials import (
     CORE,
     STACK,
@@ -36,6 +39,8 @@ from broker.trust.credentials import (
     write,
 )
 from broker.trust.signing import SigningKey, VerifyKey
+
+Status = lifecycle.Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +80,7 @@ def ensure_enrolled(session: Session, name: str, key: VerifyKey) -> None:
         raise CredentialError(
             name,
             f"the credential {name!r} in the database is revoked, or has another key than "
-            "this stack's: remove the stack's .topchef/worker.key, and a new one is enrolled",
+            "the file's: enroll a new credential under another name",
         )
 
 
@@ -89,6 +94,26 @@ def revoke(session: Session, name: str) -> Enrolled:
     if row.revoked_at is None:
         row.revoked_at = database_now(session)
     return _enrolled(row)
+
+
+def fail_held(session: Session, name: str, by: str) -> list[uuid.UUID]:
+    """End as ERROR every running job whose attempt ``name`` holds; their ids.
+
+    Its worker's outcome would be refused from now on: left WORKING, such a job
+    would wait for an outcome that can never be recorded. ``by``: who revoked.
+    """
+    held = session.execute(
+        sa.select(JobRow.id)
+        .join(JobHolderRow, JobHolderRow.job_id == JobRow.id)
+        .where(JobHolderRow.credential == name)
+        .where(JobHolderRow.attempt == JobRow.attempts)
+        .where(JobRow.status == Status.WORKING.value)
+    ).scalars()
+    now = database_now(session)
+    detail = f"the credential of its worker ({name!r}) was revoked while it ran"
+    moves = [Move(job, now, {"detail": detail}, by=by) for job in held]
+    lifecycle.advance(session, Status.ERROR, moves)
+    return [move.job_id for move in moves]
 
 
 def enrolled(session: Session) -> list[Enrolled]:

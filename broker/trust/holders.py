@@ -12,14 +12,19 @@ trusts an entry only for what its signature proves (``broker.trust.reports``):
   holder. A release by the holder ends its hold, so that the next take of
   the attempt starts a hold of its own.
 
-What this does not decide is who may start holding a job nobody holds yet:
-no one in the core hands a job to a worker (workers take their service's
-messages from a shared queue), so a WORKING signed by an enrolled credential
-for a job waiting in its queue makes that credential the holder, just as its
-worker taking the message would. A compromised lab PC can therefore affect
-the jobs it holds and the jobs it takes, as any worker can, and no other:
-not a job another credential holds, not a finished job, nothing once its
-credential is revoked.
+Who may start holding a job nobody holds yet? No one in the core hands a job
+to a worker (workers take their service's messages from a shared queue); the
+job's claim in Redis records who took each take of it (``claim.lua``'s
+``by:<take>``, from the signed WORKING it appends), and a WORKING starts a
+hold only if its credential is the one that took that take. A WORKING appended
+on the stream alone, for a job its credential never took, starts nothing; to
+hold a job a lab PC must take its claim, which keeps every other worker from
+running it. A compromised lab PC can therefore affect the jobs it took, as any
+worker can, and no other: not a job another credential holds, not a finished
+job, nothing once its credential is revoked. What it can still do with Redis
+itself — overwrite a claim's fields before the mirror reads the take, so that
+the run's own reports are set aside — is for Redis's access control to limit;
+those reports are dead-lettered with their reason, never lost silently.
 
 Everything refused is dead-lettered by the mirror with the reason given here.
 """
@@ -30,10 +35,13 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import redis
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from broker.messaging import keys
+from broker.messaging.connections import text
 from broker.mirror.entries import Reading, Report
 from broker.models import lifecycle
 from broker.storage.tables import JobHolderRow, JobRow, WorkerCredentialRow
@@ -42,6 +50,8 @@ from broker.trust.signing import VerifyKey
 
 Status = lifecycle.Status
 
+#: How every reason this module refuses an entry for begins, one per rule.
+REFUSALS = ("unsigned", "forged", "unknown credential", "revoked", "not the holder")
 #: A job may start an attempt (be held anew) only in these states.
 _STARTABLE = frozenset({Status.REGISTERED.value, Status.WORKING.value})
 #: Public keys already parsed, by their text: parsing costs more than a lookup.
@@ -59,8 +69,11 @@ class _Job:
     attempts: int
 
 
-def screen(session: Session, reading: Reading) -> None:
+def screen(session: Session, reading: Reading, client: redis.Redis) -> None:
     """Refuse every entry of ``reading`` that its signature does not entitle; record new holders.
+
+    ``client`` reads the claims of the jobs whose attempt a WORKING report
+    would start holding: the credential must be the one that took the claim.
 
     Refused job reports join ``reading.refused`` (the mirror applies none of
     them); refused check-ins and provenances leave the reading for it too.
@@ -85,15 +98,15 @@ def screen(session: Session, reading: Reading) -> None:
     for service, report in list(reading.check_ins.items()):
         if isinstance(reason := verdict(report), str):
             del reading.check_ins[service]
-            refused.append((report, f"check-in {reason}"))
+            refused.append((report, f"{reason} (a check-in)"))
     kept = []
     for report in reading.provenances:
         if isinstance(reason := verdict(report), str):
-            refused.append((report, f"provenance {reason}"))
+            refused.append((report, f"{reason} (a provenance)"))
         else:
             kept.append(report)
     reading.provenances[:] = kept
-    refused += _holders(session, reading.reports, verdict)
+    refused += _holders(session, reading.reports, verdict, _Takers(client))
     reading.refused += refused
 
 
@@ -131,23 +144,54 @@ def _keys(session: Session, names: Iterable[str]) -> dict[str, VerifyKey | str]:
                 WorkerCredentialRow.revoked_at,
             ).where(WorkerCredentialRow.name.in_(wanted[start : start + _CHUNK]))
         )
-        for name, text, revoked_at in rows:
+        for name, public, revoked_at in rows:
             if revoked_at is not None:
                 found[name] = f"revoked: {name!r} was revoked at {revoked_at.isoformat()}"
                 continue
-            key = _KEYS.get(text)
+            key = _KEYS.get(public)
             if key is None:
-                key = _KEYS[text] = VerifyKey(text)
+                key = _KEYS[public] = VerifyKey(public)
             found[name] = key
     return found
 
 
+class _Takers:
+    """Who took each claim, read from Redis once per reading for the holds it may start."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    def of(self, reports: Sequence[Report]) -> dict[int, str | None]:
+        """The credential that took the claim of each report's take, by ``id(report)``."""
+        asked = [r for r in reports if r.take is not None]
+        if not asked:
+            return {}
+        pipeline = self._client.pipeline(transaction=False)
+        for report in asked:
+            pipeline.hget(keys.claim(report.message.job_id), keys.claim_taker(report.take))  # type: ignore[arg-type]
+        return {
+            id(report): None if taker is None else text(taker)
+            for report, taker in zip(asked, pipeline.execute(), strict=True)
+        }
+
+
 def _holders(
-    session: Session, reports: Sequence[Report], check: Callable[[Report], str | Signed]
+    session: Session,
+    reports: Sequence[Report],
+    check: Callable[[Report], str | Signed],
+    takers: _Takers,
 ) -> list[tuple[Report, str]]:
     """Check each job report against its attempt's holder, in stream order; record new holds."""
     jobs, held = _jobs(session, {report.message.job_id for report in reports})  # type: ignore[misc]
     before = dict(held)
+    starts = [
+        report
+        for report in reports
+        if report.message.kind == "status"
+        and report.message.status == Status.WORKING.value
+        and (report.message.job_id, report.message.attempt) not in held
+    ]
+    took = takers.of(starts)
     refused: list[tuple[Report, str]] = []
     for report in reports:
         message = report.message
@@ -159,11 +203,21 @@ def _holders(
         if isinstance(claim, str):
             refused.append((report, claim))
             continue
+        if not isinstance(message.attempt, int) or isinstance(message.attempt, bool):
+            refused.append((report, f"forged: attempt {message.attempt!r} is not a number"))
+            continue
         attempt = (job_id, message.attempt)
         holder = held.get(attempt)
         if message.kind == "status" and message.status == Status.WORKING.value:
-            if holder is None and job.status in _STARTABLE and message.attempt >= job.attempts:
+            startable = job.status in _STARTABLE and message.attempt >= job.attempts
+            if holder is None and startable and took.get(id(report)) == claim.name:
                 held[attempt] = claim.name
+                continue
+            if holder is None and startable:
+                reason = (
+                    f"{claim.name!r} did not take the claim of job {job_id} (take {report.take})"
+                )
+                refused.append((report, f"not the holder: {reason}"))
                 continue
             if holder is None:
                 reason = f"job {job_id} is {job.status}: its attempt {message.attempt} cannot start"

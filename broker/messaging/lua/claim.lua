@@ -82,6 +82,8 @@ if redis.call('HEXISTS', KEYS[1], 'parked') == 1 then
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'worker', ARGV[2])
 local take = redis.call('HINCRBY', KEYS[1], 'takes', 1)
+-- Who took it, by take: the mirror starts a hold only for the credential that took it.
+redis.call('HSET', KEYS[1], 'by:' .. take, ARGV[12])
 redis.call('PERSIST', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[4], KEYS[1])
