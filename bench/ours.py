@@ -15,10 +15,10 @@ from bench.payload import PARAMETERS_SCHEMA, PROBE_SERVICE, RESULTS_SCHEMA, SERV
 from bench.servers import PYTHON, Child, PostgresSchema, python_env
 from bench.stats import percentile
 from broker.messaging import keys, outbox, priorities
+from broker.models.credentials import stack_credential
 from broker.producer import Producer
-from broker.settings import Settings
+from broker.settings import WORKER_KEY_FILE, Settings
 from broker.storage.tables import JobRow, engine_for, open_session
-from broker.trust.enrollment import stack_credential
 
 #: How many jobs one ``submit_many`` call takes while draining: the worker starts
 #: on the first chunk while the producer validates and records the next.
@@ -35,7 +35,7 @@ class OurStack:
         self.producer = Producer(self.settings)
         with open_session(schema.url) as session, session.begin():
             #: The credential the workers sign their reports with, as ``topchef up``'s.
-            self.worker_key = stack_credential(session, log_dir)
+            self.worker_key = stack_credential(session, log_dir / WORKER_KEY_FILE)
         self.redis = redis.Redis.from_url(redis_url)
         self.service_ids = {}
         for name in (SERVICE, PROBE_SERVICE):

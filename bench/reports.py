@@ -37,7 +37,7 @@ def sign_microseconds(n: int = REPORTS) -> float:
     message = _report()
     started = time.perf_counter()
     for _ in range(n):
-        credential.fields(message)
+        credential.fields(message.to_fields()["m"])
     return (time.perf_counter() - started) / n * 1e6
 
 
@@ -45,7 +45,10 @@ def verify_microseconds(n: int = REPORTS) -> float:
     """The mirror's cost per report: its signature read from the entry and checked."""
     credential = Credential("bench", SigningKey.generate())
     key = credential.key.verify_key
-    entry = {name.encode(): value.encode() for name, value in credential.fields(_report()).items()}
+    entry = {
+        name.encode(): value.encode()
+        for name, value in credential.fields(_report().to_fields()["m"]).items()
+    }
     started = time.perf_counter()
     for _ in range(n):
         claim = signed(entry)

@@ -28,11 +28,13 @@ from broker.messaging.batches import Batches
 from broker.messaging.claims import Claims
 from broker.messaging.connections import redis_client
 from broker.messaging.messages import StateMessage
+from broker.mirror import holders
 from broker.mirror.process import Mirror
+from broker.models import credentials as enrollment
 from broker.producer import Producer
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, open_session
-from broker.trust import credentials, enrollment, holders
+from broker.trust import credentials
 from broker.trust.credentials import Credential
 from broker.trust.signing import SigningKey
 
@@ -62,7 +64,7 @@ class Stack:
         numbered, and who took it), so that the mirror finds the credential
         took the job. ``entry``: more of ``XADD``'s arguments (``id=`` stamps it).
         """
-        fields: dict[str, Any] = dict(self.credential.fields(message))
+        fields: dict[str, Any] = dict(self.credential.fields(message.to_fields()["m"]))
         if message.kind == "status" and message.status == "WORKING" and message.job_id:
             claim = keys.claim(message.job_id)
             take = int(self.redis.hincrby(claim, "takes", 1))

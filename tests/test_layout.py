@@ -22,6 +22,7 @@ PACKAGE = Path(broker.__file__).parent
 #: Each part of ``broker`` and its layer; a part is a subpackage or a top-level module.
 LAYERS = {
     "errors": 1,
+    "trust": 2,
     "actors": 1,
     "settings": 2,
     "storage": 2,

@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 
 from broker.errors import ConfigurationError
 from broker.messaging.messages import StateMessage
+from broker.mirror import holders
 from broker.mirror.entries import Reading
+from broker.models import credentials as enrollment
 from broker.models.service import Service
-from broker.trust import credentials, enrollment, holders
+from broker.trust import credentials
 from broker.trust.credentials import Credential
 from broker.trust.reports import Signed, signed
 from broker.trust.signing import SigningKey, encode
@@ -30,7 +32,9 @@ CREDENTIAL = Credential("pc-1", SigningKey.generate())
 
 def test_a_signature_is_over_the_report_and_the_name_in_topchefs_domain_only():
     key = CREDENTIAL.key.verify_key
-    entry = CREDENTIAL.fields(StateMessage("checkin", uuid.uuid4(), available=True))
+    entry = CREDENTIAL.fields(
+        StateMessage("checkin", uuid.uuid4(), available=True).to_fields()["m"]
+    )
     claim = signed(entry)
     assert isinstance(claim, Signed)
     assert claim.verifies(key)

@@ -45,9 +45,14 @@ def _refused(stack: Stack, count: int) -> list[str]:
     )
 
 
+def _signed(credential: Credential, message: StateMessage) -> dict[str, str]:
+    """The entry a worker holding ``credential`` appends for ``message``."""
+    return credential.fields(message.to_fields()["m"])
+
+
 def _forged_sig(message: StateMessage, name: str) -> dict[str, str]:
     """An entry that names ``name`` but is signed by a key that is not its."""
-    return Credential(name, SigningKey.generate()).fields(message)
+    return Credential(name, SigningKey.generate()).fields(message.to_fields()["m"])
 
 
 def _intruder(stack: Stack) -> Credential:
@@ -66,10 +71,10 @@ def test_a_forged_completed_never_finishes_a_job_that_did_not_run(stack):
     stack.redis.xadd(keys.STATE_STREAM, _forged_sig(forged, "lab-tests"))  # not its key
     # An enrolled credential that starts the job on the stream alone, without taking its claim.
     working = StateMessage("status", service, job, "WORKING", worker="intruder:1")
-    stack.redis.xadd(keys.STATE_STREAM, {**intruder.fields(working), "take": "1"})
-    stack.redis.xadd(keys.STATE_STREAM, intruder.fields(forged))  # enrolled, holds nothing
+    stack.redis.xadd(keys.STATE_STREAM, {**_signed(intruder, working), "take": "1"})
+    stack.redis.xadd(keys.STATE_STREAM, _signed(intruder, forged))  # enrolled, holds nothing
     ghost = Credential("ghost", SigningKey.generate())
-    stack.redis.xadd(keys.STATE_STREAM, ghost.fields(forged))  # never enrolled
+    stack.redis.xadd(keys.STATE_STREAM, _signed(ghost, forged))  # never enrolled
 
     reasons = _refused(stack, 5)
     assert sorted(reason.split(":")[0] for reason in reasons) == [
@@ -100,11 +105,11 @@ def test_a_forged_completed_over_a_running_job_loses_to_its_real_result(stack):
     forged = StateMessage("status", service, job, "COMPLETED", results={"tag": "forged"})
     working = StateMessage("status", service, job, "WORKING", worker="intruder:1")
     stack.redis.xadd(keys.STATE_STREAM, forged.to_fields())
-    stack.redis.xadd(keys.STATE_STREAM, intruder.fields(working))  # a second start of attempt 1
-    stack.redis.xadd(keys.STATE_STREAM, intruder.fields(forged))
+    stack.redis.xadd(keys.STATE_STREAM, _signed(intruder, working))  # a second start of attempt 1
+    stack.redis.xadd(keys.STATE_STREAM, _signed(intruder, forged))
     progress = StateMessage("progress", service, job, progress=0.99, message="forged")
-    stack.redis.xadd(keys.STATE_STREAM, intruder.fields(progress))
-    stack.redis.xadd(keys.STATE_STREAM, intruder.fields(dataclasses.replace(forged, attempt=2)))
+    stack.redis.xadd(keys.STATE_STREAM, _signed(intruder, progress))
+    stack.redis.xadd(keys.STATE_STREAM, _signed(intruder, dataclasses.replace(forged, attempt=2)))
 
     reasons = _refused(stack, 5)
     assert all(r.startswith(("unsigned", "not the holder")) for r in reasons), reasons
@@ -165,7 +170,7 @@ def test_forged_outcomes_recorded_0_valid_outcomes_dropped_0(stack):
     for job in jobs:
         forged = StateMessage("status", service, job, "COMPLETED", results={"square": -1})
         stack.redis.xadd(keys.STATE_STREAM, forged.to_fields())
-        stack.redis.xadd(keys.STATE_STREAM, intruder.fields(forged))
+        stack.redis.xadd(keys.STATE_STREAM, _signed(intruder, forged))
         stack.redis.xadd(keys.STATE_STREAM, _forged_sig(forged, "lab-tests"))
     finished = {job: stack.wait_status(job, "COMPLETED") for job in jobs}
     forged_recorded = sum(job["results"] == {"square": -1} for job in finished.values())

@@ -26,11 +26,11 @@ from bench.chaos.processes import Child
 from bench.chaos.servers import PostgresCluster, RedisServer
 from bench.chaos.services import SPECS
 from bench.servers import python_env, wait_until
+from broker.models.credentials import stack_credential
 from broker.producer import Producer
-from broker.settings import Settings
+from broker.settings import WORKER_KEY_FILE, Settings
 from broker.storage.migrate import upgrade
 from broker.storage.tables import forget_engine, open_session
-from broker.trust.enrollment import stack_credential
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Stack:
         self.producer = Producer(self.settings)
         with open_session(postgres.url) as session, session.begin():
             #: The credential the workers sign their reports with, as ``topchef up``'s.
-            self.worker_key = stack_credential(session, self.directory)
+            self.worker_key = stack_credential(session, self.directory / WORKER_KEY_FILE)
 
     # -- processes -------------------------------------------------------------
 

@@ -38,8 +38,9 @@ def enroll(name: str, key_file: Path | None, reuse: bool) -> None:
     Copy the file to the worker's PC (and nowhere else), and start the worker
     there with TOPCHEF_WORKER_KEY set to its path.
     """
+    from broker.models import credentials as enrollment
     from broker.storage.tables import open_session
-    from broker.trust import credentials, enrollment
+    from broker.trust import credentials
     from broker.trust.signing import SigningKey
 
     credentials.check_name(name)
@@ -72,8 +73,8 @@ def enroll(name: str, key_file: Path | None, reuse: bool) -> None:
 def revoke(name: str) -> None:
     """Revoke NAME: the mirror refuses its reports from now on, and its jobs' later outcomes."""
     from broker import actors
+    from broker.models import credentials as enrollment
     from broker.storage.tables import open_session
-    from broker.trust import enrollment
 
     settings = database_settings()
     with open_session(settings.database_url) as session, session.begin():
@@ -89,8 +90,8 @@ def revoke(name: str) -> None:
 @user_errors
 def list_workers() -> None:
     """List the enrolled credentials, and those revoked."""
+    from broker.models import credentials as enrollment
     from broker.storage.tables import open_session
-    from broker.trust import enrollment
 
     settings = database_settings()
     with open_session(settings.database_url) as session:

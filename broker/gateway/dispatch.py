@@ -36,12 +36,12 @@ from broker.messaging.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims, Hold
 from broker.messaging.connections import text
 from broker.messaging.messages import StateMessage
 from broker.messaging.presence import ARRIVE, Presence
-from broker.models import lifecycle
+from broker.mirror import holders
+from broker.models import credentials, lifecycle
 from broker.models.moves import Move
 from broker.models.service import Service
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, database_now, open_session
-from broker.trust import enrollment, holders
 from broker.trust.credentials import CORE
 
 Status = lifecycle.Status
@@ -88,13 +88,13 @@ class Dispatcher:
         """The claims of a service with this ``timeout``, signing what they report.
 
         The gateway reports for its HTTP workers, as the core: with the core's
-        credential (``broker.trust.enrollment.core``), read (or made, and
+        credential (``broker.models.credentials.core``), read (or made, and
         committed at once) the first time it reports.
         """
         with self._signing_lock:
             if self._signing is None:
                 with open_session(self._database_url) as session, session.begin():
-                    self._signing = self._base.signed_by(enrollment.core(session))
+                    self._signing = self._base.signed_by(credentials.core(session))
         return self._signing.leased(lease_seconds(timeout))
 
     def holder(self, job_id: uuid.UUID) -> Holder:

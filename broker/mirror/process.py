@@ -44,6 +44,7 @@ from broker.messaging.connections import redis_client
 from broker.messaging.messages import StateMessage
 from broker.messaging.presence import Presence
 from broker.messaging.provenance import RunProvenance
+from broker.mirror import holders
 from broker.mirror.entries import Changes, Reading, Report, SourceClock
 from broker.models import attempts, lifecycle
 from broker.models.moves import Move
@@ -55,7 +56,6 @@ from broker.storage.tables import (
     database_now,
     engine_for,
 )
-from broker.trust import holders
 
 log = logging.getLogger(__name__)
 Status = lifecycle.Status
@@ -200,7 +200,7 @@ class Mirror:
     def apply(self, session: Session, reading: Reading) -> None:
         """Write one reading in ``session``'s transaction (the caller commits)."""
         clock = SourceClock(_redis_ms(self._client), database_now(session))
-        # Only what a credential that may report on it signed goes on (broker.trust.holders).
+        # Only what a credential that may report on it signed goes on (broker.mirror.holders).
         holders.screen(session, reading, self._client)
         self._apply_check_ins(session, reading, clock)
         self._apply_provenances(session, reading, clock)

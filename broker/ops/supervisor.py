@@ -38,6 +38,7 @@ from broker.ops.network import Listen
 from broker.settings import (
     PREFIX,
     STATE_DIR,
+    WORKER_KEY_FILE,
     Settings,
     announced_url,
     masked,
@@ -325,11 +326,11 @@ def shut_down(supervisor: Supervisor, settings: Settings, drain_timeout: float =
 
 def _stack_credential(settings: Settings, state: Path) -> Path:
     """The credential of the stack's workers (``.topchef/worker.key``), enrolled if need be."""
+    from broker.models.credentials import stack_credential
     from broker.storage.tables import open_session
-    from broker.trust.enrollment import stack_credential
 
     with open_session(settings.database_url) as session, session.begin():
-        return stack_credential(session, state)
+        return stack_credential(session, state / WORKER_KEY_FILE)
 
 
 def _replace(settings: Settings, **changes: str) -> Settings:

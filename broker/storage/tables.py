@@ -304,7 +304,7 @@ class JobHolderRow(Base):
 
     Written by the mirror with the WORKING move it verified (and by the HTTP
     gateway, which moves its claims itself); every later report on that
-    attempt must be signed by the same credential (``broker.trust.holders``).
+    attempt must be signed by the same credential (``broker.mirror.holders``).
     """
 
     __tablename__ = "job_holders"

@@ -1,7 +1,7 @@
 """Workers' credentials: a name and a private key, in one file a worker runs with.
 
 A credential is a name and an Ed25519 key pair. An operator enrolls it where
-the database is (``broker.trust.enrollment``, ``topchef workers enroll NAME``):
+the database is (``broker.models.credentials``, ``topchef workers enroll NAME``):
 the public key is recorded in SQL, and the private key written to one file,
 which goes to the lab PC that runs the worker (``TOPCHEF_WORKER_KEY`` names it
 there). The file holds the name too, so that a worker cannot sign under a name
@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.errors import ConfigurationError, TopChefError
-from broker.messaging.messages import StateMessage
-from broker.settings import WORKER_KEY_FILE
 from broker.trust import reports
 from broker.trust.signing import SigningKey
 
@@ -24,8 +22,6 @@ from broker.trust.signing import SigningKey
 CORE = "core"
 #: The credentials ``topchef up`` enrolls for the workers it starts are named this, and more.
 STACK = "stack"
-#: Where ``topchef up`` keeps its workers' credential, in its state directory.
-STACK_KEY_FILE = WORKER_KEY_FILE
 #: The first line of a credential file, so that a stray file is not taken for one.
 _HEADER = "# TopChef worker credential: keep this file secret (mode 0600)"
 
@@ -48,9 +44,9 @@ class Credential:
     name: str
     key: SigningKey
 
-    def fields(self, message: StateMessage) -> dict[str, str]:
-        """The stream entry of ``message``, signed."""
-        report, by, signature = self.args(message.to_fields()[reports.REPORT])
+    def fields(self, report: str) -> dict[str, str]:
+        """The stream entry of ``report`` (a state message's ``m`` field), signed."""
+        report, by, signature = self.args(report)
         return {reports.REPORT: report, reports.BY: by, reports.SIGNATURE: signature}
 
     def args(self, report: str) -> list[str]:

@@ -399,7 +399,7 @@ class WorkerRuntime:
             entry = StateMessage(
                 "provenance", served.descriptor.id, worker=record.worker, extra=record.as_dict()
             )
-            self._client.xadd(keys.STATE_STREAM, self.credential.fields(entry))  # type: ignore[arg-type]
+            self._client.xadd(keys.STATE_STREAM, self._signed(entry))
             self._provenances[key] = digest
         return digest
 
@@ -435,6 +435,10 @@ class WorkerRuntime:
                 log.warning("cannot report job %s yet (%s); retrying in %.1f s", job, error, delay)
                 time.sleep(delay)  # waiting for Redis to come back, not for another thread
                 delay = min(REPORT_RETRY_MOST, delay * 2)
+
+    def _signed(self, entry: StateMessage) -> Any:
+        """``entry``'s stream fields, signed with this worker's credential (``broker.trust``)."""
+        return self.credential.fields(entry.to_fields()["m"])
 
     def refuse(self, reason: str, job: uuid.UUID | None, detail: str) -> Refused:
         """Log and count a refused delivery once; the caller raises what this returns."""
@@ -546,7 +550,7 @@ class WorkerRuntime:
                 "progress", service, job, progress=fraction, message=message, attempt=attempt
             )
             try:
-                self._client.xadd(keys.STATE_STREAM, self.credential.fields(entry))  # type: ignore[arg-type]
+                self._client.xadd(keys.STATE_STREAM, self._signed(entry))
             except redis.RedisError as error:  # progress is a courtesy: never fail the run for it
                 log.warning("could not report job %s's progress: %s", job, error)
 
@@ -589,7 +593,7 @@ class WorkerRuntime:
             self._presence.queue(pipeline, worker, LEAVE, services)
         for service in services:
             entry = StateMessage("checkin", service, available=available, worker=worker)
-            pipeline.xadd(keys.STATE_STREAM, self.credential.fields(entry))  # type: ignore[arg-type]
+            pipeline.xadd(keys.STATE_STREAM, self._signed(entry))
         pipeline.execute()
 
     @property

@@ -31,7 +31,6 @@ from broker.storage.tables import JobHolderRow, JobRow, WorkerCredentialRow, dat
 from broker.trust.credentials import (
     CORE,
     STACK,
-    STACK_KEY_FILE,
     Credential,
     CredentialError,
     check_name,
@@ -156,9 +155,8 @@ def core(session: Session) -> Credential:
     return Credential(CORE, SigningKey(secret))
 
 
-def stack_credential(session: Session, state: Path) -> Path:
-    """The file of the credential of a ``topchef up``'s workers, enrolled if need be."""
-    path = state / STACK_KEY_FILE
+def stack_credential(session: Session, path: Path) -> Path:
+    """``path``, the file of the credential of a ``topchef up``'s workers, enrolled if need be."""
     if path.is_file():
         credential = read(path)
     else:
