@@ -189,6 +189,7 @@ def _holders(
         for report in reports
         if report.message.kind == "status"
         and report.message.status == Status.WORKING.value
+        and _counted(report.message.attempt)
         and (report.message.job_id, report.message.attempt) not in held
     ]
     took = takers.of(starts)
@@ -203,7 +204,7 @@ def _holders(
         if isinstance(claim, str):
             refused.append((report, claim))
             continue
-        if not isinstance(message.attempt, int) or isinstance(message.attempt, bool):
+        if not _counted(message.attempt):
             refused.append((report, f"forged: attempt {message.attempt!r} is not a number"))
             continue
         attempt = (job_id, message.attempt)
@@ -231,6 +232,11 @@ def _holders(
             del held[attempt]
     _write(session, before, held)
     return refused
+
+
+def _counted(attempt: object) -> bool:
+    """Whether a report's attempt is a number (the stream may hold anything there)."""
+    return isinstance(attempt, int) and not isinstance(attempt, bool)
 
 
 def _jobs(
