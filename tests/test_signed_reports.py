@@ -135,7 +135,7 @@ def test_a_revoked_credential_reports_nothing_more(stack, cli):
     assert "1 job(s) it was running ended ERROR" in said  # its outcome could never be recorded
     ended = stack.job(job)
     assert ended["status"] == "ERROR"
-    assert "'lab-tests' was revoked" in ended["detail"]
+    assert "('lab-tests') was revoked" in ended["detail"]
     stack.release(tag)  # the run ends after its credential was revoked
     reasons = _refused(stack, 1)
     assert any(r.startswith("revoked") for r in reasons), reasons
@@ -210,7 +210,7 @@ def test_enroll_writes_a_private_file_and_refuses_a_name_taken(stack, cli, tmp_p
     again = cli.invoke("workers", "enroll", "pc-2", "--key-file", str(tmp_path / "other.key"))
     assert again.exit_code != 0
     assert "already" in again.output
-    for name in ("core", "bad name", "x" * 101, "-dash"):
+    for name in ("core", "bad name", "x" * 101, "_under", "a/b"):
         refused = cli.invoke("workers", "enroll", name, "--key-file", str(tmp_path / "k"))
         assert refused.exit_code != 0, name
         assert len(refused.output.strip().splitlines()) == 1, refused.output

@@ -57,6 +57,8 @@ class Reading:
     unreadable: int = 0
     #: What runs the jobs of the reports (``broker.messaging.provenance``), once per process.
     provenances: list[Report] = field(default_factory=list)
+    #: Every check-in, in order, before ``check_ins`` merged them (``broker.mirror.holders``).
+    every_check_in: list[Report] = field(default_factory=list)
 
     def add(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         self.ids.append(entry_id)
@@ -74,14 +76,22 @@ class Reading:
         elif message.kind == "provenance":
             self.provenances.append(report)
         elif message.kind == "checkin":
-            previous = self.check_ins.get(message.service_id)
-            # The last word on availability wins; a bare check-in keeps the earlier word.
-            if previous is not None and message.available is None:
-                kept = StateMessage(
-                    "checkin", message.service_id, available=previous.message.available
-                )
-                report = Report(entry_id, fields, kept, report.at_ms)
-            self.check_ins[message.service_id] = report
+            self.every_check_in.append(report)
+            self.check_ins[message.service_id] = merged(
+                self.check_ins.get(message.service_id), report
+            )
+
+
+def merged(previous: Report | None, check_in: Report) -> Report:
+    """A service's check-ins of one reading so far, with one more: what the mirror applies.
+
+    The last word on availability wins; a bare check-in keeps the earlier word.
+    """
+    message = check_in.message
+    if previous is None or message.available is not None:
+        return check_in
+    kept = StateMessage("checkin", message.service_id, available=previous.message.available)
+    return Report(check_in.entry_id, check_in.fields, kept, check_in.at_ms)
 
 
 @dataclass

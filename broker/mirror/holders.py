@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from broker.messaging import keys
 from broker.messaging.connections import text
-from broker.mirror.entries import Reading, Report
+from broker.mirror.entries import Reading, Report, merged
 from broker.models import lifecycle
 from broker.storage.tables import JobHolderRow, JobRow, WorkerCredentialRow
 from broker.trust.reports import Signed, signed
@@ -80,7 +80,7 @@ def screen(session: Session, reading: Reading, client: redis.Redis) -> None:
     A report on a job SQL does not know, or of another service than the
     job's, is left to the mirror, which refuses it for that.
     """
-    every = [*reading.reports, *reading.check_ins.values(), *reading.provenances]
+    every = [*reading.reports, *reading.every_check_in, *reading.provenances]
     if not every:
         return
     claims = {id(report): signed(report.fields) for report in every}
@@ -95,10 +95,14 @@ def screen(session: Session, reading: Reading, client: redis.Redis) -> None:
         return found
 
     refused: list[tuple[Report, str]] = []
-    for service, report in list(reading.check_ins.items()):
+    # Merged again from the verified alone: a forged check-in hides no genuine one.
+    reading.check_ins.clear()
+    for report in reading.every_check_in:
         if isinstance(reason := verdict(report), str):
-            del reading.check_ins[service]
             refused.append((report, f"{reason} (a check-in)"))
+        else:
+            service = report.message.service_id
+            reading.check_ins[service] = merged(reading.check_ins.get(service), report)
     kept = []
     for report in reading.provenances:
         if isinstance(reason := verdict(report), str):
