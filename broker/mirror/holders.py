@@ -188,13 +188,19 @@ def _holders(
     """Check each job report against its attempt's holder, in stream order; record new holds."""
     jobs, held = _jobs(session, {report.message.job_id for report in reports})  # type: ignore[misc]
     before = dict(held)
+    # The WORKINGs that may start a hold: of an attempt nobody holds, or one given back here.
+    released = {
+        (r.message.job_id, r.message.attempt) for r in reports if r.message.kind == "release"
+    }
     starts = [
         report
         for report in reports
         if report.message.kind == "status"
         and report.message.status == Status.WORKING.value
         and _counted(report.message.attempt)
-        and (report.message.job_id, report.message.attempt) not in held
+        and (
+            (key := (report.message.job_id, report.message.attempt)) not in held or key in released
+        )
     ]
     took = takers.of(starts)
     refused: list[tuple[Report, str]] = []
