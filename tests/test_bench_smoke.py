@@ -56,6 +56,7 @@ def test_smoke_run_measures_every_workload(postgres_url, tmp_path):
         "fleet",
         "producers",
         "http",
+        "reports",
     }
     names = " ".join(figure["name"] for figure in result["figures"])
     for peer in ("celery", "rq", "dramatiq", "topchef"):
