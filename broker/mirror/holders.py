@@ -190,7 +190,9 @@ def _holders(
     before = dict(held)
     # The WORKINGs that may start a hold: of an attempt nobody holds, or one given back here.
     released = {
-        (r.message.job_id, r.message.attempt) for r in reports if r.message.kind == "release"
+        (r.message.job_id, r.message.attempt)
+        for r in reports
+        if r.message.kind == "release" and _counted(r.message.attempt)
     }
     starts = [
         report
