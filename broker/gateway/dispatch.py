@@ -206,11 +206,12 @@ class Dispatcher:
             self.presence.queue(pipeline, worker, ARRIVE, [service_id], timeout)
             pipeline.execute()
             # A later attempt's row is WORKING already: the mirror records the new attempt.
+            # Moved here, not by the mirror: the hold its copy of the move checks against.
+            # Recorded before the move, in the order the mirror takes the two locks.
+            holders.record(session, job_id, attempt, CORE)
             columns = {"worker": worker, "attempts": attempt}
             move = Move(job_id, at or database_now(session), columns, by=worker)
             lifecycle.advance(session, Status.WORKING, [move])
-            # Moved here, not by the mirror: the hold its copy of the move checks against.
-            holders.record(session, job_id, attempt, CORE)
         return result
 
     def release(self, session: Session, job: JobRow, timeout: float, worker: str) -> bool:
