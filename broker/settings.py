@@ -112,6 +112,11 @@ class Settings:
     #: The file of the credential a worker signs its reports with
     #: (``topchef workers enroll`` writes it); a worker does not start without one.
     worker_key: str = ""
+    #: The URL clients reach the gateway's ``/`` at (``https://lab.example/topchef``),
+    #: which every link and ``Location`` it writes starts with; empty: links are
+    #: absolute paths (``/jobs/<id>``). Never taken from a request's ``Host``,
+    #: which whoever sends the request chooses.
+    api_base_url: str = ""
 
     @property
     def due_interval(self) -> float:
@@ -155,9 +160,14 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, object] = {}
         for name, kind in _FIELDS.items():
-            raw = env.get(PREFIX + name.upper(), "").strip()
+            given = env.get(PREFIX + name.upper(), "")
+            raw = given.strip()
             if raw:
                 values[name] = _parse(name, raw, kind)
+            elif given and name in _SECRETS:
+                raise ConfigurationError(
+                    f"{PREFIX}{name.upper()} is set but blank: give it a value, or unset it"
+                )
         settings = cls(**values)  # type: ignore[arg-type]
         return settings.with_stack_in(Path.cwd()) if environ is None else settings
 
@@ -223,10 +233,17 @@ _FIELDS: dict[str, type] = {
     "api_token": str,
     "api_max_body_bytes": int,
     "worker_key": str,
+    "api_base_url": str,
 }
+
+#: Secrets whose blank value is a mistake to refuse, never "none": a token of
+#: spaces, read as no token, would leave open what its operator meant to close.
+_SECRETS = frozenset({"api_token"})
 
 
 def _parse(name: str, raw: str, kind: type) -> object:
+    if name == "api_base_url":
+        return base_url(raw, PREFIX + name.upper())
     if kind is str:
         return raw
     if kind is int:
@@ -258,3 +275,39 @@ def _parse_int(name: str, raw: str) -> int:
         allowed = f">= {low}" if high is None else f"from {low} to {high}"
         raise ConfigurationError(f"{variable} must be {allowed}, got {raw!r}")
     return value
+
+
+#: Printable ASCII that RFC 3986 keeps out of URLs.
+_NOT_IN_URLS = frozenset('"<>\\^`{|}')
+
+
+def base_url(text: str, source: str) -> str:
+    """``text`` as the gateway's base URL: ``http(s)://host[:port][/path]``, no trailing ``/``.
+
+    Refused, naming ``source``, when links built on it could not be followed:
+    no scheme or host, credentials, a query or a fragment, or characters a URL
+    may not hold.
+    """
+    text = text.strip()
+    try:
+        parts = urlsplit(text)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        parts, port_ok = None, False
+    if (
+        parts is None
+        or not port_ok
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+        or "?" in text
+        or "#" in text
+        or any(not (33 <= ord(char) < 127) or char in _NOT_IN_URLS for char in text)
+    ):
+        raise ConfigurationError(
+            f"{source} must be the URL clients reach the API at, such as "
+            f"https://lab.example/topchef (no query, no credentials), got {text[:200]!r}"
+        )
+    return text.rstrip("/")

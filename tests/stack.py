@@ -305,11 +305,11 @@ def stack(
 
 def trust_refusals(client: redis.Redis) -> list[str]:
     """The reasons of the dead-lettered entries refused for their signature or holder."""
-    reasons = [
+    return [
         fields.get(b"error", b"").decode(errors="replace")
         for _id, fields in client.xrange(keys.DEAD_STATE_STREAM)
+        if fields.get(b"reason", b"").decode(errors="replace") in holders.REFUSALS
     ]
-    return [reason for reason in reasons if reason.startswith(holders.REFUSALS)]
 
 
 class Cli:

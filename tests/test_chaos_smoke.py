@@ -4,7 +4,8 @@
 processes and servers, forges deliveries and hangs up on the HTTP gateway,
 then holds an independent ledger of every instrument run against SQL. Each
 scenario must lose no job, run no fail-policy job twice, run nothing that no
-producer registered, and drop no measured outcome.
+producer registered, drop no measured outcome, record no forged one, and
+never see its state mirror exit.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
 REPO = Path(__file__).resolve().parent.parent
-COUNTS = ("lost", "run_twice", "unregistered", "dropped")
+COUNTS = ("lost", "run_twice", "unregistered", "dropped", "forged_outcomes", "mirror_exits")
 
 
 def _missing_servers() -> str | None:
@@ -67,6 +68,7 @@ def test_smoke_run_loses_repeats_forges_and_drops_nothing(tmp_path):
         "postgres-restart",
         "worker-freeze",
         "forged",
+        "forged-reports",
         "http-disconnect",
         "worker-before-service",
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
+import threading
 import uuid
 
 import pytest
@@ -13,10 +14,11 @@ from support import wait_for
 
 import broker
 from broker.messaging import keys
-from broker.messaging.claims import LUA_SCRIPTS, ClaimResult, Claims, RunEnd
+from broker.messaging.claims import LUA_SCRIPTS, ClaimResult, Claims, Finish, RunEnd
 from broker.messaging.connections import warn_unless_noeviction
 from broker.messaging.messages import StateMessage, parameters_digest
 from broker.messaging.presence import Presence
+from broker.mirror.dead_letters import DeadLetters
 
 pytestmark = pytest.mark.redis
 
@@ -400,6 +402,8 @@ def test_every_lua_file_is_loaded_by_a_script_and_every_script_by_a_file():
     }
     # Workers' presences are no claim: their one script is Presence's.
     scripts["presence"] = Presence(redis.Redis())._script.script
+    # Nor is the state stream's clock: the mirror's dead letters restamp it.
+    scripts["restamp"] = DeadLetters(redis.Redis())._restamp.script
     files = _lua_files()
     assert files, f"no scripts found in {LUA_SCRIPTS}"
     # slots.lua is no script: its functions are prepended to those that use them.
@@ -449,3 +453,58 @@ def test_the_http_renewal_knows_the_gateways_worker_prefix():
 
     source = _lua_files()["renew_http.lua"]
     assert f"string.sub(worker, 1, {len(HTTP_PREFIX)}) == '{HTTP_PREFIX}'" in source
+
+
+MAX_ID = "18446744073709551615-18446744073709551615"
+
+
+def _snapshot(claims: Claims, job: uuid.UUID) -> tuple[object, ...]:
+    client = claims._client
+    return (
+        client.hgetall(keys.claim(job)),
+        client.get(keys.lease(job)),
+        sorted(client.smembers(keys.running_jobs(SERVICE))),
+    )
+
+
+def _exhaust(claims: Claims) -> None:
+    """A forged entry with the largest id: Redis refuses every later append."""
+    claims._client.xadd(keys.STATE_STREAM, {"m": "{}"}, id=MAX_ID)
+
+
+def test_a_script_whose_append_the_stream_refuses_changes_nothing(claims, monkeypatch):
+    """Each script appends first, so a refused append leaves the claim to be tried again."""
+    monkeypatch.setattr("broker.messaging.claims.EXHAUSTED_WAIT_SECONDS", 0.0)
+    fresh, running = _registered(claims), _registered(claims)
+    assert _claim(claims, running) is ClaimResult.CLAIMED
+    _exhaust(claims)
+    calls = {
+        "claim": (fresh, lambda: _claim(claims, fresh)),
+        "finish": (running, lambda: claims.finish(running, 1, _final(running))),
+        "release": (running, lambda: claims.release(running, 1, "w", _working(running))),
+        "retry": (running, lambda: claims.retry(running, 1, _working(running))),
+    }
+    for name, (job, call) in calls.items():
+        before = _snapshot(claims, job)
+        with pytest.raises(redis.ResponseError, match="exhausted the last possible ID"):
+            call()
+        assert _snapshot(claims, job) == before, name
+
+
+def test_a_report_waits_for_the_stream_to_be_restamped_and_lands(claims, caplog):
+    job = _registered(claims)
+    assert _claim(claims, job) is ClaimResult.CLAIMED
+    _exhaust(claims)
+    landed: list[Finish] = []
+    reporter = threading.Thread(target=lambda: landed.append(claims.finish(job, 1, _final(job))))
+    reporter.start()
+    # The report has been refused at least once, and changed nothing meanwhile.
+    wait_for(lambda: "waiting for the mirror" in caplog.text, 10, "a refused append")
+    assert claims.state(job) == "running"
+    DeadLetters(claims._client).restamp(claims._client)
+    reporter.join(20)
+    (finish,) = landed
+    assert finish.on_time
+    assert claims.state(job) == "done"
+    messages = [fields.get(b"m") for fields in _stream(claims)]
+    assert _final(job).to_fields()["m"].encode() in messages

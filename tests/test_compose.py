@@ -24,7 +24,7 @@ def _compose() -> str:
 
 
 def _config(env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    required = {"FLOWER_BASIC_AUTH", "REDIS_PASSWORD"}
+    required = {"FLOWER_BASIC_AUTH", "REDIS_PASSWORD", "REDIS_WORKER_PASSWORD"}
     env = {k: v for k, v in os.environ.items() if k not in required} | env_extra
     return subprocess.run(
         [_compose(), "-f", str(COMPOSE), "config", "-q"],
@@ -36,22 +36,27 @@ def _config(env_extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+PASSWORDS = {"REDIS_PASSWORD": "s3cret", "REDIS_WORKER_PASSWORD": "w0rker"}
+
+
 def test_compose_file_is_valid():
-    result = _config({"FLOWER_BASIC_AUTH": "lab:secret", "REDIS_PASSWORD": "s3cret"})
+    result = _config({"FLOWER_BASIC_AUTH": "lab:secret", **PASSWORDS})
     assert result.returncode == 0, result.stderr
 
 
 def test_flower_refuses_to_start_without_basic_auth():
-    result = _config({"REDIS_PASSWORD": "s3cret"})
+    result = _config(PASSWORDS)
     assert result.returncode != 0
     assert "FLOWER_BASIC_AUTH" in result.stderr
 
 
-def test_redis_refuses_to_start_without_a_password():
-    """Redis is published for remote lab workers, so it never runs open."""
-    result = _config({"FLOWER_BASIC_AUTH": "lab:secret"})
+@pytest.mark.parametrize("missing", sorted(PASSWORDS))
+def test_redis_refuses_to_start_without_each_password(missing):
+    """Redis is published for remote lab workers, so no user of it is ever open."""
+    given = {k: v for k, v in PASSWORDS.items() if k != missing}
+    result = _config({"FLOWER_BASIC_AUTH": "lab:secret", **given})
     assert result.returncode != 0
-    assert "REDIS_PASSWORD" in result.stderr
+    assert missing in result.stderr
 
 
 def _options(command: list[str]) -> dict[str, str]:
@@ -69,4 +74,21 @@ def test_redis_persists_and_never_evicts():
     options = _options(compose["services"]["redis"]["command"])
     assert options["--appendonly"] == "yes"
     assert options["--maxmemory-policy"] == "noeviction"
-    assert options["--requirepass"].startswith("${REDIS_PASSWORD:?")
+
+
+def test_redis_runs_on_the_shipped_users_and_workers_log_in_as_worker():
+    """The users' file is the repository's template, rendered at start; a worker is `worker`."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    redis = compose["services"]["redis"]
+    assert "--requirepass" not in redis["command"]  # the default user is off: users log in
+    aclfile = _options(redis["command"])["--aclfile"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in redis["volumes"]}
+    assert mounted["/etc/topchef/redis"] == "./deploy/redis"
+    render = redis["entrypoint"][2].split("&&")[0].split()
+    assert render == ["sh", "/etc/topchef/redis/acl.sh", "/etc/topchef/redis/users.acl", aclfile]
+    assert (COMPOSE.parent / "deploy" / "redis" / "users.acl").is_file()
+    worker = compose["services"]["worker"]["environment"]
+    assert worker["TOPCHEF_BROKER_URL"].startswith("redis://worker:${REDIS_WORKER_PASSWORD:?")
+    assert "TOPCHEF_DATABASE_URL" not in worker  # a worker needs Redis alone
+    core = compose["x-environment"]["TOPCHEF_BROKER_URL"]
+    assert core.startswith("redis://topchef:${REDIS_PASSWORD:?")

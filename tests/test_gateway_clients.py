@@ -15,6 +15,7 @@ import functools
 import json
 import uuid
 from typing import Any
+from urllib.parse import urljoin
 
 import requests
 from client_fixtures import JAVA_JOB_ID, JAVA_SERVICE_ID, seed_java_fixture
@@ -343,7 +344,9 @@ def test_each_api_keeps_its_own_shapes(gateway):
 
     assert set(current["data"]) == JAVA_JOB_FIELDS
     assert set(old["data"]) == JAVA_JOB_FIELDS | {"result"}
-    assert old["links"]["service"] == f"{gateway.url}/legacy/services/{service}"
+    # A link is an absolute path, which the client resolves against the URL it asked.
+    link = urljoin(f"{gateway.url}/legacy/jobs/{job}", old["links"]["service"])
+    assert link == f"{gateway.url}/legacy/services/{service}"
     assert put.status_code == 405
     assert gateway.api.get(f"/services/{uuid.uuid4()}/queue").status_code == 404
     assert gateway.api.get(f"/services/{service}/queue").status_code == 200

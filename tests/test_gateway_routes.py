@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import lab
 import pytest
@@ -32,8 +33,19 @@ def _envelope(response, status=200):
     assert response.headers["Content-Type"] == "application/json"
     body = response.json()
     assert set(body) == {"data", "meta", "links"}
-    assert body["links"]["self"] == response.url
+    assert _same_resource(body["links"]["self"], response.url)
     return body
+
+
+def _same_resource(link: str, url: str) -> bool:
+    """Whether ``link``, resolved against the request's ``url``, names what ``url`` names."""
+    assert link.startswith("/"), link  # an absolute path: no host a request could choose
+    resolved, asked = urlsplit(urljoin(url, link)), urlsplit(url)
+    return (resolved.netloc, resolved.path, parse_qsl(resolved.query)) == (
+        asked.netloc,
+        asked.path,
+        parse_qsl(asked.query),
+    )
 
 
 # -- metadata, validator, OpenAPI, errors ------------------------------------------------

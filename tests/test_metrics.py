@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -247,3 +248,25 @@ def test_refused_deliveries_are_counted_by_reason(stack, metrics):
     families = scrape(metrics)
     assert value(families, "topchef_refused_deliveries", reason="unregistered") == 2
     assert value(families, "topchef_refused_deliveries", reason="altered") == 1
+
+
+def test_dead_letters_are_counted_by_reason(stack, metrics):
+    stack.create_lab_services()
+    square = stack.service(lab.SQUARE).id
+    mirror = Mirror(stack.settings, block_ms=10)
+    mirror.ensure_group()
+    for entry in (
+        {"m": "{not json"},
+        {"m": '{"kind": "takeover"}'},
+        StateMessage("status", square, uuid.uuid4(), "ERROR").to_fields(),
+    ):
+        stack.redis.xadd(keys.STATE_STREAM, entry)
+    stack.redis.xadd(keys.STATE_STREAM, {"m": "{}"}, id="18446744073709551615-0")
+    while stack.redis.xlen(keys.STATE_STREAM):
+        mirror.step()
+
+    families = scrape(metrics)
+    assert value(families, "topchef_mirror_dead_entries") == 5
+    for reason, count in (("unreadable", 1), ("unknown_kind", 2), ("unknown_job", 1)):
+        assert value(families, "topchef_mirror_dead_letters", reason=reason) == count
+    assert value(families, "topchef_mirror_dead_letters", reason="future") == 1

@@ -4,7 +4,7 @@ Runs each scenario against a redis-server and a PostgreSQL cluster the run
 owns (both removed at the end, whatever happens) and prints one row per
 scenario: jobs submitted, ended, lost, run twice, run without registration,
 outcomes dropped. The exit status says whether the *harness* worked (0) or
-broke (2); ``--strict`` also fails (1) when any of the four counts is non-zero.
+broke (2); ``--strict`` also fails (1) when any of the counts is non-zero.
 """
 
 from __future__ import annotations

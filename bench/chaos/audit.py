@@ -1,7 +1,7 @@
 """The verdict on one scenario: the ledger held up against what SQL says happened.
 
 SQL is read with plain psycopg (not through ``broker``), so that a bug in the
-broker's models cannot hide itself. The four counts that matter:
+broker's models cannot hide itself. The counts that matter:
 
 - **lost**: jobs that never reached an end (COMPLETED, ERROR, CANCELLED);
 - **run twice**: jobs of a ``fail``-policy service whose instrument started
@@ -9,7 +9,12 @@ broker's models cannot hide itself. The four counts that matter:
 - **run without registration**: instrument starts whose (service, parameters)
   is no job's (service, parameters): forged, altered or misrouted deliveries;
 - **outcomes dropped**: instrument runs of registered jobs that returned, but
-  whose results the broker kept nowhere.
+  whose results the broker kept nowhere;
+- **forged outcomes recorded**: jobs with an outcome kept anywhere that a
+  forger made up (its ``run`` starts with ``FORGED_RUN``), and forged
+  check-ins SQL believed (counted by the scenario that sends them);
+- **mirror exits**: state mirrors that exited on their own (not killed or
+  stopped by the harness): an entry must never stop the mirror.
 
 Where the broker keeps outcomes is a list, ``OUTCOME_STORES``, so that a new
 place (``job_attempts``, for an attempt superseded by a later one) is one
@@ -30,6 +35,8 @@ from psycopg.rows import dict_row
 from bench.chaos.ledger import Line, canonical, key
 
 TERMINAL = ("COMPLETED", "ERROR", "CANCELLED")
+#: The mark a forger's made-up results carry (``bench.chaos.forgery.FORGED_RUN``).
+FORGED_RUN = "forged-"
 #: A run that returned this shortly before the harness SIGKILLed its process
 #: was cut off while reporting: nothing can keep what was never sent.
 CUT_OFF_SECONDS = 1.0
@@ -136,6 +143,8 @@ class Verdict:
     run_twice: int = 0
     unregistered: int = 0
     dropped: int = 0
+    forged_outcomes: int = 0
+    mirror_exits: int = 0
     context: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
     #: Where the database keeps outcomes (``OUTCOME_STORES`` present).
@@ -147,7 +156,14 @@ class Verdict:
 
     @property
     def failures(self) -> int:
-        return self.lost + self.run_twice + self.unregistered + self.dropped
+        return (
+            self.lost
+            + self.run_twice
+            + self.unregistered
+            + self.dropped
+            + self.forged_outcomes
+            + self.mirror_exits
+        )
 
     def note(self, name: str, example: str) -> None:
         listed = self.examples.setdefault(name, [])
@@ -212,6 +228,12 @@ def judge(
             f"{job.id} {job.service}: the run in pid {line.pid} returned, its results are"
             f" kept nowhere; the job ended {ended}",
         )
+
+    marker = f'"run":"{FORGED_RUN}'
+    for job_id, kept in snapshot.kept.items():
+        if any(marker in results for results in kept):
+            verdict.forged_outcomes += 1
+            verdict.note("forged outcomes recorded", f"{job_id}: a forger's results are kept")
 
     # Context: how the jobs ended, and what else the ledger shows.
     for status in ("COMPLETED", "ERROR", "CANCELLED", "REGISTERED", "WORKING"):

@@ -1,6 +1,6 @@
 """The run's table, each scenario's context, and the JSON of it all.
 
-The table holds the four counts that must be zero; the context (how jobs
+The table holds the counts that must be zero; the context (how jobs
 ended, what the harness had to restart, examples of each failure) is what a
 reader needs to tell a broker bug from an expected consequence of a fault.
 """
@@ -34,18 +34,22 @@ COLUMNS = (
     "run twice (fail policy)",
     "run without registration",
     "outcomes dropped",
+    "forged outcomes recorded",
+    "mirror exits",
 )
+#: The counts that must be zero, as ``as_json`` names them, in the table's order.
+COUNTS = ("lost", "run_twice", "unregistered", "dropped", "forged_outcomes", "mirror_exits")
 
 
 def _row(result: dict[str, Any]) -> list[str]:
     if "submitted" not in result:
-        return [result["name"], "harness error", "", "", "", "", ""]
-    counts = ("submitted", "terminal", "lost", "run_twice", "unregistered", "dropped")
-    return [result["name"], *(str(result[count]) for count in counts)]
+        return [result["name"], "harness error", *[""] * (len(COLUMNS) - 2)]
+    counts = ("submitted", "terminal", *COUNTS)
+    return [result["name"], *(str(result.get(count, 0)) for count in counts)]
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """The four counts that must be zero, one row per scenario (``as_json`` form)."""
+    """The counts that must be zero, one row per scenario (``as_json`` form)."""
     rows = [list(COLUMNS), *(_row(result) for result in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = []
@@ -81,12 +85,14 @@ def brief(result: dict[str, Any]) -> str:
         return f"harness error ({result.get('error')})"
     return (
         f"{result['submitted']} jobs, lost {result['lost']}, run twice {result['run_twice']},"
-        f" unregistered {result['unregistered']}, dropped {result['dropped']}"
+        f" unregistered {result['unregistered']}, dropped {result['dropped']},"
+        f" forged outcomes {result.get('forged_outcomes', 0)},"
+        f" mirror exits {result.get('mirror_exits', 0)}"
     )
 
 
 def failing(result: dict[str, Any]) -> bool:
-    return any(result.get(count) for count in ("lost", "run_twice", "unregistered", "dropped"))
+    return any(result.get(count) for count in COUNTS)
 
 
 def as_json(outcome: Outcome) -> dict[str, Any]:
@@ -105,6 +111,8 @@ def as_json(outcome: Outcome) -> dict[str, Any]:
             run_twice=verdict.run_twice,
             unregistered=verdict.unregistered,
             dropped=verdict.dropped,
+            forged_outcomes=verdict.forged_outcomes,
+            mirror_exits=verdict.mirror_exits,
             context=verdict.context,
             examples=verdict.examples,
             outcome_stores=verdict.stores,

@@ -221,17 +221,49 @@ def forged(stack: Stack, plan: Plan, rng: random.Random) -> Verdict:
         Forgery("extra field, out-of-schema value", queue, b_job, chaos_id, CHAOS,
                 {**b_params, "ms": -1, "forged": True}),
     ]  # fmt: skip
+    by_hand = Forgery("registered by hand", queue, uuid.uuid4(), chaos_id, CHAOS,
+                      SPECS[CHAOS].parameters(50))  # fmt: skip
+    with stack.redis.client() as client:
+        forgery.register_by_hand(client, chaos_id, by_hand.job_id, by_hand.parameters)
+    forgeries.append(by_hand)
     forgery.send(stack.redis.url, forgeries)
     stack.event(f"sent {len(forgeries)} forged deliveries")
     second = feeder(stack, plan, [CHAOS], rng, jobs=plan.jobs - half, seconds=seconds)
+    second.finish()
+    poll_until(lambda: stack.unfinished() == 0, plan.settle_seconds)
+    rewritten = _rewrite_a_parked_job(stack)
     verdict = settle_and_judge(stack, plan, [first, second])
     verdict.context["forged deliveries sent"] = len(forgeries)
+    verdict.context["parked messages rewritten"] = rewritten
     targeted = {str(f.job_id): f.label for f in forgeries}
     changed = sorted(set(targeted) & verdict.foreign)
     for job_id in changed:
         verdict.note("targets changed by a forgery", f"{job_id}: {targeted[job_id]}")
     verdict.context["targets changed by a forgery"] = len(changed)
     return verdict
+
+
+def _rewrite_a_parked_job(stack: Stack, timeout: float = 20.0) -> int:
+    """Hold Chaos, submit a job, rewrite its parked message and digest, resume.
+
+    The rewrite asks for ten times the measurement under another token: a run
+    of it is a run without registration in the audit, and SQL recording the
+    original parameters for it would be the record lying about what ran.
+    """
+    stack.producer.hold_service(CHAOS, "chaos: a parked job is rewritten")
+    parameters = SPECS[CHAOS].parameters(50)
+    job_id = stack.producer.submit(CHAOS, parameters)
+
+    def rewritten() -> bool:
+        with stack.redis.client() as client:
+            return forgery.rewrite_parked(
+                client, job_id, lambda p: {**p, "token": uuid.uuid4().hex, "ms": p["ms"] * 10}
+            )
+
+    done = poll_until(rewritten, timeout)
+    stack.event(f"parked job {job_id} rewritten: {done}")
+    stack.producer.resume_service(CHAOS)
+    return int(done)
 
 
 def _register_unpublished(stack: Stack, names: list[str]) -> list[tuple[uuid.UUID, dict[str, Any]]]:
@@ -244,6 +276,89 @@ def _register_unpublished(stack: Stack, names: list[str]) -> list[tuple[uuid.UUI
             jobs.append((job.id, parameters))
         session.commit()
     return jobs
+
+
+# -- 6b. forged-reports ---------------------------------------------------------------
+
+
+@scenario("forged-reports")
+def forged_reports(stack: Stack, plan: Plan, rng: random.Random) -> Verdict:
+    """What a Redis writer can put on the state stream, while real jobs report on it.
+
+    A COMPLETED with made-up results for a job still REGISTERED, and for a job
+    running now; a check-in for a service nobody serves; then every entry that
+    once stopped the mirror (an unknown status, a wrong type, 100,000-deep
+    JSON, ids a year ahead and the largest id). Jobs are fed before and after:
+    each must end with its own run's outcome.
+    """
+    stack.create_services([CHAOS, CHAOS_REQUEUE])  # ChaosRequeue: served by nobody
+    children = [stack.mirror(), stack.beat(), stack.worker([CHAOS])]
+    stack.ready(*children)
+    chaos_id, unserved_id = stack.service_ids[CHAOS], stack.service_ids[CHAOS_REQUEUE]
+    first = feeder(stack, plan, [CHAOS], rng, jobs=plan.jobs // 2, seconds=plan.feed_seconds / 2)
+    sent = 0
+    with stack.redis.client() as client:
+        ((waiting, waiting_params),) = _register_unpublished(stack, [CHAOS])
+        forgery.report(client, forgery.outcome(waiting, chaos_id, _made_up(waiting_params, 1)))
+        sent += 1
+        running_params = SPECS[CHAOS].parameters(3000)
+        running = stack.producer.submit(CHAOS, running_params)
+        if poll_until(lambda: stack.started_run(running_params["token"]), 30):
+            forgery.report(client, forgery.outcome(running, chaos_id, _made_up(running_params, 2)))
+            sent += 1
+        else:
+            stack.notes.append(f"the long job {running} never started: not forged over")
+        check_in_id = client.xadd(forgery.STATE_STREAM, forgery.check_in(unserved_id))
+        believed = _believed_available(stack, check_in_id, unserved_id)
+        first.finish()
+        poison = forgery.poison(chaos_id, waiting)
+        refused_by_redis = 0
+        for what, fields, entry_id in poison:
+            error = forgery.report(client, fields, entry_id)
+            refusal = f" (Redis refused it: {error})" if error else ""
+            stack.event(f"poison entry: {what}{refusal}")
+            refused_by_redis += error is not None
+    second = feeder(stack, plan, [CHAOS], rng, jobs=plan.jobs - plan.jobs // 2,
+                    seconds=plan.feed_seconds / 2)  # fmt: skip
+    verdict = settle_and_judge(stack, plan, [first, second])
+    verdict.forged_outcomes += believed
+    if believed:
+        verdict.note("forged outcomes recorded", f"{unserved_id}: a forged check-in was believed")
+    verdict.context["forged outcomes sent"] = sent
+    verdict.context["forged check-ins believed"] = believed
+    verdict.context["poison entries sent"] = len(poison) - refused_by_redis
+    return verdict
+
+
+def _made_up(parameters: dict[str, Any], n: int) -> dict[str, Any]:
+    return {"token": parameters["token"], "run": f"{forgery.FORGED_RUN}{n}", "service": CHAOS}
+
+
+def _believed_available(stack: Stack, entry_id: bytes, service_id: uuid.UUID) -> int:
+    """1 if SQL shows the unserved service available once the mirror has read the check-in."""
+
+    def read_past() -> bool:
+        with stack.redis.client() as client:
+            groups = client.xinfo_groups(forgery.STATE_STREAM)
+        return any(
+            _entry_key(group["last-delivered-id"]) >= _entry_key(entry_id)
+            and int(group["pending"]) == 0
+            for group in groups
+        )
+
+    if not poll_until(read_past, 30):
+        stack.notes.append("the mirror never read past the forged check-in")
+    with psycopg.connect(stack.postgres.url, connect_timeout=10) as connection:
+        row = connection.execute(
+            "SELECT is_service_available FROM services WHERE id = %s", [service_id]
+        ).fetchone()
+    return int(bool(row and row[0]))
+
+
+def _entry_key(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 # -- 7. http-disconnect --------------------------------------------------------------

@@ -65,6 +65,9 @@ def settle_and_judge(
         snapshot, stack.ledger(), stack.kills, lost_unless_completed=lost_unless_completed
     )
     verdict.stores = snapshot.stores
+    verdict.mirror_exits = len(stack.exited_on_their_own("mirror"))
+    for mirror in stack.exited_on_their_own("mirror"):
+        verdict.note("mirror exits", f"{mirror.name} exited with {mirror.returncode}")
     _explain_lost(stack, snapshot, verdict)
     for feeder in feeders:
         for name, value in feeder.summary().items():

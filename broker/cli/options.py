@@ -10,8 +10,9 @@ import functools
 import json
 import logging
 import math
+import os
+import stat
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -19,6 +20,7 @@ import redis
 import sqlalchemy.exc as sa_exc
 
 from broker.errors import ConfigurationError, DeserializationError, SQLAlchemyError, TopChefError
+from broker.ops.restarts import REFUSED
 from broker.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,6 +33,8 @@ def user_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except ConfigurationError as error:
+            raise _refusal(sentence(error)) from None
         except TopChefError as error:
             raise click.ClickException(sentence(error)) from None
         except sa_exc.SQLAlchemyError as error:
@@ -41,6 +45,22 @@ def user_errors(command: F) -> F:
             raise click.ClickException(f"message broker error: {error}") from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class _StackRefusal(click.ClickException):
+    """A configuration a part of a stack refuses: started again, it would refuse again."""
+
+    exit_code = REFUSED
+
+
+def _refusal(message: str) -> click.ClickException:
+    """A configuration refused; as a part of a stack, with the status that stops the stack.
+
+    A part that refuses is not started again (``broker.ops.restarts``).
+    """
+    from broker.ops.supervisor import supervised
+
+    return _StackRefusal(message) if supervised() else click.ClickException(message)
 
 
 def sentence(error: TopChefError) -> str:
@@ -100,17 +120,57 @@ class Seconds(click.ParamType[float]):
 SECONDS = Seconds()
 
 
+#: The largest file an ``@path`` argument may name: far past any payload the
+#: bounds accept (``broker.contract.MAX_BYTES`` of compact JSON), pretty-printed.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
+
 def json_argument(text: str, what: str) -> Any:
-    source = text
-    if text.startswith("@"):
-        path = Path(text[1:])
-        if not path.is_file():
-            raise DeserializationError(what, f"no such file: {path}")
-        source = path.read_text()
+    """The JSON value ``text`` holds, or that the file ``@path`` holds; else a one-line
+    ``DeserializationError`` saying what is wrong (never an ``OSError`` or a
+    ``RecursionError`` from deep inside).
+    """
+    source = _read_file(text[1:], what) if text.startswith("@") else text
     try:
         return json.loads(source)
-    except json.JSONDecodeError as error:
-        raise DeserializationError(what, f"not valid JSON: {error}") from None
+    except RecursionError:
+        raise DeserializationError(what, "not valid JSON: nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, or an integer too long to read
+        raise DeserializationError(what, f"not valid JSON: {_one_line(str(error))}") from None
+
+
+def _read_file(name: str, what: str) -> str:
+    shown = _shown(name)
+    try:
+        with open(name, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise DeserializationError(what, f"{shown} is not a regular file")
+            data = file.read(MAX_FILE_BYTES + 1)
+    except IsADirectoryError:
+        raise DeserializationError(what, f"{shown} is a directory, not a file") from None
+    except FileNotFoundError:
+        raise DeserializationError(what, f"no such file: {shown}") from None
+    except (OSError, ValueError) as error:  # too long a name, no permission, a NUL in it
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise DeserializationError(what, f"cannot read {shown}: {_one_line(str(reason))}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise DeserializationError(what, f"{shown} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DeserializationError(
+            what, f"{shown} is not UTF-8 text (byte {error.start} cannot be read)"
+        ) from None
+
+
+def _shown(name: str, limit: int = 80) -> str:
+    """A file name as one line, clipped: it may be long or hold a newline."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(name)} characters)"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
 
 
 def configure_logging(level: str) -> None:

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -98,10 +99,15 @@ def mirror(batch_size: int, loglevel: str) -> None:
         signal.signal(signum, lambda *_: stop.set())
     metrics = None
     if settings.metrics_port:
+        from broker.ops.exposure import is_loopback
         from broker.ops.metrics import serve
 
         metrics = serve(settings, settings.metrics_port, host=settings.metrics_host)
-        click.echo(f"metrics on http://{settings.metrics_host}:{metrics.port}/metrics", err=True)
+        # Opened by TOPCHEF_METRICS_HOST alone, for a scraper elsewhere: said, not refused.
+        reach = "" if is_loopback(settings.metrics_host) else " (no login: anyone who reaches it)"
+        click.echo(
+            f"metrics on http://{settings.metrics_host}:{metrics.port}/metrics{reach}", err=True
+        )
     click.echo("mirroring job states into SQL", err=True)
     try:
         Mirror(settings, batch_size=batch_size).run(stop)
@@ -140,24 +146,57 @@ def beat(loglevel: str) -> None:
     show_default=True,
     help="Requests served at once; each waiting claim holds one.",
 )
+@click.option(
+    "--base-url",
+    metavar="URL",
+    help="The URL clients reach this API at (e.g. https://lab.example/topchef), which "
+    "links and Location start with. Default: TOPCHEF_API_BASE_URL; unset, links are paths.",
+)
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="Serve on a --host other PCs reach without TOPCHEF_API_TOKEN: anyone there "
+    "may then submit, run and cancel jobs.",
+)
 @click.option("--loglevel", default="INFO", show_default=True)
 @user_errors
-def api(host: str, port: int, threads: int, loglevel: str) -> None:
+def api(
+    host: str,
+    port: int,
+    threads: int,
+    base_url: str | None,
+    allow_unauthenticated: bool,
+    loglevel: str,
+) -> None:
     """Serve TopChef's REST API (the HTTP gateway) for non-Python clients.
 
-    Set TOPCHEF_API_TOKEN to require 'Authorization: Bearer <token>' (do, on
-    any shared network).
+    Set TOPCHEF_API_TOKEN to require 'Authorization: Bearer <token>': on an
+    address other PCs reach, the API refuses to start without one.
     """
     from broker.gateway import Server
+    from broker.ops.exposure import require_guarded
+    from broker.settings import base_url as checked_base_url
     from broker.storage.migrate import upgrade
 
     configure_logging(loglevel)
     settings = required_settings(broker=True, database=True)
+    if base_url is not None:
+        settings = replace(settings, api_base_url=checked_base_url(base_url, "--base-url"))
+    open_door = require_guarded(
+        "the API",
+        host,
+        guarded=bool(settings.api_token),
+        forced=allow_unauthenticated,
+        how="set TOPCHEF_API_TOKEN",
+    )
     upgrade(settings.database_url)
     server = Server(settings, host, port, threads)
     signal.signal(signal.SIGTERM, lambda *_: server.close())
     auth = "bearer token required" if settings.api_token else "no token required"
-    click.echo(f"TopChef API on {server.url}/ ({auth})", err=True)
+    if open_door:
+        auth += ": anyone on the network may submit, run and cancel jobs"
+    links = f"; links start with {settings.api_base_url}" if settings.api_base_url else ""
+    click.echo(f"TopChef API on {server.url}/ ({auth}{links})", err=True)
     server.run()  # until Ctrl-C or SIGTERM
     click.echo("stopped", err=True)
 
@@ -189,7 +228,14 @@ def demo(job_count: int, timeout: float) -> None:
     show_default=True,
     help="Worker modules to serve (repeat for several).",
 )
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Jobs each worker runs at once (one worker process per module).",
+)
 @click.option(
     "--listen",
     metavar="ADDRESS",
@@ -209,7 +255,9 @@ def up(workers: tuple[str, ...], concurrency: int, listen: str | None, port: int
     Unconfigured, it starts an embedded Redis and uses topchef.sqlite3 here;
     other `topchef` commands run in this directory find it. With --listen,
     workers on other PCs join it too, with the URL it prints (the same at
-    every start).
+    every start). A worker, the mirror or beat that dies is started again,
+    after 1 s doubling to 60 s while it keeps dying; the stack stops if its
+    embedded Redis dies.
     """
     from broker.errors import ConfigurationError
     from broker.ops.network import Listen, another_pc, listen_address
@@ -238,19 +286,40 @@ def up(workers: tuple[str, ...], concurrency: int, listen: str | None, port: int
 
 
 @click.command()
-@click.option("--port", type=int, default=5555, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=5555, show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True)
+@click.option(
+    "--allow-unauthenticated",
+    is_flag=True,
+    help="Serve on an --address other PCs reach without a login: anyone there may "
+    "then read every job's parameters and results.",
+)
 @user_errors
-def flower(port: int, address: str) -> None:
+def flower(port: int, address: str, allow_unauthenticated: bool) -> None:
     """Start the Flower dashboard on the configured broker.
 
-    Set FLOWER_BASIC_AUTH=user:password to require a login (do, on any shared network).
+    Set FLOWER_BASIC_AUTH=user:password to require a login (or FLOWER_AUTH,
+    Flower's OAuth): on an address other PCs reach, Flower refuses to start without one.
     """
     from broker.app import make_app
+    from broker.ops.exposure import FLOWER_BASIC_AUTH, flower_logins, require_guarded
 
     settings = required_settings(broker=True)
+    basic_auth, login = flower_logins(os.environ)
+    open_door = require_guarded(
+        "Flower",
+        address,
+        guarded=login,
+        forced=allow_unauthenticated,
+        how=f"set {FLOWER_BASIC_AUTH}=user:password",
+    )
+    if open_door:
+        click.echo(
+            f"Flower on {address}:{port} with no login: anyone on the network may read "
+            "every job's parameters and results",
+            err=True,
+        )
     args = ["flower", f"--port={port}", f"--address={address}"]
-    basic_auth = os.environ.get("FLOWER_BASIC_AUTH", "").strip()
-    if basic_auth:
+    if basic_auth is not None:
         args.append(f"--basic-auth={basic_auth}")
     make_app(settings).start(args)

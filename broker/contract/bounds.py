@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from broker.errors import DeserializationError
@@ -61,6 +61,12 @@ class Checked(NamedTuple):
     value: Any
     #: Whether a float in it has a whole value (``10.0``): see ``broker.contract.integers``.
     whole_floats: bool
+    #: A lower bound of its length as compact JSON: at least its number of values,
+    #: and at least the characters of its strings and keys (a quarter of their bytes).
+    size: int = 0
+    #: How many values it holds at each depth (the value itself at 0): what a
+    #: schema's work is counted against (``broker.contract.references``).
+    shape: Sequence[int] = ()
 
 
 def check_payload(value: object, source: str) -> Checked:
@@ -89,7 +95,7 @@ def _check(value: object, source: str, error: type[DeserializationError]) -> Che
         walk = _walked(value, source, error)  # the copy's own bounds, and where it fails
     if walk.upper > MAX_BYTES:
         _dumps(value, source, error, sort_keys=False)  # the exact length decides
-    return Checked(value, walk.whole_floats)
+    return Checked(value, walk.whole_floats, walk.lower, walk.shape)
 
 
 def _dumps(
@@ -110,6 +116,10 @@ class _Walk(NamedTuple):
     #: Whether every item has an exact JSON type (else a plain copy is made).
     plain: bool
     whole_floats: bool
+    #: A lower bound of the value's compact JSON length.
+    lower: int
+    #: Values at each depth.
+    shape: list[int]
 
 
 class _Refusal(Exception):
@@ -141,6 +151,7 @@ def _walk(value: object) -> _Walk:
     lower = upper = 0
     plain = True
     whole = False
+    shape = [1]
     while stack:
         item, depth = pop()
         kind = type(item)
@@ -182,6 +193,11 @@ def _walk(value: object) -> _Walk:
         if item and kind in _CONTAINERS and depth >= MAX_DEPTH:
             raise _Refusal(item, f"nested deeper than {MAX_DEPTH} levels")
         depth += 1
+        if children:  # a container's parent came first: the list reaches its depth
+            if depth < len(shape):
+                shape[depth] += len(item)
+            else:
+                shape.append(len(item))
         for child in children:
             kind = type(child)
             if kind is str:
@@ -211,7 +227,7 @@ def _walk(value: object) -> _Walk:
                 push((child, depth))
         if lower > MAX_BYTES:
             raise _Refusal(None, f"more than {MAX_BYTES} bytes of JSON; that is the limit")
-    return _Walk(upper, plain, whole)
+    return _Walk(upper, plain, whole, lower, shape)
 
 
 def _scalar(item: Any, kind: type) -> tuple[int, int]:

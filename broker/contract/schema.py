@@ -17,11 +17,19 @@ validator is jsonschema-rs, built with:
 - ``validate_formats=True``: ``format`` is an assertion in every draft, as it was
   with jsonschema's format checker.
 
+Linear is not enough: the engine's time grows with a pattern's expanded size
+times the text's length, holding Python's lock. So each pattern's weight, the
+schema's summed weight, the compiled size and the work of one payload are
+bounded (``broker.contract.patterns``). The same checks run whenever a schema
+is compiled, not only when a service is created: a schema stored before a
+limit existed is refused where it would be used (a job's registration or
+results fail with the reason) rather than stalling the process that uses it.
+
 Schemas and payloads are bounded (``broker.contract.bounds``) before the validator
 sees them, and so is the number of references in a schema: a chain of references
 is recursion in Rust, which overflows the stack (killing the process) instead of
-raising. Checking a schema costs far more than a validation, so contracts are
-cached.
+raising; and so is what references multiply (``broker.contract.references``).
+Checking a schema costs far more than a validation, so contracts are cached.
 """
 
 from __future__ import annotations
@@ -35,8 +43,25 @@ from urllib.parse import urlsplit
 
 import jsonschema_rs
 
-from broker.contract.bounds import canonical_json, check_payload
+from broker.contract.bounds import Checked, canonical_json, check_payload
 from broker.contract.integers import WholeNumbers
+from broker.contract.patterns import (
+    BASE_WEIGHT,
+    MAX_COMPILED_BYTES,
+    MAX_SCHEMA_WEIGHT,
+    MAX_WORK,
+    pattern_problem,
+    pattern_weight,
+    schema_patterns,
+    text_length,
+)
+from broker.contract.references import (
+    MAX_EVALUATIONS,
+    MAX_EXPANSION,
+    Evaluations,
+    LoopingReferences,
+    evaluations,
+)
 from broker.errors import DeserializationError, InvalidSchemaError
 
 #: How many reference keywords a schema may hold. Each link of a chain of
@@ -82,7 +107,14 @@ class Contract:
             raise InvalidSchemaError(source, "a schema must be a JSON object")
         plain = json.loads(canonical_json(dict(schema), source, InvalidSchemaError))
         self._text = json.dumps(plain)  # insertion order kept; ``schema`` copies it
+        _check_patterns(plain, source)
         self._validator, dialect = _compile_validator(plain, source)
+        counted = _count(plain, source)
+        #: The pattern work each byte of a payload's text costs.
+        self._weight = counted.patterns
+        #: The most evaluations on one value at each depth of a payload.
+        self._profile = counted.profile
+        self._most = max(counted.profile)
         #: Only a schema that names ``integer`` can turn a float into an int.
         self._whole_numbers = (
             WholeNumbers(plain, self._validator, _DRAFTS[dialect])
@@ -107,6 +139,7 @@ class Contract:
         """
         checked = check_payload(instance, source)
         value = checked.value
+        self._check_work(checked, source)
         try:
             self._validator.validate(value)
         except jsonschema_rs.ValidationError as first:
@@ -120,13 +153,41 @@ class Contract:
 
     def is_valid(self, instance: object) -> bool:
         try:
-            value = check_payload(instance, "parameters").value
+            checked = check_payload(instance, "parameters")
+            value = checked.value
+            self._check_work(checked, "parameters")
         except DeserializationError:
             return False
         try:
             return self._validator.is_valid(value)
         except ValueError:
             return False
+
+    def _check_work(self, checked: Checked, source: str) -> None:
+        """Refuse a payload that would take this schema too long to validate: too many
+        subschema evaluations for its shape, or too much text for its patterns.
+        """
+        if self._most * checked.size > MAX_EVALUATIONS:  # else no shape can exceed it
+            work = sum(a * n for a, n in zip(self._profile, checked.shape, strict=False))
+            if work > MAX_EVALUATIONS:
+                raise DeserializationError(
+                    source,
+                    f"validating it would take {work} subschema evaluations (its values "
+                    "at each depth times the schema's subschemas there); at most "
+                    f"{MAX_EVALUATIONS} are accepted in one payload: send large data as "
+                    "a file, or simplify the schema",
+                )
+        if self._weight * 4 * checked.size <= MAX_WORK:  # UTF-8: at most 4 bytes a character
+            return
+        most = MAX_WORK // self._weight
+        length = text_length(checked.value)
+        if length > most:
+            raise DeserializationError(
+                source,
+                f"{length} bytes of text (UTF-8, in strings and keys): this schema's "
+                f"patterns may read at most {most} in one payload, so that validating "
+                "it takes bounded time; send long text as a file, or loosen the patterns",
+            )
 
 
 @functools.lru_cache(maxsize=256)
@@ -160,7 +221,7 @@ def build_validator(schema: dict[str, Any], dialect: type[_Validator]) -> _Valid
     return dialect(
         schema,
         validate_formats=True,
-        pattern_options=jsonschema_rs.RegexOptions(),
+        pattern_options=jsonschema_rs.RegexOptions(size_limit=MAX_COMPILED_BYTES),
         offline=True,
     )
 
@@ -179,6 +240,25 @@ def _compile_validator(schema: dict[str, Any], source: str) -> tuple[_Validator,
         raise InvalidSchemaError(source, _schema_reason(error), error.instance_path) from None
     except (ValueError, jsonschema_rs.ReferencingError) as failure:
         raise InvalidSchemaError(source, f"cannot be compiled: {failure}") from None
+
+
+def _check_patterns(schema: dict[str, Any], source: str) -> None:
+    """Refuse a pattern, or a schema's patterns together, too costly to validate against
+    (what they cost a payload is counted by ``_count``).
+    """
+    total = 0
+    for path, pattern in schema_patterns(schema):
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            raise InvalidSchemaError(source, problem, path)
+        total += pattern_weight(pattern) + BASE_WEIGHT
+        if total > MAX_SCHEMA_WEIGHT:
+            message = (
+                f"the patterns expand to more than {MAX_SCHEMA_WEIGHT} positions in all "
+                "(each counts its repeats multiplied, plus "
+                f"{BASE_WEIGHT}); that is the limit"
+            )
+            raise InvalidSchemaError(source, message, path)
 
 
 def _normalized(uri: str) -> str:
@@ -238,14 +318,45 @@ def _check_document(schema: dict[str, Any], source: str) -> None:
                 raise InvalidSchemaError(source, f"unknown $schema {value!r}", path)
 
 
+def _count(schema: dict[str, Any], source: str) -> Evaluations:
+    """What one payload value can cost (``broker.contract.references``): references that
+    multiply the evaluations on a value, or apply patterns again past the limit, are
+    refused.
+    """
+    try:
+        counted = evaluations(schema)
+    except LoopingReferences as loop:
+        message = (
+            "references loop back here, without descending into the value, in more than "
+            "one way: such a loop constrains nothing, and its turns multiply"
+        )
+        raise InvalidSchemaError(source, message, loop.where) from None
+    if counted.most > counted.own + MAX_EXPANSION:
+        shown = "more than 10**15" if counted.most >= 10**15 else str(counted.most)
+        message = (
+            f"references make {shown} subschema evaluations on one value (each use of a "
+            f"$ref evaluates its target again); at most {MAX_EXPANSION} more than the "
+            "schema's own are accepted"
+        )
+        raise InvalidSchemaError(source, message, counted.heaviest)
+    if counted.patterns > MAX_SCHEMA_WEIGHT:
+        message = (
+            f"references apply patterns expanding to {counted.patterns} positions to one "
+            f"value; at most {MAX_SCHEMA_WEIGHT} are accepted"
+        )
+        raise InvalidSchemaError(source, message, counted.heaviest)
+    return counted
+
+
 def _schema_reason(error: jsonschema_rs.ValidationError) -> str:
     """Why a schema was refused, in words that say what to change."""
     kind = error.kind
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Format) and kind.format == "regex":
         return (
             f"pattern {_clipped(error.instance)} is not supported by the linear-time regex "
-            "engine; lookarounds and backreferences are refused because they can take "
-            "exponential time"
+            "engine: lookarounds and backreferences are refused because they can take "
+            "exponential time, and a pattern compiling to more than "
+            f"{MAX_COMPILED_BYTES} bytes because its time grows with its size"
         )
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Referencing):
         return f"a reference cannot be resolved: {kind.error}"

@@ -58,10 +58,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _before_request() -> None:
+    """A body over the limit is refused first, token or not, as waitress refuses one far over it."""
     settings = gateway().settings
-    check_token(settings.api_token)
     if (request.content_length or 0) > settings.api_max_body_bytes:
         raise PayloadTooLargeError(settings.api_max_body_bytes)
+    check_token(settings.api_token)
 
 
 def _error(error: Exception) -> Response:
@@ -98,7 +99,7 @@ def _reported(error: Exception) -> TopChefError:
     if isinstance(error, redis.RedisError):
         log.warning("message broker unavailable: %s", error)
         return BrokerUnavailableError("The message broker cannot be reached")
-    log.exception("unexpected error in %s %s", request.method, request.path, exc_info=error)
+    log.exception("unexpected error in %s %r", request.method, request.path, exc_info=error)
     return ServerError(500, "Internal error", "An unexpected error; see the gateway's log")
 
 
@@ -130,7 +131,7 @@ class Generations:
     """Serve TopChefClient's older API under ``/legacy``, beside the current one at ``/``.
 
     The prefix moves to ``SCRIPT_NAME``, so the same routes answer and every
-    link the gateway writes (``url_for``) stays under the prefix the client was
+    link the gateway writes (``links.link``) stays under the prefix the client was
     given; the handlers ask ``context.legacy()`` where the two APIs differ.
     """
 

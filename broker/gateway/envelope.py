@@ -13,13 +13,13 @@ import math
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import urlencode
 
 from flask import Response, request
 
 from broker.contract.ids import as_uuid
 from broker.errors import DeserializationError, TopChefError
 from broker.gateway.errors import ErrorList, RequestNotJSONError
+from broker.gateway.links import here
 from broker.models.interfaces.job import Job
 
 Status = Job.JobStatus
@@ -36,12 +36,9 @@ def envelope(
     links: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """A JSON response in TopChef's envelope; ``links.self`` is the request's URL."""
-    body = {"data": data, "meta": dict(meta or {}), "links": {"self": request.url, **(links or {})}}
-    response = Response(_dumps(body), status=status, mimetype="application/json")
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
+    """A JSON response in TopChef's envelope; ``links.self`` is the request's resource."""
+    body = {"data": data, "meta": dict(meta or {}), "links": {"self": here(), **(links or {})}}
+    return _json(_dumps(body), status, headers)
 
 
 def no_content() -> Response:
@@ -51,9 +48,19 @@ def no_content() -> Response:
 
 def error_response(error: TopChefError, headers: Mapping[str, str] | None = None) -> Response:
     """The errors of ``error`` (one, or an ``ErrorList``) under their aggregate status code."""
+    return _json(error_document(error), error.status_code, headers)
+
+
+def error_document(error: TopChefError) -> str:
+    """The body of every failure: ``{"errors": [...]}`` (waitress's own refusals too)."""
     errors = error.errors if isinstance(error, ErrorList) else (error,)
-    body = {"errors": [item.as_dict() for item in errors]}
-    response = Response(_dumps(body), status=error.status_code, mimetype="application/json")
+    return _dumps({"errors": [item.as_dict() for item in errors]})
+
+
+def _json(body: str, status: int, headers: Mapping[str, str] | None) -> Response:
+    response = Response(body, status=status, mimetype="application/json")
+    # What a request put in an answer is never read as a page by a browser that sniffs.
+    response.headers["X-Content-Type-Options"] = "nosniff"
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -148,7 +155,7 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise DeserializationError(name, f"must be a whole number, got {raw!r}") from None
+        raise DeserializationError(name, f"must be a whole number, got {raw[:100]!r}") from None
     if not low <= value <= high:
         raise DeserializationError(name, f"must be from {low} to {high}, got {value}")
     return value
@@ -161,9 +168,9 @@ def query_number(name: str, default: float, low: float, high: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise DeserializationError(name, f"must be a number, got {raw!r}") from None
+        raise DeserializationError(name, f"must be a number, got {raw[:100]!r}") from None
     if not (math.isfinite(value) and low <= value <= high):
-        raise DeserializationError(name, f"must be from {low:g} to {high:g}, got {raw!r}")
+        raise DeserializationError(name, f"must be from {low:g} to {high:g}, got {raw[:100]!r}")
     return value
 
 
@@ -183,12 +190,10 @@ def query_statuses() -> list[Status]:
 def page_links(offset: int, limit: int, total: int) -> dict[str, str]:
     """``next``/``prev`` links for a paged listing, keeping its other query parameters."""
     links: dict[str, str] = {}
-    base = request.base_url
     others = [(k, v) for k, v in request.args.items(multi=True) if k not in ("offset", "limit")]
 
     def url(new_offset: int) -> str:
-        pairs = [*others, ("offset", str(new_offset)), ("limit", str(limit))]
-        return f"{base}?{urlencode(pairs)}"
+        return here([*others, ("offset", str(new_offset)), ("limit", str(limit))])
 
     if offset + limit < total:
         links["next"] = url(offset + limit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from urllib.parse import quote
 
 from broker.errors import (
     ConflictError,
@@ -50,7 +51,10 @@ class RouteNotFoundError(TopChefError):
 
     def __init__(self, path: str) -> None:
         self.path = path
-        super().__init__(f"{path} is not a route of this API")
+        # Quoted and cut short: a path is the sender's to choose, and comes back inert.
+        shown = quote(path, safe="/")
+        shown = shown if len(shown) <= 200 else shown[:200] + "…"
+        super().__init__(f"{shown} is not a route of this API")
 
 
 class PayloadTooLargeError(TopChefError):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, url_for
+from flask import Flask, Response
 from sqlalchemy.orm import Session
 
 from broker.contract import Contract, compile_contract
@@ -52,6 +52,7 @@ from broker.gateway.errors import (
     JobNotRunningError,
     claim_refused,
 )
+from broker.gateway.links import link
 from broker.gateway.representation import job_detail, job_meta, job_overview
 from broker.messaging.claims import ClaimResult
 from broker.models import history
@@ -73,7 +74,7 @@ def register(app: Flask) -> None:
 
 
 def _render(job: Job, status: int = 200, **extra: Any) -> Response:
-    service = url_for("service", service_id=str(job.service_id), _external=True)
+    service = link("service", service_id=str(job.service_id))
     return envelope(
         job_detail(job, legacy=legacy()),
         status,
@@ -107,7 +108,7 @@ def show_history(job_id: str) -> Response:
         row = find_job(session, job_id)
         entries = [entry.as_dict() for entry in history.of_job(session, row.id)]
         meta = {"provenance": history.provenance(session, row.id)}
-    job = url_for("job", job_id=str(row.id), _external=True)
+    job = link("job", job_id=str(row.id))
     return envelope(entries, meta=meta, links={"job": job})
 
 
@@ -146,7 +147,7 @@ def resubmit_job(job_id: str) -> Response:
     new_id = shared.producer.resubmit(parse_id(job_id), by=http_worker()[0])
     with shared.reading() as session:
         response = _render(Job(find_job(session, str(new_id))), 201)
-    response.headers["Location"] = url_for("job", job_id=str(new_id), _external=True)
+    response.headers["Location"] = link("job", job_id=str(new_id))
     return response
 
 

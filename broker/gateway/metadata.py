@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Flask, Response, url_for
+from flask import Flask, Response
 
 from broker.gateway.context import gateway
 from broker.gateway.envelope import envelope
+from broker.gateway.links import link
 from broker.models.api_metadata import APIMetadata
 
 
@@ -23,10 +24,10 @@ def metadata() -> Response:
         "version": about.version,
     }
     links = {
-        "services": url_for("services", _external=True),
-        "jobs": url_for("jobs", _external=True),
-        "validator": url_for("validator", _external=True),
-        "openapi": url_for("openapi", _external=True),
+        "services": link("services"),
+        "jobs": link("jobs"),
+        "validator": link("validator"),
+        "openapi": link("openapi"),
     }
     meta = {"auth": "bearer" if gateway().settings.api_token else "none"}
     return envelope(data, meta=meta, links=links)

@@ -266,6 +266,8 @@ def _schemas() -> dict[str, Any]:
     return {
         "Links": {
             "type": "object",
+            "description": "URI references, as is Location: absolute paths (resolved against "
+            "the URL asked), or URLs under the gateway's configured base URL",
             "required": ["self"],
             "properties": {"self": {"type": "string"}},
             "additionalProperties": {"type": "string"},

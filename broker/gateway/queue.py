@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Flask, Response, url_for
+from flask import Flask, Response
 from sqlalchemy.orm import Session
 
 from broker.contract import times
@@ -33,6 +33,7 @@ from broker.gateway.envelope import (
     query_statuses,
     require,
 )
+from broker.gateway.links import link
 from broker.gateway.representation import job_detail, job_meta
 from broker.models.job import Job
 from broker.models.service import Service
@@ -52,7 +53,7 @@ def register(app: Flask) -> None:
 
 
 def _job_url(job_id: object) -> str:
-    return url_for("job", job_id=str(job_id), _external=True)
+    return link("job", job_id=str(job_id))
 
 
 def new_job_schema(service: Service) -> dict[str, Any]:

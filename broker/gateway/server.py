@@ -1,7 +1,9 @@
 """Serving the gateway with waitress: many threads, pure Python, no C build.
 
-Only waitress's public API is used: ``create_server`` with documented
-adjustments, and the server's ``run`` and ``close``. Waitress has no public
+Waitress's public API is used: ``create_server`` with documented
+adjustments, and the server's ``run`` and ``close``; and the class its
+connections take error answers from, so that what waitress refuses itself is
+answered as every other error (``broker.gateway.refusals``). Waitress has no public
 way to stop a server that is running (its maintainers say so:
 Pylons/waitress#343) except the one ``run`` handles itself: a Ctrl-C, that is
 an exception raised in the thread running its loop, after which waitress lets
@@ -41,6 +43,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from broker.gateway.app import create_app
 from broker.gateway.context import Gateway
+from broker.gateway.refusals import answer_refusals_in_json
 from broker.settings import Settings
 
 if TYPE_CHECKING:
@@ -160,9 +163,11 @@ class Server:
                 # Keep reading each connection while its request runs, so that a
                 # long-polling claimer that hangs up is seen (``caller_gone``).
                 channel_request_lookahead=1,
-                # Waitress refuses what Flask would refuse anyway, before buffering it.
+                # Flask refuses a body over the limit; waitress one far over it
+                # (chunked framing counts), before buffering it (``refusals``).
                 max_request_body_size=settings.api_max_body_bytes * 2 + 65536,
             )
+            answer_refusals_in_json(self._server, settings.api_max_body_bytes)
         except BaseException:
             self._listener.close()
             raise

@@ -6,11 +6,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, url_for
+from flask import Flask, Response
 
 from broker.errors import DeserializationError
 from broker.gateway.context import find_service, gateway, http_worker, legacy
 from broker.gateway.envelope import envelope, field, has_body, json_body, require
+from broker.gateway.links import link
 from broker.gateway.representation import service_detail, service_meta, service_overview
 from broker.models.service import Service
 from broker.models.service_list import ServiceList
@@ -33,7 +34,7 @@ def register(app: Flask) -> None:
 
 def _links(service_id: object) -> dict[str, str]:
     return {
-        name: url_for(endpoint, service_id=str(service_id), _external=True)
+        name: link(endpoint, service_id=str(service_id))
         for name, endpoint in (
             ("jobs", "service_jobs"),
             ("next", "next_job"),
@@ -85,7 +86,7 @@ def create_service() -> Response:
             **options,
         )
         data, meta, service_id = service_detail(service), service_meta(service), service.id
-    location = url_for("service", service_id=str(service_id), _external=True)
+    location = link("service", service_id=str(service_id))
     meta["message"] = "service successfully created"
     if legacy():
         data = {"service_details": data}  # where TopChefClient's new_service reads the id

@@ -41,6 +41,12 @@ A run that ends after beat presumed its worker lost still reports its outcome
 (``finish`` says how late it is); nothing a worker measured is dropped here,
 the SQL record decides where it belongs.
 
+Every script that appends to the state stream appends before it changes
+anything else, so a refused append (a forged entry id exhausted the stream)
+changes nothing, and the call is made again once the mirror has restamped
+the stream (``broker.mirror.dead_letters``), for up to ``EXHAUSTED_WAIT_SECONDS``:
+a run's outcome waits for the stream, it is not lost to it.
+
 A claim lives as long as its job may still run. Once SQL has recorded the end,
 ``settle`` leaves it ``duplicate_window`` seconds (``Settings``) to refuse late
 duplicates of the message; after that the job costs Redis nothing, and a
@@ -52,9 +58,12 @@ from __future__ import annotations
 import copy
 import enum
 import importlib.resources
+import logging
+import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 from redis.commands.core import Script
@@ -70,6 +79,16 @@ from broker.trust.credentials import Credential
 CLAIM_TTL_SECONDS = 7 * 24 * 3600
 #: Settle's default window when the caller has no settings at hand.
 DEFAULT_WINDOW_SECONDS = 120.0
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: How long a call that appends to the state stream waits for the mirror to
+#: restamp a stream whose last id was forged to the largest (it does so within
+#: a reading, or ``dead_letters.CHECK_SECONDS``), before it fails as an outage would.
+EXHAUSTED_WAIT_SECONDS = 15.0
+#: What Redis answers an append to such a stream, or to one written over.
+_EXHAUSTED = ("exhausted the last possible ID", "WRONGTYPE")
 
 #: Where the scripts below live, one ``.lua`` file each, shipped as package data.
 #: Each file's header names its KEYS and ARGV, one per line, and what it returns.
@@ -369,7 +388,9 @@ class Claims:
         claim_keys, args = self._claim_call(
             job_id, attempt, worker, working, digest, trusted, parking
         )
-        return ClaimResult(text(self._scripts.claim(keys=claim_keys, args=args)))
+        return ClaimResult(
+            text(_appending(lambda: self._scripts.claim(keys=claim_keys, args=args)))
+        )
 
     def _claim_call(
         self,
@@ -416,7 +437,7 @@ class Claims:
         its own, where reading the request first would cost one per run.
         """
         finish_keys, args = self._finish_call(job_id, attempt, final, unless_aborted)
-        return _finished(self._scripts.finish(keys=finish_keys, args=args))
+        return _finished(_appending(lambda: self._scripts.finish(keys=finish_keys, args=args)))
 
     def finish_then_claim(
         self,
@@ -441,8 +462,10 @@ class Claims:
         claim_keys, claim_args = self._claim_call(
             job_id, attempt, worker, working, digest, False, None
         )
-        answer, claimed = self._scripts.finish_then_claim(
-            keys=finish_keys + claim_keys, args=finish_args + claim_args
+        answer, claimed = _appending(
+            lambda: self._scripts.finish_then_claim(
+                keys=finish_keys + claim_keys, args=finish_args + claim_args
+            )
         )
         result = text(claimed)
         return _finished(answer), ClaimResult(result) if result else None
@@ -457,14 +480,16 @@ class Claims:
         (``lifecycle.release``), so that the mirror's copy of an older take's
         reports moves nothing.
         """
-        released = self._scripts.release(
-            keys=[
-                keys.claim(job_id),
-                keys.lease(job_id),
-                keys.STATE_STREAM,
-                *keys.slots(entry.service_id),
-            ],
-            args=[attempt, worker, *self._signed(entry)],
+        released = _appending(
+            lambda: self._scripts.release(
+                keys=[
+                    keys.claim(job_id),
+                    keys.lease(job_id),
+                    keys.STATE_STREAM,
+                    *keys.slots(entry.service_id),
+                ],
+                args=[attempt, worker, *self._signed(entry)],
+            )
         )
         take = int(released)
         return None if take < 0 else take
@@ -485,14 +510,16 @@ class Claims:
     def retry(self, job_id: uuid.UUID, attempt: int, entry: StateMessage) -> str:
         """End a run that asked for a retry; 'retrying', or the state of a claim it lost."""
         return text(
-            self._scripts.retry(
-                keys=[
-                    keys.claim(job_id),
-                    keys.lease(job_id),
-                    keys.STATE_STREAM,
-                    *keys.slots(entry.service_id),
-                ],
-                args=[attempt, *self._signed(entry)],
+            _appending(
+                lambda: self._scripts.retry(
+                    keys=[
+                        keys.claim(job_id),
+                        keys.lease(job_id),
+                        keys.STATE_STREAM,
+                        *keys.slots(entry.service_id),
+                    ],
+                    args=[attempt, *self._signed(entry)],
+                )
             )
         )
 
@@ -638,6 +665,24 @@ class Claims:
         """The claim's state, for inspection and tests."""
         value = self._client.hget(keys.claim(job_id), "state")
         return None if value is None else text(value)
+
+
+def _appending(call: Callable[[], T]) -> T:
+    """``call`` (a script that appends to the state stream), made again while the stream is
+    exhausted or written over, for up to ``EXHAUSTED_WAIT_SECONDS``: the script changed
+    nothing (it appends first), and the mirror repairs the stream.
+    """
+    deadline = time.monotonic() + EXHAUSTED_WAIT_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return call()
+        except redis.ResponseError as error:
+            if not any(t in str(error) for t in _EXHAUSTED) or time.monotonic() > deadline:
+                raise
+            log.warning("the state stream is exhausted (a forged id); waiting for the mirror")
+        time.sleep(delay)  # waiting for the mirror's repair, which no signal announces
+        delay = min(1.0, delay * 2)
 
 
 def _finished(answer: Sequence[object]) -> Finish:

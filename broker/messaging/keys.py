@@ -24,6 +24,10 @@ BEAT_QUEUE = f"{PREFIX}.beat"
 STATE_STREAM = f"{PREFIX}:state"
 #: State entries the mirror could not apply, kept for an operator to inspect.
 DEAD_STATE_STREAM = f"{PREFIX}:state:dead"
+#: Whatever was found written over the state stream's key, moved aside by the mirror.
+CLOBBERED_STATE = f"{PREFIX}:state:clobbered"
+#: Hash: reason → how many state entries the mirror dead-lettered for it.
+DEAD_STATE_REASONS = f"{PREFIX}:state:dead:reasons"
 #: The consumer group of the state mirrors on that stream.
 MIRROR_GROUP = "mirror"
 #: Hash: service name → service id (the directory workers resolve names with).

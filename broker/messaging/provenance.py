@@ -42,8 +42,23 @@ class RunProvenance:
             raise ValueError(f"a run's provenance has the fields {', '.join(fields)}")
         values = {name: data[name] for name in fields}
         for name, value in values.items():
-            if not (isinstance(value, str) and 0 < len(value) <= 255) and not (
+            if not _storable(value, _LONGEST[name]) and not (
                 name == "code_version" and value is None
             ):
-                raise ValueError(f"provenance {name} must be a short string, got {value!r}")
+                raise ValueError(f"provenance {name} must be a short string, got {value!r:.80}")
         return cls(**values)
+
+
+#: The longest each field may be: what its column holds (``RunProvenanceRow``).
+_LONGEST = {"worker": 255, "module": 255, "code_version": 100, "python": 100}
+
+
+def _storable(value: object, longest: int) -> bool:
+    """Short text SQL can store: no NUL, no lone surrogates."""
+    if not (isinstance(value, str) and 0 < len(value) <= longest) or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -7,7 +7,6 @@ when it happened rather than when the mirror applied it.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections import defaultdict
@@ -16,14 +15,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from broker.messaging.messages import StateMessage
+from broker.mirror.admission import (
+    JOB_REPORTS,
+    Reason,
+    RefusedEntry,
+    read_lateness,
+    read_message,
+)
 from broker.models import lifecycle
 
 log = logging.getLogger(__name__)
 Status = lifecycle.Status
 
 
-#: The kinds of state entry that report on one job.
-JOB_REPORTS = ("status", "progress", "release", "retry")
+#: How far ahead of Redis's clock an entry's id may be and still be taken as
+#: the time of its report. Redis gives an entry an id ahead of its clock only
+#: when the stream's last id is ahead: after its host's clock stepped back
+#: (NTP steps are well under a second), after a failover to a replica whose
+#: clock is behind, or after someone wrote an id of their choosing. A minute
+#: covers the first two by far, and bounds what the third can do: a transition
+#: stamped at most a minute ahead, and nothing ahead once the clock passes it.
+FUTURE_BOUND_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,35 +55,72 @@ class Report:
     take: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An entry the mirror will not apply: the entry as it was, and why (``admission.Reason``)."""
+
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    reason: Reason
+    detail: str
+
+
 @dataclass
 class Reading:
-    """The entries of one read of the state stream: the job reports and the check-ins."""
+    """The entries of one read of the state stream: the job reports and the check-ins.
+
+    ``clock_ms`` is Redis's clock when the entries were read: an entry whose
+    id is more than ``FUTURE_BOUND_MS`` ahead of it goes to ``ahead``, for the
+    mirror to restamp (``broker.mirror.dead_letters``), and is applied only
+    once it has an id Redis's clock could have given.
+    """
 
     ids: list[bytes] = field(default_factory=list)
     reports: list[Report] = field(default_factory=list)
     check_ins: dict[uuid.UUID, Report] = field(default_factory=dict)
     #: Entries refused with their reason, for the dead-letter stream.
-    refused: list[tuple[Report, str]] = field(default_factory=list)
+    refused: list[DeadLetter] = field(default_factory=list)
     #: Jobs whose run ended in this reading and whose claims ended with it (set by ``apply``).
     finished: list[uuid.UUID] = field(default_factory=list)
-    unreadable: int = 0
     #: What runs the jobs of the reports (``broker.messaging.provenance``), once per process.
     provenances: list[Report] = field(default_factory=list)
     #: Every check-in, in order, before ``check_ins`` merged them (``broker.mirror.holders``).
     every_check_in: list[Report] = field(default_factory=list)
+    clock_ms: int | None = None
+    #: Entries whose id is ahead of Redis's clock.
+    ahead: list[tuple[bytes, dict[bytes, bytes]]] = field(default_factory=list)
 
     def add(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """Read one entry into its place, or refuse it with its reason; never raises for it."""
         self.ids.append(entry_id)
-        try:
-            message = StateMessage.from_fields(fields)
-            report = Report(
-                entry_id, fields, message, entry_ms(entry_id), *_lateness(fields), _take(fields)
-            )
-        except (ValueError, TypeError, KeyError, json.JSONDecodeError):
-            log.error("dropping unreadable state entry %r: %r", entry_id, fields)
-            self.unreadable += 1
+        if self.clock_ms is not None and entry_ms(entry_id) > self.clock_ms + FUTURE_BOUND_MS:
+            self.ahead.append((entry_id, fields))
             return
-        if message.kind in JOB_REPORTS and message.job_id is not None:
+        self.admit(entry_id, fields)
+
+    def admit(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """Read an entry whose id is the time of its report (``add`` has its id already)."""
+        at_ms = entry_ms(entry_id)
+        try:
+            message = read_message(fields)
+            late, since = read_lateness(fields, at_ms)
+        except RefusedEntry as refusal:
+            self.refused.append(DeadLetter(entry_id, fields, refusal.reason, refusal.detail))
+            return
+        except Exception as error:  # a rule's own failure: the entry is still refused
+            log.exception("state entry %r could not be read", entry_id)
+            detail = f"cannot be read: {type(error).__name__}"
+            self.refused.append(DeadLetter(entry_id, fields, Reason.UNREADABLE, detail))
+            return
+        report = Report(entry_id, fields, message, at_ms, late, since, _take(fields))
+        # Who may have written an entry (a signature, the job's claim) is a
+        # question for the report read here, before it takes its place.
+        self.place(report)
+
+    def place(self, report: Report) -> None:
+        """Sort a report that was read into what the mirror applies of it."""
+        message = report.message
+        if message.kind in JOB_REPORTS:
             self.reports.append(report)
         elif message.kind == "provenance":
             self.provenances.append(report)
@@ -80,6 +129,10 @@ class Reading:
             self.check_ins[message.service_id] = merged(
                 self.check_ins.get(message.service_id), report
             )
+
+    def refuse(self, report: Report, reason: Reason, detail: str) -> None:
+        """Refuse a report that was read: it is dead-lettered instead of applied."""
+        self.refused.append(DeadLetter(report.entry_id, report.fields, reason, detail))
 
 
 def merged(previous: Report | None, check_in: Report) -> Report:
@@ -159,16 +212,6 @@ def entry_ms(entry_id: bytes | str) -> int:
     """Redis's clock when the entry was added: the first part of its id."""
     raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(raw.split("-", 1)[0])
-
-
-def _lateness(fields: dict[bytes, bytes]) -> tuple[str | None, int | None]:
-    late = fields.get(b"late", fields.get("late"))  # type: ignore[call-overload]
-    if not late:
-        return None, None
-    since = fields.get(b"since", fields.get("since"))  # type: ignore[call-overload]
-    text = late.decode() if isinstance(late, bytes) else str(late)
-    since_text = since.decode() if isinstance(since, bytes) else (since or "")
-    return text, int(since_text) if since_text else None
 
 
 def _take(fields: dict[bytes, bytes]) -> int | None:

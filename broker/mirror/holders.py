@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from broker.messaging import keys
 from broker.messaging.connections import text
+from broker.mirror.admission import Reason
 from broker.mirror.entries import Reading, Report, merged
 from broker.models import lifecycle
 from broker.storage.tables import JobHolderRow, JobRow, WorkerCredentialRow
@@ -50,8 +51,22 @@ from broker.trust.signing import VerifyKey
 
 Status = lifecycle.Status
 
-#: How every reason this module refuses an entry for begins, one per rule.
-REFUSALS = ("unsigned", "forged", "unknown credential", "revoked", "not the holder")
+#: The reasons this module refuses an entry for, one per rule.
+REFUSALS = (
+    Reason.UNSIGNED,
+    Reason.FORGED,
+    Reason.UNKNOWN_CREDENTIAL,
+    Reason.REVOKED,
+    Reason.NOT_HOLDER,
+)
+#: Each refusal's words begin with its rule's, which name its reason.
+_REASONS = {
+    "unsigned": Reason.UNSIGNED,
+    "forged": Reason.FORGED,
+    "unknown credential": Reason.UNKNOWN_CREDENTIAL,
+    "revoked": Reason.REVOKED,
+    "not the holder": Reason.NOT_HOLDER,
+}
 #: A job may start an attempt (be held anew) only in these states.
 _STARTABLE = frozenset({Status.REGISTERED.value, Status.WORKING.value})
 #: Public keys already parsed, by their text: parsing costs more than a lookup.
@@ -111,7 +126,13 @@ def screen(session: Session, reading: Reading, client: redis.Redis) -> None:
             kept.append(report)
     reading.provenances[:] = kept
     refused += _holders(session, reading.reports, verdict, _Takers(client))
-    reading.refused += refused
+    for report, detail in refused:
+        reading.refuse(report, reason_of(detail), detail)
+
+
+def reason_of(detail: str) -> Reason:
+    """The dead-letter reason of a refusal's words (``FORGED`` for words no rule begins)."""
+    return _REASONS.get(detail.split(":", 1)[0], Reason.FORGED)
 
 
 def record(session: Session, job_id: uuid.UUID, attempt: int, credential: str) -> None:

@@ -9,9 +9,14 @@ every status change is ``lifecycle.advance``'s compare-and-set, so a
 redelivered or out-of-order entry never moves a job backwards, and the mirror
 only ever updates rows, so it never duplicates one.
 
-The stream is not trusted: an entry for a job SQL does not know, or that names
-another service than the job's own, is dead-lettered with its reason and never
-applied; results are checked against the job's own service's schema.
+The stream is not trusted: every lab PC can write to it. Each entry is read
+strictly and bounded first (``broker.mirror.admission``); an entry that breaks a
+rule, reports on a job SQL does not know, names another service than the job's
+own, or that the database refuses, is dead-lettered with its reason and never
+applied, and nothing in an entry can make the mirror's loop raise; results are
+checked against the job's own service's schema; an entry id ahead of Redis's
+clock is restamped (``broker.mirror.dead_letters``, which also says how no
+single write stops other workers from reporting).
 
 Every transition is stamped with when it happened: the stream entry's id is
 Redis's clock at the report, translated to the database's clock (the one clock
@@ -26,6 +31,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,7 +51,9 @@ from broker.messaging.messages import StateMessage
 from broker.messaging.presence import Presence
 from broker.messaging.provenance import RunProvenance
 from broker.mirror import holders
-from broker.mirror.entries import Changes, Reading, Report, SourceClock
+from broker.mirror.admission import Reason
+from broker.mirror.dead_letters import DeadLetters
+from broker.mirror.entries import Changes, DeadLetter, Reading, Report, SourceClock
 from broker.models import attempts, lifecycle
 from broker.models.moves import Move
 from broker.settings import Settings
@@ -84,6 +92,7 @@ class Mirror:
         block_ms: int = 200,
         linger_ms: int = 50,
         consumer: str | None = None,
+        abandoned_after_ms: int = ABANDONED_AFTER_MS,
     ) -> None:
         self.settings = settings
         self.batch_size = batch_size
@@ -93,11 +102,15 @@ class Mirror:
         self._client = redis_client(settings.broker_url)
         self._claims = Claims.configured(self._client, settings)
         self._presence = Presence(self._client)
+        self._dead_letters = DeadLetters(self._client)
         self._engine = engine_for(settings.database_url)
         self._contracts: dict[uuid.UUID, Contract] = {}
         #: Provenance digests this process has stored already.
         self._provenances: set[str] = set()
         self._pending_first = True
+        #: Entries idle this long in another consumer's pending list are taken over.
+        self.abandoned_after_ms = abandoned_after_ms
+        self._taken_over_at = time.monotonic()
         self.applied = 0
 
     def ensure_group(self) -> None:
@@ -119,12 +132,14 @@ class Mirror:
                     keys.STATE_STREAM,
                     keys.MIRROR_GROUP,
                     self.consumer,
-                    min_idle_time=ABANDONED_AFTER_MS,
+                    min_idle_time=self.abandoned_after_ms,
                     count=self.batch_size,
                 )
                 entries = [(entry_id, fields) for entry_id, fields in claimed if fields]
         if not entries:
             entries = self._read(">")
+        if entries:
+            reading.clock_ms = _redis_ms(self._client)
         for entry_id, fields in entries:
             reading.add(entry_id, fields)
         return reading
@@ -145,31 +160,52 @@ class Mirror:
     def step(self) -> int:
         """Read, apply and acknowledge one reading; return how many entries it held.
 
-        A database outage raises (the reading stays pending, to be read again);
-        any other database error is the reading's own fault, so its entries are
-        applied one by one and those that still fail go to the dead-letter stream.
+        A database outage raises (the reading stays pending, to be read again),
+        and so does a Redis one. Anything else that goes wrong applying a
+        reading is the fault of an entry in it, whatever the exception (the
+        database refusing a value, an encoding error, a value no rule of
+        ``admission`` foresaw): its entries are then applied one by one and
+        those that still fail are dead-lettered. Entries ahead of Redis's
+        clock are restamped first (``DeadLetters.restamp``).
         """
+        self._dead_letters.restamp(self._client)
+        if time.monotonic() - self._taken_over_at > self.abandoned_after_ms / 1000:
+            # Not only at a start: a "consumer" that read entries and sits on
+            # them (any Redis writer can make one) must not keep them for ever.
+            self._taken_over_at = time.monotonic()
+            self._pending_first = True
         reading = self.read()
+        moved = self._dead_letters.restamp(self._client, read_ahead=bool(reading.ahead))
+        for entry_id, fields in reading.ahead:
+            if entry_id not in moved:  # no longer ahead when the script looked
+                reading.admit(entry_id, fields)
         if not reading.ids:
             return 0
+        unread = list(reading.refused)
         try:
             self._commit(reading)
-        except _OUTAGE:
+        except (*_OUTAGE, redis.RedisError):
             self._pending_first = True
             raise
-        except sa.exc.SQLAlchemyError:
+        except Exception:
             log.exception("a reading of %d entries failed; applying one by one", len(reading.ids))
-            reading = self._apply_singly(reading)
+            reading = self._apply_singly(reading, unread)
         pipeline = self._client.pipeline(transaction=False)
-        for report, reason in reading.refused:
-            log.error("state entry %r refused: %s", report.entry_id, reason)
-            pipeline.xadd(keys.DEAD_STATE_STREAM, {**report.fields, b"error": reason[:2000]})  # type: ignore[dict-item]
         pipeline.xack(keys.STATE_STREAM, keys.MIRROR_GROUP, *reading.ids)
         pipeline.xdel(keys.STATE_STREAM, *reading.ids)
         finished = reading.finished
         if finished:
             pipeline.publish(keys.FINISHED_CHANNEL, json.dumps([str(job) for job in finished]))
-        pipeline.execute()
+        self._dead_letters.queue(pipeline, reading.refused)
+        replies = pipeline.execute(raise_on_error=False)
+        for reply in replies[:2]:
+            if isinstance(reply, Exception):
+                raise reply  # not acknowledged: read again
+        for reply in replies[2:]:
+            if isinstance(reply, Exception):
+                # The dead-letter keys are not what they should be (someone wrote
+                # there): the entries are kept in the log above, and the mirror goes on.
+                log.error("could not dead-letter or count an entry: %s", reply)
         if finished:
             self._claims.settle(finished)
         self.applied += len(reading.ids)
@@ -179,19 +215,25 @@ class Mirror:
         with Session(bind=self._engine) as session, session.begin():
             self.apply(session, reading)
 
-    def _apply_singly(self, reading: Reading) -> Reading:
-        """Apply a failed reading's entries one by one; return what was applied and refused."""
-        applied = Reading(ids=list(reading.ids))
-        for report in [*reading.reports, *reading.check_ins.values()]:
-            single = Reading()
-            single.add(report.entry_id, report.fields)
+    def _apply_singly(self, reading: Reading, unread: list[DeadLetter]) -> Reading:
+        """Apply a failed reading's entries one by one; return what was applied and refused.
+
+        ``unread`` are the reading's entries refused before it was applied.
+        """
+        applied = Reading(ids=list(reading.ids), refused=list(unread))
+        for report in [*reading.provenances, *reading.reports, *reading.check_ins.values()]:
+            single = Reading(ids=[report.entry_id], clock_ms=reading.clock_ms)
+            single.place(report)
             try:
                 self._commit(single)
-            except _OUTAGE:
+            except (*_OUTAGE, redis.RedisError):
                 self._pending_first = True
                 raise
-            except sa.exc.SQLAlchemyError as error:
-                applied.refused.append((report, f"cannot be applied: {error}"))
+            except Exception as error:
+                detail = f"cannot be applied: {type(error).__name__}: {error}"
+                applied.refused.append(
+                    DeadLetter(report.entry_id, report.fields, Reason.UNAPPLIABLE, detail)
+                )
                 continue
             applied.refused += single.refused
             applied.finished += single.finished
@@ -282,16 +324,16 @@ class Mirror:
             job, claimed = report.message.job_id, report.message.service_id
             actual = services.get(job)  # type: ignore[arg-type]
             if actual is None:
-                reading.refused.append((report, f"no job {job} exists"))
+                reading.refuse(report, Reason.UNKNOWN_JOB, f"no job {job} exists")
             elif actual != claimed:
-                reason = f"job {job} belongs to service {actual}, not {claimed}"
-                reading.refused.append((report, reason))
+                detail = f"job {job} belongs to service {actual}, not {claimed}"
+                reading.refuse(report, Reason.MISATTRIBUTED, detail)
         return services
 
     @staticmethod
     def _accepted(reading: Reading) -> list[Report]:
-        refused = {id(report) for report, _reason in reading.refused}
-        return [report for report in reading.reports if id(report) not in refused]
+        refused = {dead.entry_id for dead in reading.refused}
+        return [report for report in reading.reports if report.entry_id not in refused]
 
     def _apply_progress(self, session: Session, changes: Changes) -> None:
         if not changes.progress:
@@ -366,7 +408,7 @@ class Mirror:
             try:
                 record = RunProvenance.from_dict(report.message.extra)
             except ValueError as error:
-                reading.refused.append((report, f"invalid provenance: {error}"))
+                reading.refuse(report, Reason.INVALID_PROVENANCE, f"invalid provenance: {error}")
                 continue
             if record.digest not in self._provenances:
                 rows[record.digest] = {
@@ -416,8 +458,9 @@ class Mirror:
         invalid: dict[uuid.UUID, Report] = {}
         for job, report in reports.items():
             message = report.message
-            contract = self._contract(session, services.get(job, message.service_id))
             try:
+                # A schema stored before a limit existed is refused here, as invalid results.
+                contract = self._contract(session, services.get(job, message.service_id))
                 if contract is None:
                     raise DeserializationError("results", "the job's service does not exist")
                 contract.validate(message.results, source="results")
@@ -453,7 +496,7 @@ class Mirror:
 
     def run(self, stop: threading.Event, retry_seconds: float = 1.0) -> None:
         """Mirror until ``stop`` is set; while the database is down, wait and retry."""
-        self.ensure_group()
+        self._ensure_group_again()
         while not stop.is_set():
             try:
                 applied = self.step()
@@ -466,11 +509,23 @@ class Mirror:
                 log.warning("database unavailable (%s); reading kept in the broker", error)
                 stop.wait(retry_seconds)
             except redis.RedisError as error:
-                log.warning("message broker unavailable (%s); retrying", error)
+                if isinstance(error, redis.ResponseError) and "NOGROUP" in str(error):
+                    # Someone destroyed the mirrors' group: what is still in the
+                    # stream was not applied (applied entries are deleted).
+                    log.error("the mirrors' consumer group is gone; creating it again")
+                    self._ensure_group_again()
+                else:
+                    log.warning("message broker unavailable (%s); retrying", error)
                 # Entries read but not acknowledged are this consumer's pending
                 # ones: read them again first, or they would wait for ever.
                 self._pending_first = True
                 stop.wait(retry_seconds)
+
+    def _ensure_group_again(self) -> None:
+        try:
+            self.ensure_group()
+        except redis.RedisError as error:
+            log.warning("cannot create the consumer group yet (%s)", error)
 
     def lag(self) -> int:
         """Entries not yet applied (pending or unread): the mirror's backlog."""

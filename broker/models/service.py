@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -134,7 +135,7 @@ class Service(ServiceInterface):
         the second attempt and twice as long before each next one, up to
         ``max_attempts`` runs in all. Off (the default), nothing retries.
         """
-        _check_name(name, database_session)
+        name = _check_name(name, database_session)
         _check_description(description)
         compile_contract(registration_schema, source="job_registration_schema")
         compile_contract(result_schema, source="job_result_schema")
@@ -195,10 +196,9 @@ class Service(ServiceInterface):
 
     @name.setter
     def name(self, new_name: str) -> None:
-        if new_name == self._row.name:
+        if checked_name(new_name) == self._row.name:
             return
-        _check_name(new_name, self._session)
-        self._row.name = new_name
+        self._row.name = _check_name(new_name, self._session)
         outbox.record_service(self._session, self._row)
 
     @property
@@ -468,16 +468,44 @@ def _check_description(description: object, field: str = "description") -> None:
         raise DeserializationError(field, "may not contain NUL characters (\\u0000)")
 
 
-def _check_name(name: object, session: Session) -> None:
+def checked_name(name: object) -> str:
+    """``name`` as a service is named: trimmed, then every character printable, else an error.
+
+    A name is read off screens and logs, so what is stored must look like what
+    it is: a newline or an ANSI escape forges lines in a listing, a
+    right-to-left override or a zero-width character makes two names look
+    alike, and ``"Echo "`` prints like ``"Echo"``. Surrounding whitespace is
+    trimmed, since it never shows and nobody means it; anything else that
+    does not print is refused, not removed, so that a name is never silently
+    not the one given. Printable is Python's ``str.isprintable``: no control
+    (Cc), format (Cf: bidirectional controls, zero-width characters),
+    surrogate, private-use or unassigned character, no line or paragraph
+    separator, and no space but U+0020 (a no-break space prints like one and
+    compares otherwise).
+    """
     if not isinstance(name, str) or not name.strip():
         raise DeserializationError("name", "must be a non-empty string")
-    if "\x00" in name:
-        raise DeserializationError("name", "may not contain NUL characters (\\u0000)")
+    name = name.strip()
+    if not name.isprintable():
+        char = next(c for c in name if not c.isprintable())
+        what = unicodedata.name(char, unicodedata.category(char))
+        raise DeserializationError(
+            "name",
+            f"may not contain U+{ord(char):04X} ({what}): a name holds only printable "
+            "characters, spaces (U+0020) between them",
+        )
     if len(name) > MAX_NAME_LENGTH:
         raise DeserializationError("name", f"must be at most {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def _check_name(name: object, session: Session) -> str:
+    """The name, as ``checked_name`` makes it, if no other service has it."""
+    name = checked_name(name)
     taken = session.scalar(sa.select(sa.literal(1)).where(ServiceRow.name == name).limit(1))
     if taken is not None:
         raise DuplicateServiceNameError(name)
+    return name
 
 
 def check_count(field: str, value: object, most: int) -> None:

@@ -78,8 +78,9 @@ def _follow(
 ) -> None:
     """Wait for the sweep, with the progress bar ``topchef jobs wait`` draws, on a terminal.
 
-    Each look at SQL also checks the stack's processes, so a crashed one ends
-    the demo at once rather than at the timeout.
+    Each look at SQL also tends the stack's processes: one that died is
+    started again, and one that cannot be (or a dead Redis) ends the demo at
+    once rather than at the timeout.
     """
     with live_bar("Running") as bar:
 

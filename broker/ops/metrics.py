@@ -66,6 +66,8 @@ class _RedisReading:
     unmarked: int
     #: Deliveries workers refused as not registered work, by reason.
     refused: dict[str, int]
+    #: State entries the mirror dead-lettered, by reason (``admission.Reason``).
+    dead_reasons: dict[str, int]
 
 
 class BrokerCollector(Collector):
@@ -133,12 +135,13 @@ class BrokerCollector(Collector):
             pipeline.xpending(keys.STATE_STREAM, keys.MIRROR_GROUP)
             pipeline.scard(keys.PUBLISHED)
             pipeline.hgetall(keys.REFUSED)
+            pipeline.hgetall(keys.DEAD_STATE_REASONS)
             replies = pipeline.execute(raise_on_error=False)
             counted, workers = replies[:2] if ids else ([], [])
-            lag, dead, pending, unmarked, refused = replies[2 if ids else 0 :]
+            lag, dead, pending, unmarked, refused, reasons = replies[2 if ids else 0 :]
             if isinstance(pending, redis.ResponseError) and "NOGROUP" in str(pending):
                 pending = {"pending": 0}  # no mirror has ever run: nothing is pending
-            for reply in (counted, workers, lag, dead, pending, unmarked, refused):
+            for reply in (counted, workers, lag, dead, pending, unmarked, refused, reasons):
                 if isinstance(reply, Exception):
                     raise reply
         except redis.RedisError as error:
@@ -153,6 +156,7 @@ class BrokerCollector(Collector):
             int(dead),
             int(unmarked),
             {text(reason): int(count) for reason, count in refused.items()},
+            _counts(reasons),
         )
 
     def _directory(self) -> list[ServiceReading]:
@@ -250,9 +254,21 @@ def _redis_metrics(reading: _RedisReading, services: Sequence[ServiceReading]) -
     )
     yield GaugeMetricFamily(
         "topchef_mirror_dead_entries",
-        "State entries the mirror could not apply (the dead-letter stream).",
+        "State entries the mirror could not apply, kept in the dead-letter stream "
+        "(the latest 10,000).",
         value=reading.dead_letters,
     )
+    dead = CounterMetricFamily(
+        "topchef_mirror_dead_letters",
+        "State entries the mirror dead-lettered instead of applying, by reason "
+        "(unreadable, too_large, too_deep, unknown_kind, unknown_status, invalid, future, "
+        "unknown_job, misattributed, invalid_provenance, unappliable, unsigned, forged, "
+        "unknown_credential, revoked, not_holder).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(reading.dead_reasons.items()):
+        dead.add_metric([reason], count)
+    yield dead
     refused = CounterMetricFamily(
         "topchef_refused_deliveries",
         "Job deliveries workers refused without running them, as not registered work "
@@ -268,6 +284,17 @@ def _redis_metrics(reading: _RedisReading, services: Sequence[ServiceReading]) -
         "so a count that only grows means beat is not running.",
         value=reading.unmarked,
     )
+
+
+def _counts(reply: dict[bytes, bytes]) -> dict[str, int]:
+    """A hash of counts as Redis has it; a count someone made unreadable is left out."""
+    counts = {}
+    for name, count in reply.items():
+        try:
+            counts[text(name)[:64]] = int(count)
+        except (ValueError, UnicodeDecodeError):
+            log.warning("ignoring a malformed count %r", name)
+    return counts
 
 
 @dataclass

@@ -1,8 +1,19 @@
 """A whole TopChef stack on one PC: the processes ``topchef demo`` and ``topchef up`` run.
 
 Each part runs as its own ``topchef`` child process — the same commands an
-operator would start by hand — in its own process group, so that stopping the
-stack stops everything it started, and nothing is left behind.
+operator would start by hand, one worker per module — in its own process
+group, so that stopping the stack stops everything it started, and nothing is
+left behind.
+
+The stack outlives its parts: a worker, the mirror or beat that dies, however
+it dies, is started again with backoff (``broker.ops.restarts``), told in one
+line, while the rest runs on; the job a dead worker held meets its service's
+worker-loss policy once its lease lapses, as on any PC. Two ends stop the
+whole stack instead, with the reason: a part that refuses its configuration
+(it would refuse again), and the embedded Redis gone (every part needs it; a
+new ``topchef up`` starts it again on its append-only file). A configured
+broker is not the stack's to watch: its parts wait for it, or die and are
+started again until it is back.
 
 A ``topchef up`` killed outright (``kill -9``, a crash) cannot stop what it
 started, so each child watches it (``follow_supervisor``) and stops itself,
@@ -16,14 +27,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -35,6 +48,7 @@ from broker.errors import ConfigurationError, TopChefError
 from broker.messaging import keys
 from broker.ops.embedded import EmbeddedRedis
 from broker.ops.network import Listen
+from broker.ops.restarts import REFUSED, Backoff, ending
 from broker.settings import (
     PREFIX,
     STATE_DIR,
@@ -58,16 +72,30 @@ FOLLOW_INTERVAL = 1.0
 
 
 class ProcessExitedError(TopChefError):
-    """A part of the stack stopped on its own."""
+    """A part of the stack stopped, and cannot be started again."""
 
     title = "Process exited"
 
 
 @dataclass
 class Child:
+    """A part of the stack: its command, its log, and the process running it now."""
+
     name: str
-    popen: subprocess.Popen[bytes]
+    args: tuple[str, ...]
     log_path: Path
+    log: IO[bytes]
+    popen: subprocess.Popen[bytes]
+    #: ``time.monotonic()`` when the process running now was started.
+    started: float
+    #: Deaths in a row (``Backoff.deaths_in_row``).
+    deaths: int = 0
+    #: ``time.monotonic()`` when a dead part is started again; None while it runs.
+    restart_at: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.restart_at is None and self.popen.poll() is None
 
     def tail(self, lines: int = 15) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
@@ -76,38 +104,85 @@ class Child:
 
 @dataclass
 class Supervisor:
-    """Starts ``topchef`` subcommands with one environment; stops them all."""
+    """Starts ``topchef`` subcommands with one environment, starts again those that die.
+
+    ``check`` (called every half second by ``topchef up``) notices a part
+    that died, says so in one line, and starts it again after its backoff
+    (``broker.ops.restarts``); the others run on meanwhile. It raises for a
+    part that refused its configuration, and for an ``essential`` that is
+    gone (the embedded Redis), so that a stack never runs on half dead.
+    Nothing is started again once ``stop`` is called: a part that dies while
+    the stack stops stays stopped.
+    """
 
     environment: dict[str, str]
     log_dir: Path
+    backoff: Backoff = field(default_factory=Backoff)
     children: list[Child] = field(default_factory=list)
-    _logs: list[IO[bytes]] = field(default_factory=list)
+    #: What the stack cannot run without, by name: each tells whether it still runs.
+    essentials: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
     def start(self, name: str, *args: str) -> Child:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"{name}.log"
+        log_path = self.log_dir / f"{_file_name(name)}.log"
         handle = log_path.open("ab")
-        self._logs.append(handle)
-        popen = subprocess.Popen(
+        child = Child(name, args, log_path, handle, self._spawn(args, handle), time.monotonic())
+        self.children.append(child)
+        return child
+
+    def _spawn(self, args: Sequence[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-m", "broker", *args],
             env={**self.environment, SUPERVISOR_VARIABLE: str(os.getpid())},
-            stdout=handle,
+            stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        child = Child(name, popen, log_path)
-        self.children.append(child)
-        return child
 
     def check(self) -> None:
-        """Raise if a child has exited: a stack missing a part would hang silently."""
-        for child in self.children:
-            if child.popen.poll() is not None:
+        """Start again the parts whose backoff is over; notice those that died since.
+
+        Raises ``ProcessExitedError`` for a part that refused its
+        configuration and for an essential that is gone.
+        """
+        for name, running in self.essentials.items():
+            if not running():
                 raise ProcessExitedError(
-                    f"{child.name} exited with code {child.popen.returncode}; "
-                    f"its log ({child.log_path}) ends:\n{child.tail()}"
+                    f"{name} stopped: the stack stops with it (`topchef up` starts it again)"
                 )
+        now = time.monotonic()
+        for child in self.children:
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.popen = self._spawn(child.args, child.log)
+                    child.started, child.restart_at = now, None
+            elif child.popen.poll() is not None:
+                self._died(child, now)
+
+    def _died(self, child: Child, now: float) -> None:
+        code = child.popen.returncode
+        _signal(child, signal.SIGKILL)  # what its process group left (a prefork pool's)
+        if code == REFUSED:
+            raise ProcessExitedError(
+                f"{child.name} exited with code {code}: it cannot run as configured, so it "
+                f"is not started again; its log ({child.log_path}) ends:\n{child.tail()}"
+            )
+        uptime = now - child.started
+        child.deaths = self.backoff.deaths_in_row(child.deaths, uptime)
+        delay = self.backoff.delay(child.deaths)
+        child.restart_at = now + delay
+        at = (datetime.now() + timedelta(seconds=delay)).strftime("%H:%M:%S")
+        log.error(
+            "%s (pid %d) %s after %.0f s up; starting it again in %.0f s (at %s); log: %s",
+            child.name,
+            child.popen.pid,
+            ending(code),
+            uptime,
+            delay,
+            at,
+            _shown(child.log_path),
+        )
 
     def stop(
         self,
@@ -122,12 +197,15 @@ class Supervisor:
         children still running after ``timeout`` are sent SIGQUIT first, and
         given that long more — a worker's SIGQUIT aborts its running jobs,
         bringing their instruments to a safe state, and exits within it.
+        A child waiting to be started again is left as it is: stopped.
         """
         stopping = [c for c in self.children if names is None or c.name in names]
-        for child in stopping:
+        self.children = [c for c in self.children if c not in stopping]
+        running = [c for c in stopping if c.restart_at is None]
+        for child in running:
             _signal(child, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for child in stopping:
+        for child in running:
             try:
                 child.popen.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -136,14 +214,28 @@ class Supervisor:
                     _signal(child, signal.SIGKILL)
                     child.popen.wait(5)
             _signal(child, signal.SIGKILL)  # anything its process group left behind
-        self.children = [c for c in self.children if c not in stopping]
-        if not self.children:
-            for handle in self._logs:
-                handle.close()
-            self._logs.clear()
+        for child in stopping:
+            child.log.close()
 
     def alive(self, name: str) -> bool:
-        return any(c.name == name and c.popen.poll() is None for c in self.children)
+        return any(c.name == name and c.running for c in self.children)
+
+    def names(self, command: str) -> set[str]:
+        """The names of the children that run ``topchef COMMAND``."""
+        return {c.name for c in self.children if c.args[:1] == (command,)}
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the user of ``topchef up`` reads it: from the directory of the stack."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _file_name(name: str) -> str:
+    """``name`` fit for a file in the log directory (a module name may hold anything)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip(".") or "part"
 
 
 def _aborted(child: Child, within: float) -> bool:
@@ -205,6 +297,7 @@ def local_stack(
             f"a TopChef stack is already running in {directory} (its Redis answers at "
             f"{masked(running)}): stop it first, or use it"
         )
+    embedded = None
     with contextlib.ExitStack() as cleanup:
         if not settings.broker_url:
             embedded = cleanup.enter_context(EmbeddedRedis(state, listen))
@@ -218,11 +311,13 @@ def local_stack(
             settings = _replace(settings, worker_key=str(_stack_credential(settings, state)))
         ensure_example_services(settings)
         supervisor = Supervisor(child_environment(settings), state / "logs")
+        if embedded is not None:
+            supervisor.essentials["the embedded Redis"] = embedded.running
         cleanup.callback(shut_down, supervisor, settings)
         supervisor.start("mirror", "mirror")
         supervisor.start("beat", "beat")
-        if workers:
-            supervisor.start("worker", "worker", *workers, "--concurrency", str(concurrency))
+        for module in dict.fromkeys(workers):  # one process each: a crash takes one module
+            supervisor.start(f"worker {module}", "worker", module, "-c", str(concurrency))
         yield settings, supervisor
 
 
@@ -235,10 +330,12 @@ def follow_supervisor() -> None:
     SIGTERM is each one's orderly stop (a worker finishes and reports its
     jobs first). A process started any other way watches nothing.
     """
+    global _supervised
     given = os.environ.pop(SUPERVISOR_VARIABLE, "")
     if not given.isdigit():
         return
     parent = int(given)
+    _supervised = True
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -247,6 +344,19 @@ def follow_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="topchef-supervisor", daemon=True).start()
+
+
+def supervised() -> bool:
+    """Whether this process is a part of a stack (``follow_supervisor`` found its parent).
+
+    Such a part exits with ``restarts.REFUSED`` when it refuses its
+    configuration (``broker.cli.options.user_errors``), so that its
+    supervisor stops the stack instead of starting it again and again.
+    """
+    return _supervised
+
+
+_supervised = False
 
 
 def _stop_orphaned(state: Path, url: str) -> bool:
@@ -310,7 +420,7 @@ def shut_down(supervisor: Supervisor, settings: Settings, drain_timeout: float =
     from broker.worker.shutdown import exit_bound
 
     # A job still running after the warm shutdown's time is aborted, not killed.
-    supervisor.stop(names={"worker"}, abort_within=exit_bound() + 1)
+    supervisor.stop(names=supervisor.names("worker"), abort_within=exit_bound() + 1)
     client = redis_client(settings.broker_url)
     deadline = time.monotonic() + drain_timeout
     try:

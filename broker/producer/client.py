@@ -48,7 +48,7 @@ from broker.messaging.connections import redis_client
 from broker.messaging.publisher import CeleryPublisher
 from broker.models import lifecycle
 from broker.models.moves import Move
-from broker.models.service import Service, check_jobs_per_message
+from broker.models.service import Service, check_jobs_per_message, checked_name
 from broker.models.service_list import ServiceList
 from broker.producer import packing, submission
 from broker.producer.reader import Outcome, Reader, Watch
@@ -154,6 +154,7 @@ class Producer:
         (``ServiceSchemaMismatchError``), never silently served; its
         description and options are left as they are.
         """
+        name = checked_name(name)  # looked up as it would be stored
         for _ in range(2):
             existing = self._schemas_of(name)
             if existing is not None:

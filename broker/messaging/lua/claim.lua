@@ -75,17 +75,19 @@ if free_slots(KEYS[4], KEYS[6]) == 0 then
   redis.call('ZADD', KEYS[5], (9 - tonumber(ARGV[11])) * 1e12 + tonumber(seq), KEYS[1])
   return 'parked'
 end
+-- Appended first: should the stream refuse the entry, nothing has changed.
+local take = tonumber(redis.call('HGET', KEYS[1], 'takes') or '0') + 1
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[4], 'by', ARGV[12], 'sig', ARGV[13], 'take', take)
 if redis.call('HEXISTS', KEYS[1], 'parked') == 1 then
   -- A duplicate of a parked delivery came when it could start: the parked one is not needed.
   redis.call('ZREM', KEYS[5], KEYS[1])
   redis.call('HDEL', KEYS[1], 'parked', 'parked_message')
 end
-redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'worker', ARGV[2])
-local take = redis.call('HINCRBY', KEYS[1], 'takes', 1)
+redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'worker', ARGV[2],
+  'takes', take)
 -- Who took it, by take: the mirror starts a hold only for the credential that took it.
 redis.call('HSET', KEYS[1], 'by:' .. take, ARGV[12])
 redis.call('PERSIST', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[4], KEYS[1])
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[4], 'by', ARGV[12], 'sig', ARGV[13], 'take', take)
 return 'claimed'

@@ -21,6 +21,9 @@
 --   claim is gone or already ended); since is '' unless lost or requeued. The
 --   outcome goes on the stream in every case. Only an on-time end frees the
 --   run's slot: beat freed a lost or re-queued one when it gave the run up.
+-- Each branch appends to the stream before it changes anything: should the
+-- stream refuse the entry (a forged last id exhausted it), the script fails
+-- having changed nothing, and the caller reports again (Claims waits).
 local state = redis.call('HGET', KEYS[1], 'state')
 local mine = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') == tonumber(ARGV[1])
 if mine and state == 'running' then
@@ -30,19 +33,19 @@ if mine and state == 'running' then
       return {'aborted', abort[1], abort[2] or '', abort[3] or ''}
     end
   end
+  redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'by', ARGV[5], 'sig', ARGV[6])
   redis.call('HSET', KEYS[1], 'state', 'done')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('DEL', KEYS[2])
-  redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'by', ARGV[5], 'sig', ARGV[6])
   free_slot(KEYS[4], KEYS[5], KEYS[6], KEYS[1])
   return {'', ''}
 end
 if mine and (state == 'lost' or state == 'requeued') then
   local since = redis.call('HGET', KEYS[1], state .. '_at') or ''
-  redis.call('HSET', KEYS[1], 'state', 'done')
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'by', ARGV[5], 'sig', ARGV[6], 'late', state,
     'since', since)
+  redis.call('HSET', KEYS[1], 'state', 'done')
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
   return {state, since}
 end
 local lateness = 'unknown'

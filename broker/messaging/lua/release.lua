@@ -20,8 +20,9 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'running'
   return -1
 end
 local take = tonumber(redis.call('HGET', KEYS[1], 'takes') or '0')
+-- Appended first: should the stream refuse the entry, nothing has changed.
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[3], 'by', ARGV[4], 'sig', ARGV[5], 'take', take)
 redis.call('HDEL', KEYS[1], 'state', 'attempt', 'worker')
 redis.call('DEL', KEYS[2])
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[3], 'by', ARGV[4], 'sig', ARGV[5], 'take', take)
 free_slot(KEYS[4], KEYS[5], KEYS[6], KEYS[1])
 return take

@@ -20,9 +20,10 @@ local mine = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') == tonumber
 if not (mine and state == 'running') then
   return state or 'unclaimed'
 end
+-- Appended first: should the stream refuse the entry, nothing has changed.
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'by', ARGV[3], 'sig', ARGV[4])
 redis.call('HSET', KEYS[1], 'state', 'retrying')
 redis.call('DEL', KEYS[2])
 -- The run ended: its slot frees, and the next parked job may start meanwhile.
 free_slot(KEYS[4], KEYS[5], KEYS[6], KEYS[1])
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'by', ARGV[3], 'sig', ARGV[4])
 return 'retrying'
