@@ -36,7 +36,7 @@ from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, open_session
 from broker.trust import credentials
 from broker.trust.credentials import Credential
-from broker.trust.signing import SigningKey
+from broker.trust.reports import ReportKey
 
 
 class Stack:
@@ -257,10 +257,10 @@ def _celery_spelling(url: str) -> str:
 
 def enroll_worker(database_url: str, directory: Path, name: str = "lab-tests") -> Path:
     """Enroll a credential named ``name``; the path of its file, as ``topchef workers enroll``."""
-    credential = Credential(name, SigningKey.generate())
+    credential = Credential(name, ReportKey.generate())
     path = directory / f"{name}.key"
     with open_session(database_url) as session, session.begin():
-        enrollment.enroll(session, name, credential.key.verify_key)
+        enrollment.enroll(session, name, credential.key)
     credentials.write(path, credential)
     return path
 

@@ -1,8 +1,8 @@
-"""Signed reports, without a stack: what is signed, credential files, and fuzzing the checks.
+"""Authenticated reports, without a stack: what a MAC covers, credential files, fuzzed checks.
 
 The checks read what anyone with the Redis password may write, so they are
 fuzzed: arbitrary fields never make them raise, and nothing that is not a
-valid signature by an enrolled credential gets through.
+valid MAC by an enrolled credential gets through.
 """
 
 from __future__ import annotations
@@ -25,30 +25,63 @@ from broker.models import credentials as enrollment
 from broker.models.service import Service
 from broker.trust import credentials
 from broker.trust.credentials import Credential
-from broker.trust.reports import Signed, signed
-from broker.trust.signing import SigningKey, encode
+from broker.trust.reports import MAC_BYTES, ReportKey, Signed, signed
+from broker.trust.signing import decode, encode
 
 HEADER = "# TopChef worker credential: keep this file secret (mode 0600)"
-CREDENTIAL = Credential("pc-1", SigningKey.generate())
+CREDENTIAL = Credential("pc-1", ReportKey.generate())
 
 
-def test_a_signature_is_over_the_report_and_the_name_in_topchefs_domain_only():
-    key = CREDENTIAL.key.verify_key
+def test_a_mac_is_over_the_report_and_the_name_in_topchefs_domain_only():
+    key = CREDENTIAL.key
     entry = CREDENTIAL.fields(
         StateMessage("checkin", uuid.uuid4(), available=True).to_fields()["m"]
     )
     claim = signed(entry)
     assert isinstance(claim, Signed)
     assert claim.verifies(key)
-    bare = encode(CREDENTIAL.key.sign(entry["m"].encode()))
+    assert len(decode(entry["sig"])) == MAC_BYTES
+    bare = encode(key.mac(entry["m"].encode()))
+    other = ReportKey.generate()
     for forged in (
-        {**entry, "sig": bare},  # the bare report, signed outside TopChef's domain
-        {**entry, "by": "pc-2"},  # another name
+        {**entry, "sig": bare},  # the bare report, outside TopChef's domain
+        {**entry, "by": "pc-2"},  # another credential's name over the same MAC
         {**entry, "m": entry["m"].replace("true", "false")},  # another report
+        Credential("pc-1", other).fields(entry["m"]),  # the right name, a wrong secret
     ):
         claim = signed(forged)
         assert isinstance(claim, Signed)
         assert not claim.verifies(key)
+    # pc-2's own MAC verifies only under pc-2's key, never pc-1's.
+    theirs = signed(Credential("pc-2", other).fields(entry["m"]))
+    assert isinstance(theirs, Signed)
+    assert theirs.verifies(other)
+    assert not theirs.verifies(key)
+
+
+def test_a_truncated_or_garbled_mac_is_refused_unread_or_does_not_verify():
+    entry = CREDENTIAL.fields(StateMessage("checkin", uuid.uuid4()).to_fields()["m"])
+    raw = decode(entry["sig"])
+    flipped = bytes([raw[0] ^ 1]) + raw[1:]
+    for sig in (entry["sig"][:-1], entry["sig"][:20], encode(raw[:16]), encode(raw + b"x")):
+        assert signed({**entry, "sig": sig}) == "forged: the MAC is not one", sig
+    for sig in ("!" * 43, "é" * 10, "a" * 200):
+        assert isinstance(signed({**entry, "sig": sig}), str), sig
+    claim = signed({**entry, "sig": encode(flipped)})
+    assert isinstance(claim, Signed)
+    assert not claim.verifies(CREDENTIAL.key)
+    assert signed({**entry, "sig": ""}) == "unsigned: no credential name or no MAC"
+
+
+def test_a_report_key_is_32_bytes_and_never_shows_itself():
+    key = ReportKey.generate()
+    assert len(decode(key.text)) == 32
+    assert key.text not in repr(key)
+    assert key.fingerprint in repr(key)
+    assert ReportKey(key.text) == key != ReportKey.generate()
+    for text in ("", "abc", encode(b"x" * 31), encode(b"x" * 64), "not base64!"):
+        with pytest.raises(ConfigurationError):
+            ReportKey(text)
 
 
 def test_credential_files_that_are_not_one_are_refused_in_one_line(tmp_path: Path):
@@ -56,7 +89,8 @@ def test_credential_files_that_are_not_one_are_refused_in_one_line(tmp_path: Pat
         "empty": b"",
         "no header": b"name x\nkey abc\n",
         "bad key": f"{HEADER}\nname x\nkey abc\n".encode(),
-        "bad name": f"{HEADER}\nname a b\nkey {SigningKey.generate().text}\n".encode(),
+        "bad name": f"{HEADER}\nname a b\nkey {ReportKey.generate().text}\n".encode(),
+        "short key": f"{HEADER}\nname x\nkey {encode(b'k' * 16)}\n".encode(),
         "binary": b"\xff\xfe\x00",
     }
     for label, raw in cases.items():
@@ -69,7 +103,7 @@ def test_credential_files_that_are_not_one_are_refused_in_one_line(tmp_path: Pat
         credentials.read(tmp_path / "missing")
     written = tmp_path / "good.key"
     credentials.write(written, CREDENTIAL)
-    assert credentials.read(written).key.verify_key == CREDENTIAL.key.verify_key
+    assert credentials.read(written).key == CREDENTIAL.key
     with pytest.raises(credentials.CredentialError):
         credentials.write(written, CREDENTIAL)  # never replaces a key
 
@@ -80,10 +114,10 @@ _VALUE = st.one_of(_TEXT, st.integers(), st.none(), st.lists(st.integers(), max_
 
 @settings(max_examples=2000, deadline=None)
 @given(st.dictionaries(st.one_of(_TEXT, st.integers()), _VALUE, max_size=6))
-def test_reading_a_signature_never_raises(fields):
+def test_reading_a_mac_never_raises(fields):
     claim = signed(fields)
     assert isinstance(claim, str) or (
-        isinstance(claim, Signed) and not claim.verifies(CREDENTIAL.key.verify_key)
+        isinstance(claim, Signed) and not claim.verifies(CREDENTIAL.key)
     )
 
 
@@ -109,7 +143,8 @@ def _entries(draw, job: uuid.UUID, service: uuid.UUID, signers: list[Credential]
     by, sig = signer.args(text)[1:]
     fields = {b"m": report if isinstance(report, bytes) else report.encode("utf-8", "replace")}
     fields[b"by"] = draw(st.one_of(st.just(by.encode()), st.binary(max_size=20)))
-    fields[b"sig"] = draw(st.one_of(st.just(sig.encode()), st.binary(max_size=90)))
+    garbled = st.builds(lambda n: sig[:n].encode(), st.integers(0, len(sig)))
+    fields[b"sig"] = draw(st.one_of(st.just(sig.encode()), garbled, st.binary(max_size=90)))
     if draw(st.booleans()):
         fields[b"take"] = draw(st.one_of(st.sampled_from([b"1", b"2"]), st.binary(max_size=12)))
     return fields
@@ -124,12 +159,12 @@ def test_screening_arbitrary_entries_never_raises_and_lets_through_only_a_holder
     client = redis.Redis.from_url(real_redis_url)
     client.hset(keys.claim(job), keys.claim_taker(1), "pc-1")  # pc-1 took the job's claim
     enrolled, revoked = (
-        Credential("pc-1", SigningKey.generate()),
-        Credential("pc-2", SigningKey.generate()),
+        Credential("pc-1", ReportKey.generate()),
+        Credential("pc-2", ReportKey.generate()),
     )
-    stranger = Credential("pc-3", SigningKey.generate())
+    stranger = Credential("pc-3", ReportKey.generate())
     for credential in (enrolled, revoked):
-        enrollment.enroll(session, credential.name, credential.key.verify_key)
+        enrollment.enroll(session, credential.name, credential.key)
     enrollment.revoke(session, revoked.name)
     session.flush()
     signers = [enrolled, revoked, stranger]
@@ -157,7 +192,7 @@ def test_screening_arbitrary_entries_never_raises_and_lets_through_only_a_holder
             claim = signed(report.fields)
             assert isinstance(claim, Signed)
             assert claim.name == enrolled.name
-            assert claim.verifies(enrolled.key.verify_key)
+            assert claim.verifies(enrolled.key)
 
     try:
         screen()

@@ -27,7 +27,7 @@ from broker.messaging import keys
 from broker.messaging.messages import StateMessage
 from broker.trust import credentials
 from broker.trust.credentials import Credential
-from broker.trust.signing import SigningKey
+from broker.trust.reports import ReportKey
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis, pytest.mark.forgeries]
 
@@ -52,7 +52,7 @@ def _signed(credential: Credential, message: StateMessage) -> dict[str, str]:
 
 def _forged_sig(message: StateMessage, name: str) -> dict[str, str]:
     """An entry that names ``name`` but is signed by a key that is not its."""
-    return Credential(name, SigningKey.generate()).fields(message.to_fields()["m"])
+    return Credential(name, ReportKey.generate()).fields(message.to_fields()["m"])
 
 
 def _intruder(stack: Stack) -> Credential:
@@ -73,7 +73,7 @@ def test_a_forged_completed_never_finishes_a_job_that_did_not_run(stack):
     working = StateMessage("status", service, job, "WORKING", worker="intruder:1")
     stack.redis.xadd(keys.STATE_STREAM, {**_signed(intruder, working), "take": "1"})
     stack.redis.xadd(keys.STATE_STREAM, _signed(intruder, forged))  # enrolled, holds nothing
-    ghost = Credential("ghost", SigningKey.generate())
+    ghost = Credential("ghost", ReportKey.generate())
     stack.redis.xadd(keys.STATE_STREAM, _signed(ghost, forged))  # never enrolled
 
     reasons = _refused(stack, 5)
@@ -206,7 +206,8 @@ def test_enroll_writes_a_private_file_and_refuses_a_name_taken(stack, cli, tmp_p
     credential = credentials.read(path)
     assert credential.name == "pc-2"
     listed = cli("workers", "list")
-    assert credential.key.verify_key.text in listed
+    assert credential.key.fingerprint in listed
+    assert credential.key.text not in listed  # the key is a secret: shown nowhere
     again = cli.invoke("workers", "enroll", "pc-2", "--key-file", str(tmp_path / "other.key"))
     assert again.exit_code != 0
     assert "already" in again.output

@@ -14,7 +14,7 @@ KEY_SUFFIX = ".key"
 
 @click.group()
 def workers() -> None:
-    """The credentials workers sign their reports with (one per worker PC)."""
+    """The credentials workers authenticate their reports with (one per worker PC)."""
 
 
 @workers.command()
@@ -33,15 +33,16 @@ def workers() -> None:
 )
 @user_errors
 def enroll(name: str, key_file: Path | None, reuse: bool) -> None:
-    """Enroll a worker as NAME: record its public key, write its private key to a file.
+    """Enroll a worker as NAME: make its secret key, record it, write it to a file.
 
-    Copy the file to the worker's PC (and nowhere else), and start the worker
-    there with TOPCHEF_WORKER_KEY set to its path.
+    The file is a secret: whoever reads it can report as NAME. Copy it to the
+    worker's PC (and nowhere else), and start the worker there with
+    TOPCHEF_WORKER_KEY set to its path.
     """
     from broker.models import credentials as enrollment
     from broker.storage.tables import open_session
     from broker.trust import credentials
-    from broker.trust.signing import SigningKey
+    from broker.trust.reports import ReportKey
 
     credentials.check_name(name)
     path = key_file if key_file is not None else Path(f"{name}{KEY_SUFFIX}")
@@ -51,14 +52,14 @@ def enroll(name: str, key_file: Path | None, reuse: bool) -> None:
         if kept.name != name:
             raise click.ClickException(f"{path} holds the credential {kept.name!r}, not {name!r}")
         with open_session(settings.database_url) as session, session.begin():
-            enrollment.ensure_enrolled(session, name, kept.key.verify_key)
+            enrollment.ensure_enrolled(session, name, kept.key)
         click.echo(f"{name!r} is enrolled with the key in {path}")
         return
     if path.exists():
         raise click.ClickException(f"{path} exists already: choose another --key-file")
-    credential = credentials.Credential(name, SigningKey.generate())
+    credential = credentials.Credential(name, ReportKey.generate())
     with open_session(settings.database_url) as session, session.begin():
-        enrollment.enroll(session, name, credential.key.verify_key)
+        enrollment.enroll(session, name, credential.key)
         # Written before the commit: a file that cannot be written enrolls nothing.
         credentials.write(path, credential)
     click.echo(f"enrolled {name!r}; its credential is in {path} (keep it secret: mode 0600)")
@@ -106,4 +107,4 @@ def list_workers() -> None:
             if row.revoked_at is not None
             else "enrolled"
         )
-        click.echo(f"{row.name:<24} {state:<34} since {enrolled}  key {row.public_key}")
+        click.echo(f"{row.name:<24} {state:<34} since {enrolled}  key {row.fingerprint}")

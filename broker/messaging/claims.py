@@ -330,7 +330,7 @@ class Claims:
         return signed
 
     def _signed(self, entry: StateMessage) -> list[str]:
-        """An entry's report, its credential's name and its signature, as a script's ARGV."""
+        """An entry's report, its credential's name and its MAC, as a script's ARGV."""
         report = entry.to_fields()["m"]
         if self.credential is None:
             return [report, "", ""]

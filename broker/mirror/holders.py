@@ -1,9 +1,9 @@
 """Who may report on a job: the credential holding its attempt, and no one else.
 
 Anyone with the Redis password can append to the state stream, so the mirror
-trusts an entry only for what its signature proves (``broker.trust.reports``):
+trusts an entry only for what its MAC proves (``broker.trust.reports``):
 
-- every entry — a job's report, a check-in, a provenance — must be signed by a
+- every entry — a job's report, a check-in, a provenance — must be authenticated by a
   credential an operator enrolled and has not revoked, over its exact report;
 - the first verified WORKING report of a job's attempt makes its credential
   that attempt's *holder*, recorded in SQL (``job_holders``) in the same
@@ -46,8 +46,7 @@ from broker.mirror.admission import Reason
 from broker.mirror.entries import Reading, Report, merged
 from broker.models import lifecycle
 from broker.storage.tables import JobHolderRow, JobRow, WorkerCredentialRow
-from broker.trust.reports import Signed, signed
-from broker.trust.signing import VerifyKey
+from broker.trust.reports import ReportKey, Signed, signed
 
 Status = lifecycle.Status
 
@@ -69,8 +68,8 @@ _REASONS = {
 }
 #: A job may start an attempt (be held anew) only in these states.
 _STARTABLE = frozenset({Status.REGISTERED.value, Status.WORKING.value})
-#: Public keys already parsed, by their text: parsing costs more than a lookup.
-_KEYS: dict[str, VerifyKey] = {}
+#: Keys already read, by their text: decoding costs more than a lookup.
+_KEYS: dict[str, ReportKey] = {}
 #: Rows asked for per query (SQLite binds at most a few thousand parameters).
 _CHUNK = 500
 
@@ -85,7 +84,7 @@ class _Job:
 
 
 def screen(session: Session, reading: Reading, client: redis.Redis) -> None:
-    """Refuse every entry of ``reading`` that its signature does not entitle; record new holders.
+    """Refuse every entry of ``reading`` that its MAC does not entitle; record new holders.
 
     ``client`` reads the claims of the jobs whose attempt a WORKING report
     would start holding: the credential must be the one that took the claim.
@@ -144,7 +143,7 @@ def record(session: Session, job_id: uuid.UUID, attempt: int, credential: str) -
     _insert(session, [(job_id, attempt, credential)])
 
 
-def _verified(claim: Signed | str, keys: dict[str, VerifyKey | str]) -> Signed | str:
+def _verified(claim: Signed | str, keys: dict[str, ReportKey | str]) -> Signed | str:
     if isinstance(claim, str):
         return claim
     key = keys.get(claim.name)
@@ -153,29 +152,29 @@ def _verified(claim: Signed | str, keys: dict[str, VerifyKey | str]) -> Signed |
     if isinstance(key, str):
         return key
     if not claim.verifies(key):
-        return f"forged: the signature is not {claim.name!r}'s over this report"
+        return f"forged: the MAC is not {claim.name!r}'s over this report"
     return claim
 
 
-def _keys(session: Session, names: Iterable[str]) -> dict[str, VerifyKey | str]:
+def _keys(session: Session, names: Iterable[str]) -> dict[str, ReportKey | str]:
     """Each enrolled name's key, or why it signs nothing (revoked, or a key unreadable)."""
-    found: dict[str, VerifyKey | str] = {}
+    found: dict[str, ReportKey | str] = {}
     wanted = sorted(names)
     for start in range(0, len(wanted), _CHUNK):
         rows = session.execute(
             sa.select(
                 WorkerCredentialRow.name,
-                WorkerCredentialRow.public_key,
+                WorkerCredentialRow.report_key,
                 WorkerCredentialRow.revoked_at,
             ).where(WorkerCredentialRow.name.in_(wanted[start : start + _CHUNK]))
         )
-        for name, public, revoked_at in rows:
+        for name, secret, revoked_at in rows:
             if revoked_at is not None:
                 found[name] = f"revoked: {name!r} was revoked at {revoked_at.isoformat()}"
                 continue
-            key = _KEYS.get(public)
+            key = _KEYS.get(secret)
             if key is None:
-                key = _KEYS[public] = VerifyKey(public)
+                key = _KEYS[secret] = ReportKey(secret)
             found[name] = key
     return found
 

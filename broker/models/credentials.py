@@ -1,14 +1,14 @@
 """Enrolling and revoking workers' credentials, where the database is.
 
-The operator enrolls a credential (``topchef workers enroll NAME``): its public
-key is recorded here, its private key written to a file for the lab PC
+The operator enrolls a credential (``topchef workers enroll NAME``): its secret
+key is recorded here, for the mirror, and written to a file for the lab PC
 (``broker.trust.credentials``). Revoking a name (``topchef workers revoke
-NAME``) makes the mirror refuse every report signed with it from then on; a
-revoked name is never enrolled again, so that no new key takes over what its
-reports said.
+NAME``) makes the mirror refuse every report authenticated with it from then
+on; a revoked name is never enrolled again, so that no new key takes over what
+its reports said.
 
 The core has a credential of its own, ``core``, for the reports the HTTP
-gateway appends for its HTTP workers. Its private key is kept in the database,
+gateway appends for its HTTP workers. Its key is kept in the database alone,
 which only the core reaches, and made the first time a gateway needs it.
 """
 
@@ -37,7 +37,7 @@ from broker.trust.credentials import (
     read,
     write,
 )
-from broker.trust.signing import SigningKey, VerifyKey
+from broker.trust.reports import ReportKey
 
 Status = lifecycle.Status
 
@@ -47,13 +47,14 @@ class Enrolled:
     """A credential as SQL records it (``topchef workers list``)."""
 
     name: str
-    public_key: str
+    #: The key's fingerprint (``ReportKey.fingerprint``), never the key.
+    fingerprint: str
     enrolled_at: datetime
     revoked_at: datetime | None
 
 
-def enroll(session: Session, name: str, key: VerifyKey) -> Enrolled:
-    """Record ``name`` with its public ``key``; refuse a name enrolled (or revoked) before."""
+def enroll(session: Session, name: str, key: ReportKey) -> Enrolled:
+    """Record ``name`` with its secret ``key``; refuse a name enrolled (or revoked) before."""
     check_name(name)
     if name == CORE:
         raise CredentialError(name, f"{CORE!r} is the core's own credential: choose another name")
@@ -64,18 +65,18 @@ def enroll(session: Session, name: str, key: VerifyKey) -> Enrolled:
             f"a credential named {name!r} is {state} already: choose another name"
             + ("" if existing.revoked_at is not None else f", or revoke {name!r} first")
         )
-    row = WorkerCredentialRow(name=name, public_key=key.text, enrolled_at=database_now(session))
+    row = WorkerCredentialRow(name=name, report_key=key.text, enrolled_at=database_now(session))
     session.add(row)
     session.flush()
     return _enrolled(row)
 
 
-def ensure_enrolled(session: Session, name: str, key: VerifyKey) -> None:
+def ensure_enrolled(session: Session, name: str, key: ReportKey) -> None:
     """Enroll ``name`` with ``key`` unless it is already, with that key (``topchef up``)."""
     row = session.get(WorkerCredentialRow, name)
     if row is None:
         enroll(session, name, key)
-    elif row.public_key != key.text or row.revoked_at is not None:
+    elif ReportKey(row.report_key) != key or row.revoked_at is not None:
         raise CredentialError(
             name,
             f"the credential {name!r} in the database is revoked, or has another key than "
@@ -122,7 +123,9 @@ def enrolled(session: Session) -> list[Enrolled]:
 
 
 def _enrolled(row: WorkerCredentialRow) -> Enrolled:
-    return Enrolled(row.name, row.public_key, row.enrolled_at, row.revoked_at)
+    return Enrolled(
+        row.name, ReportKey(row.report_key).fingerprint, row.enrolled_at, row.revoked_at
+    )
 
 
 def core(session: Session) -> Credential:
@@ -132,27 +135,25 @@ def core(session: Session) -> Credential:
     other reads it back.
     """
     secret = session.scalar(
-        sa.select(WorkerCredentialRow.secret).where(WorkerCredentialRow.name == CORE)
+        sa.select(WorkerCredentialRow.report_key).where(WorkerCredentialRow.name == CORE)
     )
     if secret is None:
-        key = SigningKey.generate()
         dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
         session.execute(
             dialect.insert(WorkerCredentialRow)
             .values(
                 name=CORE,
-                public_key=key.verify_key.text,
+                report_key=ReportKey.generate().text,
                 enrolled_at=database_now(session),
-                secret=key.text,
             )
             .on_conflict_do_nothing()
         )
         secret = session.scalar(
-            sa.select(WorkerCredentialRow.secret).where(WorkerCredentialRow.name == CORE)
+            sa.select(WorkerCredentialRow.report_key).where(WorkerCredentialRow.name == CORE)
         )
     if secret is None:
-        raise ConfigurationError("the core's credential has no private key in the database")
-    return Credential(CORE, SigningKey(secret))
+        raise ConfigurationError("the core's credential has no key in the database")
+    return Credential(CORE, ReportKey(secret))
 
 
 def stack_credential(session: Session, path: Path) -> Path:
@@ -161,7 +162,7 @@ def stack_credential(session: Session, path: Path) -> Path:
         credential = read(path)
     else:
         # A name of its own: a stack started again without its file has a new key.
-        credential = Credential(f"{STACK}-{secrets.token_hex(4)}", SigningKey.generate())
+        credential = Credential(f"{STACK}-{secrets.token_hex(4)}", ReportKey.generate())
         write(path, credential)
-    ensure_enrolled(session, credential.name, credential.key.verify_key)
+    ensure_enrolled(session, credential.name, credential.key)
     return path

@@ -281,22 +281,22 @@ class RunProvenanceRow(Base):
 
 
 class WorkerCredentialRow(Base):
-    """A worker's credential: the name and public key an operator enrolled (``broker.trust``).
+    """A worker's credential: the name and secret key an operator enrolled (``broker.trust``).
 
-    The mirror applies a report only if it is signed by an enrolled credential
-    that is not revoked. Rows are never deleted, so that a revoked name cannot
-    be enrolled again and take over what its reports said. ``secret`` is set
-    on the core's own credential alone (the HTTP gateway's reports): the
-    database is the core's, and no lab PC reaches it.
+    The mirror applies a report only if an enrolled credential that is not
+    revoked authenticated it. Rows are never deleted, so that a revoked name
+    cannot be enrolled again and take over what its reports said. The core's
+    own credential (the HTTP gateway's reports) is a row like the others.
     """
 
     __tablename__ = "worker_credentials"
 
     name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
-    public_key: Mapped[str] = mapped_column(sa.String(64))
+    #: The credential's secret key (``broker.trust.reports.ReportKey``'s text):
+    #: the mirror checks its reports with it. The database is the core's; no lab PC reaches it.
+    report_key: Mapped[str] = mapped_column(sa.String(64))
     enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    secret: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
 
 
 class JobHolderRow(Base):

@@ -1,11 +1,13 @@
-"""Workers' credentials: a name and a private key, in one file a worker runs with.
+"""Workers' credentials: a name and a secret key, in one file a worker runs with.
 
-A credential is a name and an Ed25519 key pair. An operator enrolls it where
-the database is (``broker.models.credentials``, ``topchef workers enroll NAME``):
-the public key is recorded in SQL, and the private key written to one file,
-which goes to the lab PC that runs the worker (``TOPCHEF_WORKER_KEY`` names it
-there). The file holds the name too, so that a worker cannot sign under a name
-that is not its key's. Nothing here touches the database: lab PCs never do.
+A credential is a name and 32 random bytes, the key its worker authenticates
+its reports with (``broker.trust.reports``). An operator enrolls it where the
+database is (``broker.models.credentials``, ``topchef workers enroll NAME``):
+the key is recorded in SQL, for the mirror, and written to one file, which goes
+to the lab PC that runs the worker (``TOPCHEF_WORKER_KEY`` names it there) and
+nowhere else: whoever reads it can report as that worker. The file holds the
+name too, so that a worker cannot report under a name that is not its key's.
+Nothing here touches the database: lab PCs never do.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from broker.errors import ConfigurationError, TopChefError
 from broker.trust import reports
-from broker.trust.signing import SigningKey
+from broker.trust.reports import ReportKey
 
 #: The core's own credential (the HTTP gateway's reports); no worker may take the name.
 CORE = "core"
@@ -39,18 +41,18 @@ class CredentialError(TopChefError):
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """A credential's name and private key: what a worker signs its reports with."""
+    """A credential's name and secret key: what a worker authenticates its reports with."""
 
     name: str
-    key: SigningKey
+    key: ReportKey
 
     def fields(self, report: str) -> dict[str, str]:
-        """The stream entry of ``report`` (a state message's ``m`` field), signed."""
+        """The stream entry of ``report`` (a state message's ``m`` field), authenticated."""
         report, by, signature = self.args(report)
         return {reports.REPORT: report, reports.BY: by, reports.SIGNATURE: signature}
 
     def args(self, report: str) -> list[str]:
-        """``report``, its credential's name and its signature: the ARGV a Lua script appends."""
+        """``report``, its credential's name and its MAC: the ARGV a Lua script appends."""
         by, signature = reports.sign(self.name, self.key, report)
         return [report, by, signature]
 
@@ -99,7 +101,7 @@ def read(path: Path) -> Credential:
     if reports.NAME.fullmatch(name) is None:
         raise ConfigurationError(f"{path}: {name!r} is not a credential's name")
     try:
-        return Credential(name, SigningKey(key))
+        return Credential(name, ReportKey(key))
     except ConfigurationError as error:
         raise ConfigurationError(f"{path}: {error.detail}") from None
 

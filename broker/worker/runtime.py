@@ -437,7 +437,7 @@ class WorkerRuntime:
                 delay = min(REPORT_RETRY_MOST, delay * 2)
 
     def _signed(self, entry: StateMessage) -> Any:
-        """``entry``'s stream fields, signed with this worker's credential (``broker.trust``)."""
+        """``entry``'s stream fields, with this worker's credential's MAC (``broker.trust``)."""
         return self.credential.fields(entry.to_fields()["m"])
 
     def refuse(self, reason: str, job: uuid.UUID | None, detail: str) -> Refused:

@@ -1,9 +1,9 @@
 """Workers' credentials, and the credential that holds each attempt of a job.
 
-``worker_credentials`` lists the names and public keys an operator enrolled
-(``topchef workers enroll``), and when each was revoked; ``job_holders`` names,
-for each attempt of a job, the credential whose verified WORKING report started
-it. The mirror applies a report only if it is signed by that credential.
+``worker_credentials`` lists the names and secret report keys an operator
+enrolled (``topchef workers enroll``), and when each was revoked; ``job_holders``
+names, for each attempt of a job, the credential whose verified WORKING report
+started it. The mirror applies a report only if that credential authenticated it.
 
 Revision ID: 0012
 Revises: 0011
@@ -29,10 +29,9 @@ def upgrade() -> None:
     op.create_table(
         "worker_credentials",
         sa.Column("name", sa.String(100), nullable=False),
-        sa.Column("public_key", sa.String(64), nullable=False),
+        sa.Column("report_key", sa.String(64), nullable=False),
         sa.Column("enrolled_at", _TIME, nullable=False),
         sa.Column("revoked_at", _TIME, nullable=True),
-        sa.Column("secret", sa.String(64), nullable=True),
         sa.PrimaryKeyConstraint("name"),
     )
     op.create_table(
