@@ -24,6 +24,7 @@ from typing import Any
 
 from bench import controls, fleet, footprint, http_loop, producers, report, signing, sql, sweeps
 from bench import not_before as held
+from bench import reports as signed_reports
 from bench.ours import DRAIN_CHUNK, OurStack
 from bench.payload import FLEET_SERVED, SERVICE
 from bench.rivals import RQ, Dramatiq, Peer, RawCelery, WorkerSetup
@@ -45,6 +46,7 @@ WORKLOADS = (
     "producers",
     "http",
     "signing",
+    "reports",
 )
 
 
@@ -224,6 +226,9 @@ class Run:
             if workload in self.only:
                 say(f"== {workload}")
                 getattr(self, workload)()
+        if "reports" in self.only:
+            say("== reports")
+            self.reports()
         if "sql" in self.only:
             say("== sql")
             self.sql()
@@ -383,6 +388,20 @@ class Run:
                 f"shortened); {found.claims_left} claims left"
             )
         say(f"footprint: {fmt(queued.median)} B per queued job, {fmt(finished.median)} B finished")
+
+    # -- authenticated reports ---------------------------------------------------------
+
+    def reports(self) -> None:
+        """Each job's two reports are authenticated by its worker and checked by the mirror."""
+        note = "per report (a job sends two); HMAC-SHA256, hmac"
+        self.repeat(
+            self.figure("reports", "MAC a report (worker)", "µs", note),
+            signed_reports.sign_microseconds,
+        )
+        self.repeat(
+            self.figure("reports", "verify a report (mirror)", "µs", note),
+            signed_reports.verify_microseconds,
+        )
 
     # -- 5. SQL at scale -------------------------------------------------------------
 

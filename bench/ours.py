@@ -15,8 +15,9 @@ from bench.payload import PARAMETERS_SCHEMA, PROBE_SERVICE, RESULTS_SCHEMA, SERV
 from bench.servers import PYTHON, Child, PostgresSchema, python_env, registration_keys
 from bench.stats import percentile
 from broker.messaging import keys, outbox, priorities
+from broker.models.credentials import stack_credential
 from broker.producer import Producer
-from broker.settings import Settings
+from broker.settings import WORKER_KEY_FILE, Settings
 from broker.storage.tables import JobRow, engine_for, open_session
 
 #: How many jobs one ``submit_many`` call takes while draining: the worker starts
@@ -34,6 +35,9 @@ class OurStack:
             database_url=schema.url, broker_url=redis_url, **registration_keys()
         )
         self.producer = Producer(self.settings)
+        with open_session(schema.url) as session, session.begin():
+            #: The credential the workers sign their reports with, as ``topchef up``'s.
+            self.worker_key = stack_credential(session, log_dir / WORKER_KEY_FILE)
         self.redis = redis.Redis.from_url(redis_url)
         self.service_ids = {}
         for name in (SERVICE, PROBE_SERVICE):
@@ -50,6 +54,7 @@ class OurStack:
         return python_env(
             TOPCHEF_BROKER_URL=self.settings.broker_url,
             TOPCHEF_DATABASE_URL=self.settings.database_url,
+            TOPCHEF_WORKER_KEY=str(self.worker_key),
             **self.extra_env,
         )
 

@@ -25,6 +25,8 @@ PREFIX = "TOPCHEF_"
 #: announces its URL, for every command started in the same directory to find.
 STATE_DIR = ".topchef"
 URL_FILE = "broker.url"
+#: The credential ``topchef up`` enrolls for its workers, in its state directory.
+WORKER_KEY_FILE = "worker.key"
 #: The SQLite file ``topchef up`` keeps its jobs in, in its working directory.
 DATABASE_FILE = "topchef.sqlite3"
 #: The registration key pair (``broker.trust.registrations``) a stack keeps in its
@@ -112,6 +114,9 @@ class Settings:
     api_token: str = field(default="", repr=False)
     #: Request bodies larger than this are refused by the gateway with 413.
     api_max_body_bytes: int = 1024 * 1024
+    #: The file of the credential a worker signs its reports with
+    #: (``topchef workers enroll`` writes it); a worker does not start without one.
+    worker_key: str = ""
     #: The URL clients reach the gateway's ``/`` at (``https://lab.example/topchef``),
     #: which every link and ``Location`` it writes starts with; empty: links are
     #: absolute paths (``/jobs/<id>``). Never taken from a request's ``Host``,
@@ -182,9 +187,10 @@ class Settings:
 
         Its broker only while it runs (the URL it announces answers); its
         SQLite file whenever it exists, so that jobs stay readable after a stop;
-        its registration keys whenever it has made them.
+        its registration keys whenever it has made them, and its workers'
+        credential, for a worker started there by hand.
         """
-        broker_url, database_url = self.broker_url, self.database_url
+        broker_url, database_url, worker_key = self.broker_url, self.database_url, self.worker_key
         if not broker_url:
             broker_url = announced_url(directory) or ""
         if not database_url and (directory / DATABASE_FILE).is_file():
@@ -194,10 +200,13 @@ class Settings:
             signing = str(directory / STATE_DIR / SIGNING_KEY_FILE)
         if not public and (directory / STATE_DIR / PUBLIC_KEY_FILE).is_file():
             public = str(directory / STATE_DIR / PUBLIC_KEY_FILE)
+        if not worker_key and (directory / STATE_DIR / WORKER_KEY_FILE).is_file():
+            worker_key = str(directory / STATE_DIR / WORKER_KEY_FILE)
         return replace(
             self,
             broker_url=broker_url,
             database_url=database_url,
+            worker_key=worker_key,
             registration_signing_key=signing,
             registration_public_key=public,
         )
@@ -245,6 +254,7 @@ _FIELDS: dict[str, type] = {
     "metrics_host": str,
     "api_token": str,
     "api_max_body_bytes": int,
+    "worker_key": str,
     "api_base_url": str,
     "registration_signing_key": str,
     "registration_public_key": str,

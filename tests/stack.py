@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import threading
@@ -27,10 +28,16 @@ from broker.messaging import keys, priorities
 from broker.messaging.batches import Batches
 from broker.messaging.claims import Claims
 from broker.messaging.connections import redis_client
+from broker.messaging.messages import StateMessage
+from broker.mirror import holders
 from broker.mirror.process import Mirror
+from broker.models import credentials as enrollment
 from broker.producer import Producer
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, open_session
+from broker.trust import credentials
+from broker.trust.credentials import Credential
+from broker.trust.reports import ReportKey
 
 
 class Stack:
@@ -45,6 +52,26 @@ class Stack:
         self.processes: list[Process] = []
         self._stop = threading.Event()
         self._mirror: threading.Thread | None = None
+
+    @functools.cached_property
+    def credential(self) -> Credential:
+        """The credential enrolled for the stack's workers (its ``worker_key``)."""
+        return credentials.read(Path(self.settings.worker_key))
+
+    def report(self, message: StateMessage, **entry: Any) -> bytes:
+        """Append ``message`` to the state stream as a worker would: signed by the credential.
+
+        A WORKING report takes the job's claim as ``claim.lua`` does (its take
+        numbered, and who took it), so that the mirror finds the credential
+        took the job. ``entry``: more of ``XADD``'s arguments (``id=`` stamps it).
+        """
+        fields: dict[str, Any] = dict(self.credential.fields(message.to_fields()["m"]))
+        if message.kind == "status" and message.status == "WORKING" and message.job_id:
+            claim = keys.claim(message.job_id)
+            take = int(self.redis.hincrby(claim, "takes", 1))
+            self.redis.hset(claim, keys.claim_taker(take), self.credential.name)
+            fields["take"] = take
+        return self.redis.xadd(keys.STATE_STREAM, fields, **entry)  # type: ignore[no-any-return]
 
     # -- processes ----------------------------------------------------------
 
@@ -232,14 +259,28 @@ def _celery_spelling(url: str) -> str:
     return "redis+socket://" + url.removeprefix("unix://") if url.startswith("unix://") else url
 
 
+def enroll_worker(database_url: str, directory: Path, name: str = "lab-tests") -> Path:
+    """Enroll a credential named ``name``; the path of its file, as ``topchef workers enroll``."""
+    credential = Credential(name, ReportKey.generate())
+    path = directory / f"{name}.key"
+    with open_session(database_url) as session, session.begin():
+        enrollment.enroll(session, name, credential.key)
+    credentials.write(path, credential)
+    return path
+
+
 @pytest.fixture
-def stack_settings(postgres_url: str, redis_url: str) -> Settings:
-    """Settings for a stack on clean PostgreSQL tables and an empty Redis database."""
+def stack_settings(postgres_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    """Settings for a stack on clean PostgreSQL tables and an empty Redis database.
+
+    Its workers run with a credential enrolled for them (``TOPCHEF_WORKER_KEY``).
+    """
     from conftest import truncate_all
 
     truncate_all(postgres_url)
     return keyed(
         Settings(
+            worker_key=str(enroll_worker(postgres_url, tmp_path)),
             database_url=postgres_url,
             broker_url=_celery_spelling(redis_url),
             lease_seconds=1.0,
@@ -251,12 +292,30 @@ def stack_settings(postgres_url: str, redis_url: str) -> Settings:
 
 
 @pytest.fixture
-def stack(stack_settings: Settings, tmp_path: Path) -> Iterator[Stack]:
+def stack(
+    stack_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
+    """A stack; at its end, no entry a worker or the gateway signed may have been refused.
+
+    A test that forges entries on purpose is marked ``forgeries``.
+    """
     running = Stack(stack_settings, tmp_path)
     try:
         yield running
     finally:
         running.close()
+    if request.node.get_closest_marker("forgeries") is None:
+        refused = trust_refusals(running.redis)
+        assert not refused, f"the mirror refused legitimate entries: {refused}"
+
+
+def trust_refusals(client: redis.Redis) -> list[str]:
+    """The reasons of the dead-lettered entries refused for their signature or holder."""
+    return [
+        fields.get(b"error", b"").decode(errors="replace")
+        for _id, fields in client.xrange(keys.DEAD_STATE_STREAM)
+        if fields.get(b"reason", b"").decode(errors="replace") in holders.REFUSALS
+    ]
 
 
 class Cli:

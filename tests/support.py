@@ -163,6 +163,7 @@ def environment(settings: Settings) -> dict[str, str]:
         TOPCHEF_VISIBILITY_TIMEOUT=str(settings.visibility_timeout),
         TOPCHEF_REGISTRATION_SIGNING_KEY=settings.registration_signing_key,
         TOPCHEF_REGISTRATION_PUBLIC_KEY=settings.registration_public_key,
+        TOPCHEF_WORKER_KEY=settings.worker_key,
         PYTHONPATH=str(Path(__file__).parent) + os.pathsep + env.get("PYTHONPATH", ""),
     )
     return env

@@ -25,8 +25,7 @@ def _check_in(stack, presence: Presence, worker: str, service, available: bool) 
         presence.arrive(worker, [service], 30)
     else:
         presence.leave(worker, [service])
-    entry = StateMessage("checkin", service, available=available, worker=worker)
-    stack.redis.xadd(keys.STATE_STREAM, entry.to_fields())
+    stack.report(StateMessage("checkin", service, available=available, worker=worker))
 
 
 def test_a_leave_keeps_the_service_available_while_another_worker_serves_it(stack):

@@ -57,6 +57,7 @@ def test_smoke_run_measures_every_workload(postgres_url, tmp_path):
         "producers",
         "http",
         "signing",
+        "reports",
     }
     names = " ".join(figure["name"] for figure in result["figures"])
     for peer in ("celery", "rq", "dramatiq", "topchef"):

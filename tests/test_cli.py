@@ -62,7 +62,10 @@ def test_help_lists_every_command(run):
         "status",
         "up",
         "worker",
+        "workers",
     }
+    workers = run("workers", "--help")
+    assert _commands(workers.output) == {"enroll", "list", "revoke"}
     jobs = run("jobs", "--help")
     assert jobs.exit_code == 0
     assert jobs.output.startswith("Usage: main jobs [OPTIONS] COMMAND [ARGS]...")

@@ -332,12 +332,16 @@ def test_a_worker_started_on_its_own_serves_again_within_seconds_of_a_restart_of
             join = (
                 f"export TOPCHEF_BROKER_URL={url}\nexport TOPCHEF_REGISTRATION_PUBLIC_KEY={public}"
             )
-        # The second PC's two commands: what `topchef up` printed, then the worker.
+        # The operator enrolls the second PC's worker here, and copies its key there.
+        worker_key = second_pc / "pc-2.key"
+        enroll = _topchef("workers", "enroll", "pc-2", "--key-file", str(worker_key))
+        enrolled = subprocess.run(enroll, cwd=lab, env=env, capture_output=True, text=True)
+        assert enrolled.returncode == 0, enrolled.stderr
+        # The second PC's commands: what `topchef up` printed, then the worker.
         worker_log = second_pc / "worker.out"
         worker_command = " ".join(_topchef("worker", "workers.echo"))
-        worker = _start(
-            ["bash", "-c", f"{join}\nexec {worker_command}"], second_pc, env, worker_log
-        )
+        script = f"{join}\nexport TOPCHEF_WORKER_KEY={worker_key}\nexec {worker_command}"
+        worker = _start(["bash", "-c", script], second_pc, env, worker_log)
         before = _echo("before", lab, env)
         assert before.returncode == 0, before.stderr + worker_log.read_text()
 

@@ -161,7 +161,7 @@ def test_mirror_lag_counts_unapplied_state_entries(stack, metrics):
     stack.create_lab_services()
     square = stack.service(lab.SQUARE).id
     for _ in range(4):
-        stack.redis.xadd(keys.STATE_STREAM, StateMessage("checkin", square).to_fields())
+        stack.report(StateMessage("checkin", square))
 
     families = scrape(metrics)
     assert value(families, "topchef_mirror_lag_entries") == 4

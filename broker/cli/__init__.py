@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from broker.cli import jobs, keys, processes, services, stack
+from broker.cli import jobs, keys, processes, services, stack, workers
 
 
 @click.group()
@@ -34,6 +34,7 @@ for command in (
     processes.up,
     processes.flower,
     keys.keys,
+    workers.workers,
 ):
     main.add_command(command)
 

@@ -36,11 +36,13 @@ from broker.messaging.claims import CLAIM_TTL_SECONDS, ClaimResult, Claims, Hold
 from broker.messaging.connections import text
 from broker.messaging.messages import StateMessage
 from broker.messaging.presence import ARRIVE, Presence
-from broker.models import lifecycle
+from broker.mirror import holders
+from broker.models import credentials, lifecycle
 from broker.models.moves import Move
 from broker.models.service import Service
 from broker.settings import Settings
-from broker.storage.tables import JobRow, ServiceRow, database_now
+from broker.storage.tables import JobRow, ServiceRow, database_now, open_session
+from broker.trust.credentials import CORE
 
 Status = lifecycle.Status
 log = logging.getLogger(__name__)
@@ -78,9 +80,22 @@ class Dispatcher:
         self._base = Claims.configured(client, settings)
         #: HTTP workers' presences, beside Celery workers' (``broker.messaging.presence``).
         self.presence = Presence(client)
+        self._database_url = settings.database_url
+        self._signing: Claims | None = None
+        self._signing_lock = threading.Lock()
 
     def _claims(self, timeout: float) -> Claims:
-        return self._base.leased(lease_seconds(timeout))
+        """The claims of a service with this ``timeout``, signing what they report.
+
+        The gateway reports for its HTTP workers, as the core: with the core's
+        credential (``broker.models.credentials.core``), read (or made, and
+        committed at once) the first time it reports.
+        """
+        with self._signing_lock:
+            if self._signing is None:
+                with open_session(self._database_url) as session, session.begin():
+                    self._signing = self._base.signed_by(credentials.core(session))
+        return self._signing.leased(lease_seconds(timeout))
 
     def holder(self, job_id: uuid.UUID) -> Holder:
         return self._base.holder(job_id)
@@ -191,6 +206,9 @@ class Dispatcher:
             self.presence.queue(pipeline, worker, ARRIVE, [service_id], timeout)
             pipeline.execute()
             # A later attempt's row is WORKING already: the mirror records the new attempt.
+            # Moved here, not by the mirror: the hold its copy of the move checks against.
+            # Recorded before the move, in the order the mirror takes the two locks.
+            holders.record(session, job_id, attempt, CORE)
             columns = {"worker": worker, "attempts": attempt}
             move = Move(job_id, at or database_now(session), columns, by=worker)
             lifecycle.advance(session, Status.WORKING, [move])

@@ -72,6 +72,7 @@ from broker.messaging import keys, priorities
 from broker.messaging.connections import text
 from broker.messaging.messages import StateMessage
 from broker.settings import Settings
+from broker.trust.credentials import Credential
 
 #: How long a finished job's claim is kept until SQL has recorded the end and
 #: ``settle`` shortens it: a backstop for a mirror that is down for days.
@@ -300,20 +301,40 @@ class Claims:
         client: redis.Redis,
         lease_seconds: float = 30.0,
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        credential: Credential | None = None,
     ) -> None:
         self._client = client
         self.lease_ms = _lease_ms(lease_seconds)
         self.window_seconds = max(1, int(window_seconds + 0.999))
         self._scripts = _Scripts.of(client)
+        #: Signs the reports these claims append (``broker.trust.reports``); without
+        #: one they go unsigned, and the mirror refuses them.
+        self.credential = credential
 
     @classmethod
-    def configured(cls, client: redis.Redis, settings: Settings) -> Claims:
+    def configured(
+        cls, client: redis.Redis, settings: Settings, credential: Credential | None = None
+    ) -> Claims:
         """Claims on ``settings``' lease and duplicate window: how every process builds them.
 
         One place, so that a worker, the mirror, beat, a producer and the HTTP
-        gateway keep a finished job's claim for the same window.
+        gateway keep a finished job's claim for the same window. A process that
+        reports (a worker, the HTTP gateway) passes the ``credential`` it signs with.
         """
-        return cls(client, settings.lease_seconds, settings.duplicate_window)
+        return cls(client, settings.lease_seconds, settings.duplicate_window, credential)
+
+    def signed_by(self, credential: Credential) -> Claims:
+        """The same claims, signing what they report with ``credential``."""
+        signed = copy.copy(self)
+        signed.credential = credential
+        return signed
+
+    def _signed(self, entry: StateMessage) -> list[str]:
+        """An entry's report, its credential's name and its MAC, as a script's ARGV."""
+        report = entry.to_fields()["m"]
+        if self.credential is None:
+            return [report, "", ""]
+        return self.credential.args(report)
 
     def leased(self, lease_seconds: float) -> Claims:
         """The same claims with another lease (an HTTP claim's is its service's timeout).
@@ -382,6 +403,7 @@ class Claims:
         parking: Parking | None,
     ) -> tuple[list[str], list[str | int | float]]:
         """claim.lua's KEYS and ARGV, as its header names them."""
+        report, by, signature = self._signed(working)
         return [
             keys.claim(job_id),
             keys.lease(job_id),
@@ -392,7 +414,7 @@ class Claims:
             attempt,
             worker,
             self.lease_ms,
-            working.to_fields()["m"],
+            report,
             str(working.service_id),
             digest,
             "1" if trusted else "0",
@@ -400,6 +422,8 @@ class Claims:
             parking.message if parking else "",
             parking.queue_list if parking else "",
             parking.priority if parking else 0,
+            by,
+            signature,
         ]
 
     def finish(
@@ -412,7 +436,7 @@ class Claims:
         the outcome can say it was ignored. The check costs no round trip of
         its own, where reading the request first would cost one per run.
         """
-        finish_keys, args = _finish_call(job_id, attempt, final, unless_aborted)
+        finish_keys, args = self._finish_call(job_id, attempt, final, unless_aborted)
         return _finished(_appending(lambda: self._scripts.finish(keys=finish_keys, args=args)))
 
     def finish_then_claim(
@@ -432,7 +456,7 @@ class Claims:
         has not ended (see ``finish``), so the caller reports it again and
         then claims. A delivery that must park is ``MUST_PARK``, as from ``claim``.
         """
-        finish_keys, finish_args = _finish_call(
+        finish_keys, finish_args = self._finish_call(
             ended.job_id, ended.attempt, ended.final, ended.unless_aborted
         )
         claim_keys, claim_args = self._claim_call(
@@ -464,7 +488,7 @@ class Claims:
                     keys.STATE_STREAM,
                     *keys.slots(entry.service_id),
                 ],
-                args=[attempt, worker, entry.to_fields()["m"]],
+                args=[attempt, worker, *self._signed(entry)],
             )
         )
         take = int(released)
@@ -494,7 +518,7 @@ class Claims:
                         keys.STATE_STREAM,
                         *keys.slots(entry.service_id),
                     ],
-                    args=[attempt, entry.to_fields()["m"]],
+                    args=[attempt, *self._signed(entry)],
                 )
             )
         )
@@ -625,6 +649,18 @@ class Claims:
             dropped += int(self._scripts.renew_http(keys=script_keys, args=[self.lease_ms, *ids]))
         return dropped
 
+    def _finish_call(
+        self, job_id: uuid.UUID, attempt: int, final: StateMessage, unless_aborted: bool
+    ) -> tuple[list[str], list[str | int | float]]:
+        """finish.lua's KEYS and ARGV, as its header names them."""
+        report, by, signature = self._signed(final)
+        return [
+            keys.claim(job_id),
+            keys.lease(job_id),
+            keys.STATE_STREAM,
+            *keys.slots(final.service_id),
+        ], [attempt, report, CLAIM_TTL_SECONDS, int(unless_aborted), by, signature]
+
     def state(self, job_id: uuid.UUID) -> str | None:
         """The claim's state, for inspection and tests."""
         value = self._client.hget(keys.claim(job_id), "state")
@@ -647,18 +683,6 @@ def _appending(call: Callable[[], T]) -> T:
             log.warning("the state stream is exhausted (a forged id); waiting for the mirror")
         time.sleep(delay)  # waiting for the mirror's repair, which no signal announces
         delay = min(1.0, delay * 2)
-
-
-def _finish_call(
-    job_id: uuid.UUID, attempt: int, final: StateMessage, unless_aborted: bool
-) -> tuple[list[str], list[str | int | float]]:
-    """finish.lua's KEYS and ARGV, as its header names them."""
-    return [
-        keys.claim(job_id),
-        keys.lease(job_id),
-        keys.STATE_STREAM,
-        *keys.slots(final.service_id),
-    ], [attempt, final.to_fields()["m"], CLAIM_TTL_SECONDS, int(unless_aborted)]
 
 
 def _finished(answer: Sequence[object]) -> Finish:

@@ -58,6 +58,11 @@ def claim(job_id: uuid.UUID | str) -> str:
     return f"{PREFIX}:claim:{job_id}"
 
 
+def claim_taker(take: int) -> str:
+    """The claim's field naming the credential that took it the ``take``-th time (claim.lua)."""
+    return f"by:{take}"
+
+
 def lease(job_id: uuid.UUID | str) -> str:
     """Key that lives while a worker runs the job; it lapses when the worker dies."""
     return f"{PREFIX}:lease:{job_id}"

@@ -83,6 +83,16 @@ class Reason(enum.StrEnum):
     INVALID_PROVENANCE = "invalid_provenance"
     #: The database refused it, applied alone (a value no rule above foresaw).
     UNAPPLIABLE = "unappliable"
+    #: No credential's name or MAC (``broker.trust.reports``).
+    UNSIGNED = "unsigned"
+    #: Its MAC is not its credential's over this report (or its attempt is no number).
+    FORGED = "forged"
+    #: Authenticated by a credential no operator enrolled.
+    UNKNOWN_CREDENTIAL = "unknown_credential"
+    #: Authenticated by a credential an operator revoked.
+    REVOKED = "revoked"
+    #: A report on a job's attempt from another credential than the one holding it.
+    NOT_HOLDER = "not_holder"
 
 
 class RefusedEntry(TopChefError):

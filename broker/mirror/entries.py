@@ -84,6 +84,8 @@ class Reading:
     finished: list[uuid.UUID] = field(default_factory=list)
     #: What runs the jobs of the reports (``broker.messaging.provenance``), once per process.
     provenances: list[Report] = field(default_factory=list)
+    #: Every check-in, in order, before ``check_ins`` merged them (``broker.mirror.holders``).
+    every_check_in: list[Report] = field(default_factory=list)
     clock_ms: int | None = None
     #: Entries whose id is ahead of Redis's clock.
     ahead: list[tuple[bytes, dict[bytes, bytes]]] = field(default_factory=list)
@@ -123,18 +125,26 @@ class Reading:
         elif message.kind == "provenance":
             self.provenances.append(report)
         elif message.kind == "checkin":
-            previous = self.check_ins.get(message.service_id)
-            # The last word on availability wins; a bare check-in keeps the earlier word.
-            if previous is not None and message.available is None:
-                kept = StateMessage(
-                    "checkin", message.service_id, available=previous.message.available
-                )
-                report = Report(report.entry_id, report.fields, kept, report.at_ms)
-            self.check_ins[message.service_id] = report
+            self.every_check_in.append(report)
+            self.check_ins[message.service_id] = merged(
+                self.check_ins.get(message.service_id), report
+            )
 
     def refuse(self, report: Report, reason: Reason, detail: str) -> None:
         """Refuse a report that was read: it is dead-lettered instead of applied."""
         self.refused.append(DeadLetter(report.entry_id, report.fields, reason, detail))
+
+
+def merged(previous: Report | None, check_in: Report) -> Report:
+    """A service's check-ins of one reading so far, with one more: what the mirror applies.
+
+    The last word on availability wins; a bare check-in keeps the earlier word.
+    """
+    message = check_in.message
+    if previous is None or message.available is not None:
+        return check_in
+    kept = StateMessage("checkin", message.service_id, available=previous.message.available)
+    return Report(check_in.entry_id, check_in.fields, kept, check_in.at_ms)
 
 
 @dataclass

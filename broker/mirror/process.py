@@ -50,6 +50,7 @@ from broker.messaging.connections import redis_client
 from broker.messaging.messages import StateMessage
 from broker.messaging.presence import Presence
 from broker.messaging.provenance import RunProvenance
+from broker.mirror import holders
 from broker.mirror.admission import Reason
 from broker.mirror.dead_letters import DeadLetters
 from broker.mirror.entries import Changes, DeadLetter, Reading, Report, SourceClock
@@ -241,6 +242,8 @@ class Mirror:
     def apply(self, session: Session, reading: Reading) -> None:
         """Write one reading in ``session``'s transaction (the caller commits)."""
         clock = SourceClock(_redis_ms(self._client), database_now(session))
+        # Only what a credential that may report on it signed goes on (broker.mirror.holders).
+        holders.screen(session, reading, self._client)
         self._apply_check_ins(session, reading, clock)
         self._apply_provenances(session, reading, clock)
         services = self._verify(session, reading)

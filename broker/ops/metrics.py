@@ -262,7 +262,8 @@ def _redis_metrics(reading: _RedisReading, services: Sequence[ServiceReading]) -
         "topchef_mirror_dead_letters",
         "State entries the mirror dead-lettered instead of applying, by reason "
         "(unreadable, too_large, too_deep, unknown_kind, unknown_status, invalid, future, "
-        "unknown_job, misattributed, invalid_provenance, unappliable).",
+        "unknown_job, misattributed, invalid_provenance, unappliable, unsigned, forged, "
+        "unknown_credential, revoked, not_holder).",
         labels=["reason"],
     )
     for reason, count in sorted(reading.dead_reasons.items()):

@@ -154,7 +154,7 @@ def another_pc(
     """What ``topchef up`` tells its user about adding a PC: what to set there, or how to open up.
 
     ``embedded``: the broker is the Redis ``topchef up`` started (no
-    ``TOPCHEF_BROKER_URL``). A lab worker needs the broker alone; a producer
+    ``TOPCHEF_BROKER_URL``). A lab worker needs the broker and its credential; a producer
     needs the database too, or the HTTP API where the database is on this PC
     only (SQLite).
     """
@@ -175,9 +175,12 @@ def another_pc(
     else:
         broker, where = settings.broker_url, "as TOPCHEF_BROKER_URL is set here"
     lines = [
-        f"Workers on another PC need the broker ({where}) and the key that checks jobs:",
+        f"Workers on another PC need the broker ({where}), the key that checks jobs,",
+        "and a credential of their own:",
+        "  topchef workers enroll NAME   # here: writes NAME.key; copy it to that PC alone",
         f"  export TOPCHEF_BROKER_URL={shlex.quote(broker)}",
         *_public_key_line(settings),
+        "  export TOPCHEF_WORKER_KEY=/path/to/NAME.key",
         "  topchef worker YOUR_MODULE",
     ]
     if only_here(settings.database_url):

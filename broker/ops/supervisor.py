@@ -54,6 +54,7 @@ from broker.settings import (
     PUBLIC_KEY_FILE,
     SIGNING_KEY_FILE,
     STATE_DIR,
+    WORKER_KEY_FILE,
     Settings,
     announced_url,
     masked,
@@ -264,6 +265,8 @@ def child_environment(settings: Settings) -> dict[str, str]:
     env[PREFIX + "DATABASE_URL"] = settings.database_url
     env[PREFIX + "REGISTRATION_SIGNING_KEY"] = settings.registration_signing_key
     env[PREFIX + "REGISTRATION_PUBLIC_KEY"] = settings.registration_public_key
+    if settings.worker_key:
+        env[PREFIX + "WORKER_KEY"] = settings.worker_key
     return env
 
 
@@ -328,6 +331,8 @@ def local_stack(
             settings = _replace(settings, database_url=stack_database_url(directory))
         settings = with_registration_keys(settings, state)
         upgrade(settings.database_url)
+        if not settings.worker_key:
+            settings = _replace(settings, worker_key=str(_stack_credential(settings, state)))
         ensure_example_services(settings)
         supervisor = Supervisor(child_environment(settings), state / "logs")
         if embedded is not None:
@@ -451,6 +456,15 @@ def shut_down(supervisor: Supervisor, settings: Settings, drain_timeout: float =
     except redis.RedisError as error:
         log.warning("cannot see the state stream (%s); stopping the mirror now", error)
     supervisor.stop()
+
+
+def _stack_credential(settings: Settings, state: Path) -> Path:
+    """The credential of the stack's workers (``.topchef/worker.key``), enrolled if need be."""
+    from broker.models.credentials import stack_credential
+    from broker.storage.tables import open_session
+
+    with open_session(settings.database_url) as session, session.begin():
+        return stack_credential(session, state / WORKER_KEY_FILE)
 
 
 def _replace(settings: Settings, **changes: str) -> Settings:

@@ -28,10 +28,12 @@ from broker.storage import job_counts
 __all__ = [
     "JobAttemptRow",
     "JobCountRow",
+    "JobHolderRow",
     "JobRow",
     "JobTransitionRow",
     "RunProvenanceRow",
     "ServiceRow",
+    "WorkerCredentialRow",
     "create_schema",
     "database_now",
     "engine_for",
@@ -276,6 +278,42 @@ class RunProvenanceRow(Base):
     code_version: Mapped[str | None] = mapped_column(sa.String(100), nullable=True)
     python: Mapped[str] = mapped_column(sa.String(100))
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WorkerCredentialRow(Base):
+    """A worker's credential: the name and secret key an operator enrolled (``broker.trust``).
+
+    The mirror applies a report only if an enrolled credential that is not
+    revoked authenticated it. Rows are never deleted, so that a revoked name
+    cannot be enrolled again and take over what its reports said. The core's
+    own credential (the HTTP gateway's reports) is a row like the others.
+    """
+
+    __tablename__ = "worker_credentials"
+
+    name: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    #: The credential's secret key (``broker.trust.reports.ReportKey``'s text):
+    #: the mirror checks its reports with it. The database is the core's; no lab PC reaches it.
+    report_key: Mapped[str] = mapped_column(sa.String(64))
+    enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class JobHolderRow(Base):
+    """Which credential holds each attempt of a job: the one whose WORKING report started it.
+
+    Written by the mirror with the WORKING move it verified (and by the HTTP
+    gateway, which moves its claims itself); every later report on that
+    attempt must be signed by the same credential (``broker.mirror.holders``).
+    """
+
+    __tablename__ = "job_holders"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    credential: Mapped[str] = mapped_column(sa.String(100))
 
 
 class JobCountRow(Base):

@@ -43,6 +43,7 @@ from broker.messaging.messages import (
 from broker.messaging.presence import ARRIVE, LEAVE, Presence
 from broker.models.interfaces.job import Job
 from broker.settings import Settings
+from broker.trust import credentials
 from broker.trust.registrations import RegistrationCheck
 from broker.worker import provenance, runs
 from broker.worker.controls import (
@@ -144,11 +145,13 @@ class WorkerRuntime:
         self._declared = {declaration.service_name: declaration for declaration in declarations}
         self._services: dict[uuid.UUID, ServedService] = {}
         self._services_lock = threading.Lock()
-        # No key, no worker: one line says what to set, before anything starts.
+        # No keys, no worker: one line says what to set, before anything starts.
         check = RegistrationCheck.from_setting(settings.registration_public_key)
+        #: Signs every report and check-in.
+        self.credential = credentials.for_worker(settings.worker_key)
         self._client = redis_client(settings.broker_url)
         self._registrations = Registrations(self._client, check)
-        self._claims = Claims.configured(self._client, settings)
+        self._claims = Claims.configured(self._client, settings, self.credential)
         self._batches = Batches(self._client, settings.lease_seconds)
         self._presence = Presence(self._client)
         self._parker = Parker()
@@ -388,7 +391,7 @@ class WorkerRuntime:
         if self._running.start(HeldRun(delivery.job, delivery.served.descriptor, watch)):
             self._ask_abort(delivery.job, self._running.aborting or "")
         progress = ThrottledProgress(
-            self._progress_sender(delivery.served.descriptor.id, delivery.job)
+            self._progress_sender(delivery.served.descriptor.id, delivery.job, delivery.attempt)
         )
         try:
             return runs.execute(
@@ -436,7 +439,7 @@ class WorkerRuntime:
             entry = StateMessage(
                 "provenance", served.descriptor.id, worker=record.worker, extra=record.as_dict()
             )
-            self._client.xadd(keys.STATE_STREAM, entry.to_fields())  # type: ignore[arg-type]
+            self._client.xadd(keys.STATE_STREAM, self._signed(entry))
             self._provenances[key] = digest
         return digest
 
@@ -472,6 +475,10 @@ class WorkerRuntime:
                 log.warning("cannot report job %s yet (%s); retrying in %.1f s", job, error, delay)
                 time.sleep(delay)  # waiting for Redis to come back, not for another thread
                 delay = min(REPORT_RETRY_MOST, delay * 2)
+
+    def _signed(self, entry: StateMessage) -> Any:
+        """``entry``'s stream fields, with this worker's credential's MAC (``broker.trust``)."""
+        return self.credential.fields(entry.to_fields()["m"])
 
     def refuse(self, reason: str, job: uuid.UUID | None, detail: str) -> Refused:
         """Log and count a refused delivery once; the caller raises what this returns."""
@@ -612,11 +619,14 @@ class WorkerRuntime:
         """Report a run's outcome on its own (``_report``); return it as its task ends."""
         return self._reported(delivery, final, self._report(delivery.job, delivery.attempt, final))
 
-    def _progress_sender(self, service: uuid.UUID, job: uuid.UUID) -> Send:
+    def _progress_sender(self, service: uuid.UUID, job: uuid.UUID, attempt: int) -> Send:
         def send(fraction: float, message: str | None) -> None:
-            entry = StateMessage("progress", service, job, progress=fraction, message=message)
+            # The attempt too: only the holder of the job's attempt may report on it.
+            entry = StateMessage(
+                "progress", service, job, progress=fraction, message=message, attempt=attempt
+            )
             try:
-                self._client.xadd(keys.STATE_STREAM, entry.to_fields())  # type: ignore[arg-type]
+                self._client.xadd(keys.STATE_STREAM, self._signed(entry))
             except redis.RedisError as error:  # progress is a courtesy: never fail the run for it
                 log.warning("could not report job %s's progress: %s", job, error)
 
@@ -659,7 +669,7 @@ class WorkerRuntime:
             self._presence.queue(pipeline, worker, LEAVE, services)
         for service in services:
             entry = StateMessage("checkin", service, available=available, worker=worker)
-            pipeline.xadd(keys.STATE_STREAM, entry.to_fields())  # type: ignore[arg-type]
+            pipeline.xadd(keys.STATE_STREAM, self._signed(entry))
         pipeline.execute()
 
     @property

@@ -18,6 +18,8 @@
 -- ARGV[9]  the delivery's message, to park it with ('' if the caller has not encoded it)
 -- ARGV[10] the queue list a parked message goes back to
 -- ARGV[11] the job's priority (0-9, higher first)
+-- ARGV[12] the name of the credential that signed the WORKING entry (broker.trust.reports)
+-- ARGV[13] its signature, carried to the stream unchanged
 -- Each take of a claim is numbered ('takes'), and its WORKING entry carries the
 -- number ('take'), so that the mirror can tell the report of a take its holder
 -- gave back since (release.lua) from one of the take that runs now.
@@ -75,7 +77,7 @@ if free_slots(KEYS[4], KEYS[6]) == 0 then
 end
 -- Appended first: should the stream refuse the entry, nothing has changed.
 local take = tonumber(redis.call('HGET', KEYS[1], 'takes') or '0') + 1
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[4], 'take', take)
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[4], 'by', ARGV[12], 'sig', ARGV[13], 'take', take)
 if redis.call('HEXISTS', KEYS[1], 'parked') == 1 then
   -- A duplicate of a parked delivery came when it could start: the parked one is not needed.
   redis.call('ZREM', KEYS[5], KEYS[1])
@@ -83,6 +85,8 @@ if redis.call('HEXISTS', KEYS[1], 'parked') == 1 then
 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'worker', ARGV[2],
   'takes', take)
+-- Who took it, by take: the mirror starts a hold only for the credential that took it.
+redis.call('HSET', KEYS[1], 'by:' .. take, ARGV[12])
 redis.call('PERSIST', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[4], KEYS[1])

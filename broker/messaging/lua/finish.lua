@@ -13,6 +13,8 @@
 --          abort request is not ended here but answered {'aborted', at, by,
 --          reason}, so the worker can say so in its outcome and finish again
 --          (one round trip for the common end, which has no abort)
+-- ARGV[5]  the name of the credential that signed the final entry (broker.trust.reports)
+-- ARGV[6]  its signature, carried to the stream unchanged
 -- Returns: {lateness, since}. lateness '' (on time), 'lost' or 'requeued' (beat
 --   presumed the worker lost at since ms, and nothing ran again: this outcome
 --   stands), 'superseded' (another attempt holds the job) or 'unknown' (the
@@ -31,7 +33,7 @@ if mine and state == 'running' then
       return {'aborted', abort[1], abort[2] or '', abort[3] or ''}
     end
   end
-  redis.call('XADD', KEYS[3], '*', 'm', ARGV[2])
+  redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'by', ARGV[5], 'sig', ARGV[6])
   redis.call('HSET', KEYS[1], 'state', 'done')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('DEL', KEYS[2])
@@ -40,7 +42,8 @@ if mine and state == 'running' then
 end
 if mine and (state == 'lost' or state == 'requeued') then
   local since = redis.call('HGET', KEYS[1], state .. '_at') or ''
-  redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'late', state, 'since', since)
+  redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'by', ARGV[5], 'sig', ARGV[6], 'late', state,
+    'since', since)
   redis.call('HSET', KEYS[1], 'state', 'done')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   return {state, since}
@@ -49,5 +52,6 @@ local lateness = 'unknown'
 if state == 'running' or state == 'requeued' then
   lateness = 'superseded'
 end
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'late', lateness, 'since', '')
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'by', ARGV[5], 'sig', ARGV[6], 'late', lateness,
+  'since', '')
 return {lateness, ''}

@@ -8,6 +8,8 @@
 -- KEYS[6]  the service's control hash
 -- ARGV[1]  attempt
 -- ARGV[2]  retry entry (the state message's "m" field)
+-- ARGV[3]  the name of the credential that signed it (broker.trust.reports)
+-- ARGV[4]  its signature, carried to the stream unchanged
 -- Returns: 'retrying', or the claim's state when this attempt does not hold it
 --   (beat presumed the worker lost meanwhile, or another attempt runs): the
 --   caller then reports the run's end as an outcome instead (finish.lua), so
@@ -19,7 +21,7 @@ if not (mine and state == 'running') then
   return state or 'unclaimed'
 end
 -- Appended first: should the stream refuse the entry, nothing has changed.
-redis.call('XADD', KEYS[3], '*', 'm', ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'm', ARGV[2], 'by', ARGV[3], 'sig', ARGV[4])
 redis.call('HSET', KEYS[1], 'state', 'retrying')
 redis.call('DEL', KEYS[2])
 -- The run ended: its slot frees, and the next parked job may start meanwhile.
