@@ -278,10 +278,15 @@ def stack_settings(postgres_url: str, redis_url: str, tmp_path: Path) -> Setting
     from conftest import truncate_all
 
     truncate_all(postgres_url)
+    return lab_settings(postgres_url, redis_url, tmp_path)
+
+
+def lab_settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    """A test stack's settings: short timings, the session's registration keys, a credential."""
     return keyed(
         Settings(
-            worker_key=str(enroll_worker(postgres_url, tmp_path)),
-            database_url=postgres_url,
+            worker_key=str(enroll_worker(database_url, tmp_path)),
+            database_url=database_url,
             broker_url=_celery_spelling(redis_url),
             lease_seconds=1.0,
             beat_interval=0.5,

@@ -106,7 +106,7 @@ def test_the_private_registration_key_goes_only_where_jobs_are_published():
         assert "registration-key" in volumes(signer)
         key = services[signer]["environment"]["TOPCHEF_REGISTRATION_SIGNING_KEY"]
         assert key.startswith("/keys/")
-    assert volumes("worker") == {"registration-public"}
+    assert volumes("worker") == {"registration-public", "worker-keys"}
     assert services["worker"]["environment"]["TOPCHEF_REGISTRATION_PUBLIC_KEY"].startswith(
         "/public/"
     )

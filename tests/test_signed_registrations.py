@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import uuid
+from pathlib import Path
 from typing import Any
 
 import lab
@@ -33,7 +34,10 @@ from broker.models.service import Service
 from broker.producer import Producer
 from broker.settings import Settings
 from broker.storage.tables import JobRow, ServiceRow, open_session
+from broker.trust import credentials
+from broker.trust.credentials import Credential
 from broker.trust.registrations import Registrar, RegistrationCheck
+from broker.trust.reports import ReportKey
 from broker.trust.signing import SigningKey, read_private, read_public
 from broker.worker.handlers import Declaration
 from broker.worker.registrations import Registrations
@@ -247,9 +251,11 @@ def client(real_redis_url: str) -> redis.Redis:
 
 
 @pytest.fixture
-def runtime(real_redis_url: str, client: redis.Redis) -> WorkerRuntime:
+def runtime(real_redis_url: str, client: redis.Redis, tmp_path: Path) -> WorkerRuntime:
     """A worker runtime serving that service, whose handler fails the test if it ever runs."""
-    settings = keyed(Settings(broker_url=real_redis_url))
+    key_file = tmp_path / "refusing.key"  # its reports go nowhere: no mirror reads them
+    credentials.write(key_file, Credential("refusing", ReportKey.generate()))
+    settings = keyed(Settings(broker_url=real_redis_url, worker_key=str(key_file)))
     return WorkerRuntime(settings, [Declaration(DESCRIPTOR.name, _never)])
 
 

@@ -127,13 +127,12 @@ def pattern_problem(pattern: str) -> str | None:
     return None
 
 
-def schema_patterns(schema: object) -> Iterator[tuple[tuple[object, ...], str]]:
-    """Every pattern in ``schema``, with its path: ``pattern`` values and the keys of
-    ``patternProperties``, anywhere (``$defs`` included).
+def members(schema: object) -> Iterator[tuple[tuple[object, ...], object, object]]:
+    """Every member of every object in ``schema``, with its path, key and value, iteratively.
 
-    Blind to which values are subschemas, like the reference check: a
-    ``pattern`` inside an ``enum`` counts too, which costs nothing real and
-    can miss nothing.
+    Blind to which values are subschemas: the checks that walk a schema this
+    way (patterns here, references in ``schema``) look inside an ``enum`` too,
+    which costs nothing real and can miss nothing.
     """
     stack: list[tuple[object, tuple[object, ...]]] = [(schema, ())]
     while stack:
@@ -145,11 +144,19 @@ def schema_patterns(schema: object) -> Iterator[tuple[tuple[object, ...], str]]:
         for key, value in item.items():
             path = (*where, key)
             stack.append((value, path))
-            if key == "pattern" and isinstance(value, str):
-                yield path, value
-            elif key == "patternProperties" and isinstance(value, dict):
-                for pattern in value:
-                    yield (*path, pattern), pattern
+            yield path, key, value
+
+
+def schema_patterns(schema: object) -> Iterator[tuple[tuple[object, ...], str]]:
+    """Every pattern in ``schema``, with its path: ``pattern`` values and the keys of
+    ``patternProperties``, anywhere (``$defs`` included).
+    """
+    for path, key, value in members(schema):
+        if key == "pattern" and isinstance(value, str):
+            yield path, value
+        elif key == "patternProperties" and isinstance(value, dict):
+            for pattern in value:
+                yield (*path, pattern), pattern
 
 
 def text_length(value: object) -> int:

@@ -50,6 +50,7 @@ from broker.contract.patterns import (
     MAX_COMPILED_BYTES,
     MAX_SCHEMA_WEIGHT,
     MAX_WORK,
+    members,
     pattern_problem,
     pattern_weight,
     schema_patterns,
@@ -290,32 +291,23 @@ def _check_document(schema: dict[str, Any], source: str) -> None:
     """Refuse, anywhere in ``schema``, a reference outside it, a nested ``$schema`` that
     names no known dialect, and more than ``MAX_REFERENCES`` references.
 
-    Iterative, and blind to which values are subschemas: a ``$ref`` inside an
-    ``enum`` is refused too, which costs nothing real and can miss nothing.
+    Blind to which values are subschemas (``patterns.members``): a ``$ref``
+    inside an ``enum`` is refused too.
     """
-    stack: list[tuple[object, tuple[object, ...]]] = [(schema, ())]
     references = 0
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, list):
-            stack.extend((child, (*where, index)) for index, child in enumerate(item))
-        if not isinstance(item, dict):
+    for path, key, value in members(schema):
+        if not isinstance(value, str):
             continue
-        for key, value in item.items():
-            path = (*where, key)
-            stack.append((value, path))
-            if not isinstance(value, str):
-                continue
-            if key in _REFERENCES:
-                if not value.startswith("#"):
-                    message = f"{key} {value!r} points outside this schema; only '#...' is allowed"
-                    raise InvalidSchemaError(source, message, path)
-                references += 1
-                if references > MAX_REFERENCES:
-                    message = f"more than {MAX_REFERENCES} references; that is the limit"
-                    raise InvalidSchemaError(source, message, path)
-            if key == "$schema" and where and _normalized(value) not in _DIALECTS:
-                raise InvalidSchemaError(source, f"unknown $schema {value!r}", path)
+        if key in _REFERENCES:
+            if not value.startswith("#"):
+                message = f"{key} {value!r} points outside this schema; only '#...' is allowed"
+                raise InvalidSchemaError(source, message, path)
+            references += 1
+            if references > MAX_REFERENCES:
+                message = f"more than {MAX_REFERENCES} references; that is the limit"
+                raise InvalidSchemaError(source, message, path)
+        if key == "$schema" and len(path) > 1 and _normalized(value) not in _DIALECTS:
+            raise InvalidSchemaError(source, f"unknown $schema {value!r}", path)
 
 
 def _count(schema: dict[str, Any], source: str) -> Evaluations:
