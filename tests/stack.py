@@ -65,13 +65,17 @@ class Stack:
         numbered, and who took it), so that the mirror finds the credential
         took the job. ``entry``: more of ``XADD``'s arguments (``id=`` stamps it).
         """
+        return self.redis.xadd(keys.STATE_STREAM, self.report_fields(message), **entry)  # type: ignore[no-any-return]
+
+    def report_fields(self, message: StateMessage) -> dict[str, Any]:
+        """``report``'s entry, for a caller that appends it itself (a pipeline, an id)."""
         fields: dict[str, Any] = dict(self.credential.fields(message.to_fields()["m"]))
         if message.kind == "status" and message.status == "WORKING" and message.job_id:
             claim = keys.claim(message.job_id)
             take = int(self.redis.hincrby(claim, "takes", 1))
             self.redis.hset(claim, keys.claim_taker(take), self.credential.name)
             fields["take"] = take
-        return self.redis.xadd(keys.STATE_STREAM, fields, **entry)  # type: ignore[no-any-return]
+        return fields
 
     # -- processes ----------------------------------------------------------
 

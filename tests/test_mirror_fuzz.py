@@ -1,12 +1,13 @@
 """The state stream fuzzed: thousands of malformed entries among valid reports of real jobs.
 
 Each example submits a few real jobs, writes their valid reports (WORKING,
-progress, COMPLETED) interleaved with generated malformed entries, and runs
-the real mirror over them one batch at a time. Asserted: no step raises;
-every step consumes the next batch of the stream, in order, and leaves nothing
-pending, so no entry waits for a later batch; each valid report is in SQL by
-the end of the step that read it; every malformed entry is dead-lettered,
-or is of a kind that changes no job (a check-in of a service that does not exist).
+progress, COMPLETED, authenticated as the worker holding the job) interleaved
+with generated malformed entries, and runs the real mirror over them one
+batch at a time. Asserted: no step raises; every step consumes the next batch
+of the stream, in order, and leaves nothing pending, so no entry waits for a
+later batch; each valid report is in SQL by the end of the step that read it;
+every malformed entry is dead-lettered, or is of a kind that changes no job
+(a check-in of a service that does not exist).
 
 Entry ids a writer chooses are fuzzed apart: an entry restamped is appended
 again at the end of the stream, so it waits for what is ahead of it there, not
@@ -201,7 +202,7 @@ def _run_example(fuzz: Fuzz, data: st.DataObject) -> None:
 
     pipeline = client.pipeline(transaction=False)
     for number, (what, item) in enumerate(stream):
-        fields = dict(item) if what == "bad" else item.to_fields()
+        fields = dict(item) if what == "bad" else stack.report_fields(item)
         if what == "bad":
             fields[TAG] = f"{fuzz.examples}:{number}".encode()
         pipeline.xadd(keys.STATE_STREAM, fields)
@@ -343,17 +344,16 @@ def test_forged_ids_never_stamp_a_transition_ahead_nor_stop_reports(
                 with contextlib.suppress(redis.ResponseError):  # not after the last id: refused
                     client.xadd(keys.STATE_STREAM, {"m": "{}"}, id=entry_id)
                     forged["count"] += 1
-            fields = report.to_fields()
             if report.status == "COMPLETED":
-                fields = StateMessage(
+                report = StateMessage(
                     "status",
                     fuzz.service,
                     report.job_id,
                     "COMPLETED",
                     results={"square": jobs_done[report.job_id] ** 2},
                     worker="w:1",
-                ).to_fields()
-            _append(fuzz, fields)
+                )
+            _append(fuzz, lab_stack.report_fields(report))
         while client.xlen(keys.STATE_STREAM):
             fuzz.mirror.step()
         fuzz.valid += len(reports)
