@@ -82,7 +82,7 @@ def signed_batch(batch_id: uuid.UUID | str) -> str:
     """A batch's signed registration, stored by a worker that parked one of its jobs.
 
     The parked job's message carries the batch's signature and id; the
-    registration it covers is the batch's, every job of it (``broker.worker.signatures``).
+    registration it covers is the batch's, every job of it (``broker.worker.registrations``).
     """
     return f"{PREFIX}:signed:batch:{batch_id}"
 
