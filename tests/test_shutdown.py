@@ -43,7 +43,7 @@ def test_ctrl_c_on_topchef_up_records_the_job_finished_during_shutdown(stack, tm
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    worker_log = tmp_path / ".topchef" / "logs" / "worker.log"
+    worker_log = tmp_path / ".topchef" / "logs" / "worker-lab.log"  # one log per module
     try:
         tag = uuid.uuid4().hex
         job = stack.producer.submit(lab.HELD, {"tag": tag})

@@ -68,7 +68,7 @@ def test_a_forged_completed_never_finishes_a_job_that_did_not_run(stack):
     forged = StateMessage("status", service, job, "COMPLETED", results={"square": 1000})
     intruder = _intruder(stack)
     stack.redis.xadd(keys.STATE_STREAM, forged.to_fields())  # unsigned
-    stack.redis.xadd(keys.STATE_STREAM, _forged_sig(forged, "lab-tests"))  # not its key
+    stack.redis.xadd(keys.STATE_STREAM, _forged_sig(forged, stack.credential.name))  # not its key
     # An enrolled credential that starts the job on the stream alone, without taking its claim.
     working = StateMessage("status", service, job, "WORKING", worker="intruder:1")
     stack.redis.xadd(keys.STATE_STREAM, {**_signed(intruder, working), "take": "1"})
@@ -130,12 +130,13 @@ def test_a_revoked_credential_reports_nothing_more(stack, cli):
     job = stack.producer.submit(lab.HELD, {"tag": tag})
     stack.wait_status(job, "WORKING")
 
-    said = cli("workers", "revoke", "lab-tests")
-    assert "revoked 'lab-tests'" in said
+    name = stack.credential.name
+    said = cli("workers", "revoke", name)
+    assert f"revoked '{name}'" in said
     assert "1 job(s) it was running ended ERROR" in said  # its outcome could never be recorded
     ended = stack.job(job)
     assert ended["status"] == "ERROR"
-    assert "('lab-tests') was revoked" in ended["detail"]
+    assert f"('{name}') was revoked" in ended["detail"]
     stack.release(tag)  # the run ends after its credential was revoked
     reasons = _refused(stack, 1)
     assert any(r.startswith("revoked") for r in reasons), reasons
@@ -149,7 +150,7 @@ def test_a_forged_check_in_shows_no_service_available(stack):
     square = stack.service(lab.SQUARE)
     checkin = StateMessage("checkin", square.id, available=True, worker="nobody:1")
     stack.redis.xadd(keys.STATE_STREAM, checkin.to_fields())
-    stack.redis.xadd(keys.STATE_STREAM, _forged_sig(checkin, "lab-tests"))
+    stack.redis.xadd(keys.STATE_STREAM, _forged_sig(checkin, stack.credential.name))
     reasons = _refused(stack, 2)
     assert all(reason.endswith("(a check-in)") for reason in reasons)
     after = stack.service(lab.SQUARE)
@@ -171,7 +172,7 @@ def test_forged_outcomes_recorded_0_valid_outcomes_dropped_0(stack):
         forged = StateMessage("status", service, job, "COMPLETED", results={"square": -1})
         stack.redis.xadd(keys.STATE_STREAM, forged.to_fields())
         stack.redis.xadd(keys.STATE_STREAM, _signed(intruder, forged))
-        stack.redis.xadd(keys.STATE_STREAM, _forged_sig(forged, "lab-tests"))
+        stack.redis.xadd(keys.STATE_STREAM, _forged_sig(forged, stack.credential.name))
     finished = {job: stack.wait_status(job, "COMPLETED") for job in jobs}
     forged_recorded = sum(job["results"] == {"square": -1} for job in finished.values())
     valid_dropped = sum(finished[job]["results"] != {"square": x * x} for job, x in jobs.items())
