@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from broker.contract.bounds import MAX_DEPTH
-from broker.contract.patterns import BASE_WEIGHT, pattern_weight
+from broker.contract.patterns import BASE_WEIGHT, members, pattern_weight
 
 #: How many evaluations references may add, on one value, to what the schema's own
 #: subschemas cost there.
@@ -160,16 +160,9 @@ def _units(schema: dict[str, Any]) -> dict[Pointer, _Unit]:
 
 
 def _references(schema: object) -> Iterator[tuple[Pointer, str]]:
-    stack: list[tuple[object, Pointer]] = [(schema, ())]
-    while stack:
-        item, path = stack.pop()
-        if isinstance(item, list):
-            stack.extend((child, (*path, i)) for i, child in enumerate(item))
-        elif isinstance(item, dict):
-            for key, value in item.items():
-                if key in _REFERENCES and isinstance(value, str):
-                    yield (*path, key), value
-                stack.append((value, (*path, key)))
+    for path, key, value in members(schema):
+        if key in _REFERENCES and isinstance(value, str):
+            yield path, value
 
 
 def _walk(
