@@ -158,8 +158,16 @@ def test_a_worker_as_the_worker_user_runs_every_kind_of_job_end_to_end(
         parked = stack.producer.submit(lab.SQUARE, {"x": 5})
         parking = keys.parked_jobs(stack.service(lab.SQUARE).id)
         wait_for(lambda: stack.redis.zcard(parking) == 1, 30, "the job to be parked")
+        # Jobs parked out of a batch come back alone: their batch's signed registration,
+        # which the parking worker stored, is read back by whichever worker takes them.
+        batch = stack.producer.submit_many(lab.SQUARE, [{"x": 2}, {"x": 3}], jobs_per_message=2)
+        wait_for(lambda: stack.redis.zcard(parking) == 3, 30, "the batch's jobs to be parked")
         stack.producer.resume_service(lab.SQUARE)
         assert stack.producer.wait(parked, timeout=30) == {"square": 25}
+        assert [stack.producer.wait(job, timeout=30) for job in batch] == [
+            {"square": 4},
+            {"square": 9},
+        ]
         # An abort reaches the running handler.
         tag = uuid.uuid4().hex
         aborted = stack.producer.submit(lab_controls.ABORTABLE, {"tag": tag})
