@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from test_contract import json_values, schemas
 
 from broker.contract import MAX_BYTES, Contract
+from broker.contract.bounds import MAX_DEPTH, check_payload, surely_within_bounds
 from broker.errors import DeserializationError
 
 ANY = Contract({})
@@ -295,3 +296,51 @@ def test_after_the_contract_every_integer_field_holds_a_python_int(schema, paylo
     assert normalized == payload  # the same numbers: 10 == 10.0
     assert Strict(schema).is_valid(normalized), (schema, payload, normalized)
     assert _kinds(contract.validate(normalized)) == _kinds(normalized)  # and it stays so
+
+
+#: Any JSON at all, NUL, surrogates and deep nesting included, as text a Redis writer sends.
+_any_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(codec=None), max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children)
+    ),
+    max_leaves=80,
+)
+_deep = st.integers(1, 3 * MAX_DEPTH).map(lambda depth: "[" * depth + "]" * depth)
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is what the mirror reads from bytes: UTF-8, so no lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@settings(max_examples=400)
+@given(value=_any_json, ascii_only=st.booleans(), deep=_deep)
+def test_json_text_surely_within_bounds_is_within_them_and_unchanged_by_the_walk(
+    value, ascii_only, deep
+):
+    """The mirror skips the walk of a report ``surely_within_bounds``: never wrongly."""
+    for text in (json.dumps(value, ensure_ascii=ascii_only), deep):
+        if _utf8(text) and surely_within_bounds(text):
+            read = json.loads(text)
+            assert check_payload(read, "results").value == read
+
+
+def test_what_is_not_surely_within_bounds_is_left_to_the_walk():
+    assert surely_within_bounds('{"results": {"x": [1, 2.5, "é"]}}')
+    for text in (
+        "[" * MAX_DEPTH + "]" * MAX_DEPTH,
+        '{"x": "a\\u0000b"}',
+        '{"x": "\\ud83d\\ude00"}',
+        '{"x": "\\uDC00"}',
+        '"' + "x" * (MAX_BYTES // 6) + '"',
+    ):
+        assert not surely_within_bounds(text)

@@ -79,6 +79,25 @@ def check_payload(value: object, source: str) -> Checked:
     return _check(value, source, DeserializationError)
 
 
+def surely_within_bounds(text: str) -> bool:
+    """Whether every value the JSON text ``text`` holds, once read, is within the bounds.
+
+    For a reader of JSON text (the state mirror) to skip the walk of what it
+    read: a text that opens fewer objects and arrays than ``MAX_DEPTH``,
+    escapes no NUL or surrogate (its own characters, from UTF-8, are never
+    lone surrogates), and is shorter than ``MAX_BYTES`` even at six
+    characters for each of its own holds nothing the walk would refuse or
+    copy. False says only that the walk must decide.
+    """
+    return (
+        len(text) * 6 < MAX_BYTES
+        and text.count("{") + text.count("[") < MAX_DEPTH
+        and "\\u0000" not in text
+        and "\\ud" not in text
+        and "\\uD" not in text
+    )
+
+
 def canonical_json(value: object, source: str, error: type[DeserializationError]) -> str:
     """The compact JSON of ``value``, keys sorted, after the checks of ``check_payload``.
 

@@ -32,12 +32,14 @@ Everything refused is dead-lettered by the mirror with the reason given here.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from broker.messaging import keys
@@ -83,7 +85,7 @@ class _Job:
     attempts: int
 
 
-def screen(session: Session, reading: Reading, client: redis.Redis) -> None:
+def screen(session: Session, reading: Reading, client: redis.Redis) -> dict[uuid.UUID, uuid.UUID]:
     """Refuse every entry of ``reading`` that its MAC does not entitle; record new holders.
 
     ``client`` reads the claims of the jobs whose attempt a WORKING report
@@ -92,11 +94,12 @@ def screen(session: Session, reading: Reading, client: redis.Redis) -> None:
     Refused job reports join ``reading.refused`` (the mirror applies none of
     them); refused check-ins and provenances leave the reading for it too.
     A report on a job SQL does not know, or of another service than the
-    job's, is left to the mirror, which refuses it for that.
+    job's, is left to the mirror, which refuses it for that: the service of
+    each reported job SQL knows is returned, read with the holders in one query.
     """
     every = [*reading.reports, *reading.every_check_in, *reading.provenances]
     if not every:
-        return
+        return {}
     claims = {id(report): signed(report.fields) for report in every}
     names = {claim.name for claim in claims.values() if isinstance(claim, Signed)}
     keys = _keys(session, names)
@@ -124,9 +127,11 @@ def screen(session: Session, reading: Reading, client: redis.Redis) -> None:
         else:
             kept.append(report)
     reading.provenances[:] = kept
-    refused += _holders(session, reading.reports, verdict, _Takers(client))
+    jobs, held = _jobs(session, {report.message.job_id for report in reading.reports})  # type: ignore[misc]
+    refused += _holders(session, reading.reports, verdict, _Takers(client), jobs, held)
     for report, detail in refused:
         reading.refuse(report, reason_of(detail), detail)
+    return {job_id: job.service_id for job_id, job in jobs.items()}
 
 
 def reason_of(detail: str) -> Reason:
@@ -204,9 +209,10 @@ def _holders(
     reports: Sequence[Report],
     check: Callable[[Report], str | Signed],
     takers: _Takers,
+    jobs: dict[uuid.UUID, _Job],
+    held: dict[Attempt, str],
 ) -> list[tuple[Report, str]]:
     """Check each job report against its attempt's holder, in stream order; record new holds."""
-    jobs, held = _jobs(session, {report.message.job_id for report in reports})  # type: ignore[misc]
     before = dict(held)
     # The WORKINGs that may start a hold: of an attempt nobody holds, or one given back here.
     released = {
@@ -277,25 +283,41 @@ def _jobs(
     """The reported jobs as SQL has them, and the holders of their attempts."""
     jobs: dict[uuid.UUID, _Job] = {}
     held: dict[Attempt, str] = {}
-    wanted = sorted(job_ids)
-    for start in range(0, len(wanted), _CHUNK):
-        rows = session.execute(
-            sa.select(
-                JobRow.id,
-                JobRow.service_id,
-                JobRow.status,
-                JobRow.attempts,
-                JobHolderRow.attempt,
-                JobHolderRow.credential,
-            )
-            .outerjoin(JobHolderRow, JobHolderRow.job_id == JobRow.id)
-            .where(JobRow.id.in_(wanted[start : start + _CHUNK]))
-        )
+    query: sa.Select[*tuple[Any, ...]] = sa.select(
+        JobRow.id,
+        JobRow.service_id,
+        JobRow.status,
+        JobRow.attempts,
+        JobHolderRow.attempt,
+        JobHolderRow.credential,
+    ).outerjoin(JobHolderRow, JobHolderRow.job_id == JobRow.id)
+    for rows in by_ids(session, query, JobRow.id, sorted(job_ids)):
         for job_id, service_id, status, attempts, attempt, credential in rows:
             jobs[job_id] = _Job(service_id, status, attempts or 0)
             if credential is not None:
                 held[(job_id, attempt)] = credential
     return jobs, held
+
+
+def by_ids(
+    session: Session,
+    query: sa.Select[*tuple[Any, ...]],
+    column: sa.orm.InstrumentedAttribute[uuid.UUID],
+    ids: list[uuid.UUID],
+) -> Iterator[sa.Result[*tuple[Any, ...]]]:
+    """``query``'s rows for ``ids`` of ``column``, in as few queries as the database takes.
+
+    PostgreSQL takes the ids as one array; SQLite binds at most a few
+    thousand parameters, so it is asked in chunks.
+    """
+    if not ids:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        wanted = sa.bindparam("ids", ids, type_=ARRAY(sa.Uuid))
+        yield session.execute(query.where(column == sa.any_(wanted)))
+        return
+    for start in range(0, len(ids), _CHUNK):
+        yield session.execute(query.where(column.in_(ids[start : start + _CHUNK])))
 
 
 def _write(session: Session, before: dict[Attempt, str], after: dict[Attempt, str]) -> None:
@@ -315,7 +337,8 @@ def _insert(session: Session, holds: list[tuple[uuid.UUID, int, str]]) -> None:
     if not holds:
         return
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    # The table, not the mapped class: SQLAlchemy's ORM bulk path costs more than the INSERT.
     session.execute(
-        dialect.insert(JobHolderRow).on_conflict_do_nothing(),
+        dialect.insert(JobHolderRow.__table__).on_conflict_do_nothing(),
         [{"job_id": job, "attempt": n, "credential": name} for job, n, name in holds],
     )

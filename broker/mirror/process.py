@@ -39,7 +39,6 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from broker.contract import Contract, compile_contract
@@ -243,10 +242,10 @@ class Mirror:
         """Write one reading in ``session``'s transaction (the caller commits)."""
         clock = SourceClock(_redis_ms(self._client), database_now(session))
         # Only what a credential that may report on it signed goes on (broker.mirror.holders).
-        holders.screen(session, reading, self._client)
+        services = holders.screen(session, reading, self._client)
         self._apply_check_ins(session, reading, clock)
         self._apply_provenances(session, reading, clock)
-        services = self._verify(session, reading)
+        self._verify(reading, services)
         changes = Changes.of(self._accepted(reading))
         started_here = _started_and_ended(changes)
         working = [
@@ -316,10 +315,9 @@ class Mirror:
         attempts.keep_retried(session, retried)
         lifecycle.retry(session, moves)
 
-    def _verify(self, session: Session, reading: Reading) -> dict[uuid.UUID, uuid.UUID]:
-        """Each reported job's own service; refuse reports of unknown or misattributed jobs."""
-        job_ids = list({r.message.job_id for r in reading.reports})
-        services = _services_of(session, job_ids) if job_ids else {}  # type: ignore[arg-type]
+    @staticmethod
+    def _verify(reading: Reading, services: dict[uuid.UUID, uuid.UUID]) -> None:
+        """Refuse reports of unknown or misattributed jobs (``services``: each job's own)."""
         for report in reading.reports:
             job, claimed = report.message.job_id, report.message.service_id
             actual = services.get(job)  # type: ignore[arg-type]
@@ -328,7 +326,6 @@ class Mirror:
             elif actual != claimed:
                 detail = f"job {job} belongs to service {actual}, not {claimed}"
                 reading.refuse(report, Reason.MISATTRIBUTED, detail)
-        return services
 
     @staticmethod
     def _accepted(reading: Reading) -> list[Report]:
@@ -601,22 +598,6 @@ def _late_note(report: Report, clock: SourceClock, at: datetime) -> str:
     if report.late == "superseded":
         return f"{reported} after a later attempt had taken the job over"
     return f"{reported} after beat had presumed its worker lost"
-
-
-def _services_of(session: Session, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
-    """Each job's service, in as few queries as the database takes."""
-    found: dict[uuid.UUID, uuid.UUID] = {}
-    if session.get_bind().dialect.name == "postgresql":
-        ids = sa.bindparam("ids", job_ids, type_=ARRAY(sa.Uuid))
-        rows = session.execute(
-            sa.select(JobRow.id, JobRow.service_id).where(JobRow.id == sa.any_(ids))
-        )
-        return {job: service for job, service in rows}
-    for start in range(0, len(job_ids), 500):
-        chunk = job_ids[start : start + 500]
-        rows = session.execute(sa.select(JobRow.id, JobRow.service_id).where(JobRow.id.in_(chunk)))
-        found.update((job, service) for job, service in rows)
-    return found
 
 
 def _redis_ms(client: redis.Redis) -> int:
