@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from broker.errors import ConfigurationError
 from broker.messaging import keys
+from broker.messaging.claims import Claims
 from broker.messaging.messages import StateMessage
 from broker.mirror import holders
 from broker.mirror.entries import Reading
@@ -180,7 +181,7 @@ def test_screening_arbitrary_entries_never_raises_and_lets_through_only_a_holder
         for index, fields in enumerate(entries):
             reading.add(f"{index + 1}-0".encode(), fields)
         with session.begin_nested() as nested:
-            holders.screen(session, reading, client)
+            holders.screen(session, reading, Claims(client))
             nested.rollback()
         generated += len(entries)
         refused = {dead.entry_id for dead in reading.refused}

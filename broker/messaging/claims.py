@@ -156,6 +156,8 @@ _RENEW_HTTP = _lua("renew_http")
 _DEPTHS = _lua("depths")
 # The services with a slot in use or a job parked, for beat, in one command.
 _OCCUPIED = _lua("occupied")
+# Who took each take of the claims a reading's WORKING reports name, for the mirror.
+_TAKERS = _lua("takers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +182,7 @@ class _Scripts:
     release_parked: Script
     depths: Script
     occupied: Script
+    takers: Script
 
     @classmethod
     def of(cls, client: redis.Redis) -> _Scripts:
@@ -198,6 +201,7 @@ class _Scripts:
             release_parked=client.register_script(_RELEASE_PARKED),
             depths=client.register_script(_DEPTHS),
             occupied=client.register_script(_OCCUPIED),
+            takers=client.register_script(_TAKERS),
         )
 
 
@@ -660,6 +664,15 @@ class Claims:
             keys.STATE_STREAM,
             *keys.slots(final.service_id),
         ], [attempt, report, CLAIM_TTL_SECONDS, int(unless_aborted), by, signature]
+
+    def takers(self, takes: Sequence[tuple[uuid.UUID, int]]) -> list[str | None]:
+        """The credential that took each (job, take) of its claim (``by:<take>``), or None."""
+        if not takes:
+            return []
+        names = self._scripts.takers(
+            keys=[keys.claim(job_id) for job_id, _ in takes], args=[take for _, take in takes]
+        )
+        return [None if name is None else text(name) for name in names]
 
     def state(self, job_id: uuid.UUID) -> str | None:
         """The claim's state, for inspection and tests."""

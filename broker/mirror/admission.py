@@ -107,14 +107,14 @@ class RefusedEntry(TopChefError):
 
 def read_message(fields: Mapping[Any, Any]) -> StateMessage:
     """The entry's message, read by the rules above; ``RefusedEntry`` if it breaks one."""
-    size = sum(len(name) + len(value) for name, value in fields.items() if _sized(name, value))
+    size = _size(fields)
     if size > MAX_ENTRY_BYTES:
         raise RefusedEntry(Reason.TOO_LARGE, f"{size} bytes; at most {MAX_ENTRY_BYTES} are read")
     raw = field_text(fields, "m")
     if raw is None:
         raise RefusedEntry(Reason.UNREADABLE, "a state entry carries its message in field 'm'")
     try:
-        data = json.loads(raw, parse_constant=_no_constant)
+        data = _DECODER.decode(raw)
     except RecursionError:
         raise RefusedEntry(Reason.TOO_DEEP, "JSON nested too deep to read") from None
     except ValueError as error:  # JSONDecodeError, NaN, an integer of too many digits
@@ -314,6 +314,18 @@ def storable_text(text: str) -> str:
 
 def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
+
+
+#: One decoder for every entry (``json.loads`` with an option builds one a call).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _size(fields: Mapping[Any, Any]) -> int:
+    """The bytes of an entry's names and values that are text (redis-py gives bytes only)."""
+    try:
+        return sum(map(len, fields)) + sum(map(len, fields.values()))
+    except TypeError:  # a value that is not text, from some other client
+        return sum(len(name) + len(value) for name, value in fields.items() if _sized(name, value))
 
 
 def _sized(name: object, value: object) -> bool:

@@ -242,7 +242,7 @@ class Mirror:
         """Write one reading in ``session``'s transaction (the caller commits)."""
         clock = SourceClock(_redis_ms(self._client), database_now(session))
         # Only what a credential that may report on it signed goes on (broker.mirror.holders).
-        services = holders.screen(session, reading, self._client)
+        services = holders.screen(session, reading, self._claims)
         self._apply_check_ins(session, reading, clock)
         self._apply_provenances(session, reading, clock)
         self._verify(reading, services)

@@ -77,7 +77,7 @@ class ReportKey:
         return hashlib.sha256(b"topchef/key-fingerprint\x00" + self._raw).hexdigest()[:16]
 
     def mac(self, data: bytes) -> bytes:
-        return hmac.digest(self._raw, data, "sha256")
+        return hmac.digest(self._raw, data, hashlib.sha256)
 
     def verifies(self, data: bytes, tag: bytes) -> bool:
         """Whether ``tag`` is this key's over exactly ``data`` (in constant time)."""
@@ -121,7 +121,7 @@ def signed(fields: Mapping[Any, Any]) -> Signed | str:
     Never raises, whatever the fields hold: an entry is the input of someone
     who may write anything to Redis.
     """
-    report, name, signature = (_field(fields, field) for field in (REPORT, BY, SIGNATURE))
+    report, name, signature = (_field(fields, field) for field in _FIELDS)
     if report is None:
         return "unsigned: no report"
     if not name or not signature:
@@ -143,10 +143,16 @@ def signed(fields: Mapping[Any, Any]) -> Signed | str:
     return Signed(report, name_text, raw)
 
 
-def _field(fields: Mapping[Any, Any], name: str) -> bytes | None:
+#: Each field's name as bytes (what redis-py gives) and as text (a decoding client's).
+_FIELDS = tuple((field.encode(), field) for field in (REPORT, BY, SIGNATURE))
+
+
+def _field(fields: Mapping[Any, Any], names: tuple[bytes, str]) -> bytes | None:
     """A field as bytes, whether the client decoded it or not; None if absent or not text."""
     try:
-        value = fields.get(name.encode(), fields.get(name))
+        value = fields.get(names[0])
+        if value is None:
+            value = fields.get(names[1])
     except (TypeError, AttributeError):
         return None
     if isinstance(value, bytes):

@@ -83,10 +83,10 @@ if redis.call('HEXISTS', KEYS[1], 'parked') == 1 then
   redis.call('ZREM', KEYS[5], KEYS[1])
   redis.call('HDEL', KEYS[1], 'parked', 'parked_message')
 end
+-- Who took it, by take ('by:<take>'): the mirror starts a hold only for the
+-- credential that took it (takers.lua).
 redis.call('HSET', KEYS[1], 'state', 'running', 'attempt', attempt, 'worker', ARGV[2],
-  'takes', take)
--- Who took it, by take: the mirror starts a hold only for the credential that took it.
-redis.call('HSET', KEYS[1], 'by:' .. take, ARGV[12])
+  'takes', take, 'by:' .. take, ARGV[12])
 redis.call('PERSIST', KEYS[1])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[4], KEYS[1])
