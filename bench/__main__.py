@@ -22,7 +22,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import controls, fleet, footprint, http_loop, producers, report, signing, sql, sweeps
+from bench import (
+    controls,
+    cpu,
+    fleet,
+    footprint,
+    http_loop,
+    producers,
+    report,
+    signing,
+    sql,
+    sweeps,
+)
 from bench import not_before as held
 from bench import reports as signed_reports
 from bench.ours import DRAIN_CHUNK, OurStack
@@ -47,6 +58,7 @@ WORKLOADS = (
     "http",
     "signing",
     "reports",
+    "cpu",
 )
 
 
@@ -229,6 +241,9 @@ class Run:
         if "reports" in self.only:
             say("== reports")
             self.reports()
+        if "cpu" in self.only:
+            say("== cpu")
+            self.cpu()
         if "sql" in self.only:
             say("== sql")
             self.sql()
@@ -402,6 +417,37 @@ class Run:
             self.figure("reports", "verify a report (mirror)", "µs", note),
             signed_reports.verify_microseconds,
         )
+
+    def cpu(self) -> None:
+        """Each process's CPU per job over a packed drain (``bench.cpu``)."""
+        assert self.ours is not None
+        ours, plan = self.ours, self.plan
+        if ours.mirror is None:
+            ours.start_mirror()
+        workers = ours.start_workers(plan.processes, plan.pool, plan.concurrency)
+        label = _label(plan.pool, plan.concurrency, plan.processes)
+        note = f"{label}; {_per(None)}; one submit_many of {plan.jobs:,}"
+        mirror = ours.mirror
+        assert mirror is not None
+        parts: cpu.Parts = {
+            "workers": lambda: [worker.pid for worker in workers],
+            "mirror": lambda: [mirror.pid],
+            "redis": lambda: [self.redis.popen.pid],
+            "postgresql": lambda: cpu.named("postgres"),
+            "producer": lambda: [os.getpid()],
+        }
+        figures = {name: self.figure("cpu", name, "µs/job", note) for name in [*parts, "total"]}
+        try:
+            for _ in range(plan.repeat):
+                before = cpu.sample(parts)
+                ours.drain(plan.jobs, per_message=None, chunk=plan.jobs)
+                spent = cpu.per_job(before, cpu.sample(parts), plan.jobs)
+                for name, figure in figures.items():
+                    figure.values.append(spent[name])
+        finally:
+            ours.stop_workers()
+        for figure in figures.values():
+            say(f"cpu: {figure.name}: {fmt(figure.median)} {figure.unit}")
 
     # -- 5. SQL at scale -------------------------------------------------------------
 

@@ -58,6 +58,7 @@ def test_smoke_run_measures_every_workload(postgres_url, tmp_path):
         "http",
         "signing",
         "reports",
+        "cpu",
     }
     names = " ".join(figure["name"] for figure in result["figures"])
     for peer in ("celery", "rq", "dramatiq", "topchef"):
@@ -65,5 +66,11 @@ def test_smoke_run_measures_every_workload(postgres_url, tmp_path):
     signing = [f for f in result["figures"] if f["workload"] == "signing"]
     assert {f["name"].split()[0] for f in signing} == {"sign", "verify"}
     assert all(figure["values"] for figure in result["figures"])
+    cpu = {f["name"]: f["median"] for f in result["figures"] if f["workload"] == "cpu"}
+    assert set(cpu) == {"workers", "mirror", "redis", "postgresql", "producer", "total"}
+    # The workers and the mirror did spend CPU on the drain.
+    assert cpu["workers"] > 0
+    assert cpu["mirror"] > 0
+    assert cpu["total"] == pytest.approx(sum(v for name, v in cpu.items() if name != "total"))
     assert result["targets"], "the targets are evaluated"
     assert "median" in run.stdout  # the table is printed
