@@ -15,6 +15,7 @@ runs — a producer loads no worker runtime and no beat:
  4    ``models/`` (the seed's models, the job lifecycle)  ``app`` (Celery app)
  3    ``messaging/`` (Redis keys, messages, claims, publisher, outbox)
  2    ``storage/`` (tables, migrations)  ``contract/`` (JSON Schema)  ``settings``
+      ``trust/`` (signatures)  ``artifacts/`` (results of real size)
  1    ``errors``  ``actors`` (who did it)
 ====  =====================================================================
 

@@ -34,6 +34,8 @@ DATABASE_FILE = "topchef.sqlite3"
 #: jobs the core publishes, the public one lets a worker check them.
 SIGNING_KEY_FILE = "registration.key"
 PUBLIC_KEY_FILE = "registration.pub"
+#: The artifact store ``topchef up`` keeps in its state directory (``broker.artifacts``).
+ARTIFACTS_DIR = "artifacts"
 #: How long a worker's running handlers have to stop after a second Ctrl-C,
 #: unless ``topchef worker --abort-grace`` says otherwise (``broker.worker.shutdown``).
 ABORT_GRACE_SECONDS = 10.0
@@ -128,6 +130,10 @@ class Settings:
     #: The public half, as its text or the path of its file: a worker runs only
     #: what it verifies.
     registration_public_key: str = ""
+    #: Where results too large for SQL are kept (``broker.artifacts``): a
+    #: directory, shared by the workers and the readers of their results.
+    #: ``topchef up`` keeps one in its stack directory.
+    artifacts_url: str = ""
 
     @property
     def due_interval(self) -> float:
@@ -202,8 +208,12 @@ class Settings:
             public = str(directory / STATE_DIR / PUBLIC_KEY_FILE)
         if not worker_key and (directory / STATE_DIR / WORKER_KEY_FILE).is_file():
             worker_key = str(directory / STATE_DIR / WORKER_KEY_FILE)
+        artifacts = self.artifacts_url
+        if not artifacts and (directory / STATE_DIR).is_dir():
+            artifacts = str(directory / STATE_DIR / ARTIFACTS_DIR)
         return replace(
             self,
+            artifacts_url=artifacts,
             broker_url=broker_url,
             database_url=database_url,
             worker_key=worker_key,
@@ -258,6 +268,7 @@ _FIELDS: dict[str, type] = {
     "api_base_url": str,
     "registration_signing_key": str,
     "registration_public_key": str,
+    "artifacts_url": str,
 }
 
 #: Secrets whose blank value is a mistake to refuse, never "none": a token of

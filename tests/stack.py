@@ -292,10 +292,12 @@ def stack_settings(postgres_url: str, redis_url: str, tmp_path: Path) -> Setting
 
 
 def lab_settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
-    """A test stack's settings: short timings, the session's registration keys, a credential."""
+    """A test stack's settings: short timings, the session's registration keys, a credential,
+    an artifact store of its own."""
     return keyed(
         Settings(
             worker_key=str(enroll_worker(database_url, tmp_path)),
+            artifacts_url=str(tmp_path / "artifacts"),
             database_url=database_url,
             broker_url=_celery_spelling(redis_url),
             lease_seconds=1.0,

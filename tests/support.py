@@ -166,6 +166,8 @@ def environment(settings: Settings) -> dict[str, str]:
         TOPCHEF_WORKER_KEY=settings.worker_key,
         PYTHONPATH=str(Path(__file__).parent) + os.pathsep + env.get("PYTHONPATH", ""),
     )
+    if settings.artifacts_url:
+        env["TOPCHEF_ARTIFACTS_URL"] = settings.artifacts_url
     return env
 
 

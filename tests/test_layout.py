@@ -27,6 +27,7 @@ LAYERS = {
     "settings": 2,
     "storage": 2,
     "contract": 2,
+    "artifacts": 2,
     "messaging": 3,
     "models": 4,
     "app": 4,

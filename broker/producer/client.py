@@ -32,6 +32,8 @@ from sqlalchemy.orm import Session
 
 from broker import actors
 from broker.app import make_app
+from broker.artifacts import DirectoryStore, store_for
+from broker.artifacts.values import resolve
 from broker.contract import times
 from broker.contract.ids import Id, as_uuid
 from broker.errors import (
@@ -462,8 +464,22 @@ class Producer:
     def wait_all(
         self, job_ids: Sequence[Id], timeout: float = 60.0, *, watch: Watch | None = None
     ) -> list[dict[str, Any]]:
-        """Wait for every job; return their results in order (see ``wait``)."""
-        return self.reader.wait_all(job_ids, timeout, watch=watch)
+        """Wait for every job; return their results in order (see ``wait``).
+
+        An artifact among them (``broker.artifacts``) comes back as what it
+        holds: an array as a NumPy array mapped from the store, a file as its
+        path; its bytes checked against its digest first.
+        """
+        every = self.reader.wait_all(job_ids, timeout, watch=watch)
+        return [resolve(results, self.artifacts) for results in every]
+
+    @functools.cached_property
+    def artifacts(self) -> DirectoryStore | None:
+        """The store the workers keep large results in, if one is configured."""
+        url = self.settings.artifacts_url
+        if not url and self._stack_directory is not None:
+            url = self.settings.with_stack_in(self._stack_directory).artifacts_url
+        return store_for(url) if url else None
 
     def outcomes(
         self, job_ids: Sequence[Id], timeout: float = 60.0, *, watch: Watch | None = None

@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from broker.artifacts import DirectoryStore
+from broker.artifacts.values import offload
 from broker.contract import Contract, compile_contract
 from broker.contract.bounds import check_payload
 from broker.errors import DeserializationError
@@ -47,9 +49,13 @@ class ServedService:
     parameters: Contract
     #: The handler's module, whose code version the jobs' provenance records.
     module: str
+    #: Where its arrays, files and large values are stored (``broker.artifacts``).
+    artifacts: DirectoryStore | None = None
 
 
-def serving(descriptor: ServiceDescriptor, declaration: Declaration) -> ServedService:
+def serving(
+    descriptor: ServiceDescriptor, declaration: Declaration, artifacts: DirectoryStore | None = None
+) -> ServedService:
     """What running ``declaration``'s handler for the service needs, its contracts compiled once."""
     module = declaration.function.__module__
     provenance.code_version(module)  # read now, once: a prefork child inherits it
@@ -59,6 +65,7 @@ def serving(descriptor: ServiceDescriptor, declaration: Declaration) -> ServedSe
         compile_contract(descriptor.job_result_schema, source="job_result_schema"),
         compile_contract(descriptor.job_registration_schema, source="job_registration_schema"),
         module,
+        artifacts,
     )
 
 
@@ -96,7 +103,7 @@ def execute(
         )
 
     def aborted(abort: Aborted, results: object = None, note: str = "") -> StateMessage:
-        kept, dropped = _partial(results)
+        kept, dropped = _partial(results, served.artifacts)
         detail = abort_detail(abort, watch.called_back_by_worker) + note + dropped
         log.info("job %s was aborted while running: %s", job, detail)
         return outcome(Status.CANCELLED, results=kept, detail=detail, extra={"aborted": True})
@@ -135,6 +142,12 @@ def execute(
         return aborted(watch.seen, results)
     # A handler that never looked ran to its end: that is what happened
     # (its report adds that an abort was asked meanwhile, if one was).
+    try:
+        # Arrays, files and large values go to the store first, durably: the
+        # report then names them, and nothing else carries their bytes.
+        results = offload(results, served.artifacts)
+    except OSError as error:
+        return outcome(Status.ERROR, detail=f"results could not be stored: {error}")
     try:  # what is reported is the contract's plain copy: NumPy's values as JSON
         results = served.results.validate(results, source="results")
     except DeserializationError as violation:
@@ -142,16 +155,20 @@ def execute(
     return outcome(Status.COMPLETED, results=results)
 
 
-def _partial(results: object) -> tuple[dict[str, Any] | None, str]:
+def _partial(
+    results: object, artifacts: DirectoryStore | None
+) -> tuple[dict[str, Any] | None, str]:
     """An aborted run's partial results, if they are a JSON object; else none, and why.
 
     Partial results may be incomplete, so they are not held to the result
-    schema; but only JSON is ever stored.
+    schema; but only JSON is ever stored (arrays and files as artifacts).
     """
     if results is None:
         return None, ""
     try:
-        kept = check_payload(results, "results").value
+        kept = check_payload(offload(results, artifacts), "results").value
+    except OSError as error:
+        return None, f"; its results could not be stored: {error}"
     except DeserializationError as error:
         return None, f"; its results were dropped: {error.detail}"
     if not isinstance(kept, dict):

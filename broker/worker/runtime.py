@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from broker import actors
+from broker.artifacts import store_for
 from broker.errors import DeserializationError
 from broker.messaging import keys, priorities
 from broker.messaging.batches import Batches
@@ -152,6 +153,8 @@ class WorkerRuntime:
         self._client = redis_client(settings.broker_url)
         self._registrations = Registrations(self._client, check)
         self._claims = Claims.configured(self._client, settings, self.credential)
+        #: Where results too large for a report go (none configured: they are refused).
+        self.artifacts = store_for(settings.artifacts_url) if settings.artifacts_url else None
         self._batches = Batches(self._client, settings.lease_seconds)
         self._presence = Presence(self._client)
         self._parker = Parker()
@@ -254,7 +257,7 @@ class WorkerRuntime:
             return []
 
     def _serve(self, descriptor: ServiceDescriptor, declaration: Declaration) -> ServedService:
-        served = runs.serving(descriptor, declaration)
+        served = runs.serving(descriptor, declaration, self.artifacts)
         with self._services_lock:
             self._services[descriptor.id] = served
         return served

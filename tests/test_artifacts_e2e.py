@@ -1,0 +1,54 @@
+"""Results of real size through a real stack: a worker process stores them, its
+authenticated report names them, SQL records the reference, the producer reads arrays."""
+
+from __future__ import annotations
+
+import lab_artifacts as la
+import numpy as np
+import pytest
+
+from broker.artifacts import MARK, Reference
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+@pytest.fixture
+def running(stack):
+    create = stack.producer.create_service
+    create(la.SPECTROMETER, "a million points", la.POINTS, la.SPECTRUM_RESULTS)
+    create(la.CAMERA, "a square frame", la.POINTS, la.FRAME_RESULTS)
+    create(la.RECORDER, "writes a file", la.POINTS, la.ANY)
+    stack.start_mirror()
+    stack.worker(module="lab_artifacts")
+    stack.wait_available(la.SPECTROMETER)
+    return stack
+
+
+def test_a_million_point_spectrum_is_recorded_and_read_back_as_an_array(running):
+    job = running.producer.submit(la.SPECTROMETER, {"points": 1_000_000})
+    results = running.producer.wait(job, timeout=60)
+    expected = np.sin(np.linspace(0.0, 20.0, 1_000_000)) ** 2
+    np.testing.assert_array_equal(results["counts"], expected)
+    assert results["peak"] == pytest.approx(1.0)
+    recorded = running.job(job)["results"]["counts"]
+    reference = Reference.from_json(recorded)
+    assert reference is not None
+    assert (reference.dtype, reference.shape) == ("float64", (1_000_000,))
+    assert reference.size > 8_000_000
+    assert running.producer.artifacts is not None
+    running.producer.artifacts.verify(reference.digest)
+
+
+def test_a_2048_square_camera_frame_keeps_its_type(running):
+    job = running.producer.submit(la.CAMERA, {"points": 2048})
+    frame = running.producer.wait(job, timeout=60)["frame"]
+    assert (frame.dtype, frame.shape) == (np.uint16, (2048, 2048))
+    assert int(frame[2047, 2047]) == (2048 * 2048 - 1) % 65521
+
+
+def test_a_file_the_handler_wrote_is_kept_and_read_back_as_a_file(running):
+    job = running.producer.submit(la.RECORDER, {"points": 3})
+    results = running.producer.wait(job, timeout=60)
+    assert results["log"].read_text() == "line 0\nline 1\nline 2\n"
+    assert results["lines"] == 3
+    assert running.job(job)["results"]["log"][MARK].startswith("sha256:")
