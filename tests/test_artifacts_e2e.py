@@ -3,9 +3,12 @@ authenticated report names them, SQL records the reference, the producer reads a
 
 from __future__ import annotations
 
+import subprocess
+
 import lab_artifacts as la
 import numpy as np
 import pytest
+from support import environment, topchef
 
 from broker.artifacts import MARK, Reference
 
@@ -52,3 +55,34 @@ def test_a_file_the_handler_wrote_is_kept_and_read_back_as_a_file(running):
     assert results["log"].read_text() == "line 0\nline 1\nline 2\n"
     assert results["lines"] == 3
     assert running.job(job)["results"]["log"][MARK].startswith("sha256:")
+
+
+def test_the_cli_summarises_an_artifact_and_fetches_it_checked(running, tmp_path):
+    job = running.producer.submit(la.SPECTROMETER, {"points": 1_000_000})
+    running.producer.wait(job, timeout=60)
+    env = environment(running.settings)
+    shown = subprocess.run(
+        topchef("jobs", "show", str(job)), env=env, capture_output=True, text=True, check=True
+    )
+    (line,) = [line for line in shown.stdout.splitlines() if '"counts"' in line]
+    assert "float64[1000000], 7.6 MiB, sha256:" in line
+    digest = running.job(job)["results"]["counts"][MARK]
+    target = tmp_path / "counts.npy"
+    fetched = subprocess.run(
+        topchef("artifacts", "get", digest, "-o", str(target)),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert digest in fetched.stdout
+    np.testing.assert_array_equal(np.load(target), np.sin(np.linspace(0.0, 20.0, 1_000_000)) ** 2)
+    missing = subprocess.run(
+        topchef("artifacts", "get", "sha256:" + "0" * 64, "-o", str(tmp_path / "x")),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.count("\n") == 1
+    assert "no artifact" in missing.stderr

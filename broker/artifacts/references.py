@@ -53,6 +53,13 @@ class Reference:
             value["shape"] = list(self.shape)
         return value
 
+    def describe(self) -> str:
+        """One line for people: ``float64[1000000], 7.6 MiB, sha256:1f2e3d4c… (counts.npy)``."""
+        what = self.media_type
+        if self.dtype is not None and self.shape is not None:
+            what = f"{self.dtype}[{','.join(map(str, self.shape))}]"
+        return f"{what}, {_size(self.size)}, {self.digest[:15]}… ({self.name})"
+
     @classmethod
     def from_json(cls, value: object) -> Reference | None:
         """The reference ``value`` is, or None if it is none (any other JSON value)."""
@@ -72,6 +79,29 @@ class Reference:
         ):
             return None
         return cls(digest, size, media_type, name, dtype, None if shape is None else tuple(shape))
+
+
+def described(value: Any) -> Any:
+    """``value`` with each reference in it replaced by its ``describe`` line."""
+    reference = Reference.from_json(value)
+    if reference is not None:
+        return reference.describe()
+    if isinstance(value, dict):
+        return {key: described(member) for key, member in value.items()}
+    if isinstance(value, list):
+        return [described(item) for item in value]
+    return value
+
+
+def _size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    value = size / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
 
 
 def _count(value: object) -> TypeGuard[int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from broker.cli import jobs, keys, processes, services, stack, workers
+from broker.cli import artifacts, jobs, keys, processes, services, stack, workers
 
 
 @click.group()
@@ -35,6 +35,7 @@ for command in (
     processes.flower,
     keys.keys,
     workers.workers,
+    artifacts.artifacts,
 ):
     main.add_command(command)
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from broker.artifacts.references import described
 from broker.cli import display
 from broker.cli.options import (
     SECONDS,
@@ -112,7 +113,7 @@ def jobs_submit(
         return
     if not isinstance(value, list):
         with live_bar("Waiting") as watch:
-            results = producer.wait(job_ids[0], wait_seconds, watch=watch)
+            [results] = producer.reader.wait_all(job_ids[0:1], wait_seconds, watch=watch)
         _echo_results(results, whole)
         return
     with live_bar("Waiting") as watch:
@@ -129,11 +130,14 @@ def jobs_submit(
 
 
 def _echo_results(results: Any, whole: bool, hint: str = SUMMARISED) -> None:
-    """Results as indented JSON; summarised to fit a screen unless ``whole`` (``--results``)."""
+    """Results as indented JSON; summarised to fit a screen unless ``whole`` (``--results``).
+
+    An artifact is summarised as one line (``topchef artifacts get`` fetches it).
+    """
     if whole:
         click.echo(json.dumps(results, indent=2))
         return
-    shown = display.block(results)
+    shown = display.block(described(results))
     click.echo(shown.text)
     if shown.summarised:
         click.echo(hint, err=True)
@@ -145,7 +149,7 @@ def _outcome_line(outcome: Outcome, whole: bool) -> tuple[str, bool]:
     if outcome.status.value == "COMPLETED":
         if whole:
             return prefix + json.dumps(outcome.results), False
-        shown = display.one_line(outcome.results, display.LONGEST - len(prefix))
+        shown = display.one_line(described(outcome.results), display.LONGEST - len(prefix))
         return prefix + shown.text, shown.summarised
     if outcome.finished:
         return prefix + (outcome.detail or ""), False
@@ -319,7 +323,7 @@ def jobs_resubmit(job_id: str, wait_seconds: float | None, whole: bool) -> None:
     click.echo(str(new_id))
     if wait_seconds is not None:
         with live_bar("Waiting") as watch:
-            results = producer.wait(new_id, wait_seconds, watch=watch)
+            [results] = producer.reader.wait_all([new_id], wait_seconds, watch=watch)
         _echo_results(results, whole)
 
 
