@@ -51,6 +51,7 @@ def test_help_lists_every_command(run):
     # in the jobs group's): compare the listed names, not substrings of the page.
     assert _commands(result.output) == {
         "api",
+        "artifacts",
         "beat",
         "db",
         "demo",
