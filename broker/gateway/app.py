@@ -30,7 +30,7 @@ from broker.errors import (
     MethodNotAllowedError,
     TopChefError,
 )
-from broker.gateway import jobs, metadata, openapi, queue, services, validator
+from broker.gateway import artifacts, jobs, metadata, openapi, queue, services, validator
 from broker.gateway.auth import check_token
 from broker.gateway.context import GENERATION_KEY, LEGACY_PREFIX, Gateway, gateway
 from broker.gateway.envelope import error_response
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["topchef"] = Gateway(settings)
     app.before_request(_before_request)
     app.register_error_handler(Exception, _error)
-    for module in (metadata, services, queue, jobs, validator, openapi):
+    for module in (metadata, services, queue, jobs, validator, openapi, artifacts):
         module.register(app)
     app.wsgi_app = Generations(MethodOverride(app.wsgi_app))  # type: ignore[method-assign]
     return app

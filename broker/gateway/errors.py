@@ -43,6 +43,16 @@ class ForbiddenError(TopChefError):
         super().__init__("The bearer token is not valid for this API")
 
 
+class ArtifactNotFoundError(TopChefError):
+    """An artifact the gateway cannot serve: a malformed digest, or one it does not keep."""
+
+    status_code = 404
+    title = "Artifact not found"
+
+    def __init__(self, digest: str, reason: str) -> None:
+        super().__init__(f"Artifact {digest[:80]!r} {reason}")
+
+
 class RouteNotFoundError(TopChefError):
     """A URL that names no resource of this API."""
 

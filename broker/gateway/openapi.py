@@ -47,7 +47,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "Malformed JSON, or a value the schema or the service's contract refuses",
         401: "No bearer token (when the gateway requires one)",
         403: "A wrong bearer token",
-        404: "A malformed or unknown id",
+        404: "A malformed or unknown id (or artifact digest)",
         409: "The job's state forbids it (claimed by another worker, finished, ...)",
         413: "The body is over the configured size",
     }
@@ -250,6 +250,31 @@ def _paths() -> dict[str, Any]:
                 "Validate an object against a JSON Schema",
                 {**_ok("Valid", {"type": "object"}), **_errors(400, 413)},
                 requestBody=_body(_ref("ValidatorRequest")),
+            ),
+        },
+        "/artifacts/{digest}": {
+            "parameters": [
+                {
+                    "name": "digest",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string", "description": "sha256:<64 hex>"},
+                }
+            ],
+            "get": _operation(
+                "An artifact's bytes, as a job's results name it ($artifact); Range "
+                "requests give a slice (206); the ETag is the digest",
+                {
+                    "200": {
+                        "description": "The bytes",
+                        "content": {"application/octet-stream": {"schema": {}}},
+                    },
+                    "206": {
+                        "description": "The range asked for",
+                        "content": {"application/octet-stream": {"schema": {}}},
+                    },
+                    **_errors(404),
+                },
             ),
         },
         "/openapi.json": {
