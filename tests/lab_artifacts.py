@@ -15,6 +15,15 @@ from broker.worker import handles
 SPECTROMETER = "Spectrometer"
 CAMERA = "Camera"
 RECORDER = "Recorder"
+ANALYZER = "Analyzer"
+BACKGROUND: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "background": artifact_schema("application/x-npy", "float64", ndim=1),
+        "scale": {"type": "number"},
+    },
+    "required": ["background", "scale"],
+}
 POINTS: dict[str, Any] = {
     "type": "object",
     "properties": {"points": {"type": "integer", "minimum": 1}},
@@ -53,3 +62,10 @@ def recorder(parameters: dict[str, Any]) -> dict[str, Any]:
     log = Path(tempfile.mkdtemp()) / "run.log"
     log.write_text("".join(f"line {n}\n" for n in range(parameters["points"])))
     return {"log": log, "lines": parameters["points"]}
+
+
+@handles(ANALYZER)
+def analyzer(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Subtracts nothing, sums: what it was handed must be the producer's array."""
+    background = parameters["background"]
+    return {"total": float(np.asarray(background).sum()) * parameters["scale"]}

@@ -108,6 +108,15 @@ def test_bytes_that_do_not_match_their_digest_are_refused_when_read(store):
         resolve(results, store)
 
 
+def test_storing_the_same_bytes_again_repairs_a_damaged_copy(store):
+    digest, _ = store.put_bytes(b"frame" * 100)
+    store.path(digest).write_bytes(b"damaged")
+    with pytest.raises(ArtifactError, match="corrupt"):
+        store.verify(digest)
+    assert store.put_bytes(b"frame" * 100)[0] == digest
+    store.verify(digest)
+
+
 def test_a_write_that_fails_stores_nothing_and_leaves_no_spool(store):
     def write_half() -> None:
         with store.writing() as writer:

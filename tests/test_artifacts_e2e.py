@@ -24,6 +24,7 @@ def running(stack):
     create(la.SPECTROMETER, "a million points", la.POINTS, la.SPECTRUM_RESULTS)
     create(la.CAMERA, "a square frame", la.POINTS, la.FRAME_RESULTS)
     create(la.RECORDER, "writes a file", la.POINTS, la.ANY)
+    create(la.ANALYZER, "sums an array it is passed", la.BACKGROUND, la.ANY)
     stack.start_mirror()
     stack.worker(module="lab_artifacts")
     stack.wait_available(la.SPECTROMETER)
@@ -118,3 +119,34 @@ def test_http_serves_an_artifact_whole_or_a_range_behind_the_token(running):
         assert gateway.client(token="").get(f"/artifacts/{digest}").status_code == 401
     finally:
         gateway.close()
+
+
+def test_an_array_passed_to_every_point_of_a_sweep_is_stored_once(running):
+    background = np.linspace(0.0, 1.0, 100_000)
+    points = [{"background": background, "scale": float(scale)} for scale in (1, 2, 3)]
+    jobs = running.producer.submit_many(la.ANALYZER, points)
+    totals = [results["total"] for results in running.producer.wait_all(jobs, timeout=60)]
+    assert totals == pytest.approx([background.sum() * scale for scale in (1, 2, 3)])
+    references = {running.job(job)["parameters"]["background"][MARK] for job in jobs}
+    assert len(references) == 1  # one artifact, named by every job
+    store = running.producer.artifacts
+    assert store is not None
+    assert [p.name for p in (store.root / "sha256").rglob("*") if p.is_file()] == [
+        references.pop().removeprefix("sha256:")
+    ]
+
+
+def test_a_parameter_whose_bytes_were_changed_in_the_store_never_reaches_the_handler(running):
+    background = np.ones(100_000)
+    running.producer.hold_service(la.ANALYZER)
+    job = running.producer.submit(la.ANALYZER, {"background": background, "scale": 1.0})
+    digest = running.job(job)["parameters"]["background"][MARK]
+    store = running.producer.artifacts
+    assert store is not None
+    path = store.path(digest)
+    tampered = path.read_bytes().replace(np.ones(1).tobytes(), np.zeros(1).tobytes(), 1)
+    path.write_bytes(tampered)  # what a PC with write access to a shared mount could do
+    running.producer.resume_service(la.ANALYZER)
+    ended = running.wait_status(job, "ERROR", timeout=60)
+    assert "parameters could not be read" in ended["detail"]
+    assert "corrupt" in ended["detail"]

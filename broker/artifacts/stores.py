@@ -1,7 +1,8 @@
 """Where artifacts are kept: a directory (this PC's, or a facility's shared mount).
 
 Content-addressed: an artifact's key is the SHA-256 of its bytes, so writing
-the same bytes twice keeps one copy, and whoever reads them can check them.
+the same bytes twice keeps one copy (the second write replaces the first, so
+that a damaged copy is repaired), and whoever reads them can check them.
 A write is durable before it is named: the bytes go to a temporary file in
 the store, are flushed to disk (``fsync``), then renamed to their digest and
 the directory flushed in turn. A reference is reported only after that, so a
@@ -127,10 +128,13 @@ class DirectoryStore:
             raise ArtifactError(f"artifact {digest} is corrupt: its bytes hash otherwise")
 
     def _name(self, temporary: Path, digest: str) -> None:
-        """Give the written file its digest's name; the same bytes kept already win."""
+        """Give the written file its digest's name, atomically.
+
+        A file kept under that name already is replaced, not trusted: its
+        bytes are the same unless something damaged them, and then this
+        repairs it (a reader holding the old file keeps reading it whole).
+        """
         target = self.path(digest)
-        if target.is_file():
-            return
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temporary, target)
         _fsync_directory(target.parent)

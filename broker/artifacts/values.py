@@ -24,8 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from broker.artifacts.references import JSON, NPY, OCTET_STREAM, Reference
-from broker.artifacts.stores import DirectoryStore
+from broker.artifacts.references import JSON, MARK, NPY, OCTET_STREAM, Reference
+from broker.artifacts.stores import ArtifactError, DirectoryStore
 
 #: A value whose bytes (an array's, or a member's JSON) exceed this is an artifact.
 INLINE_BYTES = 64 * 1024
@@ -33,25 +33,37 @@ INLINE_BYTES = 64 * 1024
 INLINE_RESULTS_BYTES = 256 * 1024
 
 
-def offload(results: Any, store: DirectoryStore | None) -> Any:
+def offload(results: Any, store: DirectoryStore | None, kept: dict[int, Any] | None = None) -> Any:
     """``results`` with every array, bytes, file and too-large member stored as an artifact.
 
     With no store configured, ``results`` comes back unchanged: the contract
-    then says what it cannot record, as without artifacts.
+    then says what it cannot record, as without artifacts. ``kept`` remembers
+    the references of values stored already, by identity: a sweep whose every
+    point passes one array stores (and hashes) it once.
     """
     if store is None:
         return results
-    stored = _walk(results, store, "results")
+    stored = _walk(results, store, "results", {} if kept is None else kept)
     if isinstance(stored, dict):
         stored = _inline_within_bound(stored, store)
     return stored
 
 
-def _walk(value: Any, store: DirectoryStore, name: str) -> Any:
+def _walk(value: Any, store: DirectoryStore, name: str, kept: dict[int, Any]) -> Any:
     if isinstance(value, dict):
-        return {key: _walk(member, store, str(key)) for key, member in value.items()}
+        return {key: _walk(member, store, str(key), kept) for key, member in value.items()}
     if isinstance(value, list | tuple):
-        return [_walk(item, store, f"{name}[{index}]") for index, item in enumerate(value)]
+        return [_walk(item, store, f"{name}[{index}]", kept) for index, item in enumerate(value)]
+    if id(value) in kept:
+        return kept[id(value)][1]
+    stored = _stored(value, store, name)
+    if stored is not value:
+        kept[id(value)] = (value, stored)  # the value held too: its id stays its own
+    return stored
+
+
+def _stored(value: Any, store: DirectoryStore, name: str) -> Any:
+    """A reference to ``value`` stored, if it is an artifact's kind of value; else ``value``."""
     if isinstance(value, bytes | bytearray | memoryview):
         digest, size = store.put_bytes(bytes(value))
         return Reference(digest, size, OCTET_STREAM, name).to_json()
@@ -111,16 +123,25 @@ def _plain(value: Any) -> Any:
 
 
 def resolve(results: Any, store: DirectoryStore | None) -> Any:
-    """``results`` with each reference replaced by what it names, checked against its digest."""
-    if store is None:
-        return results
-    reference = Reference.from_json(results)
-    if reference is not None:
-        return load(reference, store)
+    """``results`` with each reference replaced by what it names, checked against its digest.
+
+    Walks only objects and arrays (a job's parameters are read on every run).
+    A reference with no store to read it from is an ``ArtifactError``.
+    """
     if isinstance(results, dict):
-        return {key: resolve(member, store) for key, member in results.items()}
+        if MARK in results and (reference := Reference.from_json(results)) is not None:
+            if store is None:
+                raise ArtifactError(
+                    f"{reference.name} ({reference.digest}) is an artifact, and no artifact "
+                    "store is configured here: set TOPCHEF_ARTIFACTS_URL"
+                )
+            return load(reference, store)
+        return {
+            key: resolve(member, store) if isinstance(member, dict | list) else member
+            for key, member in results.items()
+        }
     if isinstance(results, list):
-        return [resolve(item, store) for item in results]
+        return [resolve(item, store) if isinstance(item, dict | list) else item for item in results]
     return results
 
 

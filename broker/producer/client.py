@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from broker import actors
 from broker.app import make_app
 from broker.artifacts import DirectoryStore, store_for
-from broker.artifacts.values import resolve
+from broker.artifacts.values import offload, resolve
 from broker.contract import times
 from broker.contract.ids import Id, as_uuid
 from broker.errors import (
@@ -258,6 +258,7 @@ class Producer:
         """
         priorities.check(priority)
         self.require_signing_key()
+        parameters = offload(parameters, self.artifacts)
         destination = self._destinations.get(service_name)
         if destination is not None and not_before is None:
             engine = engine_for(self.settings.database_url)
@@ -299,7 +300,8 @@ class Producer:
         """
         if jobs_per_message is not None:
             check_jobs_per_message(jobs_per_message)
-        points = list(parameter_sets)
+        kept: dict[int, Any] = {}  # an array every point passes is stored once
+        points = [offload(point, self.artifacts, kept) for point in parameter_sets]
         return self._add(service_name, points, jobs_per_message, not_before, priority, sweep=True)
 
     def _add(
@@ -468,9 +470,12 @@ class Producer:
 
         An artifact among them (``broker.artifacts``) comes back as what it
         holds: an array as a NumPy array mapped from the store, a file as its
-        path; its bytes checked against its digest first.
+        path; its bytes checked against its digest first. With no store
+        configured, as its reference.
         """
         every = self.reader.wait_all(job_ids, timeout, watch=watch)
+        if self.artifacts is None:  # no store here: the references, as SQL has them
+            return every
         return [resolve(results, self.artifacts) for results in every]
 
     @functools.cached_property

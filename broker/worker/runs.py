@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.artifacts import DirectoryStore
-from broker.artifacts.values import offload
+from broker.artifacts.stores import ArtifactError
+from broker.artifacts.values import offload, resolve
 from broker.contract import Contract, compile_contract
 from broker.contract.bounds import check_payload
 from broker.errors import DeserializationError
@@ -108,6 +109,10 @@ def execute(
         log.info("job %s was aborted while running: %s", job, detail)
         return outcome(Status.CANCELLED, results=kept, detail=detail, extra={"aborted": True})
 
+    try:  # arrays and files passed as parameters: what the handler reads, checked
+        parameters = resolve(parameters, served.artifacts)
+    except (ArtifactError, OSError) as error:
+        return outcome(Status.ERROR, detail=f"parameters could not be read: {error}")
     token = reporting_to(reporter)
     watch_token = watching(watch)
     try:
