@@ -10,12 +10,14 @@ import subprocess
 import lab_artifacts as la
 import numpy as np
 import pytest
-from gateway_support import TOKEN, serve
 from support import environment, topchef
 
 from broker.artifacts import MARK, Reference
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+pytest_plugins = ["gateway_support"]  # make_gateway
+
+TOKEN = "artifacts-token"
 
 
 @pytest.fixture
@@ -92,33 +94,30 @@ def test_the_cli_summarises_an_artifact_and_fetches_it_checked(running, tmp_path
     assert "no artifact" in missing.stderr
 
 
-def test_http_serves_an_artifact_whole_or_a_range_behind_the_token(running):
+def test_http_serves_an_artifact_whole_or_a_range_behind_the_token(running, make_gateway):
     job = running.producer.submit(la.SPECTROMETER, {"points": 1_000_000})
     running.producer.wait(job, timeout=60)
     recorded = running.job(job)["results"]["counts"]
     digest = recorded[MARK]
-    gateway = serve(running.settings, TOKEN)
-    try:
-        api = gateway.client()
-        shown = api.get(f"/jobs/{job}").json()["data"]
-        assert shown["results"]["counts"] == recorded  # clients see the reference, valid JSON
-        whole = api.get(f"/artifacts/{digest}")
-        assert whole.status_code == 200
-        assert hashlib.sha256(whole.content).hexdigest() == digest.removeprefix("sha256:")
-        assert whole.headers["ETag"].strip('"') == digest.removeprefix("sha256:")
-        np.testing.assert_array_equal(
-            np.load(io.BytesIO(whole.content)), np.sin(np.linspace(0.0, 20.0, 1_000_000)) ** 2
-        )
-        part = api.get(f"/artifacts/{digest}", headers={"Range": "bytes=128-135"})
-        assert part.status_code == 206
-        assert part.content == whole.content[128:136]
-        unknown = api.get("/artifacts/sha256:" + "0" * 64)
-        assert unknown.status_code == 404
-        assert unknown.json()["errors"][0]["title"] == "Artifact not found"
-        assert api.get("/artifacts/../../etc/passwd").status_code == 404
-        assert gateway.client(token="").get(f"/artifacts/{digest}").status_code == 401
-    finally:
-        gateway.close()
+    gateway = make_gateway(token=TOKEN)
+    api = gateway.client()
+    shown = api.get(f"/jobs/{job}").json()["data"]
+    assert shown["results"]["counts"] == recorded  # clients see the reference, valid JSON
+    whole = api.get(f"/artifacts/{digest}")
+    assert whole.status_code == 200
+    assert hashlib.sha256(whole.content).hexdigest() == digest.removeprefix("sha256:")
+    assert whole.headers["ETag"].strip('"') == digest.removeprefix("sha256:")
+    np.testing.assert_array_equal(
+        np.load(io.BytesIO(whole.content)), np.sin(np.linspace(0.0, 20.0, 1_000_000)) ** 2
+    )
+    part = api.get(f"/artifacts/{digest}", headers={"Range": "bytes=128-135"})
+    assert part.status_code == 206
+    assert part.content == whole.content[128:136]
+    unknown = api.get("/artifacts/sha256:" + "0" * 64)
+    assert unknown.status_code == 404
+    assert unknown.json()["errors"][0]["title"] == "Artifact not found"
+    assert api.get("/artifacts/../../etc/passwd").status_code == 404
+    assert gateway.client(token="").get(f"/artifacts/{digest}").status_code == 401
 
 
 def test_an_array_passed_to_every_point_of_a_sweep_is_stored_once(running):
