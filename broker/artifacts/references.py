@@ -35,11 +35,6 @@ class Reference:
     dtype: str | None = None
     shape: tuple[int, ...] | None = None
 
-    @property
-    def hex(self) -> str:
-        """The digest's hex alone: the artifact's key in a store."""
-        return self.digest.removeprefix("sha256:")
-
     def to_json(self) -> dict[str, Any]:
         value: dict[str, Any] = {
             MARK: self.digest,

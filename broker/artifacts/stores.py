@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
+from broker.artifacts.references import DIGEST
 from broker.errors import ConfigurationError, TopChefError
 
 #: Bytes copied at a time from a file being stored.
@@ -73,9 +74,6 @@ class DirectoryStore:
         """Where the artifact ``digest`` is (or would be) kept."""
         hex_digest = _hex(digest)
         return self.root / OBJECTS / hex_digest[:2] / hex_digest
-
-    def exists(self, digest: str) -> bool:
-        return self.path(digest).is_file()
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[HashingWriter]:
@@ -154,10 +152,9 @@ def store_for(url: str) -> DirectoryStore:
 
 
 def _hex(digest: str) -> str:
-    hex_digest = digest.removeprefix("sha256:")
-    if len(hex_digest) != 64 or not all(c in "0123456789abcdef" for c in hex_digest):
-        raise ArtifactError(f"{digest!r} is not an artifact's digest (sha256:<64 hex>)")
-    return hex_digest
+    if not DIGEST.fullmatch(digest):
+        raise ArtifactError(f"{digest[:80]!r} is not an artifact's digest (sha256:<64 hex>)")
+    return digest.removeprefix("sha256:")
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from broker.messaging.messages import JobMessage, ServiceDescriptor
-from broker.storage.tables import JobRow, ServiceRow, database_now
+from broker.storage.tables import JobRow, ServiceRow, database_now, ids_among
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ def mark_taken(bind: sa.Engine | sa.Connection, publisher: Publisher, chunk: int
     return total
 
 
-def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[object]) -> None:
+def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[uuid.UUID]) -> None:
     """Take published jobs out of the outbox, in chunks the database accepts.
 
     Rows the mirror is updating right now are skipped rather than waited for
@@ -162,7 +161,7 @@ def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[object]) -
             if engine.dialect.name == "postgresql"
             else database_now(session)
         )
-        for chunk in _id_lists(engine, job_ids):
+        for chunk in ids_among(engine.dialect.name, JobRow.id, job_ids):
             unlocked = (
                 sa.select(JobRow.id)
                 .where(chunk, JobRow.published_at.is_(None), JobRow.not_before.is_(None))
@@ -175,16 +174,3 @@ def mark_published(bind: sa.Engine | sa.Connection, job_ids: Sequence[object]) -
                 .values(published_at=now)
                 .execution_options(synchronize_session=False)
             )
-
-
-def _id_lists(engine: sa.Engine, job_ids: Sequence[object]) -> Iterator[sa.ColumnElement[bool]]:
-    """``JobRow.id`` among ``job_ids``, as few conditions as the database takes.
-
-    PostgreSQL takes them all as one array parameter (``= ANY``): ten thousand
-    ids bound one by one in ``IN`` lists cost more than the UPDATE itself.
-    """
-    if engine.dialect.name == "postgresql":
-        yield JobRow.id == sa.any_(sa.bindparam("ids", list(job_ids), type_=ARRAY(sa.Uuid)))
-        return
-    for start in range(0, len(job_ids), 1000):
-        yield JobRow.id.in_(job_ids[start : start + 1000])

@@ -32,7 +32,7 @@ Everything refused is dead-lettered by the mirror with the reason given here.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -44,7 +44,7 @@ from broker.messaging.claims import Claims
 from broker.mirror.admission import Reason
 from broker.mirror.entries import Reading, Report, merged
 from broker.models import lifecycle
-from broker.storage.tables import JobHolderRow, JobRow, WorkerCredentialRow
+from broker.storage.tables import JobHolderRow, JobRow, WorkerCredentialRow, ids_among
 from broker.trust.reports import ReportKey, Signed, signed
 
 Status = lifecycle.Status
@@ -283,33 +283,14 @@ def _jobs(
         JobHolderRow.attempt,
         JobHolderRow.credential,
     ).outerjoin(JobHolderRow, JobHolderRow.job_id == JobRow.id)
-    for rows in by_ids(session, query, JobRow.id, sorted(job_ids)):
+    dialect = session.get_bind().dialect.name
+    for among in ids_among(dialect, JobRow.id, sorted(job_ids)):
+        rows = session.execute(query.where(among))
         for job_id, service_id, status, attempts, attempt, credential in rows:
             jobs[job_id] = _Job(service_id, status, attempts or 0)
             if credential is not None:
                 held[(job_id, attempt)] = credential
     return jobs, held
-
-
-def by_ids(
-    session: Session,
-    query: sa.Select[*tuple[Any, ...]],
-    column: sa.orm.InstrumentedAttribute[uuid.UUID],
-    ids: list[uuid.UUID],
-) -> Iterator[sa.Result[*tuple[Any, ...]]]:
-    """``query``'s rows for ``ids`` of ``column``, in as few queries as the database takes.
-
-    PostgreSQL takes the ids as one array; SQLite binds at most a few
-    thousand parameters, so it is asked in chunks.
-    """
-    if not ids:
-        return
-    if session.get_bind().dialect.name == "postgresql":
-        wanted = sa.bindparam("ids", ids, type_=ARRAY(sa.Uuid))
-        yield session.execute(query.where(column == sa.any_(wanted)))
-        return
-    for start in range(0, len(ids), _CHUNK):
-        yield session.execute(query.where(column.in_(ids[start : start + _CHUNK])))
 
 
 def _write(session: Session, before: dict[Attempt, str], after: dict[Attempt, str]) -> None:

@@ -13,13 +13,14 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from psycopg.types.array import ListBinaryDumper
 from sqlalchemy import event
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -438,6 +439,26 @@ def open_session(url: str) -> Session:
 def create_schema(url: str) -> None:
     """Create every table that does not exist yet."""
     metadata.create_all(engine_for(url))
+
+
+#: Ids in one SQLite ``IN`` list (``ids_among``).
+IDS_PER_CONDITION = 500
+
+
+def ids_among(
+    dialect: str, column: sa.orm.InstrumentedAttribute[uuid.UUID], ids: Sequence[uuid.UUID]
+) -> Iterator[sa.ColumnElement[bool]]:
+    """``column`` among ``ids``, as few conditions as the database ``dialect`` takes.
+
+    PostgreSQL takes them all as one array parameter (``= ANY``): ten thousand
+    ids bound one by one in ``IN`` lists cost more than the statement itself.
+    SQLite binds at most a few thousand parameters, so it is asked in chunks.
+    """
+    if dialect == "postgresql":
+        yield column == sa.any_(sa.bindparam("ids", list(ids), type_=ARRAY(sa.Uuid)))
+        return
+    for start in range(0, len(ids), IDS_PER_CONDITION):
+        yield column.in_(ids[start : start + IDS_PER_CONDITION])
 
 
 def database_now(session: Session) -> datetime:
